@@ -1,0 +1,1 @@
+"""Prefect flows: one Lion round as a DAG, a run of N rounds, evaluation; and the `lion` CLI."""

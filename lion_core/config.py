@@ -1,0 +1,460 @@
+"""`LionConfig`: the one configuration model behind the CLI, YAML files and the Prefect UI form.
+
+Defaults follow the Lion paper (Jiang et al., 2023) where it says something, and otherwise give the
+embedded default: the offline task world as teacher, referee and generator, a tiny student built
+from config, storage in a local folder. Every field carries a description, which Prefect shows in
+its run form. Unknown keys are rejected, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lion_core.errors import ConfigError
+
+OFFLINE = "offline"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# LLM endpoints: teacher, referee, generator
+# --------------------------------------------------------------------------------------------
+
+
+class EndpointConfig(Section):
+    """An OpenAI-compatible chat endpoint playing one role."""
+
+    base_url: str = Field(
+        OFFLINE,
+        description="OpenAI-compatible base URL (e.g. https://api.openai.com/v1 or "
+        "http://vllm:8000/v1), or 'offline' for the embedded offline task world.",
+    )
+    model: str = Field("offline-world", description="Model name sent with every request.")
+    api_key_env: str | None = Field(
+        None,
+        description="Name of the environment variable that holds the API key (e.g. "
+        "OPENAI_API_KEY). The key itself is never stored. Empty: no key (local servers).",
+    )
+    api_key_secret: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding the API key; used when running "
+        "under Prefect and api_key_env is empty or unset.",
+    )
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling probability mass.")
+    max_tokens: int = Field(1024, ge=1, description="Maximum tokens in one answer.")
+    concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight at once.")
+    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one answer.")
+    retries: int = Field(
+        6, ge=0, le=50, description="Retries of a transient failure (429, 5xx, timeout)."
+    )
+    batch_size: int = Field(
+        256,
+        ge=1,
+        description="Requests per batch; the response cache is flushed to storage after each "
+        "batch, so a killed process loses at most one batch.",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        value = value.strip()
+        if value != OFFLINE and not value.startswith(("http://", "https://")):
+            raise ValueError("must be 'offline' or an http(s):// URL")
+        return value
+
+    @property
+    def is_offline(self) -> bool:
+        return self.base_url == OFFLINE
+
+
+class TeacherConfig(EndpointConfig):
+    """The teacher answers instructions (imitation stage)."""
+
+    model: str = Field("offline-teacher", description="Model name sent with every request.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature.")
+    max_tokens: int = Field(1024, ge=1, description="Maximum tokens in one answer.")
+
+
+class RefereeConfig(EndpointConfig):
+    """The referee scores teacher and student answers 1-10, in both orders."""
+
+    model: str = Field("offline-referee", description="Model name sent with every request.")
+    temperature: float = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature.")
+    max_tokens: int = Field(512, ge=1, description="Maximum tokens in one answer.")
+    json_mode: bool = Field(
+        False,
+        description="Ask for a JSON object (response_format=json_object) instead of score "
+        "lines; only for endpoints that support structured output.",
+    )
+    reasks: int = Field(
+        1, ge=0, le=5, description="Re-asks of a review whose scores cannot be parsed."
+    )
+
+
+class GeneratorConfig(EndpointConfig):
+    """The generator writes new instructions from hard and easy seeds."""
+
+    model: str = Field("offline-generator", description="Model name sent with every request.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="Sampling temperature.")
+    max_tokens: int = Field(256, ge=1, description="Maximum tokens in one answer.")
+    min_words: int = Field(
+        4, ge=1, description="Drop candidates with fewer words (paper: more than 3)."
+    )
+    drop_non_ascii_start: bool = Field(
+        True,
+        description="Drop candidates starting with a non-ASCII character (the paper's rule; "
+        "turn off for non-English data, which it would all throw away).",
+    )
+    oversample: float = Field(
+        1.5,
+        ge=1.0,
+        le=10.0,
+        description="Candidates requested per wanted instruction, to make up for filtering.",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Student and training
+# --------------------------------------------------------------------------------------------
+
+
+class TinyModelSpec(Section):
+    """A small Llama-architecture model built from config, with a locally trained tokenizer."""
+
+    vocab_size: int = Field(2048, ge=64, description="Tokenizer vocabulary size (BPE, trained).")
+    hidden_size: int = Field(128, ge=8, description="Hidden size.")
+    intermediate_size: int = Field(384, ge=8, description="MLP intermediate size.")
+    num_layers: int = Field(2, ge=1, description="Transformer layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    num_kv_heads: int | None = Field(None, ge=1, description="KV heads (GQA); empty = num_heads.")
+    max_position_embeddings: int = Field(1024, ge=16, description="Longest sequence.")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> TinyModelSpec:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if self.num_kv_heads and self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be divisible by num_kv_heads")
+        return self
+
+
+class StudentGenerationConfig(Section):
+    """How the student answers the cache pool."""
+
+    max_new_tokens: int = Field(512, ge=1, description="Longest answer, in tokens.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(0.7, gt=0.0, le=2.0, description="Temperature when sampling.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus mass when sampling.")
+    token_budget: int = Field(
+        16384,
+        ge=64,
+        description="Tokens per generation batch (prompt + new tokens, times batch size); "
+        "halved automatically on out-of-memory.",
+    )
+    num_gpus: int | None = Field(
+        None, ge=1, description="GPUs for generation, one process each; empty = all visible."
+    )
+
+
+class StudentConfig(Section):
+    """The student: a Hugging Face causal LM from a path or hub id, or a tiny one from config."""
+
+    model: str | None = Field(
+        None, description="Local path or hub id of the base model (e.g. meta-llama/Llama-2-7b-hf)."
+    )
+    tiny: TinyModelSpec | None = Field(
+        None,
+        description="Build a tiny Llama-style model from this spec instead (tests, offline demo).",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+    attn_implementation: str = Field(
+        "sdpa", description="Attention kernel: sdpa, flash_attention_2 or eager."
+    )
+    prompt_template: Literal["alpaca", "chat_template"] = Field(
+        "alpaca",
+        description="Prompt format for training and inference: the Alpaca template, or the "
+        "tokenizer's own chat template.",
+    )
+    generation: StudentGenerationConfig = Field(
+        default_factory=StudentGenerationConfig, description="How the student answers."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentConfig:
+        if self.model is None and self.tiny is None:
+            self.tiny = TinyModelSpec()
+        if self.model is not None and self.tiny is not None:
+            raise ValueError("give either 'model' or 'tiny', not both")
+        return self
+
+
+class LoraSpec(Section):
+    """LoRA adapters through peft."""
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Adapter scaling.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Adapter dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names that get adapters.",
+    )
+
+
+class TrainingConfig(Section):
+    """Fine-tuning the student on the teacher's answers (loss on response tokens only)."""
+
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (paper: 2e-5).")
+    epochs: float = Field(3.0, gt=0, description="Passes over the train pool (paper: 3).")
+    max_length: int = Field(1024, ge=16, description="Tokens per example; longer are truncated.")
+    micro_batch_size: int = Field(
+        4,
+        ge=1,
+        description="Examples per GPU per step with padding; with packing, the token "
+        "budget per step is micro_batch_size * max_length.",
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps per optimizer update.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
+    packing: bool = Field(
+        True,
+        description="Pack examples into padding-free batches; attention never crosses an "
+        "example's boundary. Off: pad each batch to its longest example.",
+    )
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="ZeRO: keep optimizer state on the CPU.")
+    offload_param: bool = Field(False, description="ZeRO-3: keep parameters on the CPU.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    launcher: Literal["deepspeed", "python"] = Field(
+        "deepspeed",
+        description="'deepspeed': the deepspeed launcher (several GPUs/nodes); 'python': one "
+        "plain process without DeepSpeed.",
+    )
+    num_gpus: int | None = Field(
+        None, ge=1, description="GPUs (or CPU ranks with no GPU) per node; empty = all visible."
+    )
+    num_nodes: int = Field(1, ge=1, description="Nodes to train on (needs hostfile).")
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile for several nodes.")
+    master_port: int | None = Field(None, ge=1024, le=65535, description="Rendezvous port.")
+    init_from: Literal["base", "previous"] = Field(
+        "base",
+        description="'base': retrain from the base model on the whole train pool each round; "
+        "'previous': continue from the last round's student.",
+    )
+    save_steps: int = Field(200, ge=1, description="Checkpoint every N optimizer steps.")
+    logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after N steps (overrides epochs).")
+    lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
+    timeout: float | None = Field(None, gt=0, description="Seconds before training is killed.")
+
+
+# --------------------------------------------------------------------------------------------
+# Pools, stages, storage, offline world
+# --------------------------------------------------------------------------------------------
+
+
+class PoolsConfig(Section):
+    """The Train Pool and the Cache Pool."""
+
+    initial_data: str | None = Field(
+        None,
+        description="Seed instructions: Alpaca-format JSON or JSONL, Parquet or CSV (local path "
+        "or URI). Empty: seeds drawn from the offline task world.",
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N seed instructions.")
+    offline_seeds: int = Field(
+        120, ge=1, description="Seeds drawn from the offline world when initial_data is empty."
+    )
+    new_per_round: int = Field(
+        6000, ge=0, description="New instructions to add per round (paper: 6,000)."
+    )
+    hard_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of new instructions generated from hard seeds (paper hard:easy 1:1 "
+        "= 0.5).",
+    )
+    cache_pool: Literal["new", "all"] = Field(
+        "new",
+        description="Next round's Cache Pool: 'new' = only the new instructions (paper), "
+        "'all' = the whole Train Pool.",
+    )
+
+
+class DiscriminationConfig(Section):
+    tau: float = Field(
+        1.0, ge=0.0, le=9.0, description="Hard if teacher score - student score >= tau (paper 1.0)."
+    )
+
+
+class NoveltyConfig(Section):
+    threshold: float = Field(
+        0.7,
+        gt=0.0,
+        le=1.0,
+        description="Drop a new instruction whose ROUGE-L F1 with any pool instruction exceeds "
+        "this (paper 0.7).",
+    )
+
+
+class StorageConfig(Section):
+    root: str = Field(
+        "lion-runs/default",
+        description="The run's root: a local folder, or s3://bucket/prefix (any S3-compatible "
+        "store). Pools, caches, checkpoints and task results all live under it.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec/s3fs options, e.g. {endpoint_url: http://minio:9000}. Credentials "
+        "come from the environment (AWS_ACCESS_KEY_ID, ...), never from here.",
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
+        secret_keys = {"key", "secret", "token", "aws_secret_access_key", "aws_access_key_id"}
+        found = sorted(secret_keys & set(value))
+        if found:
+            raise ValueError(f"credentials {found} must come from the environment, not the config")
+        return value
+
+
+class FaultsConfig(Section):
+    """Fault injection in the offline world (tests)."""
+
+    rate_429: float = Field(0.0, ge=0, le=1, description="Share of requests answered 429.")
+    retry_after: float = Field(0.05, ge=0, description="Retry-After seconds sent with a 429.")
+    rate_500: float = Field(0.0, ge=0, le=1, description="Share of requests answered 500.")
+    rate_slow: float = Field(0.0, ge=0, le=1, description="Share of requests answered slowly.")
+    slow_seconds: float = Field(2.0, ge=0, description="Delay of a slow answer.")
+    rate_garbled: float = Field(
+        0.0, ge=0, le=1, description="Share of referee answers with no parsable scores."
+    )
+
+
+class OfflineWorldConfig(Section):
+    """The embedded offline task world, served when an endpoint is 'offline'."""
+
+    seed: int = Field(0, description="Seed of every random choice the world makes.")
+    latency: float = Field(0.0, ge=0, description="Seconds added to every answer.")
+    judge_noise: float = Field(0.5, ge=0, description="Std-dev of noise on referee scores.")
+    positional_bias: float = Field(
+        1.0, description="Points the referee adds to whichever answer is shown first."
+    )
+    max_difficulty: int = Field(6, ge=1, le=20, description="Hardest difficulty level of seeds.")
+    faults: FaultsConfig = Field(default_factory=FaultsConfig, description="Fault injection.")
+
+
+# --------------------------------------------------------------------------------------------
+# The whole run
+# --------------------------------------------------------------------------------------------
+
+
+class LionConfig(Section):
+    """One Lion distillation run."""
+
+    name: str = Field("lion", description="Name of the run (shown in Prefect and run.json).")
+    rounds: int = Field(3, ge=1, le=100, description="Lion rounds (paper: 3).")
+    seed: int = Field(0, description="Seed for sampling, training and the offline world.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher endpoint.")
+    referee: RefereeConfig = Field(default_factory=RefereeConfig, description="Referee endpoint.")
+    generator: GeneratorConfig = Field(
+        default_factory=GeneratorConfig, description="Generator endpoint."
+    )
+    student: StudentConfig = Field(default_factory=StudentConfig, description="The student.")
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="Student fine-tuning."
+    )
+    pools: PoolsConfig = Field(default_factory=PoolsConfig, description="Train and Cache Pools.")
+    discrimination: DiscriminationConfig = Field(
+        default_factory=DiscriminationConfig, description="Hard/easy split."
+    )
+    novelty: NoveltyConfig = Field(
+        default_factory=NoveltyConfig, description="ROUGE-L novelty filter."
+    )
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Where data lives.")
+    offline: OfflineWorldConfig = Field(
+        default_factory=OfflineWorldConfig, description="The offline task world."
+    )
+
+    # ---- YAML --------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> LionConfig:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        return cls.from_dict(data or {}, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "config") -> LionConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source)) from None
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def with_overrides(self, overrides: dict[str, Any]) -> LionConfig:
+        """A copy with dotted-path overrides applied, e.g. {"training.epochs": 1}."""
+        data = self.model_dump(mode="json")
+        for dotted, value in overrides.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node[leaf] = value
+        return LionConfig.from_dict(data, source="overrides")
+
+    def section_hash(self, *sections: str) -> str:
+        """sha256 of the named sections' JSON: part of the cache key of tasks that use them."""
+        payload = {
+            s: getattr(self, s).model_dump(mode="json")
+            if isinstance(getattr(self, s), BaseModel)
+            else getattr(self, s)
+            for s in sections
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def endpoints(self) -> dict[str, EndpointConfig]:
+        return {"teacher": self.teacher, "referee": self.referee, "generator": self.generator}
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, each starting with the dotted path of the field."""
+    lines = [f"{source}: invalid configuration ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,230 @@
+"""A run's storage: a local folder or an object store (s3:// through s3fs), via fsspec.
+
+The one rule: a committed file is complete and immutable. Local writes go to a temporary file in
+the same folder and are then hard-linked into place (atomic, and fails if the target exists);
+object-store writes are single PUTs, which an S3-compatible store makes visible only once whole.
+A crash therefore leaves either nothing or a temporary file no reader looks at.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from lion_core.errors import SnapshotExistsError, StorageError
+
+TMP_MARK = ".tmp-"
+
+
+class Storage:
+    """Files under one root URI. Paths given to methods are relative to the root, '/'-separated."""
+
+    def __init__(self, root: str, options: dict[str, Any] | None = None) -> None:
+        self.options = dict(options or {})
+        root = str(root)
+        if "://" not in root:
+            root = str(Path(root).expanduser().resolve())
+        self.fs, path = fsspec.core.url_to_fs(root, **self.options)
+        self.protocol = _protocol(self.fs)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.root_path = path.rstrip("/")
+        self.root = root.rstrip("/") if not self.is_local else self.root_path
+
+    # ---- paths -------------------------------------------------------------------------
+
+    def path(self, rel: str = "") -> str:
+        """The filesystem path (no protocol) of `rel`."""
+        return posixpath.join(self.root_path, rel) if rel else self.root_path
+
+    def uri(self, rel: str = "") -> str:
+        """The full URI of `rel` (a plain path for local storage)."""
+        if self.is_local:
+            return self.path(rel)
+        return f"{self.protocol}://{self.path(rel)}"
+
+    def child(self, rel: str) -> Storage:
+        """Storage rooted at a sub-folder."""
+        return Storage(self.uri(rel), self.options)
+
+    # ---- queries -----------------------------------------------------------------------
+
+    def exists(self, rel: str) -> bool:
+        try:
+            return self.fs.exists(self.path(rel))
+        except Exception as exc:  # network errors surface here for s3
+            raise StorageError(f"cannot check {self.uri(rel)}: {exc}") from exc
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names (not paths) directly under `rel`, without temporary files; [] if missing."""
+        full = self.path(rel)
+        try:
+            if not self.fs.exists(full):
+                return []
+            entries = self.fs.ls(full, detail=False)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise StorageError(f"cannot list {self.uri(rel)}: {exc}") from exc
+        names = [posixpath.basename(e.rstrip("/")) for e in entries]
+        return sorted(n for n in names if TMP_MARK not in n)
+
+    def glob(self, pattern: str) -> list[str]:
+        """Relative paths matching `pattern` under the root, without temporary files."""
+        found = self.fs.glob(self.path(pattern))
+        prefix = self.root_path + "/"
+        return sorted(
+            p[len(prefix) :] if p.startswith(prefix) else p
+            for p in found
+            if TMP_MARK not in posixpath.basename(p)
+        )
+
+    # ---- reading -----------------------------------------------------------------------
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(rel))
+        except FileNotFoundError:
+            raise StorageError(f"missing file: {self.uri(rel)}") from None
+        except Exception as exc:
+            raise StorageError(f"cannot read {self.uri(rel)}: {exc}") from exc
+
+    def read_json(self, rel: str) -> Any:
+        data = self.read_bytes(rel)
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise StorageError(f"{self.uri(rel)} is not valid JSON: {exc}") from exc
+
+    def read_parquet(self, rel: str, schema: pa.Schema | None = None) -> pa.Table:
+        data = self.read_bytes(rel)
+        try:
+            return pq.read_table(io.BytesIO(data), schema=schema)
+        except Exception as exc:
+            raise StorageError(f"{self.uri(rel)} is not a readable Parquet file: {exc}") from exc
+
+    # ---- writing -----------------------------------------------------------------------
+
+    def write_bytes(self, rel: str, data: bytes, *, overwrite: bool = False) -> str:
+        """Commit `data` at `rel` atomically. Without `overwrite`, an existing file is an error."""
+        full = self.path(rel)
+        try:
+            if self.is_local:
+                return self._write_local(full, data, overwrite)
+            if not overwrite and self.fs.exists(full):
+                raise SnapshotExistsError(f"refusing to overwrite committed {self.uri(rel)}")
+            self.fs.pipe_file(full, data)
+        except SnapshotExistsError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"cannot write {self.uri(rel)}: {exc}") from exc
+        return self.uri(rel)
+
+    def _write_local(self, full: str, data: bytes, overwrite: bool) -> str:
+        folder = os.path.dirname(full)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(full)}{TMP_MARK}{uuid.uuid4().hex}")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            if overwrite:
+                os.replace(tmp, full)
+            else:
+                try:
+                    os.link(tmp, full)  # atomic, and never clobbers
+                except FileExistsError:
+                    raise SnapshotExistsError(f"refusing to overwrite committed {full}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return full
+
+    def write_json(self, rel: str, obj: Any, *, overwrite: bool = False) -> str:
+        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+        return self.write_bytes(rel, data, overwrite=overwrite)
+
+    def write_parquet(self, rel: str, table: pa.Table, *, overwrite: bool = False) -> str:
+        return self.write_bytes(rel, parquet_bytes(table), overwrite=overwrite)
+
+    def delete(self, rel: str, *, recursive: bool = False) -> None:
+        full = self.path(rel)
+        if self.fs.exists(full):
+            self.fs.rm(full, recursive=recursive)
+
+    # ---- folders (checkpoints) -------------------------------------------------------
+
+    def put_dir(self, local_dir: str | Path, rel: str) -> str:
+        """Upload a local folder (a model checkpoint) to `rel`. For local storage, a copy."""
+        src = str(local_dir).rstrip("/")
+        dst = self.path(rel)
+        try:
+            if self.is_local:
+                import shutil
+
+                if os.path.abspath(src) != os.path.abspath(dst):
+                    shutil.copytree(src, dst, dirs_exist_ok=True)
+            else:
+                self.fs.put(src + "/", dst + "/", recursive=True)
+        except Exception as exc:
+            raise StorageError(f"cannot upload {src} to {self.uri(rel)}: {exc}") from exc
+        return self.uri(rel)
+
+    def get_dir(self, rel: str, local_dir: str | Path) -> Path:
+        """Download `rel` to a local folder (or return the local path itself)."""
+        if self.is_local:
+            return Path(self.path(rel))
+        local_dir = Path(local_dir)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.fs.get(self.path(rel) + "/", str(local_dir) + "/", recursive=True)
+        except Exception as exc:
+            raise StorageError(f"cannot download {self.uri(rel)}: {exc}") from exc
+        return local_dir
+
+    @contextmanager
+    def local_dir(self, rel: str, scratch: str | Path) -> Iterator[Path]:
+        """A local folder whose contents end up at `rel`: the folder itself on local storage,
+        else `scratch`, uploaded when the block exits without error."""
+        if self.is_local:
+            path = Path(self.path(rel))
+            path.mkdir(parents=True, exist_ok=True)
+            yield path
+            return
+        scratch = Path(scratch)
+        scratch.mkdir(parents=True, exist_ok=True)
+        yield scratch
+        self.put_dir(scratch, rel)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.uri()!r})"
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """Serialize a table to Parquet bytes (deterministic for the same table)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+    proto = fs.protocol
+    if isinstance(proto, list | tuple):
+        proto = proto[0]
+    return "s3" if proto in ("s3", "s3a") else str(proto)
+
+
+def open_storage(root: str, options: dict[str, Any] | None = None) -> Storage:
+    return Storage(root, options)

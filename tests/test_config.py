@@ -1,0 +1,83 @@
+"""LionConfig: defaults, YAML round-trip, rejection of bad configs with the field's path."""
+
+from __future__ import annotations
+
+import pytest
+
+from lion_core.config import LionConfig
+from lion_core.errors import ConfigError
+
+
+def test_paper_defaults():
+    cfg = LionConfig()
+    assert cfg.discrimination.tau == 1.0
+    assert cfg.novelty.threshold == 0.7
+    assert cfg.pools.hard_share == 0.5
+    assert (cfg.teacher.temperature, cfg.referee.temperature, cfg.generator.temperature) == (
+        0.7,
+        0.2,
+        1.0,
+    )
+    assert cfg.training.learning_rate == 2e-5
+    assert cfg.training.epochs == 3
+    assert cfg.training.max_length == 1024
+    assert cfg.teacher.is_offline and cfg.student.tiny is not None
+
+
+def test_every_field_has_a_description():
+    def walk(model_cls, prefix=""):
+        for name, field in model_cls.model_fields.items():
+            assert field.description, f"{prefix}{name} has no description"
+            ann = field.annotation
+            for sub in getattr(ann, "__args__", (ann,)):
+                if isinstance(sub, type) and hasattr(sub, "model_fields"):
+                    walk(sub, f"{prefix}{name}.")
+
+    walk(LionConfig)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = LionConfig().with_overrides(
+        {
+            "rounds": 5,
+            "teacher.base_url": "https://api.example.com/v1",
+            "teacher.api_key_env": "OPENAI_API_KEY",
+            "storage.root": "s3://bucket/prefix",
+            "storage.options": {"endpoint_url": "http://127.0.0.1:9000"},
+            "training.lora": {"r": 8},
+        }
+    )
+    path = tmp_path / "lion.yaml"
+    cfg.to_yaml(path)
+    back = LionConfig.from_yaml(path)
+    assert back == cfg
+    assert back.training.lora.r == 8
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"teacher": {"temprature": 0.5}}, "teacher.temprature"),
+        ({"referee": {"temperature": 3.5}}, "referee.temperature"),
+        ({"training": {"zero_stage": 4}}, "training.zero_stage"),
+        ({"storage": {"options": {"secret": "x"}}}, "storage.options"),
+        ({"teacher": {"base_url": "ftp://x"}}, "teacher.base_url"),
+        ({"student": {"model": "x", "tiny": {}}}, "student"),
+        ({"student": {"tiny": {"hidden_size": 10, "num_heads": 4}}}, "student.tiny"),
+        ({"rounds": "many"}, "rounds"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_bad_config_names_the_field(data, path):
+    with pytest.raises(ConfigError) as err:
+        LionConfig.from_dict(data)
+    assert f"  {path}:" in str(err.value)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("teacher: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml"):
+        LionConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match=r"missing\.yaml"):
+        LionConfig.from_yaml(tmp_path / "missing.yaml")

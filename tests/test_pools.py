@@ -1,0 +1,201 @@
+"""Pools and storage: identical round trips on a folder and on S3 (moto), atomic snapshots,
+initial-data errors that name the file, row and column."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from lion_core.errors import DataError, SchemaError, SnapshotExistsError
+from lion_core.pools import (
+    ARTIFACT_SCHEMAS,
+    RunStore,
+    instruction_id,
+    load_initial_data,
+)
+
+
+def _pool(n: int = 50) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        instr, inp = f"Add {i} and {i * 7}.", "" if i % 3 else f"context {i} — ünïcode"
+        rows.append(
+            {
+                "instruction_id": instruction_id(instr, inp),
+                "instruction": instr,
+                "input": inp,
+                "output": None if i % 2 else str(i * 8),
+                "source": "seed" if i < 40 else "hard",
+                "parent_id": None if i < 40 else instruction_id("Add 0 and 0.", ""),
+                "round": 0 if i < 40 else 1,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return RunStore.open(str(tmp_path / "run"))
+    root, options = request.getfixturevalue("s3_root")
+    return RunStore.open(root, options)
+
+
+def test_round_trip_is_identical(store):
+    df = _pool()
+    ref = store.write(1, "train_pool", df)
+    assert ref.rows == len(df) and len(ref.sha256) == 64
+    back = store.read(1, "train_pool")
+    pd.testing.assert_frame_equal(back, df.astype({"round": "int32"}), check_dtype=True)
+    assert store.ref(1, "train_pool") == ref
+    assert store.rounds() == [1]
+    counts = store.counts()[1]
+    assert counts["train_pool"] == len(df) and counts["cache_pool"] is None
+    if store.storage.is_local:
+        assert ref.uri.endswith("round=1/train_pool.parquet")
+    else:
+        assert ref.uri.startswith("s3://")
+
+
+def test_committed_snapshot_is_never_overwritten(store):
+    store.write(1, "train_pool", _pool(5))
+    with pytest.raises(SnapshotExistsError):
+        store.write(1, "train_pool", _pool(6))
+    assert store.read(1, "train_pool").shape[0] == 5
+    assert store.write_or_reuse(1, "train_pool", _pool(6)).rows == 5
+
+
+def test_schema_is_enforced(store):
+    with pytest.raises(SchemaError, match="instruction_id"):
+        store.write(1, "train_pool", _pool(3).drop(columns=["instruction_id"]))
+    with pytest.raises(SchemaError, match="unknown artifact"):
+        store.write(1, "not_an_artifact", _pool(3))
+    assert not store.exists(1, "train_pool")
+    for name, schema in ARTIFACT_SCHEMAS.items():
+        store.write(2, name, schema.empty_table())
+    assert all(v == 0 for k, v in store.counts()[2].items() if k != "student")
+
+
+KILL_LOCAL = textwrap.dedent(
+    """
+    import os, signal, sys
+    import pandas as pd
+    from lion_core.storage import Storage
+    st = Storage(sys.argv[1])
+    real_fsync = os.fsync
+    def die(fd):  # the process dies after the bytes hit the temp file, before commit
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.fsync = die
+    st.write_bytes("round=1/train_pool.parquet", b"PAR1" + b"x" * 100000)
+    """
+)
+
+
+def test_interrupted_local_write_leaves_no_snapshot(tmp_path):
+    root = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", KILL_LOCAL, str(root)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()
+    leftovers = list((root / "round=1").iterdir())
+    assert leftovers and all(".tmp-" in p.name for p in leftovers)  # only the temp file
+    store = RunStore.open(str(root))
+    assert store.ref(1, "train_pool") is None
+    assert store.counts()[1]["train_pool"] is None
+    store.write(1, "train_pool", _pool(4))  # a resume can write the real snapshot
+    assert store.read(1, "train_pool").shape[0] == 4
+
+
+KILL_S3 = textwrap.dedent(
+    """
+    import os, signal, sys
+    import s3fs
+    fs = s3fs.S3FileSystem(endpoint_url=sys.argv[2])
+    with fs.open(sys.argv[1], "wb", block_size=5 * 2**20) as fh:
+        fh.write(os.urandom(12 * 2**20))  # two parts uploaded, the upload never completed
+        fh.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_interrupted_s3_write_leaves_no_snapshot(s3_root):
+    root, options = s3_root
+    store = RunStore.open(root, options)
+    target = store.storage.path("round=1/train_pool.parquet")
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_S3, target, options["endpoint_url"]], capture_output=True
+    )
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert store.ref(1, "train_pool") is None
+    store.write(1, "train_pool", _pool(4))
+    assert store.read(1, "train_pool").shape[0] == 4
+
+
+def test_run_info(store):
+    store.write_run_info({"config": {"rounds": 3}, "versions": {"lion": "0.1.0"}})
+    assert store.read_run_info()["config"]["rounds"] == 3
+    with pytest.raises(SnapshotExistsError):
+        store.write_run_info({})
+
+
+# ---- initial data ----------------------------------------------------------------------------
+
+
+def test_initial_data_formats_agree(tmp_path):
+    records = [
+        {"instruction": "Give three tips.", "input": "", "output": "1. a"},
+        {"instruction": "Translate.", "input": "Bonjour", "output": "Hello"},
+        {"instruction": "Give three tips.", "input": "", "output": "dup"},
+    ]
+    (tmp_path / "a.json").write_text(json.dumps(records))
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    pd.DataFrame(records).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame(records).to_parquet(tmp_path / "a.parquet")
+    frames = [
+        load_initial_data(str(tmp_path / f"a.{ext}")) for ext in ("json", "jsonl", "csv", "parquet")
+    ]
+    for f in frames[1:]:
+        pd.testing.assert_frame_equal(f, frames[0])
+    assert len(frames[0]) == 2  # the duplicate is dropped
+    assert set(frames[0]["source"]) == {"seed"}
+    assert load_initial_data(str(tmp_path / "a.json"), limit=1).shape[0] == 1
+
+
+def test_initial_data_errors_name_file_row_column(tmp_path):
+    bad_line = tmp_path / "bad.jsonl"
+    bad_line.write_text('{"instruction": "ok"}\n{"instruction": \n')
+    with pytest.raises(DataError) as err:
+        load_initial_data(str(bad_line))
+    assert err.value.row == 2 and "bad.jsonl" in str(err.value)
+
+    missing = tmp_path / "missing_col.jsonl"
+    missing.write_text('{"instruction": "ok"}\n{"prompt": "no instruction"}\n')
+    with pytest.raises(DataError) as err:
+        load_initial_data(str(missing))
+    assert (err.value.row, err.value.column) == (2, "instruction")
+
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text("instruction,input\nfine,\n,empty\n")
+    with pytest.raises(DataError) as err:
+        load_initial_data(str(csv_path))
+    assert (err.value.row, err.value.column) == (3, "instruction")
+
+    wrong_type = tmp_path / "t.json"
+    wrong_type.write_text(json.dumps([{"instruction": "a"}, {"instruction": "b", "input": 5}]))
+    with pytest.raises(DataError) as err:
+        load_initial_data(str(wrong_type))
+    assert (err.value.row, err.value.column) == (1, "input")
+
+    with pytest.raises(DataError, match="file not found"):
+        load_initial_data(str(tmp_path / "nope.json"))
+    with pytest.raises(DataError, match="unsupported format"):
+        load_initial_data(str(tmp_path / "a.txt"))
+
+
+def test_real_alpaca_files_load(shared_data):
+    df = load_initial_data(str(shared_data / "gsm8k_train_alpaca_format.json"))
+    assert len(df) > 7000 and df["instruction_id"].is_unique
