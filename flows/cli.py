@@ -84,18 +84,107 @@ def config_cmd(
         typer.echo(cfg.to_yaml(), nl=False)
 
 
+def _parse_sets(sets: list[str] | None) -> dict[str, object]:
+    import yaml
+
+    overrides: dict[str, object] = {}
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--set expects KEY=VALUE with a dotted key, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _run_flow(cfg: LionConfig) -> None:
+    from flows.distill import lion_distill
+    from flows.report import summary_table
+
+    typer.echo(f"lion: {cfg.rounds} round(s), run root {cfg.storage.root}")
+    result = lion_distill(cfg)
+    typer.echo("")
+    typer.echo(summary_table(result["rounds"]))
+    typer.echo(
+        f"\npools and students under {result['root']} (inspect: lion pools {result['root']})"
+    )
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a field: --set training.epochs=1 (repeatable)."),
+]
+
+
 @app.command("run")
 def run(
     config: Annotated[Path, typer.Option("-c", "--config", help="The run's YAML config.")],
+    set_: SetOption = None,
 ) -> None:
-    """Run `rounds` Lion rounds as a Prefect flow."""
-    _fail("`lion run` needs the round flow (flows/distill.py), which is not built yet", 3)
+    """Run `rounds` Lion rounds as a Prefect flow, with any config."""
+    cfg = LionConfig.from_yaml(config)
+    if set_:
+        cfg = cfg.with_overrides(_parse_sets(set_))
+    _run_flow(cfg)
 
 
 @app.command("demo")
-def demo() -> None:
-    """Run the embedded default end to end: offline world, tiny student, local storage."""
-    _fail("`lion demo` needs the round flow (flows/distill.py), which is not built yet", 3)
+def demo(
+    rounds: Annotated[int, typer.Option(help="Lion rounds to run.")] = 3,
+    data_dir: Annotated[
+        str, typer.Option(help="The run's root (a folder, or s3://bucket/prefix).")
+    ] = "lion-runs/demo",
+    write_config: Annotated[
+        Path | None,
+        typer.Option(help="Only write the demo's full config as YAML here, to start from."),
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Run the embedded default end to end: offline world, tiny student, local storage,
+    ephemeral Prefect."""
+    from lion_core.presets import demo_config
+
+    cfg = demo_config(root=data_dir, rounds=rounds)
+    if set_:
+        cfg = cfg.with_overrides(_parse_sets(set_))
+    if write_config:
+        cfg.to_yaml(write_config)
+        typer.echo(f"wrote {write_config}; run it with: lion run -c {write_config}")
+        return
+    _run_flow(cfg)
+
+
+@app.command("resume")
+def resume(
+    target: Annotated[
+        str, typer.Argument(help="A run's root (folder or s3:// URI), or a Prefect flow-run id.")
+    ],
+    endpoint_url: Annotated[
+        str | None, typer.Option(help="S3 endpoint for an s3:// root (MinIO, ...).")
+    ] = None,
+) -> None:
+    """Re-run a failed run with its recorded config: every finished task comes from cache,
+    every answered LLM request from the response cache, training from its checkpoint."""
+    cfg = _resume_config(target, {"endpoint_url": endpoint_url} if endpoint_url else None)
+    _run_flow(cfg)
+
+
+def _resume_config(target: str, options: dict[str, str] | None) -> LionConfig:
+    import uuid
+
+    from lion_core.run import recorded_config
+
+    try:
+        run_id = uuid.UUID(target)
+    except ValueError:
+        return recorded_config(target, options)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(run_id)
+    params = flow_run.parameters or {}
+    if "config" not in params:
+        _fail(f"flow run {run_id} has no 'config' parameter: not a lion run")
+    return LionConfig.from_dict(params["config"], source=f"flow run {run_id}")
 
 
 def main() -> None:

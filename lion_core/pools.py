@@ -94,6 +94,30 @@ GENERATED_SCHEMA = pa.schema(
     ]
 )
 
+TRAIN_DATA_SCHEMA = pa.schema(
+    [
+        ("instruction_id", pa.string()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("answer", pa.string()),  # the teacher's answer: the training target
+    ]
+)
+
+# One referee order: 1 = teacher shown as Assistant 1, 2 = student shown first.
+REFEREE_ORDER_SCHEMA = pa.schema(
+    [
+        ("instruction_id", pa.string()),
+        ("teacher_score", pa.float64()),
+        ("student_score", pa.float64()),
+        ("review", pa.string()),  # the raw text of the last review asked for
+        ("status", pa.string()),  # scored | unscored
+        ("error", pa.string()),
+        ("attempts", pa.int32()),  # 1 + re-asks
+    ]
+)
+
+# The artifacts a round writes, in the order the DAG produces them. The first eight are the
+# public layout; the others are intermediate products kept for resuming and auditing.
 ARTIFACT_SCHEMAS: dict[str, pa.Schema] = {
     "train_pool": POOL_SCHEMA,
     "cache_pool": POOL_SCHEMA,
@@ -103,6 +127,11 @@ ARTIFACT_SCHEMAS: dict[str, pa.Schema] = {
     "hard": SPLIT_SCHEMA,
     "easy": SPLIT_SCHEMA,
     "generated": GENERATED_SCHEMA,
+    "train_data": TRAIN_DATA_SCHEMA,
+    "referee_1": REFEREE_ORDER_SCHEMA,
+    "referee_2": REFEREE_ORDER_SCHEMA,
+    "candidates_hard": GENERATED_SCHEMA,
+    "candidates_easy": GENERATED_SCHEMA,
 }
 
 ROUND_DIR = re.compile(r"^round=(\d+)$")
@@ -363,7 +392,7 @@ def pool_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def parse_artifact_uri(uri: str) -> tuple[int, str]:
-    m = re.search(r"round=(\d+)/([a-z_]+)\.parquet$", uri)
+    m = re.search(r"round=(\d+)/([a-z0-9_]+)\.parquet$", uri)
     if not m:
         raise StorageError(f"not an artifact URI: {uri}")
     return int(m.group(1)), m.group(2)

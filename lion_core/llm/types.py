@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Status = Literal["ok", "failed"]
 
@@ -94,3 +95,10 @@ def request_key(model: str, messages: list[dict[str, str]], params: dict[str, An
         separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class Completer(Protocol):
+    """What the stages need of an LLM client (LLMClient implements it): results in request
+    order, one per request, failures as status "failed" rather than exceptions."""
+
+    def run(self, requests: Sequence[ChatRequest], *, desc: str = "") -> list[ChatResult]: ...

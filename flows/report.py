@@ -1,0 +1,165 @@
+"""Per-round summaries, and their Prefect artifacts: a table and a markdown sample of hard
+instructions with both answers and the referee's reasons."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from lion_core.config import LionConfig
+from lion_core.pools import ArtifactRef
+from tasks.runtime import run_store
+
+ROLES = ("teacher", "referee", "generator")
+USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens")
+
+
+def _sum_usage(records: Sequence[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for record in records:
+        for key, value in (record.get("usage") or {}).items():
+            total[key] = total.get(key, 0) + int(value)
+    return total
+
+
+def round_summary(
+    config: LionConfig,
+    round: int,
+    *,
+    pools: dict[str, ArtifactRef],
+    next_pools: dict[str, ArtifactRef],
+    teacher: dict[str, Any],
+    data: dict[str, Any],
+    student: dict[str, Any],
+    reviews: list[dict[str, Any]],
+    split: dict[str, Any],
+    found: dict[str, dict[str, Any]],
+    generated: dict[str, Any],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """A small, flat record of the round: what the table artifact and the CLI show."""
+    stats = split["stats"]
+    usage = {
+        "teacher": _sum_usage([teacher]),
+        "referee": _sum_usage(reviews),
+        "generator": _sum_usage(list(found.values())),
+    }
+    teacher_mean, student_mean = stats.get("teacher_mean"), stats.get("student_mean")
+    row: dict[str, Any] = {
+        "round": round,
+        "train_pool": pools["train"].rows,
+        "cache_pool": pools["cache"].rows,
+        "teacher_failed": teacher["failed"],
+        "hard": stats.get("hard", 0),
+        "easy": stats.get("easy", 0),
+        "unscored": stats.get("unscored", 0),
+        "teacher_score": teacher_mean,
+        "student_score": student_mean,
+        "student_to_teacher": stats.get("ratio"),
+        "positional_bias": stats.get("positional_bias"),
+        "new_instructions": generated["statuses"].get("kept", 0),
+        "next_train_pool": next_pools["train"].rows,
+        "student": student["uri"],
+    }
+    for role in ROLES:
+        for field in USAGE_FIELDS:
+            row[f"{role}_{field}"] = usage[role].get(field, 0)
+    for stage, secs in seconds.items():
+        row[f"{stage}_seconds"] = secs
+    return row
+
+
+def _key(config: LionConfig, suffix: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", config.name.lower()).strip("-") or "lion"
+    return f"{slug}-{suffix}"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "-" if value is None else str(value)
+
+
+def publish_round(
+    config: LionConfig,
+    round: int,
+    summary: dict[str, Any],
+    hard: ArtifactRef,
+    referee: ArtifactRef,
+    sample: int = 5,
+) -> None:
+    """The round's table artifact and a markdown sample of hard instructions."""
+    table = [{"metric": k, "value": _fmt(v)} for k, v in summary.items()]
+    create_table_artifact(
+        table=table,
+        key=_key(config, f"round-{round}"),
+        description=f"Lion round {round}: pools, hard/easy split, scores, usage, wall time",
+    )
+    store = run_store(config)
+    hard_rows = store.read_ref(hard).sort_values("gap", ascending=False).head(sample)
+    reviews = store.read_ref(referee).set_index("instruction_id")
+    parts = [f"# Round {round}: hardest instructions\n"]
+    if hard_rows.empty:
+        parts.append("No hard instructions this round.\n")
+    for row in hard_rows.itertuples(index=False):
+        review = reviews.loc[row.instruction_id] if row.instruction_id in reviews.index else None
+        parts.append(
+            f"## {row.instruction[:120]}\n\n"
+            f"**Teacher** ({row.teacher_score:.1f}): {_quote(row.teacher_answer)}\n\n"
+            f"**Student** ({row.student_score:.1f}): {_quote(row.student_answer)}\n\n"
+        )
+        if review is not None:
+            parts.append(
+                f"**Referee, teacher first:** {_quote(review['review_1'])}\n\n"
+                f"**Referee, student first:** {_quote(review['review_2'])}\n\n"
+            )
+    create_markdown_artifact(
+        markdown="".join(parts),
+        key=_key(config, f"round-{round}-hard-sample"),
+        description=f"Lion round {round}: a sample of hard instructions",
+    )
+
+
+def _quote(text: Any, limit: int = 600) -> str:
+    text = "" if text is None else str(text)
+    text = text if len(text) <= limit else text[:limit] + " …"
+    return text.replace("\n", " ")
+
+
+SUMMARY_COLUMNS = (
+    "round",
+    "train_pool",
+    "cache_pool",
+    "hard",
+    "easy",
+    "unscored",
+    "teacher_score",
+    "student_score",
+    "student_to_teacher",
+    "new_instructions",
+    "teacher_requests",
+    "referee_requests",
+    "generator_requests",
+)
+
+
+def summary_table(rounds: Sequence[dict[str, Any]]) -> str:
+    """The per-round table the CLI prints."""
+    header = list(SUMMARY_COLUMNS)
+    rows = [[_fmt(r.get(c)) for c in header] for r in rounds]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def publish_run(config: LionConfig, rounds: Sequence[dict[str, Any]]) -> None:
+    create_table_artifact(
+        table=[{c: _fmt(r.get(c)) for c in SUMMARY_COLUMNS} for r in rounds],
+        key=_key(config, "summary"),
+        description=f"Lion run {config.name}: one row per round",
+    )

@@ -1,0 +1,132 @@
+"""A run's identity: `run.json` at its root binds the root to one configuration.
+
+Snapshots are immutable, so a root must not be reused with a configuration that would produce
+different ones. Fields that change how work is done but not what it produces (concurrency,
+timeouts, GPU counts, the number of rounds, fault injection) may differ between invocations; any
+other difference is refused with the differing paths named.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from datetime import UTC, datetime
+from typing import Any
+
+from lion_core.config import LionConfig
+from lion_core.errors import ConfigError
+from lion_core.pools import RunStore
+
+# Dotted paths (a prefix matches everything below it) that may change between invocations.
+OPERATIONAL_FIELDS = (
+    "name",
+    "rounds",
+    "storage.options",
+    "teacher.concurrency",
+    "teacher.timeout",
+    "teacher.retries",
+    "teacher.batch_size",
+    "teacher.api_key_env",
+    "teacher.api_key_secret",
+    "referee.concurrency",
+    "referee.timeout",
+    "referee.retries",
+    "referee.batch_size",
+    "referee.api_key_env",
+    "referee.api_key_secret",
+    "generator.concurrency",
+    "generator.timeout",
+    "generator.retries",
+    "generator.batch_size",
+    "generator.api_key_env",
+    "generator.api_key_secret",
+    "training.launcher",
+    "training.num_gpus",
+    "training.num_nodes",
+    "training.hostfile",
+    "training.master_port",
+    "training.timeout",
+    "student.generation.num_gpus",
+    "student.generation.token_budget",
+    "offline.latency",
+    "offline.faults",
+)
+
+PACKAGES = (
+    "lion-distill",
+    "torch",
+    "transformers",
+    "deepspeed",
+    "prefect",
+    "openai",
+    "pandas",
+    "pyarrow",
+    "s3fs",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def _operational(path: str) -> bool:
+    return any(path == f or path.startswith(f + ".") for f in OPERATIONAL_FIELDS)
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted paths whose values differ and that are not operational."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p) and not _operational(p))
+
+
+def open_run(config: LionConfig) -> RunStore:
+    """The run's store; writes run.json on first use and checks the config against it after."""
+    store = RunStore.open(config.storage.root, config.storage.options)
+    current = config.model_dump(mode="json")
+    if store.storage.exists("run.json"):
+        recorded = store.read_run_info().get("config", {})
+        diffs = config_differences(recorded, current)
+        if diffs:
+            raise ConfigError(
+                f"run root {store.storage.uri()} was created with a different configuration; "
+                f"these fields differ: {', '.join(diffs)}. Use a new storage.root, or the "
+                "recorded config (lion resume reads it from run.json)."
+            )
+        return store
+    store.write_run_info(
+        {
+            "config": current,
+            "versions": package_versions(),
+            "started_at": datetime.now(UTC).isoformat(),
+        }
+    )
+    return store
+
+
+def recorded_config(root: str, options: dict[str, Any] | None = None) -> LionConfig:
+    """The config stored in a run's run.json (what `lion resume <root>` runs with)."""
+    store = RunStore.open(root, options)
+    info = store.read_run_info()
+    data = info.get("config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{store.storage.uri('run.json')}: no 'config' mapping")
+    cfg = LionConfig.from_dict(data, source=store.storage.uri("run.json"))
+    if options:
+        cfg = cfg.with_overrides({"storage.options": options})
+    return cfg

@@ -1,0 +1,98 @@
+"""Content-addressed caching for lion tasks.
+
+Prefect's default cache policy includes the flow run's id, so it hits on a UI *Retry* of the same
+run and misses on any new run. Our keys leave the run id out: a task's key is its name, a version,
+the hash of the config sections it reads, and the *content* of its inputs (an ArtifactRef counts
+by its sha256). So `lion resume` and a re-submitted run hit every finished task, and a change to a
+section that matters (say `training`) re-runs exactly the tasks that read it.
+
+Results are persisted in the run's own storage (`<root>/prefect-results/`), local or S3, so a
+retry on a fresh Kubernetes pod finds them. Parameters named in RUNTIME_PARAMS (the offline
+server's URL, which changes every run) never enter a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
+from pydantic import BaseModel
+
+from lion_core.config import LionConfig
+from lion_core.pools import ArtifactRef, RunStore
+
+KEY_VERSION = "1"  # bump to invalidate every cached task result after a semantic change
+RUNTIME_PARAMS = frozenset({"offline_url"})
+RESULTS_DIR = "prefect-results"
+
+
+def digest(value: Any) -> Any:
+    """A JSON-able stand-in for a task input: content, not identity."""
+    if isinstance(value, ArtifactRef):
+        return {"artifact": value.name, "round": value.round, "sha256": value.sha256}
+    if isinstance(value, LionConfig):
+        raise TypeError("pass config through the `config` parameter")
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): digest(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [digest(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise TypeError(f"cannot hash task input of type {type(value).__name__}")
+
+
+def content_key(*sections: str) -> Callable[[Any, dict[str, Any]], str]:
+    """A cache_key_fn over the task's name, the named config sections, and its other inputs."""
+
+    def key_fn(context: Any, parameters: dict[str, Any]) -> str:
+        config: LionConfig = parameters["config"]
+        payload = {
+            "task": context.task.name,
+            "version": KEY_VERSION,
+            "storage": config.storage.root,
+            "config": config.section_hash(*sections) if sections else None,
+            "inputs": {
+                name: digest(value)
+                for name, value in sorted(parameters.items())
+                if name != "config" and name not in RUNTIME_PARAMS
+            },
+        }
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    return key_fn
+
+
+def result_storage(config: LionConfig) -> WritableFileSystem:
+    """A Prefect file-system block rooted in the run's storage (never a block slug string)."""
+    store = RunStore.open(config.storage.root, config.storage.options)
+    uri = store.storage.uri(RESULTS_DIR)
+    if store.storage.is_local:
+        Path(uri).mkdir(parents=True, exist_ok=True)
+        return LocalFileSystem(basepath=uri)
+    settings = dict(config.storage.options)
+    return RemoteFileSystem(basepath=uri, settings=settings)
+
+
+def lion_task(name: str, *sections: str, retries: int = 0, retry_delay_seconds: float = 10):
+    """Declare a lion task: content-keyed cache over `sections` of the config, result persisted
+    (the result storage is bound per run by `flows.common.bound_tasks`)."""
+
+    def wrap(fn):
+        return task(
+            name=name,
+            cache_key_fn=content_key(*sections),
+            persist_result=True,
+            cache_result_in_memory=False,
+            retries=retries,
+            retry_delay_seconds=retry_delay_seconds,
+        )(fn)
+
+    return wrap

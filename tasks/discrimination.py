@@ -1,0 +1,84 @@
+"""Discrimination tasks: the referee's reviews in each order, the scores, the hard/easy split."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lion_core.config import LionConfig
+from lion_core.discriminate import split
+from lion_core.pools import ArtifactRef
+from lion_core.referee import combine, score_order
+from tasks.caching import lion_task
+from tasks.runtime import llm_client, run_store, usage_record
+
+
+def _pairs(config: LionConfig, cache: ArtifactRef, teacher: ArtifactRef, student: ArtifactRef):
+    store = run_store(config)
+    pool = store.read_ref(cache)[["instruction_id", "instruction", "input"]]
+    answers = {
+        who: store.read_ref(ref).set_index("instruction_id")
+        for who, ref in (("teacher", teacher), ("student", student))
+    }
+    for who, frame in answers.items():
+        ok = frame["status"] == "ok"
+        pool[f"{who}_answer"] = pool["instruction_id"].map(frame["answer"].where(ok))
+    return pool
+
+
+@lion_task("referee-reviews", "referee", retries=2)
+def referee_reviews(
+    config: LionConfig,
+    round: int,
+    cache: ArtifactRef,
+    teacher: ArtifactRef,
+    student: ArtifactRef,
+    order: int,
+    offline_url: str | None = None,
+) -> dict[str, Any]:
+    """The referee's reviews of every Cache Pool pair in one order (1: teacher shown first,
+    2: student shown first). Unparsable reviews are re-asked, then kept as unscored."""
+    started = time.monotonic()
+    client = llm_client(config, "referee", offline_url)
+    reviews = score_order(_pairs(config, cache, teacher, student), client, config.referee, order)
+    return {
+        "reviews": run_store(config).write_or_reuse(round, f"referee_{order}", reviews),
+        "usage": usage_record(client),
+        "seconds": time.monotonic() - started,
+    }
+
+
+@lion_task("referee-scores")
+def referee_scores(
+    config: LionConfig, round: int, order_1: ArtifactRef, order_2: ArtifactRef
+) -> ArtifactRef:
+    """Both orders' scores averaged per assistant; a pair unscored in either order stays
+    unscored (never a tie)."""
+    store = run_store(config)
+    scores = combine(store.read_ref(order_1), store.read_ref(order_2))
+    return store.write_or_reuse(round, "referee", scores)
+
+
+@lion_task("hard-and-easy", "discrimination")
+def hard_and_easy(
+    config: LionConfig,
+    round: int,
+    cache: ArtifactRef,
+    teacher: ArtifactRef,
+    student: ArtifactRef,
+    referee: ArtifactRef,
+) -> dict[str, Any]:
+    """Split the scored Cache Pool: hard if teacher − student ≥ τ, easy otherwise."""
+    store = run_store(config)
+    hard, easy, stats = split(
+        store.read_ref(cache),
+        store.read_ref(teacher),
+        store.read_ref(student),
+        store.read_ref(referee),
+        config.discrimination.tau,
+    )
+    return {
+        "hard": store.write_or_reuse(round, "hard", hard),
+        "easy": store.write_or_reuse(round, "easy", easy),
+        "stats": stats,
+    }

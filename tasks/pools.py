@@ -1,0 +1,49 @@
+"""Tasks that produce pools: the first round's pools from the seeds, each next round's pools."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from lion_core.config import LionConfig
+from lion_core.pools import ArtifactRef, load_initial_data
+from tasks.caching import lion_task
+from tasks.runtime import run_store
+
+
+@lion_task("seed-pools", "pools", "seed", "offline")
+def seed_pools(config: LionConfig) -> dict[str, ArtifactRef]:
+    """Round 1's Train and Cache Pools: the seed instructions (both pools start equal)."""
+    store = run_store(config)
+    if config.pools.initial_data:
+        seeds = load_initial_data(
+            config.pools.initial_data, config.storage.options, limit=config.pools.limit
+        )
+    else:
+        from lion_core.offline.world import seed_pool
+
+        seeds = seed_pool(config.pools.offline_seeds, config.seed, config.offline.max_difficulty)
+        if config.pools.limit:
+            seeds = seeds.head(config.pools.limit)
+    return {
+        "train": store.write_or_reuse(1, "train_pool", seeds),
+        "cache": store.write_or_reuse(1, "cache_pool", seeds),
+    }
+
+
+@lion_task("next-round-pools", "pools")
+def next_round_pools(
+    config: LionConfig, round: int, train: ArtifactRef, generated: ArtifactRef
+) -> dict[str, ArtifactRef]:
+    """Round k+1's pools: Train Pool ∪ new instructions; Cache Pool ← new (or all)."""
+    from lion_core.generate import new_pool_rows
+
+    store = run_store(config)
+    new = new_pool_rows(store.read_ref(generated))
+    old = store.read_ref(train)
+    merged = pd.concat([old, new[~new["instruction_id"].isin(old["instruction_id"])]])
+    merged = merged.reset_index(drop=True)
+    cache = new if config.pools.cache_pool == "new" else merged
+    return {
+        "train": store.write_or_reuse(round + 1, "train_pool", merged),
+        "cache": store.write_or_reuse(round + 1, "cache_pool", cache),
+    }

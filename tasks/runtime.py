@@ -1,0 +1,74 @@
+"""What tasks build from a config at run time: the run's store and LLM clients.
+
+Tasks receive configs and URIs (hashable, cacheable) and build live objects (clients, file
+systems) here, inside the task, so nothing unhashable ever becomes a task input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from lion_core.config import LionConfig
+from lion_core.errors import LLMError
+from lion_core.llm.cache import ResponseCache
+from lion_core.llm.client import LLMClient
+from lion_core.pools import RunStore
+
+
+def run_store(config: LionConfig) -> RunStore:
+    return RunStore.open(config.storage.root, config.storage.options)
+
+
+def api_key(config: LionConfig, role: str) -> str | None:
+    """The key for `role`: its environment variable, else its Prefect Secret block, else None."""
+    endpoint = config.endpoints()[role]
+    if endpoint.api_key_env and os.environ.get(endpoint.api_key_env):
+        return None  # LLMClient reads the variable itself
+    if endpoint.api_key_secret:
+        from prefect.blocks.system import Secret
+
+        try:
+            return Secret.load(endpoint.api_key_secret).get()
+        except ValueError as exc:
+            raise LLMError(
+                f"{role}.api_key_secret: cannot load Prefect Secret block "
+                f"{endpoint.api_key_secret!r}: {exc}"
+            ) from None
+    return None
+
+
+def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMClient:
+    """A client for `role` with the run's response cache, pointed at the offline world if the
+    endpoint says 'offline'."""
+    endpoint = config.endpoints()[role]
+    if endpoint.is_offline and not offline_url:
+        raise LLMError(f"{role}.base_url is 'offline' but no offline world is running")
+    return LLMClient(
+        endpoint,
+        role=role,
+        cache=ResponseCache(run_store(config).storage, role),
+        base_url=offline_url if endpoint.is_offline else None,
+        api_key=api_key(config, role),
+    )
+
+
+def attach_library_logging() -> None:
+    """Send lion_core's log records to the Prefect run logs as well as the console
+    (what PREFECT_LOGGING_EXTRA_LOGGERS=lion_core does, without needing the variable)."""
+    prefect_extra = logging.getLogger("prefect.extra")
+    lib = logging.getLogger("lion_core")
+    lib.setLevel(logging.INFO)
+    for handler in prefect_extra.handlers:
+        if handler not in lib.handlers:
+            lib.addHandler(handler)
+    lib.propagate = False
+
+
+def usage_record(client: LLMClient) -> dict[str, int]:
+    """The client's counters (requests sent, cache hits, failures, tokens) as a plain dict."""
+    import dataclasses
+
+    usage = client.usage
+    data = dataclasses.asdict(usage) if dataclasses.is_dataclass(usage) else dict(usage)
+    return {k: int(v) for k, v in data.items() if isinstance(v, int | float)}
