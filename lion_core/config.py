@@ -20,6 +20,50 @@ from lion_core.errors import ConfigError
 
 OFFLINE = "offline"
 
+# Dotted paths (a prefix matches everything below it) that may change between invocations.
+OPERATIONAL_FIELDS = (
+    "name",
+    "rounds",
+    "storage.options",
+    "teacher.base_url",
+    "teacher.concurrency",
+    "teacher.timeout",
+    "teacher.retries",
+    "teacher.batch_size",
+    "teacher.api_key_env",
+    "teacher.api_key_secret",
+    "referee.base_url",
+    "referee.concurrency",
+    "referee.timeout",
+    "referee.retries",
+    "referee.batch_size",
+    "referee.api_key_env",
+    "referee.api_key_secret",
+    "generator.base_url",
+    "generator.concurrency",
+    "generator.timeout",
+    "generator.retries",
+    "generator.batch_size",
+    "generator.api_key_env",
+    "generator.api_key_secret",
+    "training.launcher",
+    "training.num_gpus",
+    "training.num_nodes",
+    "training.hostfile",
+    "training.master_port",
+    "training.timeout",
+    "student.generation.num_gpus",
+    "student.generation.token_budget",
+    "offline.latency",
+    "offline.faults",
+)
+
+
+def is_operational(path: str) -> bool:
+    """Whether a dotted field path only changes how work is done, not what it produces: such
+    fields may differ between invocations on one run root and never enter a cache key."""
+    return any(path == f or path.startswith(f + ".") for f in OPERATIONAL_FIELDS)
+
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
@@ -435,17 +479,24 @@ class LionConfig(Section):
         return LionConfig.from_dict(data, source="overrides")
 
     def section_hash(self, *sections: str) -> str:
-        """sha256 of the named sections' JSON: part of the cache key of tasks that use them."""
-        payload = {
-            s: getattr(self, s).model_dump(mode="json")
-            if isinstance(getattr(self, s), BaseModel)
-            else getattr(self, s)
-            for s in sections
-        }
+        """sha256 of the named sections' JSON, operational fields left out: part of the cache
+        key of the tasks that read those sections."""
+        data = self.model_dump(mode="json")
+        payload = {s: _drop_operational(data[s], s) for s in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def endpoints(self) -> dict[str, EndpointConfig]:
         return {"teacher": self.teacher, "referee": self.referee, "generator": self.generator}
+
+
+def _drop_operational(value: Any, path: str) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _drop_operational(v, f"{path}.{k}")
+            for k, v in value.items()
+            if not is_operational(f"{path}.{k}")
+        }
+    return value
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -1,9 +1,10 @@
 """A run's identity: `run.json` at its root binds the root to one configuration.
 
 Snapshots are immutable, so a root must not be reused with a configuration that would produce
-different ones. Fields that change how work is done but not what it produces (concurrency,
-timeouts, GPU counts, the number of rounds, fault injection) may differ between invocations; any
-other difference is refused with the differing paths named.
+different ones. Fields that change how work is done but not what it produces (endpoint URLs —
+answers are keyed by model name, not by server —, concurrency, timeouts, GPU counts, the number of
+rounds, fault injection) may differ between invocations; any other difference is refused with the
+differing paths named.
 """
 
 from __future__ import annotations
@@ -13,44 +14,9 @@ import platform
 from datetime import UTC, datetime
 from typing import Any
 
-from lion_core.config import LionConfig
+from lion_core.config import LionConfig, is_operational
 from lion_core.errors import ConfigError
 from lion_core.pools import RunStore
-
-# Dotted paths (a prefix matches everything below it) that may change between invocations.
-OPERATIONAL_FIELDS = (
-    "name",
-    "rounds",
-    "storage.options",
-    "teacher.concurrency",
-    "teacher.timeout",
-    "teacher.retries",
-    "teacher.batch_size",
-    "teacher.api_key_env",
-    "teacher.api_key_secret",
-    "referee.concurrency",
-    "referee.timeout",
-    "referee.retries",
-    "referee.batch_size",
-    "referee.api_key_env",
-    "referee.api_key_secret",
-    "generator.concurrency",
-    "generator.timeout",
-    "generator.retries",
-    "generator.batch_size",
-    "generator.api_key_env",
-    "generator.api_key_secret",
-    "training.launcher",
-    "training.num_gpus",
-    "training.num_nodes",
-    "training.hostfile",
-    "training.master_port",
-    "training.timeout",
-    "student.generation.num_gpus",
-    "student.generation.token_budget",
-    "offline.latency",
-    "offline.faults",
-)
 
 PACKAGES = (
     "lion-distill",
@@ -85,14 +51,10 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-def _operational(path: str) -> bool:
-    return any(path == f or path.startswith(f + ".") for f in OPERATIONAL_FIELDS)
-
-
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted paths whose values differ and that are not operational."""
     a, b = _flatten(old), _flatten(new)
-    return sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p) and not _operational(p))
+    return sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p) and not is_operational(p))
 
 
 def open_run(config: LionConfig) -> RunStore:

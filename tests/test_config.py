@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lion_core.config import LionConfig
@@ -81,3 +83,22 @@ def test_bad_yaml_names_the_file(tmp_path):
         LionConfig.from_yaml(path)
     with pytest.raises(ConfigError, match=r"missing\.yaml"):
         LionConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_configuration_doc_is_current():
+    from lion_core.config_doc import render
+
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    assert doc == render(), "regenerate: python -m lion_core.config_doc > docs/configuration.md"
+
+
+def test_run_root_is_bound_to_its_config(tmp_path):
+    from lion_core.run import open_run, recorded_config
+
+    cfg = LionConfig().with_overrides({"storage.root": str(tmp_path / "run")})
+    open_run(cfg)
+    # operational changes are fine: more rounds, other concurrency, fault injection
+    open_run(cfg.with_overrides({"rounds": 7, "teacher.concurrency": 64}))
+    with pytest.raises(ConfigError, match=r"discrimination\.tau"):
+        open_run(cfg.with_overrides({"discrimination.tau": 2.0}))
+    assert recorded_config(str(tmp_path / "run")) == cfg

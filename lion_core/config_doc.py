@@ -1,0 +1,69 @@
+"""Render LionConfig's fields as a markdown reference (docs/configuration.md is generated)."""
+
+from __future__ import annotations
+
+import json
+import typing
+
+from pydantic import BaseModel
+
+from lion_core.config import LionConfig
+
+HEADER = """# Configuration reference
+
+Generated from `lion_core/config.py` by `python -m lion_core.config_doc > docs/configuration.md`
+(a test keeps it in step). One model, `LionConfig`, drives the CLI (`lion run -c FILE`,
+`--set a.b=c`), YAML files and the Prefect UI's run form. Unknown keys are errors; every error
+names the field's dotted path.
+
+Start from a full file: `lion demo --write-config my-run.yaml` (the embedded default) or
+`lion config --write defaults.yaml` (the paper's defaults).
+
+"""
+
+
+def _model_of(annotation: object) -> type[BaseModel] | None:
+    for arg in (annotation, *typing.get_args(annotation)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _type_name(annotation: object) -> str:
+    text = str(annotation).replace("typing.", "").replace("lion_core.config.", "")
+    return text.replace("<class '", "").replace("'>", "").replace("|", "\\|")
+
+
+def render() -> str:
+    out = [HEADER]
+    defaults = LionConfig().model_dump(mode="json")
+
+    def section(model: type[BaseModel], path: str, values: dict) -> None:
+        rows, subs = [], []
+        for name, field in model.model_fields.items():
+            sub = _model_of(field.annotation)
+            dotted = f"{path}.{name}" if path else name
+            if sub is not None and isinstance(values.get(name), dict):
+                subs.append((sub, dotted, values[name], field.description))
+                continue
+            default = json.dumps(values.get(name))
+            rows.append(
+                f"| `{dotted}` | `{_type_name(field.annotation)}` | `{default}` | "
+                f"{field.description} |"
+            )
+        if rows:
+            out.append(f"## `{path or 'top level'}`\n")
+            if model.__doc__ and path:
+                out.append(model.__doc__.strip().splitlines()[0] + "\n")
+            out.append("| field | type | default | description |\n|---|---|---|---|")
+            out.extend(rows)
+            out.append("")
+        for sub, dotted, sub_values, _ in subs:
+            section(sub, dotted, sub_values)
+
+    section(LionConfig, "", defaults)
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
