@@ -47,7 +47,6 @@ def round_summary(
         "referee": _sum_usage(reviews),
         "generator": _sum_usage(list(found.values())),
     }
-    teacher_mean, student_mean = stats.get("teacher_mean"), stats.get("student_mean")
     row: dict[str, Any] = {
         "round": round,
         "train_pool": pools["train"].rows,
@@ -56,9 +55,9 @@ def round_summary(
         "hard": stats.get("hard", 0),
         "easy": stats.get("easy", 0),
         "unscored": stats.get("unscored", 0),
-        "teacher_score": teacher_mean,
-        "student_score": student_mean,
-        "student_to_teacher": stats.get("ratio"),
+        "teacher_score": stats.get("mean_teacher_score"),
+        "student_score": stats.get("mean_student_score"),
+        "student_to_teacher": stats.get("score_ratio"),
         "positional_bias": stats.get("positional_bias"),
         "new_instructions": generated["statuses"].get("kept", 0),
         "next_train_pool": next_pools["train"].rows,

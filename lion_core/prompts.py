@@ -70,6 +70,12 @@ REFEREE_REASK = (
     "\nScore of the Assistant 1: <score>\nScore of the Assistant 2: <score>"
 )
 
+REFEREE_REASK_JSON = (
+    "Your previous answer was not a JSON object with the two scores. Reply again with exactly "
+    'one JSON object: {"evaluation_evidence": "<your evaluation explanation here>", '
+    '"score_assistant_1": <score>, "score_assistant_2": <score>}'
+)
+
 
 def referee_messages(
     instruction: str, answer_1: str, answer_2: str, *, json_mode: bool = False

@@ -8,22 +8,14 @@ from typing import Any
 from lion_core.config import LionConfig
 from lion_core.discriminate import split
 from lion_core.pools import ArtifactRef
-from lion_core.referee import combine, score_order
+from lion_core.referee import combine, make_pairs, score_order
 from tasks.caching import lion_task
 from tasks.runtime import llm_client, run_store, usage_record
 
 
 def _pairs(config: LionConfig, cache: ArtifactRef, teacher: ArtifactRef, student: ArtifactRef):
     store = run_store(config)
-    pool = store.read_ref(cache)[["instruction_id", "instruction", "input"]]
-    answers = {
-        who: store.read_ref(ref).set_index("instruction_id")
-        for who, ref in (("teacher", teacher), ("student", student))
-    }
-    for who, frame in answers.items():
-        ok = frame["status"] == "ok"
-        pool[f"{who}_answer"] = pool["instruction_id"].map(frame["answer"].where(ok))
-    return pool
+    return make_pairs(store.read_ref(cache), store.read_ref(teacher), store.read_ref(student))
 
 
 @lion_task("referee-reviews", "referee", retries=2)

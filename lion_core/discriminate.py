@@ -1,0 +1,102 @@
+"""Discrimination: split the Cache Pool into hard and easy instructions by the referee's scores.
+
+gap = teacher score - student score (each the mean over both orders); hard if gap >= tau, easy
+otherwise. Unscored pairs are in neither set: they are counted, by reason, in the statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from lion_core.pools import POOL_SCHEMA, SPLIT_SCHEMA
+from lion_core.referee import unscored_reason
+
+# Scores are means of halves and quarters; tolerate float noise at the threshold so that a gap
+# of exactly tau (say 8.5 - 7.5) is hard, as the paper's ">= 1" intends.
+EPS = 1e-9
+
+
+def split(
+    pool: pd.DataFrame,
+    teacher_answers: pd.DataFrame,
+    student_answers: pd.DataFrame,
+    referee: pd.DataFrame,
+    tau: float,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Hard and easy instructions (SPLIT_SCHEMA, largest gap first) and the round's statistics.
+
+    `pool` is the Cache Pool (POOL_SCHEMA), the answers are ANSWER_SCHEMA frames and `referee`
+    is `referee.combine`'s REFEREE_SCHEMA frame. A pool instruction without a referee row counts
+    as unscored (reason missing_review).
+    """
+    pool = pool.drop_duplicates("instruction_id")[POOL_SCHEMA.names].reset_index(drop=True)
+    ref = referee.drop_duplicates("instruction_id").set_index("instruction_id")
+    joined = pool.join(ref, on="instruction_id", how="left")
+    joined["status"] = joined["status"].fillna("unscored")
+    joined.loc[joined["error"].isna() & (joined["status"] != "scored"), "error"] = (
+        "missing_review: no referee row"
+    )
+    for who, answers in (("teacher", teacher_answers), ("student", student_answers)):
+        ok = answers[answers["status"] == "ok"].drop_duplicates("instruction_id", keep="last")
+        joined[f"{who}_answer"] = joined["instruction_id"].map(
+            ok.set_index("instruction_id")["answer"]
+        )
+
+    scored = joined[joined["status"] == "scored"].copy()
+    unscored = joined[joined["status"] != "scored"]
+    scored["gap"] = scored["teacher_score"] - scored["student_score"]
+    scored = scored.sort_values(
+        ["gap", "teacher_score", "instruction_id"], ascending=[False, False, True], kind="stable"
+    )
+    is_hard = scored["gap"] >= tau - EPS
+    hard = scored[is_hard][SPLIT_SCHEMA.names].reset_index(drop=True)
+    easy = scored[~is_hard][SPLIT_SCHEMA.names].reset_index(drop=True)
+    stats = split_stats(scored, unscored, tau, n_hard=len(hard))
+    return hard, easy, stats
+
+
+def split_stats(
+    scored: pd.DataFrame, unscored: pd.DataFrame, tau: float, *, n_hard: int
+) -> dict[str, Any]:
+    """Counts, mean scores, the student-to-teacher ratio and the referee's positional bias.
+
+    positional_bias: mean score of the answer shown first minus the one shown second, over both
+    orders (order 1 shows the teacher first, order 2 the student), i.e.
+    mean((t1 - s1) + (s2 - t2)) / 2. gap_order_1 and gap_order_2 are the teacher-minus-student
+    gaps each order alone would give: a bias b shifts them by +b and -b, and their mean, the
+    gap the split uses, by nothing.
+    """
+    n_scored = len(scored)
+    t1, s1 = scored["teacher_score_1"], scored["student_score_1"]
+    t2, s2 = scored["teacher_score_2"], scored["student_score_2"]
+    mean_teacher = _mean(scored["teacher_score"])
+    mean_student = _mean(scored["student_score"])
+    reasons = unscored["error"].map(unscored_reason).value_counts().sort_index()
+    return {
+        "tau": float(tau),
+        "total": n_scored + len(unscored),
+        "hard": n_hard,
+        "easy": n_scored - n_hard,
+        "unscored": len(unscored),
+        "unscored_by_reason": {str(k): int(v) for k, v in reasons.items()},
+        "hard_share": n_hard / n_scored if n_scored else None,
+        "mean_teacher_score": mean_teacher,
+        "mean_student_score": mean_student,
+        "score_ratio": (
+            mean_student / mean_teacher if mean_teacher and mean_student is not None else None
+        ),
+        "mean_gap": _mean(scored["teacher_score"] - scored["student_score"]),
+        "gap_order_1": _mean(t1 - s1),
+        "gap_order_2": _mean(t2 - s2),
+        "positional_bias": _mean(((t1 - s1) + (s2 - t2)) / 2),
+    }
+
+
+def _mean(values: pd.Series) -> float | None:
+    if len(values) == 0:
+        return None
+    m = float(values.mean())
+    return None if math.isnan(m) else m
