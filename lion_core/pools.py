@@ -87,8 +87,9 @@ SPLIT_SCHEMA = pa.schema(
 GENERATED_SCHEMA = pa.schema(
     [
         *POOL_SCHEMA,
-        ("status", pa.string()),  # kept | too_short | truncated | punctuation | non_ascii |
-        #                            not_novel | duplicate | failed | unparsable
+        # kept | surplus | not_novel | duplicate | candidate (passed the post-filters, not yet
+        # judged) | failed | truncated | empty | echo | too_short | punctuation | non_ascii
+        ("status", pa.string()),
         ("error", pa.string()),
         ("request_key", pa.string()),
     ]
