@@ -64,3 +64,7 @@ class MissingAPIKeyError(LLMError, KeyError):
 
 class TrainingError(LionError, RuntimeError):
     """Student training failed; the message carries the tail of the training log."""
+
+
+class GenerationError(LionError, RuntimeError):
+    """Student generation failed; the answers committed before the failure are kept."""

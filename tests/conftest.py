@@ -46,3 +46,64 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+# ---- the offline world ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline_server():
+    """Start in-process offline worlds (real HTTP on loopback), stopped after the test:
+    `srv = offline_server(latency=0.01, faults={"rate_500": 0.2})`; then `srv.base_url`,
+    `srv.stats()`, `srv.reset_stats()`, `srv.stop()`."""
+    from lion_core.config import OfflineWorldConfig
+    from lion_core.offline.server import OfflineServer
+
+    started = []
+
+    def start(cfg=None, **fields):
+        server = OfflineServer(cfg or OfflineWorldConfig.model_validate(fields)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def offline_process(tmp_path):
+    """Start `lion serve-offline --port 0` as a subprocess: `base_url = offline_process({...})`
+    with an optional `offline` config section; the process is terminated after the test."""
+    import re
+    import subprocess
+    import sys
+
+    import yaml
+
+    procs = []
+
+    def start(offline: dict | None = None) -> str:
+        cmd = [str(Path(sys.executable).parent / "lion"), "serve-offline", "--port", "0"]
+        if offline is not None:
+            cfg = tmp_path / f"offline-{len(procs)}.yaml"
+            cfg.write_text(yaml.safe_dump({"offline": offline}))
+            cmd += ["-c", str(cfg)]
+        err = tmp_path / f"serve-offline-{len(procs)}.err"
+        with err.open("w") as err_fh:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_fh, text=True)
+        procs.append(proc)
+        line = proc.stdout.readline()
+        match = re.search(r"(http://\S+/v1)", line)
+        if not match:
+            proc.kill()
+            raise RuntimeError(f"lion serve-offline did not start: {line!r} {err.read_text()}")
+        return match.group(1)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

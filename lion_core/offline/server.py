@@ -1,0 +1,394 @@
+"""The offline world's OpenAI-compatible HTTP server (starlette on uvicorn, loopback only).
+
+Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `GET /stats`, `POST /stats/reset`.
+
+Answers are a function of (world seed, request body) — the body includes the `seed` field the
+client sends for distinct samples of one prompt — so a run against the offline world is
+reproducible. Fault decisions (429, 500, slow, garbled) draw from a counter-based RNG instead,
+so a retried request can succeed. `/stats` counts requests, distinct bodies and status codes per
+role, which is how tests prove that every request was answered exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import socket
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from lion_core.config import OfflineWorldConfig
+from lion_core.offline import roles
+from lion_core.prompts import role_of
+
+MODELS = ("offline-world", "offline-teacher", "offline-referee", "offline-generator")
+
+
+# ---- counters ------------------------------------------------------------------------------
+
+
+@dataclass
+class _RoleStats:
+    requests: int = 0
+    bodies: set[str] = field(default_factory=set)
+    status: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    answered: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # body -> 200s
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "distinct_bodies": len(self.bodies),
+            "status": {str(code): n for code, n in sorted(self.status.items())},
+            "answered": sum(self.answered.values()),
+            "answered_bodies": len(self.answered),
+            "answered_twice": sum(1 for n in self.answered.values() if n > 1),
+        }
+
+
+class Stats:
+    """Per-role request counters (thread-safe: read from other threads by tests)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._roles: dict[str, _RoleStats] = defaultdict(_RoleStats)
+
+    def request(self, role: str, body: str) -> None:
+        with self._lock:
+            entry = self._roles[role]
+            entry.requests += 1
+            entry.bodies.add(body)
+
+    def status(self, role: str, body: str, code: int) -> None:
+        with self._lock:
+            entry = self._roles[role]
+            entry.status[code] += 1
+            if code == 200:
+                entry.answered[body] += 1
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {role: entry.as_dict() for role, entry in sorted(self._roles.items())}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._roles.clear()
+
+
+# ---- faults --------------------------------------------------------------------------------
+
+
+class FaultDice:
+    """Counter-based uniform draws: draw k of request n is a hash of (seed, n, k)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    def roll(self) -> tuple[float, float, float, float]:
+        with self._lock:
+            self._counter += 1
+            n = self._counter
+        digest = hashlib.sha256(f"faults:{self.seed}:{n}".encode()).digest()
+        return tuple(int.from_bytes(digest[8 * i : 8 * i + 8], "big") / 2**64 for i in range(4))
+
+
+# ---- the app -------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None):
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _truncate(text: str, max_tokens: int | None) -> tuple[str, str]:
+    """Tokens approximated by whitespace words: an answer longer than max_tokens is cut."""
+    words = text.split()
+    if max_tokens is not None and len(words) > max_tokens:
+        return " ".join(words[:max_tokens]), "length"
+    return text, "stop"
+
+
+def _content_text(content: Any) -> str | None:
+    """Message content as text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") for p in content if isinstance(p, dict)]
+        return "".join(parts)
+    return None
+
+
+class OfflineWorld:
+    """The server's state and request handling; `app` is the ASGI application."""
+
+    def __init__(self, cfg: OfflineWorldConfig | None = None) -> None:
+        self.cfg = cfg or OfflineWorldConfig()
+        self.stats = Stats()
+        self.dice = FaultDice(self.cfg.seed)
+        self.app = Starlette(
+            routes=[
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/models", self.models, methods=["GET"]),
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/chat/completions", self.chat, methods=["POST"]),
+                Route("/stats", self.get_stats, methods=["GET"]),
+                Route("/stats/reset", self.reset_stats, methods=["POST"]),
+                Route("/health", self.health, methods=["GET"]),
+            ]
+        )
+
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def models(self, request: Request) -> JSONResponse:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "lion"} for m in MODELS]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def get_stats(self, request: Request) -> JSONResponse:
+        return JSONResponse(self.stats.snapshot())
+
+    async def reset_stats(self, request: Request) -> JSONResponse:
+        self.stats.reset()
+        return JSONResponse({"status": "reset"})
+
+    async def chat(self, request: Request) -> JSONResponse:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self.stats.status("invalid", "", 400)
+            return _error(400, f"request body is not valid JSON: {exc}", "invalid_request_error")
+        problem, messages = self._validate(body)
+        if problem:
+            self.stats.status("invalid", "", 400)
+            return _error(400, problem, "invalid_request_error")
+
+        role = role_of(messages)
+        body_hash = hashlib.sha256(
+            json.dumps(body, sort_keys=True, ensure_ascii=False).encode()
+        ).hexdigest()
+        self.stats.request(role, body_hash)
+
+        faults = self.cfg.faults
+        u429, u500, uslow, ugarble = self.dice.roll()
+        delay = self.cfg.latency + (faults.slow_seconds if uslow < faults.rate_slow else 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if u429 < faults.rate_429:
+            self.stats.status(role, body_hash, 429)
+            ms = faults.retry_after * 1000
+            headers = {"retry-after": f"{faults.retry_after:g}", "retry-after-ms": f"{ms:g}"}
+            return _error(429, "injected fault: rate limit reached", "rate_limit_error", headers)
+        if u500 < faults.rate_500:
+            self.stats.status(role, body_hash, 500)
+            return _error(500, "injected fault: internal server error", "server_error")
+
+        garbled = role == "referee" and ugarble < faults.rate_garbled
+        rng = random.Random(f"{self.cfg.seed}:{body_hash}")
+        n = int(body.get("n") or 1)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        choices, completion_tokens = [], 0
+        for i in range(n):
+            text = self._answer(role, messages, body, rng, garbled=garbled)
+            text, finish = _truncate(text, max_tokens)
+            completion_tokens += _words(text)
+            choices.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            )
+        prompt_tokens = sum(_words(m["content"]) for m in messages)
+        self.stats.status(role, body_hash, 200)
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{body_hash[:24]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "offline-world"),
+                "system_fingerprint": f"lion-offline-{self.cfg.seed}",
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+    @staticmethod
+    def _validate(body: Any) -> tuple[str | None, list[dict[str, str]]]:
+        if not isinstance(body, dict):
+            return "request body must be a JSON object", []
+        if body.get("stream"):
+            return "stream=true is not supported by the offline world", []
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            return "'messages' must be a non-empty list", []
+        messages = []
+        for i, m in enumerate(msgs):
+            content = _content_text(m.get("content")) if isinstance(m, dict) else None
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or content is None:
+                return f"messages[{i}] must be an object with a 'role' and a text 'content'", []
+            messages.append({"role": m["role"], "content": content})
+        n = body.get("n") or 1
+        if not isinstance(n, int) or not 1 <= n <= 16:
+            return "'n' must be an integer in 1..16", []
+        mt = body.get("max_completion_tokens") or body.get("max_tokens")
+        if mt is not None and (not isinstance(mt, int) or mt < 1):
+            return "'max_tokens' must be a positive integer", []
+        return None, messages
+
+    def _answer(
+        self,
+        role: str,
+        messages: list[dict[str, str]],
+        body: dict[str, Any],
+        rng: random.Random,
+        *,
+        garbled: bool,
+    ) -> str:
+        if role == "teacher":
+            return roles.teacher_answer(messages)
+        if role == "generator":
+            return roles.generator_answer(messages, rng)
+        json_mode = roles.wants_json(messages, body.get("response_format"))
+        if garbled and not roles.is_reask(messages):  # a re-ask is answered properly
+            return roles.GARBLED_JSON if json_mode else roles.GARBLED_TEXT
+        return roles.referee_answer(
+            messages,
+            rng,
+            judge_noise=self.cfg.judge_noise,
+            positional_bias=self.cfg.positional_bias,
+            json_mode=json_mode,
+        )
+
+
+# ---- running it ----------------------------------------------------------------------------
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+    # and without it every keep-alive answer waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn(world: OfflineWorld, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(
+        world.app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        backlog=4096,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=2,
+    )
+    return uvicorn.Server(config)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def serve(cfg: OfflineWorldConfig, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve the offline world until interrupted (`lion serve-offline`). Port 0 = a free port;
+    the first line printed is the base URL."""
+    world = OfflineWorld(cfg)
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]
+    print(f"offline world listening on {_url(host, port)}/v1", flush=True)
+    print(
+        f"  seed={cfg.seed} latency={cfg.latency}s judge_noise={cfg.judge_noise} "
+        f"positional_bias={cfg.positional_bias}; stats at {_url(host, port)}/stats",
+        file=sys.stderr,
+        flush=True,
+    )
+    _uvicorn(world, host, port).run(sockets=[sock])
+
+
+class OfflineServer:
+    """The offline world in a background thread of this process, for runs and tests.
+
+    >>> with OfflineServer(cfg) as server:
+    ...     client = LLMClient(endpoint, role="teacher", cache=None, base_url=server.base_url)
+    """
+
+    def __init__(
+        self, cfg: OfflineWorldConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.world = OfflineWorld(cfg)
+        self.host, self.port = host, port
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's root URL (stats live here)."""
+        return _url(self.host, self.port)
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, `http://127.0.0.1:<port>/v1`."""
+        return f"{self.url}/v1"
+
+    def start(self, timeout: float = 15.0) -> OfflineServer:
+        if self._thread is not None:
+            return self
+        sock = _bind(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        self._server = _uvicorn(self.world, self.host, self.port)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="lion-offline", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the offline world did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+        self._server = self._thread = None
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return self.world.stats.snapshot()
+
+    def reset_stats(self) -> None:
+        self.world.stats.reset()
+
+    def __enter__(self) -> OfflineServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

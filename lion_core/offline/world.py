@@ -1,0 +1,485 @@
+"""The offline task world: procedurally generated instruction families with exact answers.
+
+Each family (addition, reversing a word, sorting, ...) has a difficulty knob, several phrasings
+(some put their data in the `input` field, as Alpaca data does) and a *rare* variant
+(subtraction, sorting descending, ...) that the generator's "easy" prompt asks for. Every phrasing
+is a template whose slots are turned into a regular expression, so `solve` recognises any
+instruction the world wrote and computes its exact answer: the offline teacher is always right,
+and the offline referee knows the truth. Answers are short, so a tiny student can learn them.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from lion_core.pools import POOL_SCHEMA, instruction_id
+
+MAX_DIFFICULTY = 20
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instruction of the world with its exact answer."""
+
+    family: str
+    difficulty: int
+    instruction: str
+    input: str
+    answer: str
+    rare: bool
+
+
+# ---- slots: how a template's fields are written and read back --------------------------------
+
+_SLOT_PATTERNS = {
+    "num": r"(-?\d+)",
+    "nums": r"(-?\d+(?:\s*,\s*-?\d+)+)",
+    "word": r"([A-Za-z]+)",
+    "letter": r"([A-Za-z])",
+    "pair": r"([A-Za-z]{2})",
+    "words": r"([A-Za-z]+(?:\s+[A-Za-z]+)*)",
+}
+
+
+@dataclass(frozen=True)
+class Phrasing:
+    """An instruction template and, optionally, an input template (the data goes there)."""
+
+    instruction: str
+    input: str | None = None
+
+    @property
+    def self_contained(self) -> bool:
+        return self.input is None
+
+
+def _compile(template: str, slots: dict[str, str]) -> re.Pattern[str]:
+    """A case-insensitive full-match regex for `template`; each {field} captures its slot."""
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        parts.append(r"\s+".join(re.escape(chunk) for chunk in literal.split(" ")))
+        if field is not None:
+            parts.append(_SLOT_PATTERNS[slots[field]].replace("(", f"(?P<{field}>", 1))
+    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
+
+
+@dataclass
+class _Variant:
+    """The normal or the rare form of a family: phrasings, how to draw values, the answer."""
+
+    phrasings: list[Phrasing]
+    slots: dict[str, str]
+    draw: Callable[[int, random.Random], dict[str, str]]
+    answer: Callable[[dict[str, str]], str]
+    difficulty: Callable[[dict[str, str]], int]
+
+    def __post_init__(self) -> None:
+        self.patterns = [
+            (
+                _compile(p.instruction, self.slots),
+                _compile(p.input, self.slots) if p.input else None,
+            )
+            for p in self.phrasings
+        ]
+
+
+@dataclass
+class Family:
+    name: str
+    normal: _Variant
+    rare: _Variant
+
+    def variant(self, rare: bool) -> _Variant:
+        return self.rare if rare else self.normal
+
+
+# ---- value helpers --------------------------------------------------------------------------
+
+_CONSONANTS = "bcdfghjklmnprstvwz"
+_VOWELS = "aeiou"
+
+
+def _word(n: int, rng: random.Random) -> str:
+    """A pronounceable pseudo-word of exactly n letters."""
+    start = rng.randrange(2)
+    return "".join(rng.choice(_CONSONANTS if (i + start) % 2 == 0 else _VOWELS) for i in range(n))
+
+
+def _words(n: int, rng: random.Random) -> str:
+    return " ".join(_word(rng.randint(2, 6), rng) for _ in range(n))
+
+
+def _number(digits: int, rng: random.Random) -> int:
+    return rng.randint(1 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(x) for x in re.split(r"\s*,\s*", text.strip())]
+
+
+def _join(xs: list[int]) -> str:
+    return ", ".join(str(x) for x in xs)
+
+
+def _digits(*values: str) -> int:
+    return max(len(v.lstrip("-")) for v in values)
+
+
+def _distinct(n: int, hi: int, rng: random.Random) -> str:
+    return _join(rng.sample(range(hi), n))
+
+
+def _letter_string(d: int, rng: random.Random) -> tuple[str, str]:
+    """A string of 3d+4 letters from a small random alphabet, and that alphabet."""
+    alphabet = "".join(rng.sample(string.ascii_lowercase, 4))
+    return "".join(rng.choice(alphabet) for _ in range(3 * d + 4)), alphabet
+
+
+def _draw_count(d: int, rng: random.Random) -> dict[str, str]:
+    s, _ = _letter_string(d, rng)
+    return {"c": rng.choice(s), "s": s}
+
+
+def _draw_pair(d: int, rng: random.Random) -> dict[str, str]:
+    s, alphabet = _letter_string(d, rng)
+    a, b = rng.sample(alphabet, 2)
+    i = rng.randrange(len(s) - 1)
+    s = s[:i] + a + b + s[i + 2 :]  # the pair occurs at least once
+    return {"p": a + b, "s": s}
+
+
+def _draw_add(d: int, rng: random.Random) -> dict[str, str]:
+    a, b = _number(d, rng), _number(rng.randint(1, d), rng)
+    if rng.random() < 0.5:
+        a, b = b, a
+    return {"a": str(a), "b": str(b)}
+
+
+def _draw_sub(d: int, rng: random.Random) -> dict[str, str]:
+    a, b = _number(d, rng), _number(rng.randint(1, d), rng)
+    a, b = max(a, b), min(a, b)
+    return {"a": str(a), "b": str(b)}
+
+
+def _draw_mul(d: int, rng: random.Random) -> dict[str, str]:
+    a, b = _number(d, rng), _number(rng.randint(1, max(1, (d + 1) // 2)), rng)
+    if rng.random() < 0.5:
+        a, b = b, a
+    return {"a": str(a), "b": str(b)}
+
+
+# ---- the families ---------------------------------------------------------------------------
+
+_FAMILIES: list[Family] = [
+    Family(
+        "addition",
+        normal=_Variant(
+            [
+                Phrasing("What is {a} + {b}?"),
+                Phrasing("Add {a} and {b}."),
+                Phrasing("Compute the sum of {a} and {b}."),
+                Phrasing("Calculate {a} plus {b}."),
+                Phrasing("Find the sum of the two numbers.", "{a} and {b}"),
+                Phrasing("Add the following numbers.", "{a} + {b}"),
+            ],
+            {"a": "num", "b": "num"},
+            _draw_add,
+            lambda v: str(int(v["a"]) + int(v["b"])),
+            lambda v: _digits(v["a"], v["b"]),
+        ),
+        rare=_Variant(
+            [
+                Phrasing("What is {a} - {b}?"),
+                Phrasing("Subtract {b} from {a}."),
+                Phrasing("Compute the difference {a} minus {b}."),
+                Phrasing("Find the difference between the two numbers.", "{a} - {b}"),
+            ],
+            {"a": "num", "b": "num"},
+            _draw_sub,
+            lambda v: str(int(v["a"]) - int(v["b"])),
+            lambda v: _digits(v["a"], v["b"]),
+        ),
+    ),
+    Family(
+        "multiplication",
+        normal=_Variant(
+            [
+                Phrasing("What is {a} times {b}?"),
+                Phrasing("Multiply {a} by {b}."),
+                Phrasing("Compute the product of {a} and {b}."),
+                Phrasing("What is {a} * {b}?"),
+                Phrasing("Multiply the two numbers.", "{a} and {b}"),
+            ],
+            {"a": "num", "b": "num"},
+            _draw_mul,
+            lambda v: str(int(v["a"]) * int(v["b"])),
+            lambda v: _digits(v["a"], v["b"]),
+        ),
+        rare=_Variant(
+            [
+                Phrasing("What is the square of {a}?"),
+                Phrasing("Compute {a} squared."),
+                Phrasing("Square the number below.", "{a}"),
+            ],
+            {"a": "num"},
+            lambda d, rng: {"a": str(_number(d, rng))},
+            lambda v: str(int(v["a"]) ** 2),
+            lambda v: _digits(v["a"]),
+        ),
+    ),
+    Family(
+        "reverse",
+        normal=_Variant(
+            [
+                Phrasing("Reverse the word '{w}'."),
+                Phrasing("Write '{w}' backwards."),
+                Phrasing("Spell {w} backwards."),
+                Phrasing("Reverse '{w}'."),
+                Phrasing("Reverse the letters of this word.", "{w}"),
+            ],
+            {"w": "word"},
+            lambda d, rng: {"w": _word(d + 2, rng)},
+            lambda v: v["w"][::-1],
+            lambda v: max(1, len(v["w"]) - 2),
+        ),
+        rare=_Variant(
+            [
+                Phrasing("Reverse the order of the words in '{s}'."),
+                Phrasing("Write the words of '{s}' in reverse order."),
+                Phrasing("Reverse the word order of the sentence below.", "{s}"),
+            ],
+            {"s": "words"},
+            lambda d, rng: {"s": _words(d + 1, rng)},
+            lambda v: " ".join(reversed(v["s"].split())),
+            lambda v: max(1, len(v["s"].split()) - 1),
+        ),
+    ),
+    Family(
+        "sort",
+        normal=_Variant(
+            [
+                Phrasing("Sort these numbers in ascending order: {xs}."),
+                Phrasing("Arrange {xs} from smallest to largest."),
+                Phrasing("Put the numbers {xs} in increasing order."),
+                Phrasing("Sort the following numbers from smallest to largest.", "{xs}"),
+            ],
+            {"xs": "nums"},
+            lambda d, rng: {"xs": _distinct(d + 2, 100, rng)},
+            lambda v: _join(sorted(_numbers(v["xs"]))),
+            lambda v: max(1, len(_numbers(v["xs"])) - 2),
+        ),
+        rare=_Variant(
+            [
+                Phrasing("Sort these numbers in descending order: {xs}."),
+                Phrasing("Arrange {xs} from largest to smallest."),
+                Phrasing("Sort the following numbers from largest to smallest.", "{xs}"),
+            ],
+            {"xs": "nums"},
+            lambda d, rng: {"xs": _distinct(d + 2, 100, rng)},
+            lambda v: _join(sorted(_numbers(v["xs"]), reverse=True)),
+            lambda v: max(1, len(_numbers(v["xs"])) - 2),
+        ),
+    ),
+    Family(
+        "count",
+        normal=_Variant(
+            [
+                Phrasing("How many times does the letter '{c}' appear in '{s}'?"),
+                Phrasing("Count the letter '{c}' in '{s}'."),
+                Phrasing("How many '{c}' in '{s}'?"),
+                Phrasing(
+                    "Count how many times the letter '{c}' occurs in the string below.", "{s}"
+                ),
+            ],
+            {"c": "letter", "s": "word"},
+            _draw_count,
+            lambda v: str(v["s"].lower().count(v["c"].lower())),
+            lambda v: max(1, (len(v["s"]) - 4) // 3),
+        ),
+        rare=_Variant(
+            [
+                Phrasing("How many times does '{p}' appear in '{s}'?"),
+                Phrasing("Count the occurrences of the pair '{p}' in '{s}'."),
+                Phrasing(
+                    "Count how many times the letter pair '{p}' occurs in the string below.", "{s}"
+                ),
+            ],
+            {"p": "pair", "s": "word"},
+            _draw_pair,
+            lambda v: str(v["s"].lower().count(v["p"].lower())),
+            lambda v: max(1, (len(v["s"]) - 4) // 3),
+        ),
+    ),
+    Family(
+        "maximum",
+        normal=_Variant(
+            [
+                Phrasing("What is the largest number in {xs}?"),
+                Phrasing("Find the maximum of {xs}."),
+                Phrasing("Which is the biggest of {xs}?"),
+                Phrasing("Find the largest of the following numbers.", "{xs}"),
+            ],
+            {"xs": "nums"},
+            lambda d, rng: {"xs": _distinct(d + 2, 1000, rng)},
+            lambda v: str(max(_numbers(v["xs"]))),
+            lambda v: max(1, len(_numbers(v["xs"])) - 2),
+        ),
+        rare=_Variant(
+            [
+                Phrasing("What is the smallest number in {xs}?"),
+                Phrasing("Find the minimum of {xs}."),
+                Phrasing("Find the smallest of the following numbers.", "{xs}"),
+            ],
+            {"xs": "nums"},
+            lambda d, rng: {"xs": _distinct(d + 2, 1000, rng)},
+            lambda v: str(min(_numbers(v["xs"]))),
+            lambda v: max(1, len(_numbers(v["xs"])) - 2),
+        ),
+    ),
+    Family(
+        "uppercase",
+        normal=_Variant(
+            [
+                Phrasing("Convert '{s}' to uppercase."),
+                Phrasing("Write '{s}' in capital letters."),
+                Phrasing("Rewrite '{s}' using only uppercase letters."),
+                Phrasing("Convert the following text to uppercase.", "{s}"),
+            ],
+            {"s": "words"},
+            lambda d, rng: {"s": _words(d, rng)},
+            lambda v: " ".join(v["s"].split()).upper(),
+            lambda v: len(v["s"].split()),
+        ),
+        rare=_Variant(
+            [
+                Phrasing("Capitalize the first letter of each word in '{s}'."),
+                Phrasing("Capitalize each word of the text below.", "{s}"),
+            ],
+            {"s": "words"},
+            lambda d, rng: {"s": _words(d, rng)},
+            lambda v: " ".join(w.capitalize() for w in v["s"].split()),
+            lambda v: len(v["s"].split()),
+        ),
+    ),
+]
+
+FAMILY_BY_NAME: dict[str, Family] = {f.name: f for f in _FAMILIES}
+FAMILIES: tuple[str, ...] = tuple(FAMILY_BY_NAME)
+
+
+# ---- the API ------------------------------------------------------------------------------
+
+
+def make_instance(
+    family: str,
+    difficulty: int,
+    rng: random.Random,
+    *,
+    rare: bool = False,
+    self_contained: bool = False,
+) -> Instance:
+    """A new instance of `family` at `difficulty` (clipped to 1..20), drawn with `rng`.
+
+    `self_contained` picks only phrasings without an input field (what a generator writes).
+    """
+    if family not in FAMILY_BY_NAME:
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    difficulty = min(max(int(difficulty), 1), MAX_DIFFICULTY)
+    variant = FAMILY_BY_NAME[family].variant(rare)
+    phrasings = [p for p in variant.phrasings if p.self_contained or not self_contained]
+    phrasing = rng.choice(phrasings)
+    values = variant.draw(difficulty, rng)
+    return Instance(
+        family=family,
+        difficulty=variant.difficulty(values),
+        instruction=phrasing.instruction.format(**values),
+        input=phrasing.input.format(**values) if phrasing.input else "",
+        answer=variant.answer(values),
+        rare=rare,
+    )
+
+
+def solve(instruction: str, input: str = "") -> Instance | None:
+    """Recognise an instruction the world can write (any phrasing) and compute its answer.
+
+    An instruction whose input was folded in after a blank line (as the teacher prompt shows it)
+    is recognised too. Returns None for anything else.
+    """
+    instruction, input = instruction.strip(), (input or "").strip()
+    candidates = [(instruction, input)]
+    if not input and "\n\n" in instruction:
+        head, tail = instruction.split("\n\n", 1)
+        candidates.append((head.strip(), tail.strip()))
+    for text, data in candidates:
+        for family in _FAMILIES:
+            for rare in (False, True):
+                variant = family.variant(rare)
+                for ins_re, inp_re in variant.patterns:
+                    m = ins_re.fullmatch(text)
+                    if m is None:
+                        continue
+                    values = m.groupdict()
+                    if inp_re is None:
+                        if data:
+                            continue
+                    else:
+                        m_in = inp_re.fullmatch(data)
+                        if m_in is None:
+                            continue
+                        values.update(m_in.groupdict())
+                    return Instance(
+                        family=family.name,
+                        difficulty=variant.difficulty(values),
+                        instruction=text,
+                        input=data,
+                        answer=variant.answer(values),
+                        rare=rare,
+                    )
+    return None
+
+
+def seed_instances(n: int, seed: int, max_difficulty: int) -> list[Instance]:
+    """`n` distinct normal (not rare) instances, families in turn, difficulties uniform in
+    1..max_difficulty. Deterministic in (n, seed, max_difficulty)."""
+    rng = random.Random(f"lion-offline-seeds:{seed}")
+    max_difficulty = min(max(int(max_difficulty), 1), MAX_DIFFICULTY)
+    out: list[Instance] = []
+    seen: set[str] = set()
+    for i in range(n):
+        family = FAMILIES[i % len(FAMILIES)]
+        for _ in range(1000):
+            inst = make_instance(family, rng.randint(1, max_difficulty), rng)
+            iid = instruction_id(inst.instruction, inst.input)
+            if iid not in seen:
+                break
+        else:  # pragma: no cover - the families' spaces are far larger than any seed count
+            raise RuntimeError(f"cannot draw {n} distinct seed instructions")
+        seen.add(iid)
+        out.append(inst)
+    return out
+
+
+def seed_pool(n: int, seed: int, max_difficulty: int) -> pd.DataFrame:
+    """`seed_instances` as a Train Pool (lion_core.pools.POOL_SCHEMA): source 'seed', round 0,
+    and the exact answer as the reference output."""
+    rows = [
+        {
+            "instruction_id": instruction_id(inst.instruction, inst.input),
+            "instruction": inst.instruction,
+            "input": inst.input,
+            "output": inst.answer,
+            "source": "seed",
+            "parent_id": None,
+            "round": 0,
+        }
+        for inst in seed_instances(n, seed, max_difficulty)
+    ]
+    frame = pd.DataFrame(rows, columns=POOL_SCHEMA.names)
+    frame["round"] = frame["round"].astype("int32")
+    return frame

@@ -1,0 +1,295 @@
+"""The offline task world: families, determinism, and `lion serve-offline` driven by the official
+`openai` client in all three roles."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import urllib.request
+
+import openai
+import pytest
+
+from lion_core import prompts
+from lion_core.offline import roles
+from lion_core.offline.world import (
+    FAMILIES,
+    make_instance,
+    seed_instances,
+    seed_pool,
+    solve,
+)
+from lion_core.pools import POOL_SCHEMA, conform, instruction_id
+
+SCORE_RE = re.compile(r"Score of the Assistant ([12]): ([0-9.]+)")
+
+
+def scores(text: str) -> tuple[float, float]:
+    found = dict(SCORE_RE.findall(text))
+    return float(found["1"]), float(found["2"])
+
+
+# ---- the world -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("rare", [False, True])
+def test_every_phrasing_is_solved_back_exactly(family, rare):
+    rng = random.Random(f"{family}-{rare}")
+    seen_phrasings = set()
+    for difficulty in range(1, 21):
+        for _ in range(12):
+            inst = make_instance(family, difficulty, rng, rare=rare)
+            seen_phrasings.add(re.sub(r"'[^']*'|\d+", "_", inst.instruction))
+            assert inst.difficulty == difficulty
+            got = solve(inst.instruction, inst.input)
+            assert got is not None, inst
+            assert (got.family, got.rare, got.difficulty, got.answer) == (
+                family,
+                rare,
+                difficulty,
+                inst.answer,
+            )
+            # As the teacher prompt shows it: the input folded in after a blank line.
+            folded = solve(prompts.instruction_text(inst.instruction, inst.input))
+            assert folded is not None and folded.answer == inst.answer
+    assert len(seen_phrasings) >= 2  # several phrasings per family
+
+
+def test_answers_are_exact_and_short():
+    rng = random.Random(0)
+    assert solve("What is 1234 + 999?").answer == "2233"
+    assert solve("Subtract 7 from 30.").answer == "23"
+    assert solve("Reverse the word 'lion'.").answer == "noil"
+    assert solve("Sort these numbers in ascending order: 5, 2, 9.").answer == "2, 5, 9"
+    assert solve("Arrange 5, 2, 9 from largest to smallest.").answer == "9, 5, 2"
+    assert solve("Count the letter 'a' in 'banana'.").answer == "3"
+    assert solve("Find the minimum of 8, 3, 12.").answer == "3"
+    assert solve("Find the largest of the following numbers.", "4, 17, 9").answer == "17"
+    assert solve("What is the capital of France?") is None
+    assert solve("Find the largest of the following numbers.", "") is None
+    for family in FAMILIES:
+        inst = make_instance(family, 6, rng)
+        assert len(inst.answer.split()) <= 10, inst
+
+
+def test_seed_instances_are_deterministic_distinct_and_balanced():
+    a = seed_instances(70, seed=3, max_difficulty=6)
+    assert a == seed_instances(70, seed=3, max_difficulty=6)
+    assert a != seed_instances(70, seed=4, max_difficulty=6)
+    assert {i.family for i in a} == set(FAMILIES)
+    assert all(1 <= i.difficulty <= 6 and not i.rare for i in a)
+    assert len({instruction_id(i.instruction, i.input) for i in a}) == 70
+
+
+def test_seed_pool_has_the_pool_schema():
+    pool = seed_pool(30, seed=1, max_difficulty=4)
+    table = conform(pool, POOL_SCHEMA, "seed pool")  # raises if the schema does not fit
+    assert table.num_rows == 30
+    assert set(pool["source"]) == {"seed"} and set(pool["round"]) == {0}
+    assert pool["parent_id"].isna().all()
+    for row in pool.itertuples():
+        assert row.instruction_id == instruction_id(row.instruction, row.input)
+        assert solve(row.instruction, row.input).answer == row.output
+    assert pool.equals(seed_pool(30, seed=1, max_difficulty=4))
+
+
+def test_referee_scores_correctness_noise_and_bias():
+    rng = random.Random(0)
+    kw = {"judge_noise": 0.0, "positional_bias": 0.0}
+    s1, s2, _ = roles.referee_scores("What is 20 + 22?", "42", "41", rng, **kw)
+    assert (s1, s2) == (10.0, 4.0)  # partial credit: half the characters right
+    s1, s2, _ = roles.referee_scores("What is 20 + 22?", "42", "7", rng, **kw)
+    assert (s1, s2) == (10.0, 1.0)
+    s1, s2, _ = roles.referee_scores("What is 2 + 2?", "The answer is 4.", "", rng, **kw)
+    assert (s1, s2) == (8.0, 1.0)
+    # The same answer in both places: the first gets exactly the positional bias more.
+    s1, s2, _ = roles.referee_scores(
+        "What is 20 + 22?", "40", "40", rng, judge_noise=0.0, positional_bias=1.5
+    )
+    assert s1 - s2 == pytest.approx(1.5)
+    # The instruction shown with its input, as the teacher saw it.
+    folded = prompts.instruction_text("Find the largest of the following numbers.", "4, 17, 9")
+    s1, s2, _ = roles.referee_scores(folded, "9", "17", rng, **kw)
+    assert (s1, s2) == (1.0, 10.0)
+    noisy = {
+        roles.referee_scores(
+            "What is 20 + 22?",
+            "40",
+            "41",
+            random.Random(i),
+            **{"judge_noise": 1.0, "positional_bias": 0.0},
+        )[0]
+        for i in range(20)
+    }
+    assert len(noisy) > 5 and all(1.0 <= s <= 10.0 for s in noisy)
+
+
+# ---- `lion serve-offline` and the official openai client -------------------------------------
+
+
+def test_serve_offline_all_roles_through_openai(offline_process):
+    base_url = offline_process({"seed": 5, "judge_noise": 0.0, "positional_bias": 1.5})
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+
+    assert {m.id for m in client.models.list()} >= {"offline-teacher", "offline-referee"}
+
+    # teacher: exact answers, a polite fallback for anything else
+    for inst in seed_instances(21, seed=0, max_difficulty=5):
+        r = client.chat.completions.create(
+            model="offline-teacher", messages=prompts.teacher_messages(inst.instruction, inst.input)
+        )
+        assert r.choices[0].message.content == inst.answer
+        assert r.choices[0].finish_reason == "stop"
+        assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
+    r = client.chat.completions.create(
+        model="offline-teacher", messages=prompts.teacher_messages("Write a poem about lions.")
+    )
+    assert r.choices[0].message.content == roles.TEACHER_FALLBACK
+
+    # referee: the real prompt's format, correctness scores, positional bias visible
+    instruction = "What is 123 + 456?"
+    both = []
+    for a1, a2 in (("579", "578"), ("578", "579")):
+        r = client.chat.completions.create(
+            model="offline-referee",
+            messages=prompts.referee_messages(instruction, a1, a2),
+            temperature=0.2,
+        )
+        text = r.choices[0].message.content
+        assert text.startswith("Evaluation evidence: ")
+        both.append(scores(text))
+    (c1, w2), (w1, c2) = both
+    assert c1 == c2 == 10.0  # the correct answer is exact in either place (clipped at 10)
+    assert w1 - w2 == pytest.approx(1.5)  # the wrong one gains the bias when shown first
+
+    # referee in JSON mode
+    r = client.chat.completions.create(
+        model="offline-referee",
+        messages=prompts.referee_messages(instruction, "579", "12", json_mode=True),
+        response_format={"type": "json_object"},
+    )
+    obj = json.loads(r.choices[0].message.content)
+    assert obj["score_assistant_1"] == 10.0 and obj["score_assistant_2"] < 5
+    assert obj["evaluation_evidence"]
+
+    # referee re-ask: the conversation holds the bad answer and the re-ask
+    reask = [
+        *prompts.referee_messages(instruction, "579", "578"),
+        {"role": "assistant", "content": "Both are fine."},
+        {"role": "user", "content": prompts.REFEREE_REASK},
+    ]
+    r = client.chat.completions.create(model="offline-referee", messages=reask)
+    assert scores(r.choices[0].message.content)[0] == 10.0
+
+    # generator: hard -> same family and variant; easy -> the family's rare variant
+    seed = make_instance("sort", 4, random.Random(1))
+    hard, easy = [], []
+    for sample in range(1, 7):
+        for kind, out in (("hard", hard), ("easy", easy)):
+            r = client.chat.completions.create(
+                model="offline-generator",
+                messages=prompts.generator_messages(seed.instruction, kind),
+                temperature=1.0,
+                seed=sample,
+            )
+            out.append(solve(r.choices[0].message.content))
+    assert all(i is not None and i.family == "sort" and not i.rare for i in hard)
+    assert all(i is not None and i.family == "sort" and i.rare for i in easy)
+    assert all(abs(i.difficulty - seed.difficulty) <= 1 for i in hard + easy)
+    assert len({i.instruction for i in hard}) > 1  # samples differ
+
+    # deterministic: the same body gets the same answer
+    def generate(sample: int) -> str:
+        r = client.chat.completions.create(
+            model="offline-generator",
+            messages=prompts.generator_messages(seed.instruction, "hard"),
+            temperature=1.0,
+            seed=sample,
+        )
+        return r.choices[0].message.content
+
+    assert generate(3) == generate(3)
+
+    # max_tokens: a longer answer is cut, finish_reason "length"
+    long_one = make_instance("sort", 8, random.Random(2))
+    r = client.chat.completions.create(
+        model="offline-teacher",
+        messages=prompts.teacher_messages(long_one.instruction, long_one.input),
+        max_tokens=3,
+    )
+    assert r.choices[0].finish_reason == "length"
+    assert len(r.choices[0].message.content.split()) == 3
+
+    stats = json.loads(urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats").read())
+    assert stats["teacher"]["requests"] == 23
+    assert stats["referee"]["requests"] == 4
+    assert stats["generator"]["requests"] == 14
+    assert stats["generator"]["distinct_bodies"] == 12  # the hard sample-3 body, thrice
+    assert stats["teacher"]["status"] == {"200": 23}
+
+    req = urllib.request.Request(base_url.removesuffix("/v1") + "/stats/reset", method="POST")
+    urllib.request.urlopen(req).read()
+    stats = json.loads(urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats").read())
+    assert stats == {}
+
+
+def test_faults_are_injected_and_counted(offline_server):
+    server = offline_server(
+        faults={"rate_429": 0.3, "rate_500": 0.3, "rate_garbled": 1.0, "retry_after": 0.25}
+    )
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    codes, garbled = [], 0
+    for i in range(40):
+        try:
+            r = client.chat.completions.create(
+                model="offline-referee",
+                messages=prompts.referee_messages(f"What is {i} + 1?", str(i + 1), "0"),
+            )
+        except openai.RateLimitError as exc:
+            assert float(exc.response.headers["retry-after"]) == 0.25
+            assert exc.response.headers["retry-after-ms"] == "250"
+            codes.append(429)
+        except openai.InternalServerError:
+            codes.append(500)
+        else:
+            codes.append(200)
+            text = r.choices[0].message.content
+            assert not SCORE_RE.search(text) and not re.search(r"\d", text)
+            garbled += 1
+    stats = server.stats()["referee"]
+    assert stats["requests"] == 40 and stats["distinct_bodies"] == 40
+    assert stats["status"] == {str(c): codes.count(c) for c in sorted(set(codes))}
+    assert codes.count(429) > 3 and codes.count(500) > 3 and garbled > 3
+
+
+def test_reasks_are_answered_properly_even_when_garbling(offline_server):
+    server = offline_server(faults={"rate_garbled": 1.0}, judge_noise=0.0, positional_bias=0.0)
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    first = prompts.referee_messages("What is 20 + 7?", "27", "28")
+    r = client.chat.completions.create(model="offline-referee", messages=first)
+    bad = r.choices[0].message.content
+    assert bad == roles.GARBLED_TEXT
+    again = [
+        *first,
+        {"role": "assistant", "content": bad},
+        {"role": "user", "content": prompts.REFEREE_REASK},
+    ]
+    r = client.chat.completions.create(model="offline-referee", messages=again)
+    assert scores(r.choices[0].message.content) == (10.0, 4.0)
+
+    first = prompts.referee_messages("What is 20 + 7?", "28", "27", json_mode=True)
+    fmt = {"type": "json_object"}
+    r = client.chat.completions.create(model="m", messages=first, response_format=fmt)
+    bad = r.choices[0].message.content
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(bad)
+    again = [
+        *first,
+        {"role": "assistant", "content": bad},
+        {"role": "user", "content": prompts.REFEREE_REASK_JSON},
+    ]
+    r = client.chat.completions.create(model="m", messages=again, response_format=fmt)
+    obj = json.loads(r.choices[0].message.content)
+    assert (obj["score_assistant_1"], obj["score_assistant_2"]) == (4.0, 10.0)
