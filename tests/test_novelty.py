@@ -1,0 +1,288 @@
+"""The novelty filter makes exactly rouge_score's keep/drop decisions (ROUGE-L F1, no stemming)."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import random
+from functools import partial
+
+import numpy as np
+import pytest
+from rouge_score import rouge_scorer
+
+from lion_core.errors import ConfigError, DataError
+from lion_core.novelty import NoveltyStats, filter_novel, rouge_l_f1, tokenize
+
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_tokens(text: str) -> list[str]:
+    return SCORER._tokenizer.tokenize(text)
+
+
+def reference(candidates, pool, threshold=0.7, processes=None):
+    """The original Lion loop: rouge_score's `_score_lcs` of each candidate against every pool
+    instruction and every candidate kept so far; drop when the max F1 is > threshold. Returns
+    the keep flags and each candidate's max F1 (None when there was nothing to compare)."""
+    all_tokens = [rouge_tokens(p) for p in pool]
+    keep, best = [], []
+    mp = multiprocessing.get_context("spawn").Pool(processes) if processes else None
+    try:
+        for cand in candidates:
+            tokens = rouge_tokens(cand)
+            score = partial(rouge_scorer._score_lcs, tokens)
+            if mp is not None:
+                scores = mp.map(score, all_tokens, chunksize=256)
+            else:
+                scores = [score(t) for t in all_tokens]
+            f = [s.fmeasure for s in scores]
+            best.append(max(f) if f else None)
+            if f and max(f) > threshold:
+                keep.append(False)
+                continue
+            keep.append(True)
+            all_tokens.append(tokens)
+    finally:
+        if mp is not None:
+            mp.close()
+            mp.join()
+    return keep, best
+
+
+def edit(text: str, rate: float, rng: random.Random, words: list[str]) -> str:
+    """A near-duplicate: each word replaced, dropped or followed by a new word w.p. `rate`."""
+    out = []
+    for word in text.split(" "):
+        x = rng.random()
+        if x < rate / 2:
+            out.append(rng.choice(words))
+        elif x < rate * 3 / 4:
+            continue
+        elif x < rate:
+            out += [word, rng.choice(words)]
+        else:
+            out.append(word)
+    return " ".join(out)
+
+
+def load_instructions(shared_data) -> dict[str, list[str]]:
+    def alpaca(name):
+        rows = json.loads((shared_data / name).read_text())
+        return [r["instruction"] + (("\n" + r["input"]) if r.get("input") else "") for r in rows]
+
+    seed = [
+        json.loads(line)["instruction"]
+        for line in (shared_data / "self_instruct_seed_tasks.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    return {
+        "gsm8k": alpaca("gsm8k_train_alpaca_format.json"),
+        "toolformer": alpaca("gpteacher_toolformer_alpaca_format.json"),
+        "seed": seed,
+    }
+
+
+# --- tokenisation and single scores ---------------------------------------------------------
+
+UNICODE_CASES = [
+    "",
+    "   ",
+    "?!... --- ###",
+    "Ünïcödé café naïve façade — 東京 2024",
+    "KELVIN \u212a and \u0130stanbul \u00df straße",  # lower() maps these to ASCII / 2 chars
+    "ΑΣ ΣΑ σ ς Σ",  # final sigma: context-dependent lower(), never an ASCII token
+    "tab\tnew\nline\r\nmixed_under_score x1y2 3.14 e=mc^2",
+    "ﬁ ligature ＡＢＣ fullwidth ①②",
+]
+
+
+def test_tokenize_matches_rouge_score(shared_data):
+    data = load_instructions(shared_data)
+    texts = [t for group in data.values() for t in group] + UNICODE_CASES
+    mismatches = [t for t in texts if tokenize(t) != rouge_tokens(t)]
+    assert not mismatches, mismatches[:3]
+
+
+def test_single_scores_match_rouge_score_bit_for_bit(shared_data):
+    """Our F1 equals `_score_lcs(...).fmeasure` exactly, on near-duplicate real pairs (many
+    near 0.7) and on texts long enough for multi-word bit vectors."""
+    rng = random.Random(1)
+    data = load_instructions(shared_data)
+    texts = data["gsm8k"][:300] + data["toolformer"][:300]
+    words = [w for t in texts for w in t.split()]
+    long_texts = [" ".join(rng.choice(words[:400]) for _ in range(rng.randint(60, 260)))]
+    pairs = []
+    for _ in range(1500):
+        a = rng.choice(texts)
+        pairs.append((a, edit(a, rng.uniform(0.05, 0.6), rng, words)))
+    for _ in range(60):
+        a = " ".join(rng.choice(words[:300]) for _ in range(rng.randint(60, 260)))
+        pairs.append((a, edit(a, rng.uniform(0.05, 0.5), rng, words)))
+    pairs += [(a, b) for a in UNICODE_CASES for b in UNICODE_CASES + long_texts]
+    near = 0
+    for a, b in pairs:
+        ta, tb = rouge_tokens(a), rouge_tokens(b)
+        expected = rouge_scorer._score_lcs(ta, tb).fmeasure
+        assert rouge_l_f1(ta, tb) == expected, (a, b)
+        near += 0.6 < expected < 0.8
+    assert near > 200  # the pairs really sit around the threshold
+
+
+@pytest.mark.parametrize(
+    ("lcs", "la", "lb", "threshold"),
+    # 2·lcs/(la+lb) == threshold exactly in real arithmetic; in floating point some of these
+    # come out a hair above it (dropped) and some exactly on it (kept).
+    [
+        (7, 10, 10, 0.7),
+        (7, 7, 13, 0.7),
+        (7, 8, 12, 0.7),
+        (7, 9, 11, 0.7),
+        (14, 20, 20, 0.7),
+        (21, 30, 30, 0.7),
+        (35, 50, 50, 0.7),
+        (2, 4, 4, 0.5),
+        (1, 3, 3, 1 / 3),
+    ],
+)
+def test_scores_exactly_at_the_threshold(lcs, la, lb, threshold):
+    shared = [f"s{i}" for i in range(lcs)]
+    a = shared + [f"a{i}" for i in range(la - lcs)]
+    b = [f"b{i}" for i in range(lb - lcs)] + shared
+    cand, pool = " ".join(a), " ".join(b)
+    expected, best = reference([cand], [pool], threshold)
+    assert math.isclose(best[0], threshold)
+    assert filter_novel([cand], [pool], threshold) == expected
+    assert filter_novel([pool, cand], [], threshold) == reference([pool, cand], [], threshold)[0]
+
+
+def test_threshold_ties_cover_both_outcomes():
+    """Among the exact ties above, floating point sends some each way — the test is not moot."""
+    outcomes = set()
+    for lcs, la, lb in [(7, 10, 10), (7, 7, 13), (7, 8, 12), (7, 9, 11), (14, 20, 20)]:
+        p, r = lcs / lb, lcs / la
+        outcomes.add(2 * p * r / (p + r) > 0.7)
+    assert outcomes == {True, False}
+
+
+# --- decisions ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_decisions_match_rouge_score_on_real_instructions(shared_data):
+    """2,000 real instructions (GSM8K, tool-use, Self-Instruct seeds) as the pool, and candidates
+    made to sit around 0.7: edits of pool items at many rates, exact copies, held-out real
+    instructions (templated tool-use prompts score high against each other), repeated
+    candidates, edits of a shared source among the candidates, and odd strings."""
+    rng = random.Random(7)
+    data = {k: list(v) for k, v in load_instructions(shared_data).items()}
+    for group in data.values():
+        rng.shuffle(group)
+    pool = data["gsm8k"][:900] + data["toolformer"][:925] + data["seed"]
+    assert len(pool) == 2000
+    held_out = data["gsm8k"][900:930] + data["toolformer"][925:955]
+    words = [w for t in pool for w in t.split()]
+
+    candidates = [edit(rng.choice(pool), rng.uniform(0.1, 0.5), rng, words) for _ in range(22)]
+    candidates += rng.sample(pool, 3)
+    candidates += rng.sample(held_out, 8)
+    sources = rng.sample(held_out, 3)
+    candidates += [edit(s, rng.uniform(0.05, 0.35), rng, words) for s in sources for _ in range(3)]
+    candidates += ["", "?!", "Ünïcödé café naïve — 東京", "KELVIN \u212a"]
+    rng.shuffle(candidates)
+    candidates += rng.sample(candidates, 4)  # repeats of earlier candidates, kept or not
+
+    expected, best = reference(candidates, pool, processes=2)
+    stats = NoveltyStats()
+    assert filter_novel(candidates, pool, stats=stats) == expected
+    assert stats.kept == sum(expected)
+    assert stats.pairs == len(candidates) * len(pool) + sum(
+        sum(expected[:i]) for i in range(len(candidates))
+    )
+    # The case is not trivial: decisions go both ways, several of them close to the line.
+    assert 10 <= sum(expected) <= len(candidates) - 10
+    assert sum(0.6 < b < 0.8 for b in best if b is not None) >= 8
+
+
+def test_decisions_match_on_small_vocabularies():
+    """Random texts over 2-8 words: LCS ties everywhere, repeated tokens, many duplicates."""
+    rng = random.Random(3)
+    for _ in range(120):
+        vocab = "abcdefgh"[: rng.randint(2, 8)]
+
+        def text(vocab=vocab):
+            return " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 14)))
+
+        pool = [text() for _ in range(rng.randint(0, 15))]
+        cands = [text() for _ in range(rng.randint(1, 15))]
+        cands += rng.sample(cands + pool, min(3, len(cands + pool)))
+        for threshold in (0.7, 0.5, 0.0, 1.0):
+            assert filter_novel(cands, pool, threshold) == reference(cands, pool, threshold)[0]
+
+
+def test_decisions_match_on_long_texts():
+    """Texts of 60-200 tokens need several 64-bit words per bit vector."""
+    rng = random.Random(4)
+    base = [" ".join(rng.choice("abcdef") for _ in range(rng.randint(60, 200))) for _ in range(6)]
+    words = list("abcdef")
+    pool = [edit(b, rng.uniform(0.05, 0.4), rng, words) for b in base for _ in range(2)]
+    cands = [edit(b, rng.uniform(0.05, 0.4), rng, words) for b in base for _ in range(2)]
+    for threshold in (0.7, 0.85, 0.95):
+        assert filter_novel(cands, pool, threshold) == reference(cands, pool, threshold)[0]
+
+
+def test_lcs_kernels_match_rouge_score():
+    """Both LCS kernels (numpy over many pairs, Python ints for a few), 1-3 word bit vectors."""
+    from lion_core.novelty import _Corpus, _lcs_pairs
+
+    rng = random.Random(5)
+    texts = [" ".join(rng.choice("abcde") for _ in range(rng.randint(0, 150))) for _ in range(60)]
+    corpus = _Corpus(texts)
+    tokens = [rouge_tokens(t) for t in texts]
+    a = np.array([rng.randrange(60) for _ in range(500)])
+    b = np.array([rng.randrange(60) for _ in range(500)])
+    for n in (500, 5):  # the numpy path, then the Python one
+        got = _lcs_pairs(corpus, a[:n], b[:n])
+        want = [
+            rouge_scorer._lcs_table(tokens[i], tokens[j])[-1][-1] if tokens[i] and tokens[j] else 0
+            for i, j in zip(a[:n], b[:n], strict=True)
+        ]
+        assert got.tolist() == want
+
+
+def test_duplicates_among_candidates():
+    pool = ["What is the capital of France?"]
+    cands = [
+        "Name three primary colours.",
+        "Name three primary colours.",  # copy of a kept candidate: dropped
+        "what is THE capital of france",  # same tokens as the pool item: dropped
+        "what is THE capital of france",  # copy of a dropped candidate: dropped by the pool
+        "Write a haiku about autumn leaves.",
+        "Write a haiku about autumn leaves!!",
+    ]
+    assert filter_novel(cands, pool) == [True, False, False, False, True, False]
+    assert filter_novel(cands, pool) == reference(cands, pool)[0]
+
+
+def test_edge_cases():
+    assert filter_novel([], ["anything"]) == []
+    assert filter_novel(["a b c"], []) == [True]  # nothing to compare with
+    # Empty and punctuation-only texts have no tokens: F1 0 with everything, never dropped.
+    cands = ["", "", "?!...", "a b c", ""]
+    assert filter_novel(cands, ["", "---"]) == [True] * 5
+    assert filter_novel(cands, ["a b c"]) == [True, True, True, False, True]
+    for threshold in (0.0, 1.0, 1.5, -0.1, float("nan"), np.float32(0.7), 1):
+        pool, cands = ["a b c", ""], ["a b c", "a b", "", "x y", "x y"]
+        expected = reference(cands, pool, float(threshold))[0]
+        assert filter_novel(cands, pool, threshold) == expected, threshold
+        assert filter_novel(cands, [], threshold) == reference(cands, [], float(threshold))[0]
+
+
+def test_bad_input_is_named():
+    with pytest.raises(DataError, match=r"candidates\[1\]"):
+        filter_novel(["ok", None], [])
+    with pytest.raises(DataError, match=r"pool\[0\]"):
+        filter_novel(["ok"], [b"bytes"])
+    with pytest.raises(ConfigError, match="threshold"):
+        filter_novel(["ok"], [], "0.7")
