@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
+from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 from pydantic import BaseModel
 
 from lion_core.config import LionConfig
@@ -70,15 +70,26 @@ def content_key(*sections: str) -> Callable[[Any, dict[str, Any]], str]:
     return key_fn
 
 
-def result_storage(config: LionConfig) -> WritableFileSystem:
-    """A Prefect file-system block rooted in the run's storage (never a block slug string)."""
+def result_storage(config: LionConfig) -> Path | WritableFileSystem:
+    """Where task results live: `<root>/prefect-results`, in the run's own storage.
+
+    A local root gives a `Path`. An object-store root gives a RemoteFileSystem block, saved on
+    the Prefect server under a name derived from the URI (Prefect refuses unsaved blocks as
+    result storage, and a plain string would be read as a block slug). Its settings hold only
+    the storage options (endpoint URL etc.); credentials come from the worker's environment.
+    """
     store = RunStore.open(config.storage.root, config.storage.options)
     uri = store.storage.uri(RESULTS_DIR)
     if store.storage.is_local:
         Path(uri).mkdir(parents=True, exist_ok=True)
-        return LocalFileSystem(basepath=uri)
+        return Path(uri)
     settings = dict(config.storage.options)
-    return RemoteFileSystem(basepath=uri, settings=settings)
+    name = "lion-results-" + hashlib.sha256(
+        json.dumps([uri, settings], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    block = RemoteFileSystem(basepath=uri, settings=settings)
+    block.save(name, overwrite=True)
+    return RemoteFileSystem.load(name)
 
 
 def lion_task(name: str, *sections: str, retries: int = 0, retry_delay_seconds: float = 10):

@@ -67,8 +67,4 @@ def attach_library_logging() -> None:
 
 def usage_record(client: LLMClient) -> dict[str, int]:
     """The client's counters (requests sent, cache hits, failures, tokens) as a plain dict."""
-    import dataclasses
-
-    usage = client.usage
-    data = dataclasses.asdict(usage) if dataclasses.is_dataclass(usage) else dict(usage)
-    return {k: int(v) for k, v in data.items() if isinstance(v, int | float)}
+    return client.usage.as_dict()

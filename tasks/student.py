@@ -5,9 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from prefect import get_run_logger
+
 from lion_core.config import LionConfig
 from lion_core.pools import ArtifactRef
-from lion_core.student import generate_answers, prepare_base_student, train_student
+from lion_core.student.generate import generate_answers
+from lion_core.student.launch import train_student
+from lion_core.student.model import prepare_base_student
 from tasks.caching import lion_task
 from tasks.runtime import run_store
 
@@ -27,7 +31,8 @@ def trained_student(config: LionConfig, round: int, data: ArtifactRef, init: str
     """The round's student, fine-tuned on the teacher's answers under DeepSpeed. A retry resumes
     from the latest checkpoint; a finished student is never retrained."""
     started = time.monotonic()
-    uri = train_student(config, run_store(config), round, data.uri, init)
+    log = get_run_logger()
+    uri = train_student(config, run_store(config), round, data.uri, init, logger=log)
     return {"uri": uri, "seconds": time.monotonic() - started}
 
 
@@ -39,7 +44,7 @@ def student_answers(
     started = time.monotonic()
     store = run_store(config)
     rows = store.read_ref(cache)[["instruction_id", "instruction", "input"]]
-    answers = generate_answers(config, store, student, rows)
+    answers = generate_answers(config, store, student, rows, logger=get_run_logger())
     return {
         "answers": store.write_or_reuse(round, "student_answers", answers),
         "seconds": time.monotonic() - started,

@@ -1,0 +1,145 @@
+"""The round DAG through Prefect (its test harness: a real API server on SQLite), on the offline
+world: one full round, and a round that fails after the referee stage and is resumed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lion_core.config import LionConfig
+from lion_core.pools import RunStore
+
+pytestmark = pytest.mark.slow
+
+
+def small_config(root, **overrides) -> LionConfig:
+    """A round that does real work in well under a minute on 2 cores."""
+    base = {
+        "name": "flow-test",
+        "rounds": 1,
+        "storage.root": str(root),
+        "pools.offline_seeds": 24,
+        "pools.new_per_round": 12,
+        "student.tiny": {
+            "vocab_size": 320,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_layers": 1,
+            "num_heads": 2,
+            "max_position_embeddings": 128,
+        },
+        "student.generation.max_new_tokens": 12,
+        "training.launcher": "python",
+        "training.learning_rate": 1e-3,
+        "training.max_steps": 8,
+        "training.max_length": 128,
+        "training.micro_batch_size": 8,
+        "training.save_steps": 4,
+        "referee.max_tokens": 200,
+        "offline.judge_noise": 0.0,
+    }
+    base.update(overrides)
+    return LionConfig().with_overrides(base)
+
+
+def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from flows.round import lion_round
+
+    cfg = small_config(tmp_path / "run")
+    summary = lion_round(cfg, 1)
+
+    store = RunStore.open(cfg.storage.root)
+    for name in (
+        "train_pool",
+        "cache_pool",
+        "teacher_answers",
+        "student_answers",
+        "referee",
+        "hard",
+        "easy",
+        "generated",
+    ):
+        frame = pd.read_parquet(store.storage.uri(f"round=1/{name}.parquet"))
+        assert frame.shape[0] == store.ref(1, name).rows
+    teacher = store.read(1, "teacher_answers")
+    assert (teacher["status"] == "ok").all() and len(teacher) == 24
+    referee = store.read(1, "referee")
+    assert len(referee) == 24
+    assert summary["hard"] + summary["easy"] + summary["unscored"] == 24
+    assert summary["teacher_score"] > summary["student_score"]
+    assert 0 <= summary["student_to_teacher"] < 1
+    new = summary["new_instructions"]
+    assert 0 < new <= 12
+    assert store.ref(2, "train_pool").rows == 24 + new
+    assert store.ref(2, "cache_pool").rows == new
+    assert summary["teacher_requests"] == 24
+    assert summary["referee_requests"] >= 48  # two orders (plus re-asks, if any)
+    assert summary["student"].endswith("round=1/student")
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+    keys = {a.key for a in artifacts}
+    assert {"flow-test-round-1", "flow-test-round-1-hard-sample"} <= keys
+
+
+def _task_states(flow_run_id) -> dict[str, str]:
+    """Task name (without its run suffix) -> state name, for one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+def test_resume_after_a_failure_repeats_nothing(prefect_harness, tmp_path, offline_server):
+    """A round fails after the referee stage (the generator is unreachable), is re-run, and
+    repeats no request, no training, and ends with the pools of an uninterrupted run."""
+    from flows.round import lion_round
+
+    world = offline_server(judge_noise=0.0)
+    dead = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
+    failing = small_config(
+        tmp_path / "run",
+        **{"teacher.base_url": world.base_url, "referee.base_url": world.base_url},
+        **{"generator.base_url": dead, "generator.retries": 0},
+    )
+    first = lion_round(failing, 1, return_state=True)
+    assert first.is_failed()
+    store = RunStore.open(failing.storage.root)
+    assert store.exists(1, "referee") and store.exists(1, "hard")
+    assert not store.exists(1, "generated")
+    student_dir = Path(store.storage.path("round=1/student"))
+    before = {p.name: p.stat().st_mtime_ns for p in student_dir.iterdir()}
+
+    resumed = lion_round(
+        failing.with_overrides({"generator.base_url": world.base_url}), 1, return_state=True
+    )
+    assert resumed.is_completed()
+    states = _task_states(resumed.state_details.flow_run_id)
+    redone = {"candidates", "novel-instructions", "next-round-pools"}
+    assert {n for n, s in states.items() if s != "Cached"} <= redone, states
+    assert {p.name: p.stat().st_mtime_ns for p in student_dir.iterdir()} == before
+
+    stats = world.stats()
+    for role in ("teacher", "referee", "generator"):
+        assert stats[role]["answered_twice"] == 0, (role, stats[role])
+        assert stats[role]["requests"] == stats[role]["distinct_bodies"], (role, stats[role])
+
+    # The same seed, uninterrupted, on its own world and root: the same pools.
+    other_world = offline_server(judge_noise=0.0)
+    straight = small_config(
+        tmp_path / "straight",
+        **{f"{r}.base_url": other_world.base_url for r in ("teacher", "referee", "generator")},
+    )
+    lion_round(straight, 1)
+    other = RunStore.open(straight.storage.root)
+    pd.testing.assert_frame_equal(store.read(1, "referee"), other.read(1, "referee"))
+    for name in ("train_pool", "cache_pool"):
+        pd.testing.assert_frame_equal(store.read(2, name), other.read(2, name))
