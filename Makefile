@@ -1,16 +1,27 @@
 # The two commands of the README. Both set everything up on a fresh machine first.
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test lint bootstrap
+.PHONY: demo test test-browser chromium lint bootstrap
 bootstrap:
 	bash scripts/bootstrap.sh
 
 demo: bootstrap
 	.venv/bin/lion demo $(ARGS)
 
+# The whole suite but the browser test, which needs Chromium (make test-browser).
 test: bootstrap
 	.venv/bin/python -m ruff check .
-	.venv/bin/python -m pytest -q $(ARGS)
+	.venv/bin/python -m pytest -q -m "not browser" $(ARGS)
+
+# The Prefect UI driven by Debian's headless Chromium (tests/test_ui_browser.py); installs
+# Chromium with apt-get when it is missing (needs root). Playwright never downloads a browser.
+test-browser: bootstrap chromium
+	.venv/bin/python -m pytest -q -m browser tests/test_ui_browser.py $(ARGS)
+
+chromium:
+	@command -v chromium >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || { echo "install Debian's chromium (apt-get install chromium) as root" >&2; exit 1; }
 
 lint: bootstrap
 	.venv/bin/python -m ruff check .

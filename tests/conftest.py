@@ -122,3 +122,15 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_stack(tmp_path_factory):
+    """The local end-to-end deployment path on loopback, for the whole session: a real
+    `prefect server start` (SQLite, UI on), the `lion-gpu` process pool, the gpu-box deployments
+    of deployments/prefect.yaml and a process worker (tests/prefect_services.py). Every process
+    is killed at the end of the session."""
+    from prefect_services import deployment_stack
+
+    with deployment_stack(tmp_path_factory.mktemp("prefect-stack")) as stack:
+        yield stack

@@ -14,24 +14,21 @@ No validator is optional: a missing one fails the test with the command that ins
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import io
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prefect_services import POOL_NAMES, POOL_TEMPLATES, create_pool, prefect_server
+from prefect_services import api as _api
+from prefect_services import prefect as _prefect
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "infra"
@@ -39,11 +36,6 @@ DOCKERFILE = INFRA / "Dockerfile"
 COMPOSE = INFRA / "compose.yaml"
 ENV_EXAMPLE = INFRA / ".env.example"
 K8S_DIR = INFRA / "k8s"
-POOL_TEMPLATES = {
-    "process": INFRA / "work-pools/process.json",
-    "kubernetes": INFRA / "work-pools/kubernetes.json",
-}
-POOL_NAMES = {"process": "lion-gpu", "kubernetes": "lion-k8s"}
 PREFECT_YAML = REPO / "deployments/prefect.yaml"
 K8S_VERSIONS = ("1.30", "1.37")  # oldest and newest Kubernetes minor the manifests are checked for
 TEST_IMAGE = "registry.example.org/lion-distill:0.1.0-test"
@@ -350,78 +342,19 @@ def test_k8s_worker_matches_the_pool_and_its_rbac():
 # --------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prefect_env(tmp_path_factory):
-    """A `prefect server start` on SQLite and a free loopback port; yields the CLI environment."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    base.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_SERVER_API_HOST="127.0.0.1",
-        PREFECT_SERVER_API_PORT=str(port),
-        PREFECT_LOGGING_LEVEL="WARNING",
-    )
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [_tool("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=base,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api_url}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"prefect server did not start:\n{(home / 'server.log').read_text()}"
-                    )
-                time.sleep(0.3)
-        cli = dict(base, PREFECT_API_URL=api_url)
-        for key in ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_API_PORT"):
-            cli.pop(key)
-        yield cli
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
-
-
-def _prefect(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return _run(
-        [_tool("prefect"), "--no-prompt", *args], env=env, cwd=REPO, stdin=subprocess.DEVNULL
-    )
+    """A `prefect server start` on SQLite and a free loopback port (tests/prefect_services.py);
+    yields the CLI environment pointing at it."""
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as server:
+        yield server.env
 
 
 @pytest.fixture(scope="module")
 def pools(prefect_env):
     """The two pools, created from the templates with the documented CLI command."""
-    for kind, path in POOL_TEMPLATES.items():
-        proc = _prefect(
-            prefect_env, "work-pool", "create", POOL_NAMES[kind], "--type", kind,
-            "--base-job-template", str(path.relative_to(REPO)),
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+    for kind in POOL_TEMPLATES:
+        create_pool(prefect_env, kind)
     return prefect_env
 
 
@@ -433,21 +366,6 @@ def deployed(pools):
     proc = _prefect(env, "deploy", "--all", "--prefect-file", str(PREFECT_YAML.relative_to(REPO)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return pools
-
-
-def _client_call(env: dict[str, str], fn):
-    """Run `fn(client)` against the test server with the test process's Prefect settings."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED
-    from prefect.settings.context import temporary_settings
-
-    async def main():
-        async with get_client() as client:
-            return await fn(client)
-
-    updates = {PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_SERVER_ANALYTICS_ENABLED: False}
-    with temporary_settings(updates=updates):
-        return asyncio.run(main())
 
 
 def test_pools_hold_the_templates_and_prefect_rejects_broken_ones(pools):
@@ -474,7 +392,7 @@ def test_pools_hold_the_templates_and_prefect_rejects_broken_ones(pools):
                 WorkPoolCreate(name="bad", type="kubernetes", base_job_template=template)
             )
 
-    _client_call(pools, check)
+    _api(pools, check)
 
 
 def test_prefect_yaml_parses_with_prefects_own_models():
@@ -552,7 +470,7 @@ def test_prefect_deploy_creates_the_deployments(deployed):
             assert all(not s.active for s in d.schedules), "schedules start paused"
         assert any(d.schedules for d in deployments.values())
 
-    _client_call(deployed, check)
+    _api(deployed, check)
 
 
 def _deployment_id(client, name: str):
@@ -579,7 +497,7 @@ def test_kubernetes_flow_run_renders_a_valid_gpu_job(deployed, monkeypatch):
         )
         return cfg, run, await client.read_deployment(dep_id)
 
-    cfg, run, deployment = _client_call(deployed, render)
+    cfg, run, deployment = _api(deployed, render)
     job = cfg.job_manifest
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -622,9 +540,9 @@ def test_process_flow_run_gets_the_requested_gpus(deployed):
             run, client=client, work_pool=pool, worker_name="infra-test"
         )
 
-    chosen = _client_call(deployed, lambda c: render(c, {"cuda_visible_devices": "0,1"}))
+    chosen = _api(deployed, lambda c: render(c, {"cuda_visible_devices": "0,1"}))
     assert chosen.env["CUDA_VISIBLE_DEVICES"] == "0,1"
-    default = _client_call(deployed, lambda c: render(c, {}))
+    default = _api(deployed, lambda c: render(c, {}))
     assert default.env.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
@@ -653,4 +571,4 @@ def test_server_rejects_job_variables_that_break_the_pool_schema(deployed):
                 job_variables={"image": "{{ $LION_IMAGE }}"},
             )
 
-    _client_call(deployed, check)
+    _api(deployed, check)

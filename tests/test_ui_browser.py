@@ -1,0 +1,158 @@
+"""The Prefect UI in a real browser (issue 5, section 4): Debian's Chromium, headless, driven by
+Playwright, against the UI that `prefect server start` serves for the session's deployment
+stack. It finds the `lion-distill / gpu-box` deployment, opens *Run → Custom run*, changes the
+run's name and two fields of the nested `config` form, submits, and watches the run page until
+the run is *Completed*; the API then confirms the run used the changed values.
+
+Runs in its own CI step (`make test-browser`, which installs Chromium with apt-get); never lets
+Playwright download a browser. Screenshots of the form and of the finished run are written to the
+test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prefect_services import REPO, api, deploy
+from test_round_flow import small_config
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path(os.environ.get("LION_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 60_000
+RUN_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: run `make test-browser` (it installs Debian's "
+            "`chromium` with apt-get) or set LION_CHROMIUM"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.fail(f"playwright is not installed ({exc}): .venv/bin/pip install -e '.[dev]'")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def small_defaults(prefect_stack, s3_endpoint):
+    """The gpu-box deployment re-deployed with an operator's defaults: a small run on a bucket
+    of the moto server (`prefect deploy --params`)."""
+    import boto3
+
+    bucket = f"lion-ui-{secrets.token_hex(6)}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    options = {"endpoint_url": s3_endpoint}
+    config = small_config(f"s3://{bucket}/ui", name="ui-defaults", **{"storage.options": options})
+    params = {"config": config.model_dump(mode="json", exclude_defaults=True)}
+    deploy(prefect_stack.env, "lion-distill/gpu-box", params=params, LION_HOME=str(REPO))
+    return config
+
+
+def _form_field(page, label: str):
+    """The input of the schema-form property whose label is exactly `label`."""
+    xpath = (
+        "xpath=//span[contains(@class,'schema-form-property__label')]"
+        f"[normalize-space()='{label}']"
+        "/ancestor::div[contains(concat(' ', @class, ' '), ' schema-form-property ')][1]"
+        "//*[self::input or self::textarea]"
+    )
+    return page.locator(xpath).first
+
+
+def test_run_from_the_ui_with_a_changed_parameter(prefect_stack, small_defaults, browser, tmp_path):
+    stack = prefect_stack
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    run_name = f"ui-run-{secrets.token_hex(4)}"
+    try:
+        # The deployments list → lion-distill / gpu-box.
+        page.goto(f"{stack.server.ui_url}/deployments")
+        row = page.locator("tr", has_text="lion-distill")
+        row.locator("a[href^='/deployments/deployment/']", has_text="gpu-box").click()
+        page.wait_for_url("**/deployments/deployment/**")
+
+        # Run → Custom run: the form, pre-filled with the deployment's parameters.
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_text("Custom run", exact=True).click()
+        page.wait_for_url("**/run**")
+        name_field = _form_field(page, "Name (Optional)")
+        name_field.wait_for()
+        assert name_field.input_value() == "ui-defaults"
+        new_per_round = _form_field(page, "New Per Round (Optional)")
+        assert new_per_round.input_value() == "12"
+
+        page.locator(".flow-run-name-input input").fill(run_name)
+        name_field.fill("ui-changed")
+        new_per_round.fill("6")
+        new_per_round.scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "form.png"))
+
+        page.locator("button[type=submit]", has_text="Submit").click()
+        # The UI goes back to the deployment, where the new run is listed: open it.
+        page.wait_for_url(lambda url: "/deployments/deployment/" in url and "/run" not in url)
+        page.get_by_role("link", name=run_name).first.click()
+        page.wait_for_url("**/runs/flow-run/**")
+        run_id = page.url.rstrip("/").split("/")[-1].split("?")[0]
+
+        # Watch the run page until its state badge says Completed (the page updates itself).
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        last_reload = time.monotonic()
+        while True:
+            state = page.locator(".page-heading .state-badge").first.inner_text().strip()
+            if state == "Completed":
+                break
+            if state in ("Failed", "Crashed", "Cancelled") or time.monotonic() > deadline:
+                page.screenshot(path=str(tmp_path / "run.png"))
+                tail = stack.worker_log.read_text(errors="replace")[-4000:]
+                pytest.fail(f"the run page shows {state!r}\n{tail}")
+            if time.monotonic() - last_reload > 30:
+                page.reload()
+                last_reload = time.monotonic()
+            time.sleep(2)
+        page.screenshot(path=str(tmp_path / "run.png"))
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        raise
+    finally:
+        page.close()
+
+    # The API agrees: one run, the form's, with the values typed into it.
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    named = FlowRunFilter(name=FlowRunFilterName(any_=[run_name]))
+    (run,) = api(stack.env, lambda c: c.read_flow_runs(flow_run_filter=named))
+    assert str(run.id) == run_id and run.state.is_completed()
+    (tmp_path / "parameters.json").write_text(json.dumps(run.parameters, indent=1))
+    config = run.parameters["config"]
+    assert config["name"] == "ui-changed" and config["pools"]["new_per_round"] == 6
+    assert config["storage"] == small_defaults.storage.model_dump(mode="json")
+    deployment = api(stack.env, lambda c: c.read_deployment(run.deployment_id))
+    assert deployment.name == "gpu-box"
+    new = pd.read_parquet(
+        f"{small_defaults.storage.root}/round=2/cache_pool.parquet",
+        storage_options=small_defaults.storage.options,
+    )
+    assert 0 < len(new) <= 6
