@@ -414,6 +414,8 @@ class LionConfig(Section):
     name: str = Field("lion", description="Name of the run (shown in Prefect and run.json).")
     rounds: int = Field(3, ge=1, le=100, description="Lion rounds (paper: 3).")
     seed: int = Field(0, description="Seed for sampling, training and the offline world.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Where data lives.")
+    pools: PoolsConfig = Field(default_factory=PoolsConfig, description="Train and Cache Pools.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher endpoint.")
     referee: RefereeConfig = Field(default_factory=RefereeConfig, description="Referee endpoint.")
     generator: GeneratorConfig = Field(
@@ -423,14 +425,12 @@ class LionConfig(Section):
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, description="Student fine-tuning."
     )
-    pools: PoolsConfig = Field(default_factory=PoolsConfig, description="Train and Cache Pools.")
     discrimination: DiscriminationConfig = Field(
         default_factory=DiscriminationConfig, description="Hard/easy split."
     )
     novelty: NoveltyConfig = Field(
         default_factory=NoveltyConfig, description="ROUGE-L novelty filter."
     )
-    storage: StorageConfig = Field(default_factory=StorageConfig, description="Where data lives.")
     offline: OfflineWorldConfig = Field(
         default_factory=OfflineWorldConfig, description="The offline task world."
     )
