@@ -1,0 +1,237 @@
+"""Student answers/s: batched generation vs one prompt at a time, measured in one run.
+
+Both answer real instructions from ../shared/data with the same Llama-shaped model (built from
+config; bf16 on GPU, fp32 on CPU), greedy, with the same prompts (Alpaca template):
+
+- batched (ours): lion_core.student.generate.BatchedGenerator: prompts sorted by length,
+  left-padded, batches filling the token budget;
+- one at a time (the original code's way): `model.generate` on each prompt alone.
+
+An untrained model would never stop (or stop at random), which misrepresents both. So every answer
+is ended, in both modes, after as many tokens as the dataset's reference answer to that
+instruction has (capped at --max-new-tokens): answer lengths follow the real distribution, and a
+batch runs as long as its longest answer, as it would with a trained student.
+Target: batched >= 5x answers/s on the CPU.
+
+    .venv/bin/python benchmarks/generate_throughput.py
+    .venv/bin/python benchmarks/generate_throughput.py --repeat 3   # best of 3, busy machine
+    python benchmarks/generate_throughput.py --device cuda --model-size 1b
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from train_throughput import (  # noqa: E402
+    DATA,
+    SIZES,
+    VOCAB,
+    build_model,
+    load_records,
+    measure_peak,
+)
+
+from lion_core.config import StudentGenerationConfig  # noqa: E402
+from lion_core.student.attention import sdpa_kernels  # noqa: E402
+from lion_core.student.data import encode_prompt  # noqa: E402
+from lion_core.student.generate import BatchedGenerator  # noqa: E402
+from lion_core.student.model import train_tokenizer  # noqa: E402
+
+
+def _key(tokens: list[int]) -> str:
+    return hashlib.sha1(json.dumps(tokens).encode()).hexdigest()
+
+
+class EndAfter(LogitsProcessor):
+    """Forces EOS once a row has generated its target number of tokens. The target is looked
+    up by the row's prompt tokens, so it is the same in a batch and alone."""
+
+    def __init__(self, targets: dict[str, int], pad_id: int, eos_id: int) -> None:
+        self.targets, self.pad_id, self.eos_id = targets, pad_id, eos_id
+        self.last: torch.Tensor | None = None
+        self.width = 0
+        self.row_targets: list[int] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor):
+        last = self.last
+        continued = (
+            last is not None
+            and last.shape[0] == input_ids.shape[0]
+            and last.shape[1] + 1 == input_ids.shape[1]
+            and torch.equal(input_ids[:, :-1], last)
+        )
+        if not continued:
+            self.width = input_ids.shape[1]  # a new generate call: this is the prompt
+            self.row_targets = [
+                self.targets[_key([t for t in row if t != self.pad_id])]
+                for row in input_ids.tolist()
+            ]
+        self.last = input_ids
+        done = input_ids.shape[1] - self.width
+        for r, target in enumerate(self.row_targets):
+            if done >= target - 1:  # the target counts the EOS token itself
+                scores[r] = float("-inf")
+                scores[r, self.eos_id] = 0.0
+        return scores
+
+
+def one_at_a_time(model, tok, prompts: list[list[int]], max_new: int, processor) -> list[str]:
+    """The original way: model.generate on each prompt alone."""
+    out = []
+    for p in prompts:  # (sdpa kernels as BatchedGenerator uses them)
+        ids = torch.tensor([p], device=model.device)
+        with torch.no_grad(), sdpa_kernels():
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new,
+                do_sample=False,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                logits_processor=LogitsProcessorList([processor]),
+            )
+        out.append(tok.decode(gen[0, len(p) :], skip_special_tokens=True).strip())
+    return out
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--model-size", default=None, choices=list(SIZES))
+    parser.add_argument("--prompts", type=int, default=None, help="prompts answered batched")
+    parser.add_argument("--baseline-prompts", type=int, default=None, help="answered one by one")
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--token-budget", type=int, default=None)
+    parser.add_argument("--repeat", type=int, default=1, help="best of N (a busy machine)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    gpu = args.device == "cuda"
+    args.model_size = args.model_size or ("1b" if gpu else "tiny")
+    args.prompts = args.prompts or (1024 if gpu else 256)
+    args.baseline_prompts = args.baseline_prompts or 16
+    args.max_new_tokens = args.max_new_tokens or (128 if gpu else 48)
+    args.token_budget = args.token_budget or (
+        131072 if gpu else StudentGenerationConfig().token_budget
+    )
+    torch.manual_seed(0)
+
+    frame = load_records(limit=max(args.prompts, 2000))
+    tok = train_tokenizer(
+        list(frame["instruction"] + "\n" + frame["input"] + "\n" + frame["answer"]),
+        VOCAB[args.model_size],
+    )
+    frame = frame.drop_duplicates(["instruction", "input"]).head(args.prompts).reset_index()
+    prompts = [
+        encode_prompt(tok, i, x, "alpaca")
+        for i, x in zip(frame["instruction"], frame["input"], strict=True)
+    ]
+    targets = {
+        _key(p): max(1, min(args.max_new_tokens, len(tok.encode(a, add_special_tokens=False)) + 1))
+        for p, a in zip(prompts, frame["answer"], strict=True)
+    }
+    lengths = sorted(targets.values())
+    print(
+        f"{len(prompts)} prompts from {DATA.name}: prompt tokens median "
+        f"{sorted(map(len, prompts))[len(prompts) // 2]}; answer tokens median "
+        f"{lengths[len(lengths) // 2]} (cap {args.max_new_tokens})",
+        flush=True,
+    )
+    dtype = torch.bfloat16 if gpu else torch.float32
+    model = build_model(
+        args.model_size, tok, device=args.device, dtype=dtype, attn="sdpa", max_length=2048
+    )
+    model.config.use_cache = True
+    model.eval()
+    processor = EndAfter(targets, tok.pad_token_id, tok.eos_token_id)
+    settings = StudentGenerationConfig(
+        max_new_tokens=args.max_new_tokens, token_budget=args.token_budget
+    )
+    gen = BatchedGenerator(
+        model,
+        tok,
+        settings,
+        "alpaca",
+        generate_kwargs={"logits_processor": LogitsProcessorList([processor])},
+    )
+    rows = pd.DataFrame(
+        {
+            "instruction_id": [str(i) for i in range(len(frame))],
+            "instruction": frame["instruction"],
+            "input": frame["input"],
+        }
+    )
+    # warm-up (kernels, allocator) on a few prompts, both paths
+    list(gen.answer(rows.head(4)))
+    one_at_a_time(model, tok, prompts[:2], args.max_new_tokens, processor)
+
+    k = args.baseline_prompts
+    batched_s = single_s = float("inf")
+    for _ in range(args.repeat):  # alternate the modes; keep the best time of each
+        _sync(args.device)
+        t = time.perf_counter()
+        answers = [a for batch in gen.answer(rows) for a in batch]
+        _sync(args.device)
+        batched_s = min(batched_s, time.perf_counter() - t)
+        t = time.perf_counter()
+        single = one_at_a_time(model, tok, prompts[:k], args.max_new_tokens, processor)
+        _sync(args.device)
+        single_s = min(single_s, time.perf_counter() - t)
+    batched_tokens = sum(a.completion_tokens for a in answers)
+    by_id = {a.instruction_id: a.answer for a in answers}
+    same = sum(by_id[str(i)] == s for i, s in enumerate(single))
+
+    batched_rate, single_rate = len(answers) / batched_s, k / single_s
+    summary = {
+        "device": torch.cuda.get_device_name() if gpu else "cpu",
+        "model_size": args.model_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "prompts": len(answers),
+        "baseline_prompts": k,
+        "max_new_tokens": args.max_new_tokens,
+        "token_budget": gen.budget,
+        "oom_events": gen.oom_events,
+        "batched_answers_per_s": batched_rate,
+        "batched_tokens_per_s": batched_tokens / batched_s,
+        "single_answers_per_s": single_rate,
+        "batched_over_single": batched_rate / single_rate,
+        "identical_answers": f"{same}/{k}",
+        "peak_tflops": measure_peak(args.device) / 1e12 if gpu else None,
+    }
+    print(
+        f"batched:      {batched_rate:8.2f} answers/s ({summary['batched_tokens_per_s']:.0f} "
+        f"new tokens/s, {len(answers)} prompts, budget {gen.budget} tokens)"
+    )
+    print(f"one at a time:{single_rate:8.2f} answers/s ({k} prompts)")
+    print(
+        f"model {args.model_size} ({summary['parameters'] / 1e6:.0f}M parameters) on "
+        f"{summary['device']}; {same}/{k} answers identical in both modes"
+    )
+    print(
+        f"batched / one at a time answers/s: {summary['batched_over_single']:.1f}x (target >= 5x)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

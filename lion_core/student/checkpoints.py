@@ -1,0 +1,148 @@
+"""Model folders in the run's storage: completion markers, round layout, local copies.
+
+A model folder (a student, a training checkpoint) is trusted only once its `_COMPLETE` marker is
+written, and the marker is always written last. A crash half-way through an upload therefore
+leaves a folder nobody reads; the next attempt deletes it and writes it again.
+
+Layout under the run's root:
+
+    round=0/student/                 the base student (round-0 checkpoint)
+    round=<k>/student/               the student trained in round k (Hugging Face format)
+    round=<k>/checkpoints/checkpoint-<step>/   mid-run training checkpoints (DeepSpeed/Trainer)
+    round=<k>/logs/                  training logs, one file per attempt
+    generation/<key>/part-*.parquet  answers generated so far (see generate.py)
+
+A model folder may also hold only `source.json` ({"model": <hub id or path>, "revision": ...})
+when the base model is used where it is (a hub id or a path outside the run) instead of copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from lion_core.storage import Storage
+
+COMPLETE = "_COMPLETE"
+SOURCE = "source.json"
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+def student_rel(k: int) -> str:
+    return f"round={k}/student"
+
+
+def checkpoints_rel(k: int) -> str:
+    return f"round={k}/checkpoints"
+
+
+def logs_rel(k: int) -> str:
+    return f"round={k}/logs"
+
+
+def is_complete(storage: Storage, rel: str) -> bool:
+    return storage.exists(f"{rel}/{COMPLETE}")
+
+
+def mark_complete(storage: Storage, rel: str, info: dict | None = None) -> None:
+    """Write the completion marker of folder `rel` (last, after everything else is in place)."""
+    payload = {"completed_at": time.time(), **(info or {})}
+    storage.write_json(f"{rel}/{COMPLETE}", payload, overwrite=True)
+
+
+def complete_checkpoints(storage: Storage, k: int) -> list[int]:
+    """Global steps of round `k`'s committed checkpoints, ascending."""
+    steps = []
+    for name in storage.listdir(checkpoints_rel(k)):
+        m = CHECKPOINT_DIR.match(name)
+        if m and is_complete(storage, f"{checkpoints_rel(k)}/{name}"):
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def incomplete_checkpoints(storage: Storage, k: int) -> list[str]:
+    """Names of round `k`'s checkpoint folders that never got their marker (a killed save)."""
+    names = []
+    for name in storage.listdir(checkpoints_rel(k)):
+        if CHECKPOINT_DIR.match(name) and not is_complete(storage, f"{checkpoints_rel(k)}/{name}"):
+            names.append(name)
+    return names
+
+
+def storage_and_rel(uri: str, options: dict | None = None) -> tuple[Storage, str]:
+    """A Storage for the parent of `uri`, and `uri`'s name relative to it."""
+    uri = uri.rstrip("/")
+    parent, _, name = uri.rpartition("/")
+    return Storage(parent or "/", options), name
+
+
+def scratch_root() -> Path:
+    """Local scratch space for training and downloads: $LION_SCRATCH, else the system temp."""
+    root = os.environ.get("LION_SCRATCH") or os.path.join(tempfile.gettempdir(), "lion-scratch")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def scratch_for(uri: str, *parts: str) -> Path:
+    """A scratch folder that is stable for the same `uri` (so a retry finds its downloads)."""
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    path = scratch_root().joinpath(key, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def materialize(uri: str, options: dict | None = None) -> str:
+    """Something `from_pretrained` can load for model folder `uri`: a local folder, or the hub
+    id / path recorded in its `source.json`. Remote folders are downloaded to scratch once."""
+    if "://" not in uri and not os.path.isdir(uri):
+        return uri  # a hub id given directly
+    storage, rel = storage_and_rel(uri, options)
+    if storage.exists(f"{rel}/{SOURCE}"):
+        source = storage.read_json(f"{rel}/{SOURCE}")
+        return str(source["model"])
+    if storage.is_local:
+        return storage.path(rel)
+    local = scratch_for(uri) / "model"
+    if not (local / COMPLETE).exists():
+        download_dir(storage, rel, local)
+    return str(local)
+
+
+def download_dir(storage: Storage, rel: str, local: Path) -> Path:
+    """Download folder `rel` to `local` via a temporary folder renamed into place, so a local
+    copy that exists is complete (its `_COMPLETE` marker cannot arrive before the rest)."""
+    tmp = local.with_name(f"{local.name}.tmp-{uuid.uuid4().hex[:8]}")
+    storage.get_dir(rel, tmp)
+    if not (local / COMPLETE).exists():
+        shutil.rmtree(local, ignore_errors=True)
+        try:
+            os.replace(tmp, local)
+        except OSError:  # another process put its complete copy there first
+            if not (local / COMPLETE).exists():
+                raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+def source_revision(uri: str, options: dict | None = None) -> str | None:
+    """The hub revision recorded for model folder `uri`, if any."""
+    if "://" not in uri and not os.path.isdir(uri):
+        return None
+    storage, rel = storage_and_rel(uri, options)
+    if storage.exists(f"{rel}/{SOURCE}"):
+        return storage.read_json(f"{rel}/{SOURCE}").get("revision")
+    return None
+
+
+def write_json_file(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,310 @@
+"""Training data for the student: prompt template, tokenisation with loss on response tokens only,
+truncation accounting, and the two batch layouts (packed, padded).
+
+Packing (the default) puts several examples into one row of at most `max_length` tokens. Each
+example restarts its `position_ids` at 0 and no `attention_mask` is passed, which makes
+transformers (>= 4.53; masking_utils.find_packed_sequence_indices) build a block-diagonal causal
+mask for sdpa, eager and flex attention: a token attends only to earlier tokens of its own
+example. Flash-attention kernels take the same information as cumulative sequence lengths, but
+only for a batch of one row, so with them the rows are flattened into a single [1, T] sequence
+(what `DataCollatorWithFlattening` does). The first label of each example is -100, so the last
+token of one example is never trained to predict the first token of the next.
+
+Padding (packing off) is the original Alpaca/Lion layout: one example per row, right-padded to
+the longest row of the batch, with an attention mask.
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_left, insort
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+from lion_core.errors import DataError
+
+IGNORE = -100
+
+# The Stanford Alpaca prompt, as used by Lion's training and inference code.
+ALPACA_PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+)
+
+TRAIN_COLUMNS = ("instruction", "input", "answer")
+
+
+def template_texts() -> list[str]:
+    """The fixed text of the templates (so a tokenizer trained locally learns it)."""
+    return [ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT]
+
+
+def alpaca_prompt(instruction: str, input: str | None = "") -> str:
+    if input:
+        return ALPACA_PROMPT_INPUT.format(instruction=instruction, input=input)
+    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def _user_text(instruction: str, input: str | None) -> str:
+    from lion_core.prompts import instruction_text
+
+    return instruction_text(instruction, input)
+
+
+def encode_prompt(tokenizer, instruction: str, input: str | None, template: str) -> list[int]:
+    """Token ids of the prompt, exactly as training saw it (generation uses the same ids)."""
+    if template == "chat_template":
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _user_text(instruction, input)}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        return tokenizer.encode(text, add_special_tokens=False)
+    ids = tokenizer.encode(alpaca_prompt(instruction, input), add_special_tokens=False)
+    if tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id, *ids]
+    return ids
+
+
+def encode_response(
+    tokenizer, instruction: str, input: str | None, answer: str, template: str
+) -> list[int]:
+    """Token ids of the answer, ending with the end-of-sequence (or end-of-turn) token."""
+    if template == "chat_template":
+        user = {"role": "user", "content": _user_text(instruction, input)}
+        prompt = tokenizer.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(
+            [user, {"role": "assistant", "content": answer}], tokenize=False
+        )
+        if full.startswith(prompt):
+            ids = tokenizer.encode(full[len(prompt) :], add_special_tokens=False)
+            if ids and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+                ids.append(tokenizer.eos_token_id)
+            return ids
+    ids = tokenizer.encode(answer, add_special_tokens=False)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on prompt tokens
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class TokenizedData:
+    examples: list[Example]
+    rows: int = 0  # rows in the input table
+    truncated: int = 0  # cut at max_length (the end of their answer is lost)
+    dropped: int = 0  # no answer token fits: nothing to learn from
+    tokens: int = 0
+    response_tokens: int = 0
+    lengths: list[int] = field(default_factory=list)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "rows": self.rows,
+            "examples": len(self.examples),
+            "truncated": self.truncated,
+            "dropped": self.dropped,
+            "tokens": self.tokens,
+            "response_tokens": self.response_tokens,
+        }
+
+
+def encode_example(
+    tokenizer, instruction: str, input: str | None, answer: str, template: str, max_length: int
+) -> tuple[Example | None, bool]:
+    """(example, truncated). The example is None when not one answer token fits."""
+    prompt = encode_prompt(tokenizer, instruction, input, template)
+    response = encode_response(tokenizer, instruction, input, answer, template)
+    ids = prompt + response
+    labels = [IGNORE] * len(prompt) + response
+    truncated = len(ids) > max_length
+    ids, labels = ids[:max_length], labels[:max_length]
+    if all(label == IGNORE for label in labels[1:]):
+        return None, truncated
+    labels[0] = IGNORE  # never learn across an example boundary when packed
+    return Example(ids, labels), truncated
+
+
+def check_train_frame(df: pd.DataFrame, source: str = "train data") -> pd.DataFrame:
+    """Check the training table's columns; empty `input` becomes ''."""
+    missing = [c for c in TRAIN_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; need {list(TRAIN_COLUMNS)}", file=source)
+    df = df.copy()
+    df["input"] = df["input"].fillna("")
+    for col in ("instruction", "answer"):
+        bad = df[col].isna() | ~df[col].map(lambda v: isinstance(v, str))
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise DataError("missing or non-text value", file=source, row=row, column=col)
+    return df
+
+
+def tokenize_frame(df: pd.DataFrame, tokenizer, template: str, max_length: int) -> TokenizedData:
+    """Tokenise every (instruction, input, answer) row; count truncated and dropped rows."""
+    df = check_train_frame(df)
+    data = TokenizedData(examples=[], rows=len(df))
+    for instruction, inp, answer in zip(df["instruction"], df["input"], df["answer"], strict=True):
+        ex, truncated = encode_example(tokenizer, instruction, inp, answer, template, max_length)
+        data.truncated += int(truncated)
+        if ex is None:
+            data.dropped += 1
+            continue
+        data.examples.append(ex)
+        data.tokens += len(ex)
+        data.response_tokens += sum(1 for label in ex.labels if label != IGNORE)
+    data.lengths = [len(e) for e in data.examples]
+    return data
+
+
+# ------------------------------------------------------------------------------------------
+# Packing
+# ------------------------------------------------------------------------------------------
+
+
+def pack(lengths: list[int], capacity: int, seed: int = 0) -> list[list[int]]:
+    """Group example indices into rows of at most `capacity` tokens (best-fit decreasing,
+    O(n log n)); rows come out in a seeded random order."""
+    if any(n > capacity for n in lengths):
+        raise ValueError("an example is longer than the pack capacity")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (space left, row index), sorted
+    for i in order:
+        n = lengths[i]
+        at = bisect_left(free, (n, -1))
+        if at < len(free):
+            space, r = free.pop(at)
+        else:
+            space, r = capacity, len(rows)
+            rows.append([])
+        rows[r].append(i)
+        if space - n > 0:
+            insort(free, (space - n, r))
+    rng = random.Random(seed)
+    for row in rows:
+        rng.shuffle(row)
+    rng.shuffle(rows)
+    return rows
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """One item = one packed row: examples concatenated, position ids restarting at each."""
+
+    def __init__(self, examples: list[Example], capacity: int, seed: int = 0) -> None:
+        self.examples = examples
+        self.rows = pack([len(e) for e in examples], capacity, seed)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        ids: list[int] = []
+        labels: list[int] = []
+        pos: list[int] = []
+        for j in self.rows[i]:
+            ex = self.examples[j]
+            ids += ex.input_ids
+            labels += ex.labels
+            pos += range(len(ex))
+        return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """One item = one example (the padded layout)."""
+
+    def __init__(self, examples: list[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        ex = self.examples[i]
+        return {"input_ids": ex.input_ids, "labels": ex.labels}
+
+
+@dataclass
+class PackedCollator:
+    """Batches packed rows. Rows are padded to the longest row; the padding is its own segment
+    (positions from 0, labels ignored) so it never mixes with real tokens. `flatten` turns the
+    batch into one [1, T] sequence without any padding, for flash-attention kernels."""
+
+    pad_id: int
+    flatten: bool = False
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.flatten:
+            out = {k: [v for r in rows for v in r[k]] for k in ("input_ids", "labels")}
+            out["position_ids"] = [p for r in rows for p in r["position_ids"]]
+            return {k: torch.tensor([v], dtype=torch.long) for k, v in out.items()}
+        width = max(len(r["input_ids"]) for r in rows)
+        ids, labels, pos = [], [], []
+        for r in rows:
+            pad = width - len(r["input_ids"])
+            ids.append(r["input_ids"] + [self.pad_id] * pad)
+            labels.append(r["labels"] + [IGNORE] * pad)
+            pos.append(list(r["position_ids"]) + list(range(pad)))
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "position_ids": torch.tensor(pos, dtype=torch.long),
+        }
+
+
+@dataclass
+class PaddedCollator:
+    """Right-pads single examples to the longest one in the batch, with an attention mask."""
+
+    pad_id: int
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(x["input_ids"]) for x in items)
+        ids, labels, mask = [], [], []
+        for x in items:
+            n = len(x["input_ids"])
+            ids.append(x["input_ids"] + [self.pad_id] * (width - n))
+            labels.append(x["labels"] + [IGNORE] * (width - n))
+            mask.append([1] * n + [0] * (width - n))
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+        }
+
+
+def needs_flat_batches(attn_implementation: str) -> bool:
+    """Flash-attention kernels see packed examples only in a single flattened row."""
+    return "flash" in (attn_implementation or "")
+
+
+def build_dataset(
+    examples: list[Example],
+    *,
+    packing: bool,
+    max_length: int,
+    pad_id: int,
+    attn_implementation: str,
+    seed: int = 0,
+) -> tuple[torch.utils.data.Dataset, Any]:
+    """(dataset, collator) for the chosen layout."""
+    if packing:
+        flat = needs_flat_batches(attn_implementation)
+        return PackedDataset(examples, max_length, seed), PackedCollator(pad_id, flatten=flat)
+    return ExampleDataset(examples), PaddedCollator(pad_id)

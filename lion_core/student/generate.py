@@ -1,0 +1,397 @@
+"""Batched generation of the student's answers.
+
+Prompts are sorted by length (longest first, so an out-of-memory shows up in the first batch),
+left-padded, and cut into batches that fit a token budget: batch size x (longest prompt +
+max_new_tokens) <= `student.generation.token_budget`. Decoding is greedy or sampled, stops at
+EOS, and the prompt is stripped from the output. Out of memory halves the budget and retries the
+same rows; a single prompt that still does not fit is recorded as failed, and the rest go on.
+
+Answered rows are never lost: every batch is committed to the run's storage at once, under
+    <root>/generation/<key>/part-<shard>-<n>-<uuid>.parquet
+where <key> hashes the student URI, the generation settings and the prompt template. A second
+call with the same student skips the rows already answered there. On several GPUs, one worker
+process per GPU answers its shard of the rows and commits its own parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from lion_core.config import LionConfig, StudentGenerationConfig
+from lion_core.errors import DataError, GenerationError
+from lion_core.pools import ANSWER_SCHEMA, RunStore, conform
+from lion_core.storage import Storage
+from lion_core.student.attention import sdpa_kernels
+from lion_core.student.checkpoints import materialize, scratch_for
+from lion_core.student.data import encode_prompt
+
+log = logging.getLogger(__name__)
+
+ROW_COLUMNS = ("instruction_id", "instruction", "input")
+
+
+def progress_rel(student_uri: str, cfg: LionConfig) -> str:
+    """Folder (relative to the run's root) holding the answers generated so far."""
+    payload = json.dumps(
+        {
+            "student": student_uri,
+            "generation": cfg.student.generation.model_dump(mode="json", exclude={"num_gpus"}),
+            "template": cfg.student.prompt_template,
+            "seed": cfg.seed,
+        },
+        sort_keys=True,
+    )
+    return f"generation/{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+# ------------------------------------------------------------------------------------------
+# The batched generator
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    instruction_id: str
+    answer: str | None
+    status: str
+    error: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+class BatchedGenerator:
+    """Answers prompts in length-sorted, left-padded batches that fit a token budget."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        gen: StudentGenerationConfig,
+        template: str,
+        seed: int = 0,
+        generate_kwargs: dict | None = None,
+    ):
+        self.model = model.eval()
+        self.generate_kwargs = dict(generate_kwargs or {})  # passed on to model.generate
+        self.tok = tokenizer
+        self.gen = gen
+        self.template = template
+        self.seed = seed
+        self.budget = gen.token_budget
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = tokenizer.pad_token_id
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.oom_events = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, instruction: str, input: str | None) -> list[int]:
+        ids = encode_prompt(self.tok, instruction, input or "", self.template)
+        if self.max_positions:
+            keep = max(1, self.max_positions - self.gen.max_new_tokens)
+            ids = ids[-keep:]  # an over-long prompt keeps its end, where the question is
+        return ids
+
+    def answer(self, rows: pd.DataFrame) -> Iterator[list[Answer]]:
+        """Yield the answers batch by batch (each batch can be committed at once)."""
+        prompts = [
+            self.encode(i, x) for i, x in zip(rows["instruction"], rows["input"], strict=True)
+        ]
+        ids = list(rows["instruction_id"])
+        order = sorted(range(len(prompts)), key=lambda j: -len(prompts[j]))
+        at = 0
+        while at < len(order):
+            width = len(prompts[order[at]]) + self.gen.max_new_tokens
+            size = max(1, self.budget // width)
+            batch = order[at : at + size]
+            try:
+                outs = self._generate([prompts[j] for j in batch], ids[batch[0]])
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                self.oom_events += 1
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if len(batch) > 1:
+                    self.budget = max(1, self.budget // 2)
+                    log.warning("out of memory at batch %d; token budget -> %d", size, self.budget)
+                    continue
+                j = batch[0]
+                yield [
+                    Answer(
+                        ids[j], None, "failed", f"out of memory: {exc}", None, len(prompts[j]), 0
+                    )
+                ]
+                at += 1
+                continue
+            yield [
+                Answer(ids[j], text, "ok", None, reason, len(prompts[j]), n)
+                for j, (text, reason, n) in zip(batch, outs, strict=True)
+            ]
+            at += len(batch)
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[list[int]], first_id: str) -> list[tuple[str, str, int]]:
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):  # left padding: every prompt ends at the same column
+            input_ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
+        kwargs = {}
+        if self.gen.do_sample:
+            # a fixed seed per batch: the same rows give the same answers on a retry
+            torch.manual_seed(self.seed + int(first_id[:8], 16) if _is_hex(first_id) else self.seed)
+            kwargs = {"temperature": self.gen.temperature, "top_p": self.gen.top_p}
+        with sdpa_kernels():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=self.gen.max_new_tokens,
+                do_sample=self.gen.do_sample,
+                eos_token_id=sorted(self.eos_ids),
+                pad_token_id=self.pad_id,
+                **kwargs,
+                **self.generate_kwargs,
+            )
+        results = []
+        for row in out[:, width:].tolist():  # strip the prompt
+            n = len(row)
+            reason = "length"
+            for k, token in enumerate(row):
+                if token in self.eos_ids:
+                    n, reason = k + 1, "stop"
+                    break
+            text = self.tok.decode(row[:n], skip_special_tokens=True).strip()
+            results.append((text, reason, n))
+        return results
+
+
+def _is_hex(s: str) -> bool:
+    try:
+        int(s[:8], 16)
+        return True
+    except ValueError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------
+# Progress in storage
+# ------------------------------------------------------------------------------------------
+
+
+def answered(storage: Storage, rel: str) -> pd.DataFrame:
+    """Every answer committed under `rel` so far (first one wins for an id)."""
+    frames = [
+        storage.read_parquet(f"{rel}/{name}").to_pandas()
+        for name in storage.listdir(rel)
+        if name.endswith(".parquet")
+    ]
+    if not frames:
+        return ANSWER_SCHEMA.empty_table().to_pandas()
+    df = pd.concat(frames, ignore_index=True)
+    return df.drop_duplicates("instruction_id", keep="first")
+
+
+def commit(storage: Storage, rel: str, shard: int, seq: int, answers: list[Answer], model: str):
+    table = conform(
+        pd.DataFrame(
+            [
+                {
+                    "instruction_id": a.instruction_id,
+                    "answer": a.answer,
+                    "status": a.status,
+                    "error": a.error,
+                    "finish_reason": a.finish_reason,
+                    "model": model,
+                    "request_key": None,
+                    "prompt_tokens": a.prompt_tokens,
+                    "completion_tokens": a.completion_tokens,
+                }
+                for a in answers
+            ]
+        ),
+        ANSWER_SCHEMA,
+        "student answers",
+    )
+    storage.write_parquet(f"{rel}/part-{shard:03d}-{seq:06d}-{uuid.uuid4().hex[:8]}.parquet", table)
+
+
+def answer_rows(
+    cfg: LionConfig,
+    storage: Storage,
+    rel: str,
+    student_uri: str,
+    rows: pd.DataFrame,
+    *,
+    shard: int = 0,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+) -> int:
+    """Answer `rows` in this process, committing each batch; return the number answered."""
+    from lion_core.student.model import load_student
+
+    logger = logger or log
+    on_gpu = torch.cuda.is_available()
+    dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    model, tok = load_student(student_uri, cfg, dtype=dtype, device="cuda" if on_gpu else "cpu")
+    gen = BatchedGenerator(
+        model, tok, cfg.student.generation, cfg.student.prompt_template, cfg.seed
+    )
+    done, t0 = 0, time.time()
+    for seq, answers in enumerate(gen.answer(rows)):
+        commit(storage, rel, shard, seq, answers, student_uri)
+        done += len(answers)
+        logger.info(
+            "shard %d: %d/%d answered (batch of %d, %.1f answers/s)",
+            shard, done, len(rows), len(answers), done / max(time.time() - t0, 1e-9),
+        )  # fmt: skip
+    return done
+
+
+# ------------------------------------------------------------------------------------------
+# Entry points
+# ------------------------------------------------------------------------------------------
+
+
+def generate_answers(
+    cfg: LionConfig,
+    store: RunStore,
+    student_uri: str,
+    rows: pd.DataFrame,
+    *,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """The student's answers to `rows` (instruction_id, instruction, input), in ANSWER_SCHEMA
+    columns, one row per distinct instruction_id, in the order of `rows`.
+
+    `workers`: processes to answer in parallel, one per GPU (default: student.generation.
+    num_gpus, else every visible GPU; 1 on the CPU).
+    """
+    logger = logger or log
+    missing = [c for c in ROW_COLUMNS if c not in rows.columns]
+    if missing:
+        raise DataError(f"rows to answer: missing column(s) {missing}", column=missing[0])
+    rows = rows.drop_duplicates("instruction_id").reset_index(drop=True)
+    rows = rows.assign(input=rows["input"].fillna(""))
+    storage = store.storage
+    rel = progress_rel(student_uri, cfg)
+    have = answered(storage, rel)
+    todo = rows[~rows["instruction_id"].isin(set(have["instruction_id"]))]
+    logger.info(
+        "student answers: %d rows, %d already answered under %s",
+        len(rows), len(rows) - len(todo), storage.uri(rel),
+    )  # fmt: skip
+    if len(todo):
+        n = workers or cfg.student.generation.num_gpus or max(1, torch.cuda.device_count())
+        n = min(n, len(todo))
+        if n == 1:
+            answer_rows(cfg, storage, rel, student_uri, todo, logger=logger)
+        else:
+            _run_workers(cfg, store, rel, student_uri, todo, n, logger)
+        have = answered(storage, rel)
+    out = rows[["instruction_id"]].merge(have, on="instruction_id", how="left")
+    lost = out["status"].isna()
+    if lost.any():
+        raise GenerationError(
+            f"{int(lost.sum())} rows got no answer (e.g. {out['instruction_id'][lost].iloc[0]})"
+        )
+    return conform(out, ANSWER_SCHEMA, "student answers").to_pandas()
+
+
+def _run_workers(cfg, store, rel, student_uri, todo, n, logger) -> None:
+    """One worker process per GPU, each over every n-th row of the length-sorted rows (so
+    each gets a similar mix of long and short prompts)."""
+    from lion_core.student.launch import run_process_groups
+
+    storage = store.storage
+    materialize(student_uri, cfg.storage.options)  # download once, not once per worker
+    work = scratch_for(storage.uri(rel), "workers")
+    todo_file = work / "rows.parquet"
+    todo.to_parquet(todo_file, index=False)
+    spec = {
+        "config": cfg.model_dump(mode="json"),
+        "rows": str(todo_file),
+        "student": student_uri,
+        "storage_root": storage.uri(),
+        "storage_options": cfg.storage.options,
+        "rel": rel,
+        "shards": n,
+    }
+    spec_file = work / "job.json"
+    spec_file.write_text(json.dumps(spec))
+    jobs = []
+    gpus = torch.cuda.device_count()
+    for shard in range(n):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(shard % gpus)
+        else:
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+        cmd = [sys.executable, "-m", "lion_core.student.generate", "--spec", str(spec_file)]
+        jobs.append(([*cmd, "--shard", str(shard)], env))
+    codes, tail = run_process_groups(jobs, logger=logger, prefix=True)
+    failed = [i for i, rc in enumerate(codes) if rc != 0]
+    if failed:
+        raise GenerationError(
+            f"generation worker(s) {failed} failed; answers committed so far are kept under "
+            f"{storage.uri(rel)}; last lines:\n" + "\n".join(tail)
+        )
+
+
+def shard_rows(rows: pd.DataFrame, shard: int, shards: int, tokenizer, template: str):
+    lengths = [
+        len(encode_prompt(tokenizer, i, x, template))
+        for i, x in zip(rows["instruction"], rows["input"], strict=True)
+    ]
+    order = sorted(range(len(rows)), key=lambda j: -lengths[j])
+    return rows.iloc[order[shard::shards]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="one generation worker (one GPU)")
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--shard", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    spec = json.loads(Path(args.spec).read_text())
+    cfg = LionConfig.model_validate(spec["config"])
+    storage = Storage(spec["storage_root"], spec["storage_options"])
+    rows = pd.read_parquet(spec["rows"])
+    from lion_core.student.model import load_tokenizer
+
+    tok = load_tokenizer(materialize(spec["student"], cfg.storage.options))
+    mine = shard_rows(rows, args.shard, spec["shards"], tok, cfg.student.prompt_template)
+    answer_rows(cfg, storage, spec["rel"], spec["student"], mine, shard=args.shard)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Batched generation of student answers: length-sorted left-padded batches under a token budget,
+the same answers as one prompt at a time, EOS and prompt stripping, out-of-memory halving, and
+answers that survive a crash."""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+import torch
+
+from lion_core.config import LionConfig
+from lion_core.errors import DataError, GenerationError
+from lion_core.pools import ANSWER_SCHEMA, RunStore, instruction_id
+from lion_core.student import generate as gen_mod
+from lion_core.student.checkpoints import mark_complete
+from lion_core.student.data import PackedCollator, PackedDataset, encode_example
+from lion_core.student.generate import BatchedGenerator, generate_answers, progress_rel
+from lion_core.student.model import for_training, load_student, prepare_base_student
+
+WORDS = ["apple", "river", "stone", "green", "quick", "seven", "house", "light"]
+
+
+def _toy(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """Echo tasks: the answer is the input's words, so a tiny model learns it fast."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 8)))
+        pad = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 10)))
+        rows.append((f"Echo the last line. {pad}".strip(), words, words))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A tiny student trained in-process for a few seconds on echo tasks (it learns to stop)."""
+    root = tmp_path_factory.mktemp("gen-run")
+    cfg = LionConfig.from_dict(
+        {
+            "storage": {"root": str(root)},
+            "student": {
+                "tiny": {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128},
+                "generation": {"max_new_tokens": 12, "token_budget": 600},
+            },
+        }
+    )
+    store = RunStore.open(str(root))
+    train = _toy(300, 0)
+    uri = prepare_base_student(cfg, store, [" ".join(r) for r in train])
+    model, tok = load_student(uri, cfg)
+    for_training(model).train()
+    exs = [encode_example(tok, *r, "alpaca", 256)[0] for r in train]
+    ds = PackedDataset(exs, 256)
+    collate = PackedCollator(tok.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for step in range(60):
+        batch = collate([ds[(step * 4 + i) % len(ds)] for i in range(4)])
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    trained = root / "trained"
+    model.save_pretrained(trained)
+    tok.save_pretrained(trained)
+    mark_complete(store.storage, "trained")
+    return cfg, store, str(trained)
+
+
+def _rows(n: int, seed: int = 1) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"instruction_id": instruction_id(i, x), "instruction": i, "input": x}
+            for i, x, _ in _toy(n, seed)
+        ]
+    ).drop_duplicates("instruction_id")
+
+
+def _generator(cfg, uri, **gen):
+    model, tok = load_student(uri, cfg)
+    settings = cfg.student.generation.model_copy(update=gen)
+    return BatchedGenerator(model, tok, settings, "alpaca")
+
+
+def _spy(monkeypatch, generator, fail=None):
+    """Record the shape of every model.generate call; optionally raise for some batches."""
+    calls = []
+    real = generator.model.generate
+
+    def generate(input_ids, attention_mask, **kw):
+        calls.append((tuple(input_ids.shape), attention_mask.clone()))
+        if fail is not None:
+            fail(input_ids)
+        return real(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    monkeypatch.setattr(generator.model, "generate", generate)
+    return calls
+
+
+def test_batched_answers_equal_one_prompt_at_a_time(student, monkeypatch):
+    cfg, _, uri = student
+    rows = _rows(24)
+    batched = _generator(cfg, uri, token_budget=600)
+    calls = _spy(monkeypatch, batched)
+    got = {a.instruction_id: a for b in batched.answer(rows) for a in b}
+    assert len(calls) < len(rows) / 2  # really batched
+    widths = [shape[1] for shape, _ in calls]
+    assert widths == sorted(widths, reverse=True)  # longest prompts first
+    for (size, width), mask in calls:
+        assert size * (width + 12) <= 600  # within the token budget
+        assert mask[:, -1].all()  # left padding: every prompt ends in the last column
+    single = _generator(cfg, uri, token_budget=64)  # budget for one prompt per batch
+    one = {a.instruction_id: a for b in single.answer(rows) for a in b}
+    assert {k: v.answer for k, v in got.items()} == {k: v.answer for k, v in one.items()}
+
+
+def test_answers_stop_at_eos_without_the_prompt(student):
+    cfg, store, uri = student
+    rows = _rows(16, seed=2)
+    out = generate_answers(cfg, store, uri, rows)
+    assert list(out.columns) == ANSWER_SCHEMA.names
+    assert list(out["instruction_id"]) == list(rows["instruction_id"])
+    assert set(out["status"]) == {"ok"} and set(out["model"]) == {uri}
+    assert out["request_key"].isna().all()
+    assert not out["answer"].str.contains("Response|Instruction|Echo").any()
+    stopped = out[out["finish_reason"] == "stop"]
+    assert len(stopped) >= len(out) // 2  # the trained student ends its answers
+    assert (out["completion_tokens"] <= 12).all() and (out["prompt_tokens"] > 20).all()
+    assert (out["answer"].str.len() > 0).all()
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on(student, monkeypatch):
+    cfg, _, uri = student
+    rows = _rows(12, seed=3)
+    g = _generator(cfg, uri, token_budget=2000)
+
+    def fail(input_ids):
+        if input_ids.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    calls = _spy(monkeypatch, g, fail)
+    answers = [a for b in g.answer(rows) for a in b]
+    assert len(answers) == len(rows) and {a.status for a in answers} == {"ok"}
+    assert g.oom_events >= 1 and g.budget < 2000
+    assert max(shape[0] for shape, _ in calls[g.oom_events :]) <= 3
+
+    g1 = _generator(cfg, uri)
+    longest = rows["instruction_id"].iloc[
+        max(range(len(rows)), key=lambda i: len(rows["instruction"].iloc[i]))
+    ]
+    width = max(
+        len(g1.encode(i, x)) for i, x in zip(rows["instruction"], rows["input"], strict=True)
+    )
+
+    def fail_longest(input_ids):
+        if input_ids.shape[1] == width:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    _spy(monkeypatch, g1, fail_longest)
+    answers = {a.instruction_id: a for b in g1.answer(rows) for a in b}
+    assert answers[longest].status == "failed" and "memory" in answers[longest].error
+    assert sum(a.status == "ok" for a in answers.values()) >= len(rows) - 2
+
+
+def test_a_crash_loses_no_answer_and_the_rerun_skips_them(student, monkeypatch):
+    cfg, store, uri = student
+    cfg = cfg.with_overrides({"student.generation.token_budget": 200})
+    rows = _rows(20, seed=4)
+    real = BatchedGenerator._generate
+    seen: list[int] = []
+
+    def crash_after_two(self, prompts, first_id):
+        if len(seen) == 2:
+            raise RuntimeError("worker died")
+        seen.append(len(prompts))
+        return real(self, prompts, first_id)
+
+    monkeypatch.setattr(BatchedGenerator, "_generate", crash_after_two)
+    with pytest.raises(RuntimeError, match="worker died"):
+        generate_answers(cfg, store, uri, rows)
+    done = gen_mod.answered(store.storage, progress_rel(uri, cfg))
+    assert len(done) == sum(seen) > 0  # both finished batches are committed
+
+    counted: list[int] = []
+
+    def count(self, prompts, first_id):
+        counted.append(len(prompts))
+        return real(self, prompts, first_id)
+
+    monkeypatch.setattr(BatchedGenerator, "_generate", count)
+    out = generate_answers(cfg, store, uri, rows)
+    assert sum(counted) == len(rows) - len(done)  # only the rest was generated
+    assert list(out["instruction_id"]) == list(rows["instruction_id"])
+    assert set(out["status"]) == {"ok"}
+
+
+def test_rows_need_their_columns(student):
+    cfg, store, uri = student
+    with pytest.raises(DataError, match="input"):
+        generate_answers(
+            cfg, store, uri, pd.DataFrame({"instruction_id": ["a"], "instruction": ["x"]})
+        )
+
+
+@pytest.mark.slow
+def test_one_worker_process_per_device_over_shards(student, tmp_path):
+    """The multi-GPU path, on CPU processes: two workers, each over its shard."""
+    cfg, _, uri = student
+    rows = _rows(16, seed=5)
+    single = generate_answers(cfg, RunStore.open(str(tmp_path / "a")), uri, rows)
+    store = RunStore.open(str(tmp_path / "b"))
+    sharded = generate_answers(cfg, store, uri, rows, workers=2)
+    parts = store.storage.listdir(progress_rel(uri, cfg))
+    assert {p.split("-")[1] for p in parts} == {"000", "001"}  # both shards committed answers
+    pd.testing.assert_frame_equal(single, sharded)
+
+    with pytest.raises(GenerationError, match="worker"):
+        generate_answers(
+            cfg, RunStore.open(str(tmp_path / "c")), str(tmp_path / "nope"), rows, workers=2
+        )

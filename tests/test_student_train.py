@@ -1,0 +1,325 @@
+"""Student fine-tuning through the real `deepspeed` launcher on CPU ranks.
+
+- ZeRO-2, one rank: a run killed after a checkpoint resumes from it (the global step proves it),
+  the loss goes down, and the student answers held-out offline-world instances far better than
+  the untrained one (exact match).
+- ZeRO-3, two ranks, s3:// storage: checkpoints and the gathered final model land in the store.
+- LoRA, failures, timeouts and the command line, with the plain python launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from lion_core.config import LionConfig
+from lion_core.errors import DataError, TrainingError
+from lion_core.offline.world import make_instance
+from lion_core.pools import RunStore, instruction_id
+from lion_core.student.checkpoints import (
+    COMPLETE,
+    complete_checkpoints,
+    materialize,
+    scratch_for,
+)
+from lion_core.student.generate import BatchedGenerator
+from lion_core.student.launch import init_uri_for, train_student, training_command
+from lion_core.student.model import load_student, prepare_base_student
+
+TINY = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 384, "num_layers": 2}
+
+
+def _cfg(root: str, **training) -> LionConfig:
+    return LionConfig.from_dict(
+        {
+            "storage": {"root": root},
+            "student": {"tiny": TINY, "generation": {"max_new_tokens": 8}},
+            "training": {
+                "learning_rate": 2e-3,
+                "micro_batch_size": 16,
+                "max_length": 256,
+                "warmup_ratio": 0.05,
+                "logging_steps": 10,
+                **training,
+            },
+        }
+    )
+
+
+def _addition(n: int, seed: int, exclude: set[str] = frozenset()) -> list:
+    """Offline-world addition instances at difficulty 1 (486 distinct ones: 81 digit pairs in 6
+    phrasings), distinct from each other and from `exclude`."""
+    rng = random.Random(seed)
+    out, seen = [], set(exclude)
+    for _ in range(100 * n):
+        if len(out) == n:
+            break
+        inst = make_instance("addition", 1, rng)
+        iid = instruction_id(inst.instruction, inst.input)
+        if iid not in seen:
+            seen.add(iid)
+            out.append(inst)
+    assert len(out) == n, "not enough distinct instances"
+    return out
+
+
+def _write_train(path: Path, instances) -> str:
+    rows = [{"instruction": i.instruction, "input": i.input, "answer": i.answer} for i in instances]
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    return str(path)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains `text` (to prove no rank survived a kill)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def _exact_match(uri: str, cfg: LionConfig, instances) -> float:
+    model, tok = load_student(uri, cfg)
+    gen = BatchedGenerator(model, tok, cfg.student.generation, cfg.student.prompt_template)
+    rows = pd.DataFrame(
+        [
+            {"instruction_id": str(k), "instruction": i.instruction, "input": i.input}
+            for k, i in enumerate(instances)
+        ]
+    )
+    answers = {a.instruction_id: a.answer for batch in gen.answer(rows) for a in batch}
+    return sum(answers[str(k)] == i.answer for k, i in enumerate(instances)) / len(instances)
+
+
+# ---- ZeRO-2, one rank: kill, resume, learn ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zero2_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zero2")
+    cfg = _cfg(str(root), zero_stage=2, num_gpus=1, max_steps=200, save_steps=50)
+    store = RunStore.open(str(root))
+    train = _addition(300, seed=1)
+    held_out = _addition(
+        100, seed=2, exclude={instruction_id(i.instruction, i.input) for i in train}
+    )
+    data = _write_train(root / "train.parquet", train)
+    base = prepare_base_student(
+        cfg, store, [f"{i.instruction}\n{i.input}\n{i.answer}" for i in train]
+    )
+    assert init_uri_for(cfg, store, 1) == base
+
+    # First attempt: killed (as a cancelled flow would kill it) once a checkpoint is committed.
+    with pytest.raises(TrainingError, match="stopped"):
+        train_student(
+            cfg,
+            store,
+            1,
+            data,
+            base,
+            should_stop=lambda: bool(complete_checkpoints(store.storage, 1)),
+        )
+    committed = complete_checkpoints(store.storage, 1)
+    job = str(scratch_for(store.storage.uri("round=1"), "train") / "job.json")
+    leftovers = _processes_mentioning(job)
+    assert not store.storage.exists(f"round=1/student/{COMPLETE}")
+
+    # Second attempt: resumes from the committed checkpoint and finishes.
+    uri = train_student(cfg, store, 1, data, base)
+    result = json.loads((Path(uri) / "train_result.json").read_text())
+    return {
+        "cfg": cfg,
+        "store": store,
+        "base": base,
+        "uri": uri,
+        "data": data,
+        "committed": committed,
+        "leftovers": leftovers,
+        "result": result,
+        "held_out": held_out,
+    }
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_latest_checkpoint(zero2_run):
+    run, result = zero2_run, zero2_run["result"]
+    print(f"committed before the kill: {run['committed']}; resumed: {result['resumed_from_step']}")
+    assert run["leftovers"] == []  # the whole process group died with the kill
+    assert run["committed"] and run["committed"][0] >= 50
+    assert result["resumed_from_step"] == run["committed"][-1]
+    assert result["global_step"] == 200
+    assert result["steps_this_attempt"] == 200 - run["committed"][-1]  # not from step 0
+    assert result["zero_stage"] == 2 and result["world_size"] == 1
+    assert result["layout"] == "packed" and result["bf16"] is False  # fp32 on the CPU
+    assert result["data"]["examples"] == 300 and result["data"]["truncated"] == 0
+    ckpts = complete_checkpoints(run["store"].storage, 1)
+    assert ckpts[-1] == 200 and len(ckpts) <= 2  # older checkpoints pruned
+
+
+@pytest.mark.slow
+def test_loss_goes_down(zero2_run):
+    losses = [e["loss"] for e in zero2_run["result"]["log_history"] if "loss" in e]
+    assert len(losses) >= 15
+    assert sum(losses[-3:]) / 3 < 0.25 * sum(losses[:3]) / 3
+
+
+@pytest.mark.slow
+def test_trained_student_answers_held_out_instances_better(zero2_run):
+    cfg, held_out = zero2_run["cfg"], zero2_run["held_out"]
+    before = _exact_match(zero2_run["base"], cfg, held_out)
+    after = _exact_match(zero2_run["uri"], cfg, held_out)
+    print(f"exact match on held-out instances: untrained {before:.2f}, trained {after:.2f}")
+    assert after >= before + 0.5, (before, after)
+
+
+@pytest.mark.slow
+def test_a_trained_round_is_not_trained_again(zero2_run):
+    run = zero2_run
+    logs = run["store"].storage.listdir("round=1/logs")
+    again = train_student(run["cfg"], run["store"], 1, run["data"], run["base"])
+    assert again == run["uri"]
+    assert run["store"].storage.listdir("round=1/logs") == logs  # nothing was launched
+
+
+# ---- ZeRO-3, two CPU ranks, s3 storage ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_zero3_two_ranks_on_s3(s3_root, tmp_path):
+    root, options = s3_root
+    cfg = _cfg(
+        root, zero_stage=3, num_gpus=2, max_steps=12, save_steps=6, micro_batch_size=4
+    ).with_overrides({"storage.options": options})
+    store = RunStore.open(root, options)
+    train = _addition(120, seed=3)
+    base = prepare_base_student(cfg, store, [f"{i.instruction} {i.answer}" for i in train])
+    data_uri = f"{root}/inputs/train.parquet"
+    store.storage.write_bytes(
+        "inputs/train.parquet", Path(_write_train(tmp_path / "t.parquet", train)).read_bytes()
+    )
+
+    uri = train_student(cfg, store, 1, data_uri, base)
+    assert uri == f"{root}/round=1/student"
+    s = store.storage
+    assert s.exists(f"round=1/student/{COMPLETE}") and s.exists("round=1/student/model.safetensors")
+    assert complete_checkpoints(s, 1) == [6, 12]
+    assert s.listdir("round=1/logs")
+    result = json.loads(s.read_bytes("round=1/student/train_result.json"))
+    assert result["world_size"] == 2 and result["zero_stage"] == 3
+
+    # the ZeRO-3 shards were gathered into one whole model that differs from the base
+    trained, tok = load_student(uri, cfg)
+    untrained, _ = load_student(base, cfg)
+    assert trained.num_parameters() == untrained.num_parameters()
+    assert all(p.numel() > 0 for p in trained.parameters())
+    assert not torch.equal(trained.model.embed_tokens.weight, untrained.model.embed_tokens.weight)
+    from lion_core.student.data import PaddedCollator, encode_example
+
+    exs = [
+        encode_example(tok, i.instruction, i.input, i.answer, "alpaca", 256)[0] for i in train[:32]
+    ]
+    batch = PaddedCollator(tok.pad_token_id)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in exs]
+    )
+    with torch.no_grad():
+        assert trained(**batch).loss < 0.8 * untrained(**batch).loss
+
+
+# ---- python launcher: LoRA, failures, timeouts ----------------------------------------------
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    cfg = _cfg(str(tmp_path), launcher="python", max_steps=6, save_steps=100, micro_batch_size=4)
+    store = RunStore.open(str(tmp_path))
+    train = _addition(40, seed=4)
+    base = prepare_base_student(cfg, store, [f"{i.instruction} {i.answer}" for i in train])
+    return cfg, store, base, _write_train(tmp_path / "train.parquet", train)
+
+
+def test_lora_adapters_are_merged_into_a_plain_model(small_run):
+    cfg, store, base, data = small_run
+    cfg = cfg.with_overrides(
+        {"training.lora": {"r": 4, "alpha": 8}, "training.learning_rate": 1e-2}
+    )
+    uri = train_student(cfg, store, 1, data, base)
+    assert (Path(uri) / "adapter" / "adapter_config.json").exists()
+    trained, _ = load_student(uri, cfg)
+    untrained, _ = load_student(base, cfg)
+    assert type(trained).__name__ == "LlamaForCausalLM"
+    assert trained.num_parameters() == untrained.num_parameters()  # no adapter weights left
+    layer, layer0 = trained.model.layers[0], untrained.model.layers[0]
+    assert not torch.equal(layer.self_attn.q_proj.weight, layer0.self_attn.q_proj.weight)
+    assert torch.equal(layer.mlp.up_proj.weight, layer0.mlp.up_proj.weight)  # not targeted
+
+
+def test_a_failing_run_raises_with_the_log_tail(small_run, tmp_path):
+    cfg, store, _, data = small_run
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with pytest.raises(TrainingError, match=r"(?s)exit code.*not-a-model"):
+        train_student(cfg, store, 1, data, str(empty))
+
+
+def test_timeout_kills_the_whole_group(small_run):
+    cfg, store, base, data = small_run
+    cfg = cfg.with_overrides({"training.timeout": 1.0, "training.max_steps": 10_000})
+    start = time.monotonic()
+    with pytest.raises(TrainingError, match="timed out"):
+        train_student(cfg, store, 1, data, base)
+    assert time.monotonic() - start < 60
+    job = str(scratch_for(store.storage.uri("round=1"), "train") / "job.json")
+    assert _processes_mentioning(job) == []
+
+
+def test_bad_training_data_names_the_file(small_run, tmp_path):
+    cfg, store, base, _ = small_run
+    with pytest.raises(DataError, match=r"missing\.parquet"):
+        train_student(cfg, store, 1, str(tmp_path / "missing.parquet"), base)
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"instruction": ["x"], "output": ["y"]}).to_parquet(bad)
+    with pytest.raises(DataError, match="answer"):
+        train_student(cfg, store, 1, str(bad), base)
+
+
+def test_launch_command_and_init_choice(tmp_path):
+    cfg = _cfg(str(tmp_path), num_gpus=8, master_port=29511)
+    cmd, env = training_command(cfg, tmp_path / "job.json")
+    assert cmd[1:4] == ["-u", "-m", "deepspeed.launcher.runner"]
+    assert cmd[cmd.index("--num_gpus") + 1] == "8" and "--master_port" in cmd
+    assert cmd[-4:] == ["--module", "lion_core.student.train", "--spec", str(tmp_path / "job.json")]
+    assert env["PYTHONUNBUFFERED"] == "1"
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-0 slots=8\nnode-1 slots=8\n")
+    cmd, _ = training_command(
+        cfg.with_overrides({"training.hostfile": str(hostfile), "training.num_nodes": 2}), tmp_path
+    )
+    assert cmd[cmd.index("--hostfile") + 1] == str(hostfile)
+    assert cmd[cmd.index("--num_nodes") + 1] == "2"
+    with pytest.raises(TrainingError, match="hostfile"):
+        training_command(cfg.with_overrides({"training.num_nodes": 2}), tmp_path)
+    with pytest.raises(TrainingError, match="does not exist"):
+        training_command(cfg.with_overrides({"training.hostfile": str(tmp_path / "no")}), tmp_path)
+    cmd, _ = training_command(cfg.with_overrides({"training.launcher": "python"}), tmp_path)
+    assert "deepspeed.launcher.runner" not in cmd
+
+    store = RunStore.open(str(tmp_path))
+    assert init_uri_for(cfg, store, 3) == store.storage.uri("round=0/student")
+    previous = cfg.with_overrides({"training.init_from": "previous"})
+    assert init_uri_for(previous, store, 3) == store.storage.uri("round=2/student")
+    assert init_uri_for(previous, store, 1) == store.storage.uri("round=0/student")
+    assert materialize("some-org/some-model") == "some-org/some-model"
