@@ -84,9 +84,10 @@ def result_storage(config: LionConfig) -> Path | WritableFileSystem:
         Path(uri).mkdir(parents=True, exist_ok=True)
         return Path(uri)
     settings = dict(config.storage.options)
-    name = "lion-results-" + hashlib.sha256(
-        json.dumps([uri, settings], sort_keys=True).encode()
-    ).hexdigest()[:16]
+    name = (
+        "lion-results-"
+        + hashlib.sha256(json.dumps([uri, settings], sort_keys=True).encode()).hexdigest()[:16]
+    )
     block = RemoteFileSystem(basepath=uri, settings=settings)
     block.save(name, overwrite=True)
     return RemoteFileSystem.load(name)
