@@ -99,7 +99,9 @@ def _parse_sets(sets: list[str] | None) -> dict[str, object]:
 def _run_flow(cfg: LionConfig) -> None:
     from flows.distill import lion_distill
     from flows.report import summary_table
+    from lion_core.run import open_run
 
+    open_run(cfg)  # a root bound to another config is refused here, before any flow starts
     typer.echo(f"lion: {cfg.rounds} round(s), run root {cfg.storage.root}")
     result = lion_distill(cfg)
     typer.echo("")

@@ -18,17 +18,22 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prefect_services import POOL_NAMES, POOL_TEMPLATES, create_pool, prefect_server
+from prefect_services import (
+    INSTALL_HINT,
+    POOL_NAMES,
+    POOL_TEMPLATES,
+    create_pool,
+    prefect_server,
+)
 from prefect_services import api as _api
 from prefect_services import prefect as _prefect
+from prefect_services import tool as _tool
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "infra"
@@ -45,17 +50,6 @@ FAKE_KEY = "sk-lion-infra-test-0123456789abcdef"  # recognisable, never a real k
 # prefect_kubernetes.worker._get_base_job_manifest); Kubernetes ignores them there with a
 # warning. They are the only unknown fields allowed in the rendered Job.
 PREFECT_REQUIRED_POD_SPEC_EXTRAS = ("parallelism", "completions")
-
-INSTALL_HINT = "install the dev extras: .venv/bin/pip install -e '.[dev]'"
-
-
-def _tool(name: str) -> str:
-    """Path of a validator's executable (from the venv running the tests, else PATH)."""
-    candidate = Path(sys.executable).parent / name
-    path = str(candidate) if candidate.exists() else shutil.which(name)
-    if not path:
-        pytest.fail(f"validator {name!r} is not installed: {INSTALL_HINT}")
-    return path
 
 
 def _import(module: str):
