@@ -33,5 +33,6 @@ def demo_config(root: str = "lion-runs/demo", rounds: int = 3) -> LionConfig:
             "training.num_gpus": 1,
             "training.logging_steps": 20,
             "referee.max_tokens": 256,
+            "generator.oversample": 3.0,  # templated tasks: many candidates are not novel
         }
     )
