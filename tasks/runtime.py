@@ -53,16 +53,32 @@ def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMCli
     )
 
 
+class _InRunOnly(logging.Filter):
+    """Pass records to the Prefect API only inside a flow or task run (elsewhere the API
+    handler would warn about a missing flow run id)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
 def attach_library_logging() -> None:
-    """Send lion_core's log records to the Prefect run logs as well as the console
-    (what PREFECT_LOGGING_EXTRA_LOGGERS=lion_core does, without needing the variable)."""
-    prefect_extra = logging.getLogger("prefect.extra")
+    """Send lion_core's log records to the Prefect run logs as well as the console (what
+    PREFECT_LOGGING_EXTRA_LOGGERS=lion_core does, without needing the variable, and without
+    warnings when the library logs outside a run)."""
+    from prefect.logging.handlers import APILogHandler
+
     lib = logging.getLogger("lion_core")
+    if getattr(lib, "_lion_attached", False):
+        return
     lib.setLevel(logging.INFO)
-    for handler in prefect_extra.handlers:
-        if handler not in lib.handlers:
-            lib.addHandler(handler)
-    lib.propagate = False
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if isinstance(handler, APILogHandler):
+            handler = APILogHandler()
+            handler.addFilter(_InRunOnly())
+        lib.addHandler(handler)
+    lib._lion_attached = True  # type: ignore[attr-defined]
 
 
 def usage_record(client: LLMClient) -> dict[str, int]:

@@ -47,6 +47,8 @@ def _cfg(root: str, **training) -> LionConfig:
                 "max_length": 256,
                 "warmup_ratio": 0.05,
                 "logging_steps": 10,
+                # A hung rank fails the test with the log's tail long before pytest's timeout.
+                "timeout": 360.0,
                 **training,
             },
         }

@@ -53,6 +53,25 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
+def skip_cpu_shm_op() -> None:
+    """On CPU ranks, keep DeepSpeed from JIT-building its shared-memory collective op.
+
+    DeepSpeed builds `deepspeed_shm_comm` (g++, about a minute on two cores) when it sets up
+    communication on the CPU accelerator, but uses it only for `inference_all_reduce`, never in
+    ZeRO training. The build is a cost and a risk: its lock file, left behind by a rank killed
+    mid-build, makes every later build wait forever. DeepSpeed's `build_shm_op` skips an op
+    marked incompatible in `deepspeed.ops.__compatible_ops__` (a module-level dict whose edits
+    persist by design), and collectives then go through torch.distributed (gloo).
+    """
+    if torch.cuda.is_available():
+        return
+    try:
+        import deepspeed.ops
+    except ImportError:  # the plain python launcher without DeepSpeed installed
+        return
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def say(msg: str) -> None:
     """A log line from rank 0 (the launcher streams it to the caller's logger)."""
     if _rank()[0] == 0:
@@ -179,6 +198,8 @@ def run(spec: dict[str, Any]) -> None:
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         torch.cuda.set_device(local_rank)
+    elif spec["launcher"] == "deepspeed":
+        skip_cpu_shm_op()
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
     set_seed(cfg.seed)
 
