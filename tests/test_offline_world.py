@@ -293,3 +293,34 @@ def test_reasks_are_answered_properly_even_when_garbling(offline_server):
     r = client.chat.completions.create(model="m", messages=again, response_format=fmt)
     obj = json.loads(r.choices[0].message.content)
     assert (obj["score_assistant_1"], obj["score_assistant_2"]) == (4.0, 10.0)
+
+
+def test_an_embedded_world_leaves_the_process_logging_alone(offline_server):
+    """Started inside a flow run, the world must not reconfigure logging: uvicorn's own
+    dictConfig would flush and close every handler of the process (Prefect's API log handler
+    among them, which deadlocked a flow run that started a world)."""
+    import logging
+
+    class Recorder(logging.Handler):
+        closed = flushed = False
+
+        def emit(self, record: logging.LogRecord) -> None:
+            pass
+
+        def flush(self) -> None:
+            self.flushed = True
+
+        def close(self) -> None:
+            self.closed = True
+            super().close()
+
+    handler = Recorder()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        server = offline_server(judge_noise=0.0)
+        server.stop()
+        assert handler in root.handlers
+        assert not handler.closed and not handler.flushed
+    finally:
+        root.removeHandler(handler)

@@ -302,6 +302,9 @@ def _uvicorn(world: OfflineWorld, host: str, port: int) -> uvicorn.Server:
         world.app,
         host=host,
         port=port,
+        # No logging config of uvicorn's own: its dictConfig would close every handler of the
+        # process (Prefect's API log handler too, which can deadlock mid-flow-run).
+        log_config=None,
         log_level="warning",
         access_log=False,
         lifespan="off",
