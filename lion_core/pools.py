@@ -144,6 +144,19 @@ def instruction_id(instruction: str, input: str | None = "") -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
+def seed_row(instruction: str, input: str = "", output: str | None = None) -> dict[str, Any]:
+    """A Train Pool row (POOL_SCHEMA) for a seed instruction: round 0, no parent."""
+    return {
+        "instruction_id": instruction_id(instruction, input),
+        "instruction": instruction,
+        "input": input,
+        "output": output,
+        "source": "seed",
+        "parent_id": None,
+        "round": 0,
+    }
+
+
 class ArtifactRef(BaseModel, frozen=True):
     """A committed artifact: what tasks hand to each other instead of dataframes."""
 
@@ -359,22 +372,11 @@ def _to_pool(numbered: list[tuple[int, Any]], path: str, limit: int | None) -> p
                 )
         if not instruction.strip():
             raise DataError("empty instruction", file=path, row=rowno, column="instruction")
-        inp = rec.get("input") or ""
-        iid = instruction_id(instruction, inp)
-        if iid in seen:
+        row = seed_row(instruction.strip(), (rec.get("input") or "").strip(), rec.get("output"))
+        if row["instruction_id"] in seen:
             continue
-        seen.add(iid)
-        rows.append(
-            {
-                "instruction_id": iid,
-                "instruction": instruction.strip(),
-                "input": inp.strip(),
-                "output": rec.get("output"),
-                "source": "seed",
-                "parent_id": None,
-                "round": 0,
-            }
-        )
+        seen.add(row["instruction_id"])
+        rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     if not rows:

@@ -9,25 +9,12 @@ import pytest
 from lion_core.config import RefereeConfig
 from lion_core.discriminate import split
 from lion_core.llm.types import ChatResult
-from lion_core.pools import SPLIT_SCHEMA, conform, instruction_id
+from lion_core.pools import SPLIT_SCHEMA, conform, seed_row
 from lion_core.referee import combine, make_pairs, score_order
 
 
 def _pool(n: int) -> pd.DataFrame:
-    rows = []
-    for i in range(n):
-        instr = f"Instruction number {i}."
-        rows.append(
-            {
-                "instruction_id": instruction_id(instr),
-                "instruction": instr,
-                "input": "",
-                "output": None,
-                "source": "seed",
-                "parent_id": None,
-                "round": 0,
-            }
-        )
+    rows = [seed_row(f"Instruction number {i}.") for i in range(n)]
     return pd.DataFrame(rows).astype({"round": "int32"})
 
 
@@ -162,18 +149,7 @@ def _world_round(n: int = 40):
     rows, teacher, student = [], [], []
     for i in range(n):
         inst = make_instance(FAMILIES[i % len(FAMILIES)], rng.randint(1, 4), rng)
-        iid = instruction_id(inst.instruction, inst.input)
-        rows.append(
-            {
-                "instruction_id": iid,
-                "instruction": inst.instruction,
-                "input": inst.input,
-                "output": inst.answer,
-                "source": "seed",
-                "parent_id": None,
-                "round": 0,
-            }
-        )
+        rows.append(seed_row(inst.instruction, inst.input, inst.answer))
         teacher.append(f"The answer is {inst.answer}.")
         if i % 3 == 0:
             student.append(f"The answer is {inst.answer}.")

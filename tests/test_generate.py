@@ -21,25 +21,12 @@ from lion_core.generate import (
     wanted_counts,
 )
 from lion_core.llm.types import ChatRequest, ChatResult, request_key
-from lion_core.pools import GENERATED_SCHEMA, POOL_SCHEMA, conform, instruction_id
+from lion_core.pools import GENERATED_SCHEMA, POOL_SCHEMA, conform, instruction_id, seed_row
 from lion_core.prompts import CREATED_MARKER, EASY_MARKER, GIVEN_MARKER, HARD_MARKER
 
 
 def _set(n: int, tag: str) -> pd.DataFrame:
-    rows = []
-    for i in range(n):
-        instr = f"{tag} seed instruction {i}"
-        rows.append(
-            {
-                "instruction_id": instruction_id(instr),
-                "instruction": instr,
-                "input": "" if i % 2 else f"data {i}",
-                "output": None,
-                "source": "seed",
-                "parent_id": None,
-                "round": 0,
-            }
-        )
+    rows = [seed_row(f"{tag} seed instruction {i}", "" if i % 2 else f"data {i}") for i in range(n)]
     return pd.DataFrame(rows)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from lion_core.config import RefereeConfig
 from lion_core.llm.types import ChatRequest, ChatResult, request_key
-from lion_core.pools import REFEREE_ORDER_SCHEMA, REFEREE_SCHEMA, conform, instruction_id
+from lion_core.pools import REFEREE_ORDER_SCHEMA, REFEREE_SCHEMA, conform, instruction_id, seed_row
 from lion_core.prompts import REFEREE_REASK, REFEREE_REASK_JSON
 from lion_core.referee import (
     combine,
@@ -317,18 +317,8 @@ def _world_pairs(n: int = 30) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
     pool, teacher, student = [], [], []
     for i in range(n):
         inst = make_instance(FAMILIES[i % len(FAMILIES)], rng.randint(1, 3), rng)
-        iid = instruction_id(inst.instruction, inst.input)
-        pool.append(
-            {
-                "instruction_id": iid,
-                "instruction": inst.instruction,
-                "input": inst.input,
-                "output": None,
-                "source": "seed",
-                "parent_id": None,
-                "round": 0,
-            }
-        )
+        pool.append(seed_row(inst.instruction, inst.input))
+        iid = pool[-1]["instruction_id"]
         teacher.append(
             {"instruction_id": iid, "answer": inst.answer, "status": "ok", "error": None}
         )

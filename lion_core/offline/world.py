@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from lion_core.pools import POOL_SCHEMA, instruction_id
+from lion_core.pools import POOL_SCHEMA, instruction_id, seed_row
 
 MAX_DIFFICULTY = 20
 
@@ -469,15 +469,7 @@ def seed_pool(n: int, seed: int, max_difficulty: int) -> pd.DataFrame:
     """`seed_instances` as a Train Pool (lion_core.pools.POOL_SCHEMA): source 'seed', round 0,
     and the exact answer as the reference output."""
     rows = [
-        {
-            "instruction_id": instruction_id(inst.instruction, inst.input),
-            "instruction": inst.instruction,
-            "input": inst.input,
-            "output": inst.answer,
-            "source": "seed",
-            "parent_id": None,
-            "round": 0,
-        }
+        seed_row(inst.instruction, inst.input, inst.answer)
         for inst in seed_instances(n, seed, max_difficulty)
     ]
     frame = pd.DataFrame(rows, columns=POOL_SCHEMA.names)

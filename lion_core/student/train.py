@@ -190,7 +190,7 @@ def run(spec: dict[str, Any]) -> None:
     from lion_core.student.attention import sdpa_kernels, training_attention
     from lion_core.student.checkpoints import mark_complete, write_json_file
     from lion_core.student.data import build_dataset, tokenize_frame
-    from lion_core.student.model import for_training, load_model, load_tokenizer
+    from lion_core.student.model import for_training, load_tokenizer
 
     cfg = LionConfig.model_validate(spec["config"])
     t = cfg.training
@@ -227,13 +227,7 @@ def run(spec: dict[str, Any]) -> None:
     layout = "packed" if t.packing else "padded"
     say(f"{layout}: {len(dataset)} rows of at most {t.max_length} tokens; world size {world}")
 
-    model = load_model(
-        spec["init"],
-        dtype=torch.float32,
-        attn_implementation=cfg.student.attn_implementation,
-        revision=spec.get("revision"),
-        trust_remote_code=cfg.student.trust_remote_code,
-    )
+    model = load_init_model(spec, cfg)
     for_training(model)  # no KV cache: packed examples must not see each other
     attn = training_attention(cfg.student.attn_implementation, t.packing)
     if attn != cfg.student.attn_implementation:
@@ -309,20 +303,26 @@ def run(spec: dict[str, Any]) -> None:
     _barrier()
 
 
-def _merge_lora(spec: dict[str, Any], cfg, adapter_dir: Path, final: Path) -> None:
-    """Fold the trained adapters into a copy of the base model, saved whole: later rounds and
-    generation load a plain model. The adapters stay in final/adapter/."""
-    from peft import PeftModel
-
+def load_init_model(spec: dict[str, Any], cfg):
+    """The model this job starts from (spec["init"]), in fp32: what is trained, and the base
+    that LoRA adapters are merged into."""
     from lion_core.student.model import load_model
 
-    base = load_model(
+    return load_model(
         spec["init"],
         dtype=torch.float32,
         attn_implementation=cfg.student.attn_implementation,
         revision=spec.get("revision"),
         trust_remote_code=cfg.student.trust_remote_code,
     )
+
+
+def _merge_lora(spec: dict[str, Any], cfg, adapter_dir: Path, final: Path) -> None:
+    """Fold the trained adapters into a copy of the base model, saved whole: later rounds and
+    generation load a plain model. The adapters stay in final/adapter/."""
+    from peft import PeftModel
+
+    base = load_init_model(spec, cfg)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(final)
 
