@@ -19,7 +19,6 @@ full workload assumes perfect scaling over the cores, no process-pool overhead.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -28,40 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from reference_data import DATA_DIR, instruction_texts, near_duplicate
 from rouge_score import rouge_scorer
 
 from lion_core.novelty import NoveltyStats, filter_novel
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_instructions(data_dir: Path) -> list[str]:
-    def alpaca(name: str) -> list[str]:
-        rows = json.loads((data_dir / name).read_text())
-        return [r["instruction"] + (("\n" + r["input"]) if r.get("input") else "") for r in rows]
-
-    seed_file = data_dir / "self_instruct_seed_tasks.jsonl"
-    seeds = [json.loads(x)["instruction"] for x in seed_file.read_text().splitlines() if x.strip()]
-    return (
-        alpaca("gsm8k_train_alpaca_format.json")
-        + alpaca("gpteacher_toolformer_alpaca_format.json")
-        + seeds
-    )
-
-
-def edit(text: str, rate: float, rng: random.Random, words: list[str]) -> str:
-    out = []
-    for word in text.split(" "):
-        x = rng.random()
-        if x < rate / 2:
-            out.append(rng.choice(words))
-        elif x < rate * 3 / 4:
-            continue
-        elif x < rate:
-            out += [word, rng.choice(words)]
-        else:
-            out.append(word)
-    return " ".join(out)
 
 
 def build_workload(
@@ -75,11 +44,11 @@ def build_workload(
     pool_src, held_out = texts[:half], texts[half:]
     pool = pool_src[:n_pool]
     while len(pool) < n_pool:
-        pool.append(edit(rng.choice(pool_src), rng.uniform(0.1, 0.6), rng, words))
+        pool.append(near_duplicate(rng.choice(pool_src), rng.uniform(0.1, 0.6), rng, words))
     candidates = []
     for _ in range(n_candidates):
         src = rng.choice(held_out) if rng.random() < 0.8 else rng.choice(pool_src)
-        candidates.append(edit(src, rng.uniform(0.1, 0.6), rng, words))
+        candidates.append(near_duplicate(src, rng.uniform(0.1, 0.6), rng, words))
     return candidates, pool
 
 
@@ -103,8 +72,7 @@ def hours(seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default_data = os.environ.get("LION_SHARED_DATA", str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--data-dir", type=Path, default=Path(default_data))
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--pool", type=int, default=70_000)
     parser.add_argument("--candidates", type=int, default=6_000)
     parser.add_argument("--threshold", type=float, default=0.7)
@@ -119,7 +87,7 @@ def main() -> None:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.2f} (1 min) at start")
-    texts = load_instructions(args.data_dir)
+    texts = [t for group in instruction_texts(args.data_dir).values() for t in group]
     t0 = time.perf_counter()
     candidates, pool = build_workload(texts, args.pool, args.candidates, args.seed)
     print(

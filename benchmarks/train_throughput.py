@@ -44,13 +44,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from reference_data import DATA_DIR as DATA  # noqa: E402
+
 from lion_core.config import TinyModelSpec, TrainingConfig  # noqa: E402
 from lion_core.student.attention import sdpa_kernels, training_attention  # noqa: E402
 from lion_core.student.data import build_dataset, tokenize_frame  # noqa: E402
 from lion_core.student.ds_config import deepspeed_config  # noqa: E402
 from lion_core.student.model import build_tiny, for_training, train_tokenizer  # noqa: E402
-
-DATA = Path(os.environ.get("LION_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # Llama-shaped students built from config: "tiny" is the default TinyModelSpec (the offline
 # demo's student), "1b" has TinyLlama-1.1B's shape.

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from reference_data import DATA_DIR
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A private PREFECT_HOME for the whole session: never the user's ~/.prefect.
@@ -16,9 +17,6 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lion-prefect-home-")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("LION_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +44,9 @@ def s3_root(s3_endpoint):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (real instruction data); tests that need it skip when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"reference data folder {SHARED_DATA} is absent")
-    return SHARED_DATA
+    if not DATA_DIR.is_dir():  # benchmarks/reference_data.py: ../shared/data or LION_SHARED_DATA
+        pytest.skip(f"reference data folder {DATA_DIR} is absent")
+    return DATA_DIR
 
 
 # ---- the offline world ------------------------------------------------------------------------

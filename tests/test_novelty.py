@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import random
@@ -10,6 +9,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+from reference_data import instruction_texts, near_duplicate
 from rouge_score import rouge_scorer
 
 from lion_core.errors import ConfigError, DataError
@@ -51,39 +51,6 @@ def reference(candidates, pool, threshold=0.7, processes=None):
     return keep, best
 
 
-def edit(text: str, rate: float, rng: random.Random, words: list[str]) -> str:
-    """A near-duplicate: each word replaced, dropped or followed by a new word w.p. `rate`."""
-    out = []
-    for word in text.split(" "):
-        x = rng.random()
-        if x < rate / 2:
-            out.append(rng.choice(words))
-        elif x < rate * 3 / 4:
-            continue
-        elif x < rate:
-            out += [word, rng.choice(words)]
-        else:
-            out.append(word)
-    return " ".join(out)
-
-
-def load_instructions(shared_data) -> dict[str, list[str]]:
-    def alpaca(name):
-        rows = json.loads((shared_data / name).read_text())
-        return [r["instruction"] + (("\n" + r["input"]) if r.get("input") else "") for r in rows]
-
-    seed = [
-        json.loads(line)["instruction"]
-        for line in (shared_data / "self_instruct_seed_tasks.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    return {
-        "gsm8k": alpaca("gsm8k_train_alpaca_format.json"),
-        "toolformer": alpaca("gpteacher_toolformer_alpaca_format.json"),
-        "seed": seed,
-    }
-
-
 # --- tokenisation and single scores ---------------------------------------------------------
 
 UNICODE_CASES = [
@@ -99,7 +66,7 @@ UNICODE_CASES = [
 
 
 def test_tokenize_matches_rouge_score(shared_data):
-    data = load_instructions(shared_data)
+    data = instruction_texts(shared_data)
     texts = [t for group in data.values() for t in group] + UNICODE_CASES
     mismatches = [t for t in texts if tokenize(t) != rouge_tokens(t)]
     assert not mismatches, mismatches[:3]
@@ -109,17 +76,17 @@ def test_single_scores_match_rouge_score_bit_for_bit(shared_data):
     """Our F1 equals `_score_lcs(...).fmeasure` exactly, on near-duplicate real pairs (many
     near 0.7) and on texts long enough for multi-word bit vectors."""
     rng = random.Random(1)
-    data = load_instructions(shared_data)
+    data = instruction_texts(shared_data)
     texts = data["gsm8k"][:300] + data["toolformer"][:300]
     words = [w for t in texts for w in t.split()]
     long_texts = [" ".join(rng.choice(words[:400]) for _ in range(rng.randint(60, 260)))]
     pairs = []
     for _ in range(1500):
         a = rng.choice(texts)
-        pairs.append((a, edit(a, rng.uniform(0.05, 0.6), rng, words)))
+        pairs.append((a, near_duplicate(a, rng.uniform(0.05, 0.6), rng, words)))
     for _ in range(60):
         a = " ".join(rng.choice(words[:300]) for _ in range(rng.randint(60, 260)))
-        pairs.append((a, edit(a, rng.uniform(0.05, 0.5), rng, words)))
+        pairs.append((a, near_duplicate(a, rng.uniform(0.05, 0.5), rng, words)))
     pairs += [(a, b) for a in UNICODE_CASES for b in UNICODE_CASES + long_texts]
     near = 0
     for a, b in pairs:
@@ -176,7 +143,7 @@ def test_decisions_match_rouge_score_on_real_instructions(shared_data):
     instructions (templated tool-use prompts score high against each other), repeated
     candidates, edits of a shared source among the candidates, and odd strings."""
     rng = random.Random(7)
-    data = {k: list(v) for k, v in load_instructions(shared_data).items()}
+    data = {k: list(v) for k, v in instruction_texts(shared_data).items()}
     for group in data.values():
         rng.shuffle(group)
     pool = data["gsm8k"][:900] + data["toolformer"][:925] + data["seed"]
@@ -184,11 +151,15 @@ def test_decisions_match_rouge_score_on_real_instructions(shared_data):
     held_out = data["gsm8k"][900:930] + data["toolformer"][925:955]
     words = [w for t in pool for w in t.split()]
 
-    candidates = [edit(rng.choice(pool), rng.uniform(0.1, 0.5), rng, words) for _ in range(22)]
+    candidates = [
+        near_duplicate(rng.choice(pool), rng.uniform(0.1, 0.5), rng, words) for _ in range(22)
+    ]
     candidates += rng.sample(pool, 3)
     candidates += rng.sample(held_out, 8)
     sources = rng.sample(held_out, 3)
-    candidates += [edit(s, rng.uniform(0.05, 0.35), rng, words) for s in sources for _ in range(3)]
+    candidates += [
+        near_duplicate(s, rng.uniform(0.05, 0.35), rng, words) for s in sources for _ in range(3)
+    ]
     candidates += ["", "?!", "Ünïcödé café naïve — 東京", "KELVIN \u212a"]
     rng.shuffle(candidates)
     candidates += rng.sample(candidates, 4)  # repeats of earlier candidates, kept or not
@@ -226,8 +197,8 @@ def test_decisions_match_on_long_texts():
     rng = random.Random(4)
     base = [" ".join(rng.choice("abcdef") for _ in range(rng.randint(60, 200))) for _ in range(6)]
     words = list("abcdef")
-    pool = [edit(b, rng.uniform(0.05, 0.4), rng, words) for b in base for _ in range(2)]
-    cands = [edit(b, rng.uniform(0.05, 0.4), rng, words) for b in base for _ in range(2)]
+    pool = [near_duplicate(b, rng.uniform(0.05, 0.4), rng, words) for b in base for _ in range(2)]
+    cands = [near_duplicate(b, rng.uniform(0.05, 0.4), rng, words) for b in base for _ in range(2)]
     for threshold in (0.7, 0.85, 0.95):
         assert filter_novel(cands, pool, threshold) == reference(cands, pool, threshold)[0]
 
