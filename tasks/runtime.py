@@ -64,21 +64,17 @@ class _InRunOnly(logging.Filter):
 
 
 def attach_library_logging() -> None:
-    """Send lion_core's log records to the Prefect run logs as well as the console (what
-    PREFECT_LOGGING_EXTRA_LOGGERS=lion_core does, without needing the variable, and without
-    warnings when the library logs outside a run)."""
+    """Send lion_core's log records to the Prefect run logs; they reach the console through the
+    root logger as before (what PREFECT_LOGGING_EXTRA_LOGGERS=lion_core does, without needing
+    the variable, and without warnings when the library logs outside a run)."""
     from prefect.logging.handlers import APILogHandler
 
     lib = logging.getLogger("lion_core")
-    if getattr(lib, "_lion_attached", False):
-        return
     lib.setLevel(logging.INFO)
-    for handler in logging.getLogger("prefect.extra").handlers:
-        if isinstance(handler, APILogHandler):
-            handler = APILogHandler()
-            handler.addFilter(_InRunOnly())
+    if not any(isinstance(h, APILogHandler) for h in lib.handlers):
+        handler = APILogHandler()
+        handler.addFilter(_InRunOnly())
         lib.addHandler(handler)
-    lib._lion_attached = True  # type: ignore[attr-defined]
 
 
 def usage_record(client: LLMClient) -> dict[str, int]:

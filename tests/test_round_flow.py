@@ -85,6 +85,14 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
     keys = {a.key for a in artifacts}
     assert {"flow-test-round-1", "flow-test-round-1-hard-sample"} <= keys
 
+    # The library's progress lines (lion_core.llm) are in the run's logs, not only the console.
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(limit=200)
+    assert any(log.name == "lion_core.llm" and "teacher answers" in log.message for log in logs)
+
 
 def _task_states(flow_run_id) -> dict[str, str]:
     """Task name (without its run suffix) -> state name, for one flow run."""
