@@ -57,23 +57,22 @@ def mark_complete(storage: Storage, rel: str, info: dict | None = None) -> None:
     storage.write_json(f"{rel}/{COMPLETE}", payload, overwrite=True)
 
 
-def complete_checkpoints(storage: Storage, k: int) -> list[int]:
-    """Global steps of round `k`'s committed checkpoints, ascending."""
-    steps = []
+def scan_checkpoints(storage: Storage, k: int) -> tuple[list[int], list[str]]:
+    """Round `k`'s checkpoint folders, listed once: the global steps of the committed ones,
+    ascending, and the names of those that never got their marker (a killed save)."""
+    steps, incomplete = [], []
     for name in storage.listdir(checkpoints_rel(k)):
         m = CHECKPOINT_DIR.match(name)
         if m and is_complete(storage, f"{checkpoints_rel(k)}/{name}"):
             steps.append(int(m.group(1)))
-    return sorted(steps)
+        elif m:
+            incomplete.append(name)
+    return sorted(steps), incomplete
 
 
-def incomplete_checkpoints(storage: Storage, k: int) -> list[str]:
-    """Names of round `k`'s checkpoint folders that never got their marker (a killed save)."""
-    names = []
-    for name in storage.listdir(checkpoints_rel(k)):
-        if CHECKPOINT_DIR.match(name) and not is_complete(storage, f"{checkpoints_rel(k)}/{name}"):
-            names.append(name)
-    return names
+def complete_checkpoints(storage: Storage, k: int) -> list[int]:
+    """Global steps of round `k`'s committed checkpoints, ascending."""
+    return scan_checkpoints(storage, k)[0]
 
 
 def storage_and_rel(uri: str, options: dict | None = None) -> tuple[Storage, str]:
@@ -99,21 +98,27 @@ def scratch_for(uri: str, *parts: str) -> Path:
     return path
 
 
-def materialize(uri: str, options: dict | None = None) -> str:
-    """Something `from_pretrained` can load for model folder `uri`: a local folder, or the hub
-    id / path recorded in its `source.json`. Remote folders are downloaded to scratch once."""
+def resolve_model(uri: str, options: dict | None = None) -> tuple[str, str | None]:
+    """(something `from_pretrained` can load, hub revision or None) for model folder `uri`: a
+    local folder, or the hub id / path and revision recorded in its `source.json`. Remote
+    folders are downloaded to scratch once."""
     if "://" not in uri and not os.path.isdir(uri):
-        return uri  # a hub id given directly
+        return uri, None  # a hub id given directly
     storage, rel = storage_and_rel(uri, options)
     if storage.exists(f"{rel}/{SOURCE}"):
         source = storage.read_json(f"{rel}/{SOURCE}")
-        return str(source["model"])
+        return str(source["model"]), source.get("revision")
     if storage.is_local:
-        return storage.path(rel)
+        return storage.path(rel), None
     local = scratch_for(uri) / "model"
     if not (local / COMPLETE).exists():
         download_dir(storage, rel, local)
-    return str(local)
+    return str(local), None
+
+
+def materialize(uri: str, options: dict | None = None) -> str:
+    """What `from_pretrained` loads for model folder `uri` (`resolve_model` without revision)."""
+    return resolve_model(uri, options)[0]
 
 
 def download_dir(storage: Storage, rel: str, local: Path) -> Path:
@@ -130,16 +135,6 @@ def download_dir(storage: Storage, rel: str, local: Path) -> Path:
                 raise
     shutil.rmtree(tmp, ignore_errors=True)
     return local
-
-
-def source_revision(uri: str, options: dict | None = None) -> str | None:
-    """The hub revision recorded for model folder `uri`, if any."""
-    if "://" not in uri and not os.path.isdir(uri):
-        return None
-    storage, rel = storage_and_rel(uri, options)
-    if storage.exists(f"{rel}/{SOURCE}"):
-        return storage.read_json(f"{rel}/{SOURCE}").get("revision")
-    return None
 
 
 def write_json_file(path: Path, obj: dict) -> None:

@@ -253,15 +253,19 @@ def answer_rows(
     rows: pd.DataFrame,
     *,
     shard: int = 0,
+    shards: int = 1,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> int:
-    """Answer `rows` in this process, committing each batch; return the number answered."""
+    """Answer `rows` in this process, committing each batch; return the number answered.
+    With `shards` > 1, only this worker's share of them (`shard_rows`)."""
     from lion_core.student.model import load_student
 
     logger = logger or log
     on_gpu = torch.cuda.is_available()
     dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
     model, tok = load_student(student_uri, cfg, dtype=dtype, device="cuda" if on_gpu else "cpu")
+    if shards > 1:
+        rows = shard_rows(rows, shard, shards, tok, cfg.student.prompt_template)
     gen = BatchedGenerator(
         model, tok, cfg.student.generation, cfg.student.prompt_template, cfg.seed
     )
@@ -386,11 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = LionConfig.model_validate(spec["config"])
     storage = Storage(spec["storage_root"], spec["storage_options"])
     rows = pd.read_parquet(spec["rows"])
-    from lion_core.student.model import load_tokenizer
-
-    tok = load_tokenizer(materialize(spec["student"], cfg.storage.options))
-    mine = shard_rows(rows, args.shard, spec["shards"], tok, cfg.student.prompt_template)
-    answer_rows(cfg, storage, spec["rel"], spec["student"], mine, shard=args.shard)
+    answer_rows(
+        cfg, storage, spec["rel"], spec["student"], rows, shard=args.shard, shards=spec["shards"]
+    )
 
 
 if __name__ == "__main__":

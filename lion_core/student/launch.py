@@ -39,14 +39,12 @@ from lion_core.pools import RunStore
 from lion_core.student.checkpoints import (
     COMPLETE,
     checkpoints_rel,
-    complete_checkpoints,
     download_dir,
-    incomplete_checkpoints,
     is_complete,
     logs_rel,
-    materialize,
+    resolve_model,
+    scan_checkpoints,
     scratch_for,
-    source_revision,
     student_rel,
 )
 from lion_core.student.data import check_train_frame
@@ -97,7 +95,8 @@ def train_student(
 
     # -- where the Trainer writes: straight into local storage, else scratch then upload ----
     ckpt_rel = checkpoints_rel(round)
-    for name in incomplete_checkpoints(storage, round):  # a save that was killed half-way
+    steps, incomplete = scan_checkpoints(storage, round)
+    for name in incomplete:  # a save that was killed half-way
         storage.delete(f"{ckpt_rel}/{name}", recursive=True)
     if storage.exists(final_rel):  # a final save that was killed half-way
         storage.delete(final_rel, recursive=True)
@@ -109,7 +108,6 @@ def train_student(
     output_dir.mkdir(parents=True, exist_ok=True)
 
     resume = None
-    steps = complete_checkpoints(storage, round)
     if steps:
         name = f"checkpoint-{steps[-1]}"
         resume = output_dir / name
@@ -121,12 +119,13 @@ def train_student(
                 download_dir(storage, f"{ckpt_rel}/{name}", resume)
         logger.info("round %d: resuming from committed %s", round, name)
 
+    init, revision = resolve_model(init_uri, options)
     spec = {
         "config": cfg.model_dump(mode="json"),
         "round": round,
         "train_data": str(train_file),
-        "init": materialize(init_uri, options),
-        "revision": source_revision(init_uri, options),
+        "init": init,
+        "revision": revision,
         "output_dir": str(output_dir),
         "final_dir": str(final_dir),
         "resume": str(resume) if resume else None,

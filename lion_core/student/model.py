@@ -21,9 +21,8 @@ from lion_core.student.checkpoints import (
     SOURCE,
     is_complete,
     mark_complete,
-    materialize,
+    resolve_model,
     scratch_for,
-    source_revision,
     student_rel,
 )
 
@@ -164,8 +163,7 @@ def load_model(
 
 def load_student(uri: str, cfg: LionConfig, *, dtype=torch.float32, device=None):
     """(model, tokenizer) of the student folder `uri` (local path or s3:// URI)."""
-    source = materialize(uri, cfg.storage.options)
-    revision = source_revision(uri, cfg.storage.options)
+    source, revision = resolve_model(uri, cfg.storage.options)
     tok = load_tokenizer(source, revision=revision, trust_remote_code=cfg.student.trust_remote_code)
     model = load_model(
         source,
@@ -226,10 +224,6 @@ def prepare_base_student(cfg: LionConfig, store: RunStore, texts: list[str]) -> 
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("round-0 student: tiny Llama, %d parameters, vocabulary %d", n_params, len(tok))
     return storage.uri(rel)
-
-
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def for_training(model):
