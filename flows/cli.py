@@ -51,6 +51,7 @@ def pools(
     ] = None,
 ) -> None:
     """Print per-round row counts of every artifact of a run."""
+    from flows.report import aligned
     from lion_core.pools import ARTIFACT_SCHEMAS, RunStore
 
     options = {"endpoint_url": endpoint_url} if endpoint_url else {}
@@ -63,9 +64,7 @@ def pools(
     rows = [
         [str(k)] + ["-" if v[n] is None else str(v[n]) for n in names] for k, v in counts.items()
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        typer.echo("  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)))
+    typer.echo(aligned(header, rows))
 
 
 @app.command("config")

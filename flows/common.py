@@ -53,11 +53,6 @@ def committed_pools(store: RunStore, round: int) -> dict[str, ArtifactRef]:
     return refs  # type: ignore[return-value]
 
 
-def student_uri(store: RunStore, round: int) -> str:
-    """Where round k's student lives (round 0: the base model)."""
-    return store.storage.uri(f"round={round}/student")
-
-
 class StageClock:
     """Wall time per stage of a round, as this invocation spent it."""
 

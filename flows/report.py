@@ -26,13 +26,11 @@ def _sum_usage(records: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 
 def round_summary(
-    config: LionConfig,
     round: int,
     *,
     pools: dict[str, ArtifactRef],
     next_pools: dict[str, ArtifactRef],
     teacher: dict[str, Any],
-    data: dict[str, Any],
     student: dict[str, Any],
     reviews: list[dict[str, Any]],
     split: dict[str, Any],
@@ -146,14 +144,17 @@ SUMMARY_COLUMNS = (
 )
 
 
+def aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: columns right-aligned, two spaces apart."""
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    )
+
+
 def summary_table(rounds: Sequence[dict[str, Any]]) -> str:
     """The per-round table the CLI prints."""
-    header = list(SUMMARY_COLUMNS)
-    rows = [[_fmt(r.get(c)) for c in header] for r in rounds]
-    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
+    return aligned(SUMMARY_COLUMNS, [[_fmt(r.get(c)) for c in SUMMARY_COLUMNS] for r in rounds])
 
 
 def publish_run(config: LionConfig, rounds: Sequence[dict[str, Any]]) -> None:

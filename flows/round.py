@@ -7,10 +7,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import StageClock, bound_tasks, committed_pools, offline_world, student_uri
+from flows.common import StageClock, bound_tasks, committed_pools, offline_world
 from flows.report import publish_round, round_summary
 from lion_core.config import LionConfig
 from lion_core.run import open_run
+from lion_core.student.launch import init_uri_for
 from tasks.runtime import attach_library_logging
 
 DEFAULT_CONFIG = LionConfig()
@@ -39,7 +40,7 @@ def lion_round(
         data = t.training_data(config, round, pools["train"], teacher["answers"])
         base = t.base_student(config)
         previous = config.training.init_from == "previous" and round > 1
-        init = student_uri(store, round - 1) if previous else base
+        init = init_uri_for(config, store, round) if previous else base  # base: a DAG edge
         student = t.trained_student(config, round, data["data"], init)
         clock.lap("imitation")
         log.info("round %d: imitation done, student at %s", round, student["uri"])
@@ -89,12 +90,10 @@ def lion_round(
         clock.lap("generation")
 
         summary = round_summary(
-            config,
             round,
             pools=pools,
             next_pools=next_pools,
             teacher=teacher,
-            data=data,
             student=student,
             reviews=reviews,
             split=split,

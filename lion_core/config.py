@@ -20,32 +20,24 @@ from lion_core.errors import ConfigError
 
 OFFLINE = "offline"
 
+# Endpoint fields that may change between invocations: where and how requests are sent, never
+# what is asked.
+_ENDPOINT_OPERATIONAL = (
+    "base_url",
+    "concurrency",
+    "timeout",
+    "retries",
+    "batch_size",
+    "api_key_env",
+    "api_key_secret",
+)
+
 # Dotted paths (a prefix matches everything below it) that may change between invocations.
 OPERATIONAL_FIELDS = (
     "name",
     "rounds",
     "storage.options",
-    "teacher.base_url",
-    "teacher.concurrency",
-    "teacher.timeout",
-    "teacher.retries",
-    "teacher.batch_size",
-    "teacher.api_key_env",
-    "teacher.api_key_secret",
-    "referee.base_url",
-    "referee.concurrency",
-    "referee.timeout",
-    "referee.retries",
-    "referee.batch_size",
-    "referee.api_key_env",
-    "referee.api_key_secret",
-    "generator.base_url",
-    "generator.concurrency",
-    "generator.timeout",
-    "generator.retries",
-    "generator.batch_size",
-    "generator.api_key_env",
-    "generator.api_key_secret",
+    *(f"{role}.{f}" for role in ("teacher", "referee", "generator") for f in _ENDPOINT_OPERATIONAL),
     "training.launcher",
     "training.num_gpus",
     "training.num_nodes",

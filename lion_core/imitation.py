@@ -7,10 +7,8 @@ from collections.abc import Sequence
 import pandas as pd
 
 from lion_core.llm.types import ChatRequest, ChatResult, Completer
-from lion_core.pools import ANSWER_SCHEMA
+from lion_core.pools import ANSWER_SCHEMA, TRAIN_DATA_SCHEMA
 from lion_core.prompts import teacher_messages
-
-TRAIN_DATA_COLUMNS = ["instruction_id", "instruction", "input", "answer"]
 
 
 def teacher_requests(pool: pd.DataFrame) -> list[ChatRequest]:
@@ -57,4 +55,4 @@ def training_set(pool: pd.DataFrame, answers: pd.DataFrame) -> tuple[pd.DataFram
     merged = pool.merge(ok, on="instruction_id", how="left")
     missing = int(merged["answer"].isna().sum())
     merged = merged[merged["answer"].notna()]
-    return merged[TRAIN_DATA_COLUMNS].reset_index(drop=True), missing
+    return merged[TRAIN_DATA_SCHEMA.names].reset_index(drop=True), missing

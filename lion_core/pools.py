@@ -28,8 +28,6 @@ from pydantic import BaseModel
 from lion_core.errors import DataError, SchemaError, StorageError
 from lion_core.storage import Storage, parquet_bytes
 
-SOURCES = ("seed", "hard", "easy")
-
 POOL_SCHEMA = pa.schema(
     [
         ("instruction_id", pa.string()),
@@ -381,21 +379,9 @@ def _to_pool(numbered: list[tuple[int, Any]], path: str, limit: int | None) -> p
             break
     if not rows:
         raise DataError("no instructions found", file=path)
-    return pd.DataFrame(rows, columns=POOL_SCHEMA.names)
-
-
-def empty(name: str) -> pa.Table:
-    """An empty table of artifact `name`."""
-    return ARTIFACT_SCHEMAS[name].empty_table()
+    return pool_frame(rows)
 
 
 def pool_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """A pool dataframe from row dicts, columns in schema order."""
     return pd.DataFrame(rows, columns=POOL_SCHEMA.names)
-
-
-def parse_artifact_uri(uri: str) -> tuple[int, str]:
-    m = re.search(r"round=(\d+)/([a-z0-9_]+)\.parquet$", uri)
-    if not m:
-        raise StorageError(f"not an artifact URI: {uri}")
-    return int(m.group(1)), m.group(2)

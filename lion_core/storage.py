@@ -40,7 +40,6 @@ class Storage:
         self.protocol = _protocol(self.fs)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root_path = path.rstrip("/")
-        self.root = root.rstrip("/") if not self.is_local else self.root_path
 
     # ---- paths -------------------------------------------------------------------------
 
@@ -53,10 +52,6 @@ class Storage:
         if self.is_local:
             return self.path(rel)
         return f"{self.protocol}://{self.path(rel)}"
-
-    def child(self, rel: str) -> Storage:
-        """Storage rooted at a sub-folder."""
-        return Storage(self.uri(rel), self.options)
 
     # ---- queries -----------------------------------------------------------------------
 
@@ -79,16 +74,6 @@ class Storage:
             raise StorageError(f"cannot list {self.uri(rel)}: {exc}") from exc
         names = [posixpath.basename(e.rstrip("/")) for e in entries]
         return sorted(n for n in names if TMP_MARK not in n)
-
-    def glob(self, pattern: str) -> list[str]:
-        """Relative paths matching `pattern` under the root, without temporary files."""
-        found = self.fs.glob(self.path(pattern))
-        prefix = self.root_path + "/"
-        return sorted(
-            p[len(prefix) :] if p.startswith(prefix) else p
-            for p in found
-            if TMP_MARK not in posixpath.basename(p)
-        )
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -224,7 +209,3 @@ def _protocol(fs: fsspec.AbstractFileSystem) -> str:
     if isinstance(proto, list | tuple):
         proto = proto[0]
     return "s3" if proto in ("s3", "s3a") else str(proto)
-
-
-def open_storage(root: str, options: dict[str, Any] | None = None) -> Storage:
-    return Storage(root, options)

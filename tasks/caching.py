@@ -24,7 +24,8 @@ from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 from pydantic import BaseModel
 
 from lion_core.config import LionConfig
-from lion_core.pools import ArtifactRef, RunStore
+from lion_core.pools import ArtifactRef
+from tasks.runtime import run_store
 
 KEY_VERSION = "1"  # bump to invalidate every cached task result after a semantic change
 RUNTIME_PARAMS = frozenset({"offline_url"})
@@ -78,7 +79,7 @@ def result_storage(config: LionConfig) -> Path | WritableFileSystem:
     result storage, and a plain string would be read as a block slug). Its settings hold only
     the storage options (endpoint URL etc.); credentials come from the worker's environment.
     """
-    store = RunStore.open(config.storage.root, config.storage.options)
+    store = run_store(config)
     uri = store.storage.uri(RESULTS_DIR)
     if store.storage.is_local:
         Path(uri).mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,6 @@ from tasks.caching import lion_task
 from tasks.runtime import llm_client, run_store, usage_record
 
 
-def _pairs(config: LionConfig, cache: ArtifactRef, teacher: ArtifactRef, student: ArtifactRef):
-    store = run_store(config)
-    return make_pairs(store.read_ref(cache), store.read_ref(teacher), store.read_ref(student))
-
-
 @lion_task("referee-reviews", "referee", retries=2)
 def referee_reviews(
     config: LionConfig,
@@ -31,10 +26,12 @@ def referee_reviews(
     """The referee's reviews of every Cache Pool pair in one order (1: teacher shown first,
     2: student shown first). Unparsable reviews are re-asked, then kept as unscored."""
     started = time.monotonic()
+    store = run_store(config)
+    pairs = make_pairs(store.read_ref(cache), store.read_ref(teacher), store.read_ref(student))
     client = llm_client(config, "referee", offline_url)
-    reviews = score_order(_pairs(config, cache, teacher, student), client, config.referee, order)
+    reviews = score_order(pairs, client, config.referee, order)
     return {
-        "reviews": run_store(config).write_or_reuse(round, f"referee_{order}", reviews),
+        "reviews": store.write_or_reuse(round, f"referee_{order}", reviews),
         "usage": usage_record(client),
         "seconds": time.monotonic() - started,
     }

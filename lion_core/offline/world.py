@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from lion_core.pools import POOL_SCHEMA, instruction_id, seed_row
+from lion_core.pools import instruction_id, pool_frame, seed_row
 
 MAX_DIFFICULTY = 20
 
@@ -472,6 +472,6 @@ def seed_pool(n: int, seed: int, max_difficulty: int) -> pd.DataFrame:
         seed_row(inst.instruction, inst.input, inst.answer)
         for inst in seed_instances(n, seed, max_difficulty)
     ]
-    frame = pd.DataFrame(rows, columns=POOL_SCHEMA.names)
+    frame = pool_frame(rows)
     frame["round"] = frame["round"].astype("int32")
     return frame
