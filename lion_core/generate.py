@@ -44,6 +44,7 @@ import pandas as pd
 from lion_core.config import GeneratorConfig, PoolsConfig
 from lion_core.errors import LLMError
 from lion_core.llm.types import ChatRequest, ChatResult, Completer
+from lion_core.novelty import filter_novel
 from lion_core.pools import GENERATED_SCHEMA, POOL_SCHEMA, instruction_id
 from lion_core.prompts import generator_messages, instruction_text
 
@@ -261,7 +262,7 @@ def select_novel(
         queue = _drain_full(frame, queue, need)
         if not queue:
             break
-        flags = _filter_novel(
+        flags = filter_novel(
             [frame.at[i, "instruction"] for i in queue],
             list(pool_instructions) + kept_texts,
             threshold,
@@ -299,19 +300,13 @@ def _drain_full(frame: pd.DataFrame, queue: list[int], need: dict[str, int]) -> 
     return left
 
 
-def _filter_novel(candidates: list[str], pool: list[str], threshold: float) -> list[bool]:
-    from lion_core.novelty import filter_novel
-
-    return filter_novel(candidates, pool, threshold)
-
-
 def _interleaved(frame: pd.DataFrame) -> list[int]:
     """Row indices with the kinds taking turns in proportion to their counts."""
     keys = []
-    for kind, group in frame.groupby("source", sort=True):
+    for _, group in frame.groupby("source", sort=True):
         n = len(group)
-        for rank, i in enumerate(group["_row"]):
-            keys.append(((rank + 0.5) / n, KINDS.index(kind) if kind in KINDS else 2, i))
+        for rank, (i, kind_rank) in enumerate(zip(group["_row"], group["_kind_rank"], strict=True)):
+            keys.append(((rank + 0.5) / n, kind_rank, i))
     return [int(i) for _, _, i in sorted(keys)]
 
 

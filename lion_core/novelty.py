@@ -203,7 +203,6 @@ class _Corpus:
             feat[repeat] = self.n_vocab + extra
         self.feat = feat  # grouped by text, same offsets as the tokens
         self.n_feat = self.n_vocab + (int(extra.max()) + 1 if repeat.any() else 0)
-        self.feat_offsets = self.offsets
 
 
 def _hits_any(
@@ -277,7 +276,7 @@ class _QuerySide:
         self.docs = queries[live]
         self.dtype = np.float32 if corpus.lengths.max(initial=0) < 1 << 20 else np.float64
         self.n_cols = int(column.max(initial=-1)) + 3
-        rows, idx = _ragged(corpus.feat_offsets, self.docs)
+        rows, idx = _ragged(corpus.offsets, self.docs)
         f = corpus.feat[idx]
         col = column[f]
         heavy = col >= 0
@@ -298,7 +297,7 @@ class _QuerySide:
     def survivors(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(query index, target text, overlap) of the pairs of `block` that pass the bound."""
         corpus, n_q = self.corpus, len(self.docs)
-        rows, idx = _ragged(corpus.feat_offsets, block)
+        rows, idx = _ragged(corpus.offsets, block)
         b_feat = corpus.feat[idx]
         b_col = self.column[b_feat]
         is_heavy = b_col >= 0
@@ -332,8 +331,8 @@ class _QuerySide:
 def _pick_heavy(corpus: _Corpus, queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """The features for the dense product: the most shared ones, as many as minimise the
     estimated time (the product grows with their number, the index with the others' pairs)."""
-    _, q_idx = _ragged(corpus.feat_offsets, queries)
-    _, t_idx = _ragged(corpus.feat_offsets, targets)
+    _, q_idx = _ragged(corpus.offsets, queries)
+    _, t_idx = _ragged(corpus.offsets, targets)
     q_count = np.bincount(corpus.feat[q_idx], minlength=corpus.n_feat).astype(np.float64)
     t_count = np.bincount(corpus.feat[t_idx], minlength=corpus.n_feat).astype(np.float64)
     pairs = q_count * t_count

@@ -242,20 +242,22 @@ def make_pairs(
     pool = pool.drop_duplicates("instruction_id")
     out = pool[["instruction_id", "instruction", "input"]].reset_index(drop=True).copy()
     missing: list[list[str]] = [[] for _ in range(len(out))]
+    ids = out["instruction_id"]
     for who, answers in (("teacher", teacher_answers), ("student", student_answers)):
         by_id = answers.drop_duplicates("instruction_id", keep="last").set_index("instruction_id")
+        present = ids.isin(by_id.index)
+        rows = zip(present, ids.map(by_id["status"]), ids.map(by_id["answer"]), strict=True)
         column = []
-        for i, iid in enumerate(out["instruction_id"]):
-            if iid not in by_id.index:
+        for i, (found, status, answer) in enumerate(rows):
+            if not found:
                 column.append(None)
                 missing[i].append(f"no {who} answer")
-                continue
-            row = by_id.loc[iid]
-            if row["status"] != "ok" or _isnull(row["answer"]):
+            elif status != "ok" or _isnull(answer):
                 column.append(None)
-                missing[i].append(f"{who} answer failed: {row['error'] or 'no text'}")
+                error = by_id.at[ids[i], "error"]
+                missing[i].append(f"{who} answer failed: {error or 'no text'}")
             else:
-                column.append(row["answer"])
+                column.append(answer)
         out[f"{who}_answer"] = column
     out["missing"] = ["; ".join(m) or None for m in missing]
     return out
@@ -448,15 +450,6 @@ def unscored_reason(error: str | None) -> str:
     return error.split(":", 1)[0].strip() or "unknown"
 
 
-def reviews(
-    pairs: pd.DataFrame, client: Completer, cfg: RefereeConfig
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Both orders one after the other, then combined (the flow runs the two concurrently)."""
-    order1 = score_order(pairs, client, cfg, 1)
-    order2 = score_order(pairs, client, cfg, 2)
-    return order1, order2, combine(order1, order2)
-
-
 __all__ = [
     "PAIR_COLUMNS",
     "Parsed",
@@ -466,7 +459,6 @@ __all__ = [
     "parse_review",
     "parse_scores",
     "reask_messages",
-    "reviews",
     "score_order",
     "unscored_reason",
 ]

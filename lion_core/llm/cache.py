@@ -80,7 +80,6 @@ class ResponseCache:
         self._lock = threading.Lock()
         self._answers: dict[str, ChatResult] = {}
         self._loaded: set[str] = set()
-        self.shards_written = 0
         self.refresh()
 
     # ---- reading ------------------------------------------------------------------------
@@ -131,10 +130,6 @@ class ResponseCache:
         with self._lock:
             hit = self._answers.get(key)
         return replace(hit, cached=True, extra=dict(hit.extra)) if hit else None
-
-    def __contains__(self, key: str) -> bool:
-        with self._lock:
-            return key in self._answers
 
     def __len__(self) -> int:
         with self._lock:
@@ -192,14 +187,10 @@ class ResponseCache:
         uri = self.storage.write_parquet(f"{self.prefix}/{name}", table)
         with self._lock:
             self._loaded.add(name)
-            self.shards_written += 1
             for r in results:
                 if r.ok:
                     self._answers.setdefault(r.key, replace(r, cached=False))
         return uri
-
-    def put(self, result: ChatResult) -> str | None:
-        return self.put_many([result])
 
     def __repr__(self) -> str:
         return f"ResponseCache({self.uri!r}, answers={len(self)})"

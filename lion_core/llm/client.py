@@ -116,7 +116,7 @@ class LLMClient:
 
     def key(self, request: ChatRequest) -> str:
         """The request's cache key: sha256 of (model, messages, sampling parameters)."""
-        return request_key(self.model, request.message_dicts(), self.params(request))
+        return request_key(**self._payload(request))
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         e = self.endpoint
@@ -407,7 +407,6 @@ class _Progress:
     """A tqdm bar on stderr (hidden off a TTY) and a log line at most every LOG_INTERVAL s."""
 
     def __init__(self, role: str, desc: str, *, total: int, initial: int) -> None:
-        self.role = role
         self.label = f"{role}: {desc}" if desc else role
         self.total = total
         self.done = self.cached = initial
