@@ -39,6 +39,7 @@ from train_throughput import (  # noqa: E402
     DATA,
     SIZES,
     VOCAB,
+    _sync,
     build_model,
     load_records,
     measure_peak,
@@ -105,11 +106,6 @@ def one_at_a_time(model, tok, prompts: list[list[int]], max_new: int, processor)
             )
         out.append(tok.decode(gen[0, len(p) :], skip_special_tokens=True).strip())
     return out
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def main(argv: list[str] | None = None) -> dict:

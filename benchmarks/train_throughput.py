@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from lion_core.config import TinyModelSpec, TrainingConfig  # noqa: E402
 from lion_core.student.attention import sdpa_kernels, training_attention  # noqa: E402
 from lion_core.student.data import build_dataset, tokenize_frame  # noqa: E402
 from lion_core.student.ds_config import deepspeed_config  # noqa: E402
+from lion_core.student.launch import free_port  # noqa: E402
 from lion_core.student.model import build_tiny, for_training, train_tokenizer  # noqa: E402
 
 # Llama-shaped students built from config: "tiny" is the default TinyModelSpec (the offline
@@ -153,9 +153,7 @@ def init_single_process() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        os.environ["MASTER_PORT"] = str(free_port())
 
 
 def make_engine(model, training: TrainingConfig, *, engine: str, device: str, bf16: bool):
@@ -168,7 +166,10 @@ def make_engine(model, training: TrainingConfig, *, engine: str, device: str, bf
         return None, opt
     import deepspeed
 
+    from lion_core.student.train import skip_cpu_shm_op
+
     init_single_process()
+    skip_cpu_shm_op()  # as the training job does on CPU ranks (no-op on a GPU)
     config = deepspeed_config(training, bf16=bf16)
     hidden = model.config.hidden_size
     config.update(

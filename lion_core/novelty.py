@@ -176,7 +176,7 @@ class _Corpus:
     """
 
     def __init__(self, texts: list[str]) -> None:
-        per_text = [_TOKEN_RE.findall(text.lower()) for text in texts]
+        per_text = [tokenize(text) for text in texts]
         lengths = np.fromiter(map(len, per_text), dtype=np.int64, count=len(texts))
         flat = list(chain.from_iterable(per_text))
         vocab = {word: i for i, word in enumerate(dict.fromkeys(flat))}

@@ -144,9 +144,14 @@ def generator_messages(seed_instruction: str, kind: str) -> list[Message]:
     ]
 
 
+def user_texts(messages: list[Message]) -> list[str]:
+    """The contents of a request's user messages, in order."""
+    return [m.get("content") or "" for m in messages if m.get("role") == "user"]
+
+
 def role_of(messages: list[Message]) -> str:
     """Which role a request plays, from the templates above: teacher, referee or generator."""
-    user = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "user")
+    user = "\n".join(user_texts(messages))
     if REFEREE_MARKER in user:
         return "referee"
     if GIVEN_MARKER in user and CREATED_MARKER in user:

@@ -39,15 +39,11 @@ GARBLED_TEXT = (
 GARBLED_JSON = '{"evaluation_evidence": "both answers look reasonable", "score_assistant_'
 
 
-def _user_texts(messages: list[dict[str, str]]) -> list[str]:
-    return [m.get("content") or "" for m in messages if m.get("role") == "user"]
-
-
 # ---- teacher -------------------------------------------------------------------------------
 
 
 def teacher_answer(messages: list[dict[str, str]]) -> str:
-    users = _user_texts(messages)
+    users = prompts.user_texts(messages)
     inst = solve(users[-1]) if users else None
     return inst.answer if inst else TEACHER_FALLBACK
 
@@ -88,7 +84,7 @@ def _verdict(base: float, known: bool) -> str:
 
 def parse_referee_prompt(messages: list[dict[str, str]]) -> tuple[str, str, str] | None:
     """(instruction, answer 1, answer 2) from the referee template, or None."""
-    for text in _user_texts(messages):
+    for text in prompts.user_texts(messages):
         if prompts.REFEREE_MARKER in text:
             m = _REFEREE_RE.search(text)
             if m:
@@ -153,7 +149,7 @@ def is_reask(messages: list[dict[str, str]]) -> bool:
     (REFEREE_REASK, or REFEREE_REASK_JSON in JSON mode)."""
     reasks = (prompts.REFEREE_REASK, prompts.REFEREE_REASK_JSON)
     return any(m.get("role") == "assistant" for m in messages) and any(
-        r in t for t in _user_texts(messages) for r in reasks
+        r in t for t in prompts.user_texts(messages) for r in reasks
     )
 
 
@@ -163,7 +159,7 @@ def wants_json(messages: list[dict[str, str]], response_format: object) -> bool:
         "json_schema",
     ):
         return True
-    return any('"score_assistant_1"' in t for t in _user_texts(messages))
+    return any('"score_assistant_1"' in t for t in prompts.user_texts(messages))
 
 
 # ---- generator -----------------------------------------------------------------------------
@@ -171,7 +167,7 @@ def wants_json(messages: list[dict[str, str]], response_format: object) -> bool:
 
 def parse_generator_prompt(messages: list[dict[str, str]]) -> tuple[str, str] | None:
     """(seed instruction, 'hard' | 'easy') from the generator template, or None."""
-    for text in _user_texts(messages):
+    for text in prompts.user_texts(messages):
         if prompts.GIVEN_MARKER in text and prompts.CREATED_MARKER in text:
             seed = text.split(prompts.GIVEN_MARKER, 1)[1].rsplit(prompts.CREATED_MARKER, 1)[0]
             kind = "easy" if prompts.EASY_MARKER in text else "hard"

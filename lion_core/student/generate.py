@@ -334,7 +334,7 @@ def generate_answers(
 def _run_workers(cfg, store, rel, student_uri, todo, n, logger) -> None:
     """One worker process per GPU, each over every n-th row of the length-sorted rows (so
     each gets a similar mix of long and short prompts)."""
-    from lion_core.student.launch import run_process_groups
+    from lion_core.student.launch import cpu_threads, run_process_groups
 
     storage = store.storage
     materialize(student_uri, cfg.storage.options)  # download once, not once per worker
@@ -359,7 +359,7 @@ def _run_workers(cfg, store, rel, student_uri, todo, n, logger) -> None:
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(shard % gpus)
         else:
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+            env.setdefault("OMP_NUM_THREADS", cpu_threads(n))
         cmd = [sys.executable, "-m", "lion_core.student.generate", "--spec", str(spec_file)]
         jobs.append(([*cmd, "--shard", str(shard)], env))
     codes, tail = run_process_groups(jobs, logger=logger, prefix=True)

@@ -218,7 +218,7 @@ def training_command(cfg: LionConfig, spec_file: Path) -> tuple[list[str], dict[
     ranks = t.num_gpus or _visible_gpus() or 1
     if not _visible_gpus():
         # CPU ranks: share the cores between them instead of oversubscribing.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
+        env.setdefault("OMP_NUM_THREADS", cpu_threads(ranks))
     cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner"]
     if t.hostfile:
         if not Path(t.hostfile).is_file():
@@ -238,6 +238,12 @@ def _visible_gpus() -> int:
         return torch.cuda.device_count()
     except Exception:
         return 0
+
+
+def cpu_threads(processes: int) -> str:
+    """OMP_NUM_THREADS for each of `processes` CPU processes sharing this machine's cores
+    (instead of each oversubscribing all of them)."""
+    return str(max(1, (os.cpu_count() or 1) // processes))
 
 
 def free_port() -> int:
