@@ -52,6 +52,7 @@ class _Boundaries:
 
     source: torch.Tensor | None = None  # held, so its identity cannot be reused
     segments: ClassVar[list[list[tuple[int, int]]]] = []
+    lengths: ClassVar[list[int]] = []  # of every example, row by row
     cu_seqlens: torch.Tensor | None = None
     max_len: int = 0
 
@@ -65,7 +66,8 @@ class _Boundaries:
             for r, row in enumerate(cls.segments):
                 cu.extend(r * width + end for _, end in row)
             cls.cu_seqlens = torch.tensor(cu, dtype=torch.int32, device=device)
-            cls.max_len = max(end - start for row in cls.segments for start, end in row)
+            cls.lengths = [end - start for row in cls.segments for start, end in row]
+            cls.max_len = max(cls.lengths)
         return cls
 
 
@@ -136,9 +138,8 @@ def packed_attention(
 
     # One split and one concatenation over all examples of the batch (slicing each example out
     # separately would make autograd build a full-size zero gradient per slice).
-    lengths = [e - s for row in bounds.segments for s, e in row]
     q, k, v = (
-        x.transpose(0, 1).reshape(x.shape[1], batch * tokens, dim).split(lengths, dim=1)
+        x.transpose(0, 1).reshape(x.shape[1], batch * tokens, dim).split(bounds.lengths, dim=1)
         for x in (query, key, value)
     )
     parts = [

@@ -53,20 +53,21 @@ def alpaca_prompt(instruction: str, input: str | None = "") -> str:
     return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
 
 
-def _user_text(instruction: str, input: str | None) -> str:
+def _user_turn(instruction: str, input: str | None) -> dict[str, str]:
     from lion_core.prompts import instruction_text
 
-    return instruction_text(instruction, input)
+    return {"role": "user", "content": instruction_text(instruction, input)}
+
+
+def _chat_prompt(tokenizer, user: dict[str, str]) -> str:
+    """The chat-template text of the user's turn and the opening of the assistant's."""
+    return tokenizer.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
 
 
 def encode_prompt(tokenizer, instruction: str, input: str | None, template: str) -> list[int]:
     """Token ids of the prompt, exactly as training saw it (generation uses the same ids)."""
     if template == "chat_template":
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": _user_text(instruction, input)}],
-            add_generation_prompt=True,
-            tokenize=False,
-        )
+        text = _chat_prompt(tokenizer, _user_turn(instruction, input))
         return tokenizer.encode(text, add_special_tokens=False)
     ids = tokenizer.encode(alpaca_prompt(instruction, input), add_special_tokens=False)
     if tokenizer.bos_token_id is not None:
@@ -79,8 +80,8 @@ def encode_response(
 ) -> list[int]:
     """Token ids of the answer, ending with the end-of-sequence (or end-of-turn) token."""
     if template == "chat_template":
-        user = {"role": "user", "content": _user_text(instruction, input)}
-        prompt = tokenizer.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
+        user = _user_turn(instruction, input)
+        prompt = _chat_prompt(tokenizer, user)
         full = tokenizer.apply_chat_template(
             [user, {"role": "assistant", "content": answer}], tokenize=False
         )

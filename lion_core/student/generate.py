@@ -169,7 +169,7 @@ class BatchedGenerator:
         kwargs = {}
         if self.gen.do_sample:
             # a fixed seed per batch: the same rows give the same answers on a retry
-            torch.manual_seed(self.seed + int(first_id[:8], 16) if _is_hex(first_id) else self.seed)
+            torch.manual_seed(_batch_seed(self.seed, first_id))
             kwargs = {"temperature": self.gen.temperature, "top_p": self.gen.top_p}
         with sdpa_kernels():
             out = self.model.generate(
@@ -195,12 +195,12 @@ class BatchedGenerator:
         return results
 
 
-def _is_hex(s: str) -> bool:
+def _batch_seed(seed: int, first_id: str) -> int:
+    """The run's seed plus the batch's first instruction id (hex), else the run's seed."""
     try:
-        int(s[:8], 16)
-        return True
+        return seed + int(first_id[:8], 16)
     except ValueError:
-        return False
+        return seed
 
 
 # ------------------------------------------------------------------------------------------
