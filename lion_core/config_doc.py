@@ -44,7 +44,7 @@ def render() -> str:
             sub = _model_of(field.annotation)
             dotted = f"{path}.{name}" if path else name
             if sub is not None and isinstance(values.get(name), dict):
-                subs.append((sub, dotted, values[name], field.description))
+                subs.append((sub, dotted, values[name]))
                 continue
             default = json.dumps(values.get(name))
             rows.append(
@@ -58,7 +58,7 @@ def render() -> str:
             out.append("| field | type | default | description |\n|---|---|---|---|")
             out.extend(rows)
             out.append("")
-        for sub, dotted, sub_values, _ in subs:
+        for sub, dotted, sub_values in subs:
             section(sub, dotted, sub_values)
 
     section(LionConfig, "", defaults)

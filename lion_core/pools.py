@@ -21,8 +21,10 @@ import json
 import re
 from typing import Any
 
+import fsspec
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from lion_core.errors import DataError, SchemaError, StorageError
@@ -220,8 +222,6 @@ class RunStore:
         if not self.storage.exists(rel):
             return None
         blob = self.storage.read_bytes(rel)
-        import pyarrow.parquet as pq
-
         rows = pq.ParquetFile(pa.BufferReader(blob)).metadata.num_rows
         return ArtifactRef(
             uri=self.storage.uri(rel), name=name, round=k, rows=rows, sha256=_sha256(blob)
@@ -257,8 +257,6 @@ class RunStore:
 
     def counts(self) -> dict[int, dict[str, int | None]]:
         """Rows per artifact per round (None where the artifact is not written)."""
-        import pyarrow.parquet as pq
-
         out: dict[int, dict[str, int | None]] = {}
         for k in self.rounds():
             row: dict[str, int | None] = {}
@@ -302,9 +300,6 @@ def load_initial_data(
     (1-based, as an editor shows it for JSONL/CSV; the list index for JSON) and the column.
     Exact duplicates (same instruction and input) are dropped, keeping the first.
     """
-    import fsspec
-    import pyarrow.parquet as pq
-
     formats = (".parquet", ".jsonl", ".json", ".csv")
     fmt = next((f for f in formats if path.lower().endswith(f)), None)
     if fmt is None:
