@@ -38,18 +38,17 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from train_throughput import (  # noqa: E402
     DATA,
     SIZES,
-    VOCAB,
     _sync,
     build_model,
     load_records,
     measure_peak,
+    records_tokenizer,
 )
 
 from lion_core.config import StudentGenerationConfig  # noqa: E402
 from lion_core.student.attention import sdpa_kernels  # noqa: E402
 from lion_core.student.data import encode_prompt  # noqa: E402
 from lion_core.student.generate import BatchedGenerator  # noqa: E402
-from lion_core.student.model import train_tokenizer  # noqa: E402
 
 
 def _key(tokens: list[int]) -> str:
@@ -131,10 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
 
     frame = load_records(limit=max(args.prompts, 2000))
-    tok = train_tokenizer(
-        list(frame["instruction"] + "\n" + frame["input"] + "\n" + frame["answer"]),
-        VOCAB[args.model_size],
-    )
+    tok = records_tokenizer(frame, args.model_size)
     frame = frame.drop_duplicates(["instruction", "input"]).head(args.prompts).reset_index()
     prompts = [
         encode_prompt(tok, i, x, "alpaca")

@@ -46,7 +46,11 @@ sys.path.insert(0, str(REPO))
 from reference_data import DATA_DIR as DATA  # noqa: E402
 
 from lion_core.config import TinyModelSpec, TrainingConfig  # noqa: E402
-from lion_core.student.attention import sdpa_kernels, training_attention  # noqa: E402
+from lion_core.student.attention import (  # noqa: E402
+    _segments,
+    sdpa_kernels,
+    training_attention,
+)
 from lion_core.student.data import build_dataset, tokenize_frame  # noqa: E402
 from lion_core.student.ds_config import deepspeed_config  # noqa: E402
 from lion_core.student.launch import free_port  # noqa: E402
@@ -83,6 +87,13 @@ def load_records(data_dir: Path = DATA, limit: int | None = None, seed: int = 0)
     random.Random(seed).shuffle(rows)
     df = pd.DataFrame(rows[:limit] if limit else rows, columns=["instruction", "input", "answer"])
     return df
+
+
+def records_tokenizer(frame: pd.DataFrame, size: str):
+    """A tokenizer trained here on the records' text, with the vocabulary of model `size`."""
+    return train_tokenizer(
+        list(frame["instruction"] + "\n" + frame["input"] + "\n" + frame["answer"]), VOCAB[size]
+    )
 
 
 def model_spec(size: str, max_length: int) -> TinyModelSpec:
@@ -131,13 +142,8 @@ def example_lengths(batch: dict[str, torch.Tensor], pad_id: int) -> list[int]:
     if "attention_mask" in batch:
         return batch["attention_mask"].sum(1).tolist()
     lengths = []
-    for ids, pos in zip(batch["input_ids"].tolist(), batch["position_ids"].tolist(), strict=True):
-        start = 0
-        for i in range(1, len(pos) + 1):
-            if i == len(pos) or pos[i] == 0:
-                if ids[start] != pad_id:
-                    lengths.append(i - start)
-                start = i
+    for ids, row in zip(batch["input_ids"].tolist(), _segments(batch["position_ids"]), strict=True):
+        lengths += [end - start for start, end in row if ids[start] != pad_id]
     return lengths
 
 
@@ -339,10 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
         return run_both(args, argv)
     frame = load_records(limit=args.records)
     t = time.perf_counter()
-    tok = train_tokenizer(
-        list(frame["instruction"] + "\n" + frame["input"] + "\n" + frame["answer"]),
-        VOCAB[args.model_size],
-    )
+    tok = records_tokenizer(frame, args.model_size)
     data = tokenize_frame(frame, tok, "alpaca", args.max_length)
     lengths = sorted(data.lengths)
     print(
