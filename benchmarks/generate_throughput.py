@@ -3,7 +3,7 @@
 Both answer real instructions from ../shared/data with the same Llama-shaped model (built from
 config; bf16 on GPU, fp32 on CPU), greedy, with the same prompts (Alpaca template):
 
-- batched (ours): lion_core.student.generate.BatchedGenerator: prompts sorted by length,
+- batched (ours): lion_core.student.answer.BatchedGenerator: prompts sorted by length,
   left-padded, batches filling the token budget;
 - one at a time (the original code's way): `model.generate` on each prompt alone.
 
@@ -46,9 +46,9 @@ from train_throughput import (  # noqa: E402
 )
 
 from lion_core.config import StudentGenerationConfig  # noqa: E402
+from lion_core.student.answer import BatchedGenerator  # noqa: E402
 from lion_core.student.attention import sdpa_kernels  # noqa: E402
 from lion_core.student.data import encode_prompt  # noqa: E402
-from lion_core.student.generate import BatchedGenerator  # noqa: E402
 
 
 def _key(tokens: list[int]) -> str:

@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from reference_data import DATA_DIR, instruction_texts, near_duplicate
 from rouge_score import rouge_scorer
 
 from lion_core.novelty import NoveltyStats, filter_novel
+from lion_core.reference_data import DATA_DIR, instruction_texts, near_duplicate
 
 
 def build_workload(

@@ -52,7 +52,8 @@ def pools(
 ) -> None:
     """Print per-round row counts of every artifact of a run."""
     from flows.report import aligned
-    from lion_core.pools import ARTIFACT_SCHEMAS, RunStore
+    from lion_core.schemas import ARTIFACT_SCHEMAS
+    from lion_core.store import RunStore
 
     options = {"endpoint_url": endpoint_url} if endpoint_url else {}
     store = RunStore.open(root, options)

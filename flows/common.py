@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 from lion_core.config import LionConfig
-from lion_core.pools import ArtifactRef, RunStore
+from lion_core.schemas import ArtifactRef
+from lion_core.store import RunStore
 from tasks import discrimination, generation, imitation, pools, student
 from tasks.caching import result_storage
 

@@ -10,7 +10,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from lion_core.config import LionConfig
-from lion_core.pools import ArtifactRef
+from lion_core.schemas import ArtifactRef
 from tasks.runtime import run_store
 
 ROLES = ("teacher", "referee", "generator")

@@ -10,51 +10,43 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from lion_core.errors import ConfigError
 
 OFFLINE = "offline"
 
-# Endpoint fields that may change between invocations: where and how requests are sent, never
-# what is asked.
-_ENDPOINT_OPERATIONAL = (
-    "base_url",
-    "concurrency",
-    "timeout",
-    "retries",
-    "batch_size",
-    "api_key_env",
-    "api_key_secret",
-)
+# Fields marked operational change how work is done (where and how requests are sent, how many
+# GPUs, how long to wait), never what is produced: they may differ between invocations on one
+# run root and never enter a cache key. The mark sits next to each field.
+OPERATIONAL: dict[str, Any] = {"operational": True}
 
-# Dotted paths (a prefix matches everything below it) that may change between invocations.
-OPERATIONAL_FIELDS = (
-    "name",
-    "rounds",
-    "storage.options",
-    *(f"{role}.{f}" for role in ("teacher", "referee", "generator") for f in _ENDPOINT_OPERATIONAL),
-    "training.launcher",
-    "training.num_gpus",
-    "training.num_nodes",
-    "training.hostfile",
-    "training.master_port",
-    "training.timeout",
-    "student.generation.num_gpus",
-    "student.generation.token_budget",
-    "offline.latency",
-    "offline.faults",
-)
+
+def section_model(annotation: object) -> type[BaseModel] | None:
+    """The config section type behind a field's annotation (`X`, `X | None`), else None."""
+    for arg in (annotation, *typing.get_args(annotation)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
 
 
 def is_operational(path: str) -> bool:
-    """Whether a dotted field path only changes how work is done, not what it produces: such
-    fields may differ between invocations on one run root and never enter a cache key."""
-    return any(path == f or path.startswith(f + ".") for f in OPERATIONAL_FIELDS)
+    """Whether a dotted field path (or anything below it) is marked operational."""
+    model: type[BaseModel] | None = LionConfig
+    for part in path.split("."):
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return False
+        if (field.json_schema_extra or {}).get("operational"):
+            return True
+        model = section_model(field.annotation)
+    return False
 
 
 class Section(BaseModel):
@@ -69,37 +61,65 @@ class Section(BaseModel):
 
 
 class EndpointConfig(Section):
-    """An OpenAI-compatible chat endpoint playing one role."""
+    """An OpenAI-compatible chat endpoint playing one role.
+
+    A role's section subclasses this and changes defaults through `role_defaults` (field name
+    -> default) instead of declaring the field again, so each field is declared once.
+    """
+
+    role_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.role_defaults:
+            for name, value in cls.role_defaults.items():
+                cls.model_fields[name] = FieldInfo.merge_field_infos(
+                    cls.model_fields[name], default=value
+                )
+            cls.model_rebuild(force=True)
 
     base_url: str = Field(
         OFFLINE,
         description="OpenAI-compatible base URL (e.g. https://api.openai.com/v1 or "
         "http://vllm:8000/v1), or 'offline' for the embedded offline task world.",
+        json_schema_extra=OPERATIONAL,
     )
     model: str = Field("offline-world", description="Model name sent with every request.")
     api_key_env: str | None = Field(
         None,
         description="Name of the environment variable that holds the API key (e.g. "
         "OPENAI_API_KEY). The key itself is never stored. Empty: no key (local servers).",
+        json_schema_extra=OPERATIONAL,
     )
     api_key_secret: str | None = Field(
         None,
         description="Name of a Prefect Secret block holding the API key; used when running "
         "under Prefect and api_key_env is empty or unset.",
+        json_schema_extra=OPERATIONAL,
     )
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling probability mass.")
     max_tokens: int = Field(1024, ge=1, description="Maximum tokens in one answer.")
-    concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight at once.")
-    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one answer.")
+    concurrency: int = Field(
+        16, ge=1, le=1024, description="Requests in flight at once.", json_schema_extra=OPERATIONAL
+    )
+    timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for one answer.", json_schema_extra=OPERATIONAL
+    )
     retries: int = Field(
-        6, ge=0, le=50, description="Retries of a transient failure (429, 5xx, timeout)."
+        6,
+        ge=0,
+        le=50,
+        description="Retries of a transient failure (429, 5xx, timeout).",
+        json_schema_extra=OPERATIONAL,
     )
     batch_size: int = Field(
         256,
         ge=1,
         description="Requests per batch; the response cache is flushed to storage after each "
         "batch, so a killed process loses at most one batch.",
+        json_schema_extra=OPERATIONAL,
     )
 
     @field_validator("base_url")
@@ -118,17 +138,13 @@ class EndpointConfig(Section):
 class TeacherConfig(EndpointConfig):
     """The teacher answers instructions (imitation stage)."""
 
-    model: str = Field("offline-teacher", description="Model name sent with every request.")
-    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature.")
-    max_tokens: int = Field(1024, ge=1, description="Maximum tokens in one answer.")
+    role_defaults = {"model": "offline-teacher"}
 
 
 class RefereeConfig(EndpointConfig):
     """The referee scores teacher and student answers 1-10, in both orders."""
 
-    model: str = Field("offline-referee", description="Model name sent with every request.")
-    temperature: float = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature.")
-    max_tokens: int = Field(512, ge=1, description="Maximum tokens in one answer.")
+    role_defaults = {"model": "offline-referee", "temperature": 0.2, "max_tokens": 512}
     json_mode: bool = Field(
         False,
         description="Ask for a JSON object (response_format=json_object) instead of score "
@@ -142,9 +158,7 @@ class RefereeConfig(EndpointConfig):
 class GeneratorConfig(EndpointConfig):
     """The generator writes new instructions from hard and easy seeds."""
 
-    model: str = Field("offline-generator", description="Model name sent with every request.")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="Sampling temperature.")
-    max_tokens: int = Field(256, ge=1, description="Maximum tokens in one answer.")
+    role_defaults = {"model": "offline-generator", "temperature": 1.0, "max_tokens": 256}
     min_words: int = Field(
         4, ge=1, description="Drop candidates with fewer words (paper: more than 3)."
     )
@@ -198,9 +212,13 @@ class StudentGenerationConfig(Section):
         ge=64,
         description="Tokens per generation batch (prompt + new tokens, times batch size); "
         "halved automatically on out-of-memory.",
+        json_schema_extra=OPERATIONAL,
     )
     num_gpus: int | None = Field(
-        None, ge=1, description="GPUs for generation, one process each; empty = all visible."
+        None,
+        ge=1,
+        description="GPUs for generation, one process each; empty = all visible.",
+        json_schema_extra=OPERATIONAL,
     )
 
 
@@ -278,13 +296,23 @@ class TrainingConfig(Section):
         "deepspeed",
         description="'deepspeed': the deepspeed launcher (several GPUs/nodes); 'python': one "
         "plain process without DeepSpeed.",
+        json_schema_extra=OPERATIONAL,
     )
     num_gpus: int | None = Field(
-        None, ge=1, description="GPUs (or CPU ranks with no GPU) per node; empty = all visible."
+        None,
+        ge=1,
+        description="GPUs (or CPU ranks with no GPU) per node; empty = all visible.",
+        json_schema_extra=OPERATIONAL,
     )
-    num_nodes: int = Field(1, ge=1, description="Nodes to train on (needs hostfile).")
-    hostfile: str | None = Field(None, description="DeepSpeed hostfile for several nodes.")
-    master_port: int | None = Field(None, ge=1024, le=65535, description="Rendezvous port.")
+    num_nodes: int = Field(
+        1, ge=1, description="Nodes to train on (needs hostfile).", json_schema_extra=OPERATIONAL
+    )
+    hostfile: str | None = Field(
+        None, description="DeepSpeed hostfile for several nodes.", json_schema_extra=OPERATIONAL
+    )
+    master_port: int | None = Field(
+        None, ge=1024, le=65535, description="Rendezvous port.", json_schema_extra=OPERATIONAL
+    )
     init_from: Literal["base", "previous"] = Field(
         "base",
         description="'base': retrain from the base model on the whole train pool each round; "
@@ -294,7 +322,9 @@ class TrainingConfig(Section):
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
     max_steps: int | None = Field(None, ge=1, description="Stop after N steps (overrides epochs).")
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
-    timeout: float | None = Field(None, gt=0, description="Seconds before training is killed.")
+    timeout: float | None = Field(
+        None, gt=0, description="Seconds before training is killed.", json_schema_extra=OPERATIONAL
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,6 +387,7 @@ class StorageConfig(Section):
         default_factory=dict,
         description="fsspec/s3fs options, e.g. {endpoint_url: http://minio:9000}. Credentials "
         "come from the environment (AWS_ACCESS_KEY_ID, ...), never from here.",
+        json_schema_extra=OPERATIONAL,
     )
 
     @field_validator("options")
@@ -386,13 +417,17 @@ class OfflineWorldConfig(Section):
     """The embedded offline task world, served when an endpoint is 'offline'."""
 
     seed: int = Field(0, description="Seed of every random choice the world makes.")
-    latency: float = Field(0.0, ge=0, description="Seconds added to every answer.")
+    latency: float = Field(
+        0.0, ge=0, description="Seconds added to every answer.", json_schema_extra=OPERATIONAL
+    )
     judge_noise: float = Field(0.5, ge=0, description="Std-dev of noise on referee scores.")
     positional_bias: float = Field(
         1.0, description="Points the referee adds to whichever answer is shown first."
     )
     max_difficulty: int = Field(6, ge=1, le=20, description="Hardest difficulty level of seeds.")
-    faults: FaultsConfig = Field(default_factory=FaultsConfig, description="Fault injection.")
+    faults: FaultsConfig = Field(
+        default_factory=FaultsConfig, description="Fault injection.", json_schema_extra=OPERATIONAL
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,8 +438,14 @@ class OfflineWorldConfig(Section):
 class LionConfig(Section):
     """One Lion distillation run."""
 
-    name: str = Field("lion", description="Name of the run (shown in Prefect and run.json).")
-    rounds: int = Field(3, ge=1, le=100, description="Lion rounds (paper: 3).")
+    name: str = Field(
+        "lion",
+        description="Name of the run (shown in Prefect and run.json).",
+        json_schema_extra=OPERATIONAL,
+    )
+    rounds: int = Field(
+        3, ge=1, le=100, description="Lion rounds (paper: 3).", json_schema_extra=OPERATIONAL
+    )
     seed: int = Field(0, description="Seed for sampling, training and the offline world.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where data lives.")
     pools: PoolsConfig = Field(default_factory=PoolsConfig, description="Train and Cache Pools.")
@@ -470,12 +511,11 @@ class LionConfig(Section):
             node[leaf] = value
         return LionConfig.from_dict(data, source="overrides")
 
-    def section_hash(self, *sections: str) -> str:
-        """sha256 of the named sections' JSON, operational fields left out: part of the cache
-        key of the tasks that read those sections."""
-        data = self.model_dump(mode="json")
-        payload = {s: _drop_operational(data[s], s) for s in sections}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    def digest(self) -> str:
+        """sha256 of every non-operational field: what the run's products depend on (part of
+        every task's cache key)."""
+        data = _drop_operational(self.model_dump(mode="json"), "")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def endpoints(self) -> dict[str, EndpointConfig]:
         return {"teacher": self.teacher, "referee": self.referee, "generator": self.generator}
@@ -483,10 +523,11 @@ class LionConfig(Section):
 
 def _drop_operational(value: Any, path: str) -> Any:
     if isinstance(value, dict):
+        dotted = {k: f"{path}.{k}" if path else k for k in value}
         return {
-            k: _drop_operational(v, f"{path}.{k}")
+            k: _drop_operational(v, dotted[k])
             for k, v in value.items()
-            if not is_operational(f"{path}.{k}")
+            if not is_operational(dotted[k])
         }
     return value
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import typing
 
 from pydantic import BaseModel
 
-from lion_core.config import LionConfig
+from lion_core.config import LionConfig, section_model
 
 HEADER = """# Configuration reference
 
@@ -22,13 +21,6 @@ Start from a full file: `lion demo --write-config my-run.yaml` (the embedded def
 """
 
 
-def _model_of(annotation: object) -> type[BaseModel] | None:
-    for arg in (annotation, *typing.get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None
-
-
 def _type_name(annotation: object) -> str:
     text = str(annotation).replace("typing.", "").replace("lion_core.config.", "")
     return text.replace("<class '", "").replace("'>", "").replace("|", "\\|")
@@ -41,7 +33,7 @@ def render() -> str:
     def section(model: type[BaseModel], path: str, values: dict) -> None:
         rows, subs = [], []
         for name, field in model.model_fields.items():
-            sub = _model_of(field.annotation)
+            sub = section_model(field.annotation)
             dotted = f"{path}.{name}" if path else name
             if sub is not None and isinstance(values.get(name), dict):
                 subs.append((sub, dotted, values[name]))

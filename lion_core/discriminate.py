@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from lion_core.pools import POOL_SCHEMA, SPLIT_SCHEMA
 from lion_core.referee import unscored_reason
+from lion_core.schemas import POOL_SCHEMA, SPLIT_SCHEMA
 
 # Scores are means of halves and quarters; tolerate float noise at the threshold so that a gap
 # of exactly tau (say 8.5 - 7.5) is hard, as the paper's ">= 1" intends.

@@ -68,3 +68,7 @@ class TrainingError(LionError, RuntimeError):
 
 class GenerationError(LionError, RuntimeError):
     """Student generation failed; the answers committed before the failure are kept."""
+
+
+class SupervisionError(LionError, RuntimeError):
+    """A supervised child process group timed out or was stopped on request."""

@@ -26,13 +26,13 @@ import pandas as pd
 from lion_core.config import RefereeConfig
 from lion_core.errors import LLMError
 from lion_core.llm.types import ChatRequest, Completer
-from lion_core.pools import REFEREE_ORDER_SCHEMA, REFEREE_SCHEMA
 from lion_core.prompts import (
     REFEREE_REASK,
     REFEREE_REASK_JSON,
     instruction_text,
     referee_messages,
 )
+from lion_core.schemas import REFEREE_ORDER_SCHEMA, REFEREE_SCHEMA
 
 Order = Literal[1, 2]
 PAIR_COLUMNS = ["instruction_id", "instruction", "input", "teacher_answer", "student_answer"]

@@ -14,9 +14,10 @@ import platform
 from datetime import UTC, datetime
 from typing import Any
 
+from lion_core import layout
 from lion_core.config import LionConfig, is_operational
 from lion_core.errors import ConfigError
-from lion_core.pools import RunStore
+from lion_core.store import RunStore
 
 PACKAGES = (
     "lion-distill",
@@ -61,7 +62,7 @@ def open_run(config: LionConfig) -> RunStore:
     """The run's store; writes run.json on first use and checks the config against it after."""
     store = RunStore.open(config.storage.root, config.storage.options)
     current = config.model_dump(mode="json")
-    if store.storage.exists("run.json"):
+    if store.has_run_info():
         recorded = store.read_run_info().get("config", {})
         diffs = config_differences(recorded, current)
         if diffs:
@@ -87,8 +88,8 @@ def recorded_config(root: str, options: dict[str, Any] | None = None) -> LionCon
     info = store.read_run_info()
     data = info.get("config")
     if not isinstance(data, dict):
-        raise ConfigError(f"{store.storage.uri('run.json')}: no 'config' mapping")
-    cfg = LionConfig.from_dict(data, source=store.storage.uri("run.json"))
+        raise ConfigError(f"{store.uri(layout.RUN_INFO)}: no 'config' mapping")
+    cfg = LionConfig.from_dict(data, source=store.uri(layout.RUN_INFO))
     if options:
         cfg = cfg.with_overrides({"storage.options": options})
     return cfg

@@ -24,7 +24,7 @@ from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 from pydantic import BaseModel
 
 from lion_core.config import LionConfig
-from lion_core.pools import ArtifactRef
+from lion_core.schemas import ArtifactRef
 from tasks.runtime import run_store
 
 KEY_VERSION = "1"  # bump to invalidate every cached task result after a semantic change
@@ -58,7 +58,7 @@ def content_key(*sections: str) -> Callable[[Any, dict[str, Any]], str]:
             "task": context.task.name,
             "version": KEY_VERSION,
             "storage": config.storage.root,
-            "config": config.section_hash(*sections) if sections else None,
+            "config": config.digest(),
             "inputs": {
                 name: digest(value)
                 for name, value in sorted(parameters.items())

@@ -7,8 +7,8 @@ from typing import Any
 
 from lion_core.config import LionConfig
 from lion_core.discriminate import split
-from lion_core.pools import ArtifactRef
 from lion_core.referee import combine, make_pairs, score_order
+from lion_core.schemas import ArtifactRef
 from tasks.caching import lion_task
 from tasks.runtime import llm_client, run_store, usage_record
 

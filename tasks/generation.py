@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from lion_core.config import LionConfig
-from lion_core.generate import generate_candidates, plan_seeds, select_novel
-from lion_core.pools import ArtifactRef
+from lion_core.instructions import generate_candidates, plan_seeds, select_novel
+from lion_core.schemas import ArtifactRef
 from tasks.caching import lion_task
 from tasks.runtime import llm_client, run_store, usage_record
 

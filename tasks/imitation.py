@@ -9,7 +9,7 @@ import pandas as pd
 
 from lion_core.config import LionConfig
 from lion_core.imitation import answer_instructions, training_set
-from lion_core.pools import ArtifactRef
+from lion_core.schemas import ArtifactRef
 from tasks.caching import lion_task
 from tasks.runtime import llm_client, run_store, usage_record
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from lion_core.config import LionConfig
-from lion_core.pools import ArtifactRef, load_initial_data
+from lion_core.schemas import ArtifactRef
+from lion_core.seeds import load_initial_data
 from tasks.caching import lion_task
 from tasks.runtime import run_store
 
@@ -35,7 +36,7 @@ def next_round_pools(
     config: LionConfig, round: int, train: ArtifactRef, generated: ArtifactRef
 ) -> dict[str, ArtifactRef]:
     """Round k+1's pools: Train Pool ∪ new instructions; Cache Pool ← new (or all)."""
-    from lion_core.generate import new_pool_rows
+    from lion_core.instructions import new_pool_rows
 
     store = run_store(config)
     new = new_pool_rows(store.read_ref(generated))

@@ -13,7 +13,7 @@ from lion_core.config import LionConfig
 from lion_core.errors import LLMError
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
-from lion_core.pools import RunStore
+from lion_core.store import RunStore
 
 
 def run_store(config: LionConfig) -> RunStore:

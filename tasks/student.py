@@ -8,8 +8,8 @@ from typing import Any
 from prefect import get_run_logger
 
 from lion_core.config import LionConfig
-from lion_core.pools import ArtifactRef
-from lion_core.student.generate import generate_answers
+from lion_core.schemas import ArtifactRef
+from lion_core.student.answer import generate_answers
 from lion_core.student.launch import train_student
 from lion_core.student.model import prepare_base_student
 from tasks.caching import lion_task

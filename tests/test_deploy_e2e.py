@@ -35,7 +35,7 @@ from prefect_services import (
 )
 from test_round_flow import small_config
 
-from lion_core.pools import RunStore
+from lion_core.store import RunStore
 
 pytestmark = pytest.mark.slow
 

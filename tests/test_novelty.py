@@ -9,11 +9,11 @@ from functools import partial
 
 import numpy as np
 import pytest
-from reference_data import instruction_texts, near_duplicate
 from rouge_score import rouge_scorer
 
 from lion_core.errors import ConfigError, DataError
 from lion_core.novelty import NoveltyStats, filter_novel, rouge_l_f1, tokenize
+from lion_core.reference_data import instruction_texts, near_duplicate
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 

@@ -20,7 +20,7 @@ from lion_core.offline.world import (
     seed_pool,
     solve,
 )
-from lion_core.pools import POOL_SCHEMA, conform, instruction_id
+from lion_core.schemas import POOL_SCHEMA, conform, instruction_id
 
 SCORE_RE = re.compile(r"Score of the Assistant ([12]): ([0-9.]+)")
 

@@ -12,12 +12,9 @@ import pandas as pd
 import pytest
 
 from lion_core.errors import DataError, SchemaError, SnapshotExistsError
-from lion_core.pools import (
-    ARTIFACT_SCHEMAS,
-    RunStore,
-    instruction_id,
-    load_initial_data,
-)
+from lion_core.schemas import ARTIFACT_SCHEMAS, instruction_id
+from lion_core.seeds import load_initial_data
+from lion_core.store import RunStore
 
 
 def _pool(n: int = 50) -> pd.DataFrame:

@@ -12,7 +12,6 @@ import pytest
 
 from lion_core.config import RefereeConfig
 from lion_core.llm.types import ChatRequest, ChatResult, request_key
-from lion_core.pools import REFEREE_ORDER_SCHEMA, REFEREE_SCHEMA, conform, instruction_id, seed_row
 from lion_core.prompts import REFEREE_REASK, REFEREE_REASK_JSON
 from lion_core.referee import (
     combine,
@@ -21,6 +20,13 @@ from lion_core.referee import (
     parse_scores,
     score_order,
     unscored_reason,
+)
+from lion_core.schemas import (
+    REFEREE_ORDER_SCHEMA,
+    REFEREE_SCHEMA,
+    conform,
+    instruction_id,
+    seed_row,
 )
 
 # ------------------------------------------------------------------------------------------

@@ -22,14 +22,15 @@ import torch
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, TrainingError
 from lion_core.offline.world import make_instance
-from lion_core.pools import RunStore, instruction_id
+from lion_core.schemas import instruction_id
+from lion_core.store import RunStore
+from lion_core.student.answer import BatchedGenerator
 from lion_core.student.checkpoints import (
     COMPLETE,
     complete_checkpoints,
     materialize,
     scratch_for,
 )
-from lion_core.student.generate import BatchedGenerator
 from lion_core.student.launch import init_uri_for, train_student, training_command
 from lion_core.student.model import load_student, prepare_base_student
 

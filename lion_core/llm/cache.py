@@ -1,10 +1,11 @@
 """The response cache: every LLM answer of a run, persisted as Parquet shards in its storage.
 
-Layout: `<run root>/llm_cache/<role>/part-<UTC timestamp>-<uuid>.parquet`, one shard per flush
-(see docs/llm-client.md for the schema). Shards are written atomically and never rewritten, so
-a crash loses at most the answers not yet flushed, and any number of clients — threads or
-processes — can add shards side by side. Failed answers are written too (with their error, for
-audit) but `get` returns only successful ones, so a re-run sends failures again.
+Layout: `<run root>/llm_cache/<role>/part-<UTC timestamp>-<uuid>.parquet` (`layout.llm_cache`),
+one shard per flush (see docs/llm-client.md for the schema). Shards are written atomically and
+never rewritten, so a crash loses at most the answers not yet flushed, and any number of
+clients — threads or processes — can add shards side by side. Failed answers are written too
+(with their error, for audit) but `get` returns only successful ones, so a re-run sends
+failures again.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lion_core import layout
 from lion_core.errors import StorageError
 from lion_core.llm.types import ChatResult
 from lion_core.storage import Storage
-
-CACHE_DIR = "llm_cache"
 
 CACHE_SCHEMA = pa.schema(
     [
@@ -76,7 +76,7 @@ class ResponseCache:
             raise ValueError(f"invalid cache role {role!r}")
         self.storage = storage
         self.role = role
-        self.prefix = f"{CACHE_DIR}/{role}"
+        self.prefix = layout.llm_cache(role)
         self._lock = threading.Lock()
         self._answers: dict[str, ChatResult] = {}
         self._loaded: set[str] = set()

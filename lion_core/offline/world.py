@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from lion_core.pools import instruction_id, pool_frame, seed_row
+from lion_core.schemas import instruction_id, pool_frame, seed_row
 
 MAX_DIFFICULTY = 20
 
@@ -466,7 +466,7 @@ def seed_instances(n: int, seed: int, max_difficulty: int) -> list[Instance]:
 
 
 def seed_pool(n: int, seed: int, max_difficulty: int) -> pd.DataFrame:
-    """`seed_instances` as a Train Pool (lion_core.pools.POOL_SCHEMA): source 'seed', round 0,
+    """`seed_instances` as a Train Pool (lion_core.schemas.POOL_SCHEMA): source 'seed', round 0,
     and the exact answer as the reference output."""
     rows = [
         seed_row(inst.instruction, inst.input, inst.answer)

@@ -4,13 +4,7 @@ A model folder (a student, a training checkpoint) is trusted only once its `_COM
 written, and the marker is always written last. A crash half-way through an upload therefore
 leaves a folder nobody reads; the next attempt deletes it and writes it again.
 
-Layout under the run's root:
-
-    round=0/student/                 the base student (round-0 checkpoint)
-    round=<k>/student/               the student trained in round k (Hugging Face format)
-    round=<k>/checkpoints/checkpoint-<step>/   mid-run training checkpoints (DeepSpeed/Trainer)
-    round=<k>/logs/                  training logs, one file per attempt
-    generation/<key>/part-*.parquet  answers generated so far (see generate.py)
+Where the folders are is `lion_core.layout`'s business (students, checkpoints, logs).
 
 A model folder may also hold only `source.json` ({"model": <hub id or path>, "revision": ...})
 when the base model is used where it is (a hub id or a path outside the run) instead of copied.
@@ -28,23 +22,12 @@ import time
 import uuid
 from pathlib import Path
 
+from lion_core import layout
 from lion_core.storage import Storage
 
 COMPLETE = "_COMPLETE"
 SOURCE = "source.json"
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-
-
-def student_rel(k: int) -> str:
-    return f"round={k}/student"
-
-
-def checkpoints_rel(k: int) -> str:
-    return f"round={k}/checkpoints"
-
-
-def logs_rel(k: int) -> str:
-    return f"round={k}/logs"
 
 
 def is_complete(storage: Storage, rel: str) -> bool:
@@ -61,9 +44,9 @@ def scan_checkpoints(storage: Storage, k: int) -> tuple[list[int], list[str]]:
     """Round `k`'s checkpoint folders, listed once: the global steps of the committed ones,
     ascending, and the names of those that never got their marker (a killed save)."""
     steps, incomplete = [], []
-    for name in storage.listdir(checkpoints_rel(k)):
+    for name in storage.listdir(layout.checkpoints(k)):
         m = CHECKPOINT_DIR.match(name)
-        if m and is_complete(storage, f"{checkpoints_rel(k)}/{name}"):
+        if m and is_complete(storage, f"{layout.checkpoints(k)}/{name}"):
             steps.append(int(m.group(1)))
         elif m:
             incomplete.append(name)

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import torch
 
+from lion_core import layout
 from lion_core.config import LionConfig, TinyModelSpec
 from lion_core.errors import ConfigError
-from lion_core.pools import RunStore
+from lion_core.store import RunStore
 from lion_core.student.checkpoints import (
     SOURCE,
     is_complete,
     mark_complete,
     resolve_model,
     scratch_for,
-    student_rel,
 )
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def prepare_base_student(cfg: LionConfig, store: RunStore, texts: list[str]) -> 
     Idempotent: a committed round-0 student (its `_COMPLETE` marker) is returned as is.
     """
     storage = store.storage
-    rel = student_rel(0)
+    rel = layout.student(0)
     if is_complete(storage, rel):
         return storage.uri(rel)
     if storage.exists(rel):

@@ -30,13 +30,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from lion_core import layout
 from lion_core.config import LionConfig, StudentGenerationConfig
 from lion_core.errors import DataError, GenerationError
-from lion_core.pools import ANSWER_SCHEMA, RunStore, conform
+from lion_core.schemas import ANSWER_SCHEMA, conform
 from lion_core.storage import Storage
+from lion_core.store import RunStore
 from lion_core.student.attention import sdpa_kernels
 from lion_core.student.checkpoints import materialize, scratch_for
 from lion_core.student.data import encode_prompt
+from lion_core.supervise import cpu_threads, run_process_groups
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ def progress_rel(student_uri: str, cfg: LionConfig) -> str:
         },
         sort_keys=True,
     )
-    return f"generation/{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+    return layout.generation(hashlib.sha256(payload.encode()).hexdigest()[:16])
 
 
 # ------------------------------------------------------------------------------------------
@@ -334,8 +337,6 @@ def generate_answers(
 def _run_workers(cfg, store, rel, student_uri, todo, n, logger) -> None:
     """One worker process per GPU, each over every n-th row of the length-sorted rows (so
     each gets a similar mix of long and short prompts)."""
-    from lion_core.student.launch import cpu_threads, run_process_groups
-
     storage = store.storage
     materialize(student_uri, cfg.storage.options)  # download once, not once per worker
     work = scratch_for(storage.uri(rel), "workers")
@@ -360,9 +361,9 @@ def _run_workers(cfg, store, rel, student_uri, todo, n, logger) -> None:
             env["CUDA_VISIBLE_DEVICES"] = str(shard % gpus)
         else:
             env.setdefault("OMP_NUM_THREADS", cpu_threads(n))
-        cmd = [sys.executable, "-m", "lion_core.student.generate", "--spec", str(spec_file)]
+        cmd = [sys.executable, "-m", "lion_core.student.answer", "--spec", str(spec_file)]
         jobs.append(([*cmd, "--shard", str(shard)], env))
-    codes, tail = run_process_groups(jobs, logger=logger, prefix=True)
+    codes, tail = run_process_groups(jobs, logger=logger, prefix=True, error=GenerationError)
     failed = [i for i, rc in enumerate(codes) if rc != 0]
     if failed:
         raise GenerationError(

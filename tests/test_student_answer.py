@@ -12,11 +12,12 @@ import torch
 
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, GenerationError
-from lion_core.pools import ANSWER_SCHEMA, RunStore, instruction_id
-from lion_core.student import generate as gen_mod
+from lion_core.schemas import ANSWER_SCHEMA, instruction_id
+from lion_core.store import RunStore
+from lion_core.student import answer as gen_mod
+from lion_core.student.answer import BatchedGenerator, generate_answers, progress_rel
 from lion_core.student.checkpoints import mark_complete
 from lion_core.student.data import PackedCollator, PackedDataset, encode_example
-from lion_core.student.generate import BatchedGenerator, generate_answers, progress_rel
 from lion_core.student.model import for_training, load_student, prepare_base_student
 
 WORDS = ["apple", "river", "stone", "green", "quick", "seven", "house", "light"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lion_core.config import GeneratorConfig, PoolsConfig
-from lion_core.generate import (
+from lion_core.instructions import (
     clean,
     generate_candidates,
     n_requests,
@@ -21,8 +21,8 @@ from lion_core.generate import (
     wanted_counts,
 )
 from lion_core.llm.types import ChatRequest, ChatResult, request_key
-from lion_core.pools import GENERATED_SCHEMA, POOL_SCHEMA, conform, instruction_id, seed_row
 from lion_core.prompts import CREATED_MARKER, EASY_MARKER, GIVEN_MARKER, HARD_MARKER
+from lion_core.schemas import GENERATED_SCHEMA, POOL_SCHEMA, conform, instruction_id, seed_row
 
 
 def _set(n: int, tag: str) -> pd.DataFrame:

@@ -1,0 +1,61 @@
+"""The run's layout: every path under a run's root, relative to it, in one place.
+
+    <root>/run.json                                 the config the root is bound to
+    <root>/round=<k>/<artifact>.parquet             k = 1..rounds (+1 for the final pools)
+    <root>/round=0/student/                         the base student (round-0 checkpoint)
+    <root>/round=<k>/student/                       the student trained in round k
+    <root>/round=<k>/checkpoints/checkpoint-<step>/ mid-run training checkpoints
+    <root>/round=<k>/logs/                          training logs, one file per attempt
+    <root>/generation/<key>/part-*.parquet          student answers generated so far
+    <root>/llm_cache/<role>/part-*.parquet          every LLM answer, keyed by request hash
+    <root>/prefect-results/                         Prefect task results (resume, UI Retry)
+
+No other module spells these paths out; docs/storage.md describes each one.
+"""
+
+from __future__ import annotations
+
+import re
+
+RUN_INFO = "run.json"
+RESULTS = "prefect-results"
+LLM_CACHE = "llm_cache"
+GENERATION = "generation"
+
+_ROUND_DIR = re.compile(r"^round=(\d+)$")
+
+
+def round_dir(k: int) -> str:
+    return f"round={k}"
+
+
+def round_of(name: str) -> int | None:
+    """The round a top-level folder name stands for (`round=3` -> 3), else None."""
+    m = _ROUND_DIR.match(name)
+    return int(m.group(1)) if m else None
+
+
+def artifact(k: int, name: str) -> str:
+    return f"{round_dir(k)}/{name}.parquet"
+
+
+def student(k: int) -> str:
+    """Round k's student (round 0: the base student)."""
+    return f"{round_dir(k)}/student"
+
+
+def checkpoints(k: int) -> str:
+    return f"{round_dir(k)}/checkpoints"
+
+
+def logs(k: int) -> str:
+    return f"{round_dir(k)}/logs"
+
+
+def generation(key: str) -> str:
+    """Student answers generated so far for one (student, generation settings) key."""
+    return f"{GENERATION}/{key}"
+
+
+def llm_cache(role: str) -> str:
+    return f"{LLM_CACHE}/{role}"

@@ -1,0 +1,175 @@
+"""The schemas of a run's artifacts, and what tasks hand each other instead of tables.
+
+Each artifact has a fixed pyarrow schema; a table that does not match is refused before anything
+is written (see docs/storage.md for every column). Tasks pass `ArtifactRef`s (URI, row count,
+content hash) between each other, never the tables themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from pydantic import BaseModel
+
+from lion_core.errors import SchemaError
+
+POOL_SCHEMA = pa.schema(
+    [
+        ("instruction_id", pa.string()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("output", pa.string()),  # reference output from the seed data, if any
+        ("source", pa.string()),  # seed | hard | easy
+        ("parent_id", pa.string()),  # the seed it was generated from (null for seeds)
+        ("round", pa.int32()),  # the round that added it (0 for seeds)
+    ]
+)
+
+ANSWER_SCHEMA = pa.schema(
+    [
+        ("instruction_id", pa.string()),
+        ("answer", pa.string()),  # null when status is 'failed'
+        ("status", pa.string()),  # ok | failed
+        ("error", pa.string()),
+        ("finish_reason", pa.string()),
+        ("model", pa.string()),
+        ("request_key", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+    ]
+)
+
+REFEREE_SCHEMA = pa.schema(
+    [
+        ("instruction_id", pa.string()),
+        # order 1: teacher shown first; order 2: student shown first
+        ("teacher_score_1", pa.float64()),
+        ("student_score_1", pa.float64()),
+        ("review_1", pa.string()),
+        ("teacher_score_2", pa.float64()),
+        ("student_score_2", pa.float64()),
+        ("review_2", pa.string()),
+        ("teacher_score", pa.float64()),  # mean over both orders
+        ("student_score", pa.float64()),
+        ("status", pa.string()),  # scored | unscored
+        ("error", pa.string()),
+    ]
+)
+
+SPLIT_SCHEMA = pa.schema(
+    [
+        *POOL_SCHEMA,
+        ("teacher_answer", pa.string()),
+        ("student_answer", pa.string()),
+        ("teacher_score", pa.float64()),
+        ("student_score", pa.float64()),
+        ("gap", pa.float64()),
+    ]
+)
+
+GENERATED_SCHEMA = pa.schema(
+    [
+        *POOL_SCHEMA,
+        # kept | surplus | not_novel | duplicate | candidate (passed the post-filters, not yet
+        # judged) | failed | truncated | empty | echo | too_short | punctuation | non_ascii
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("request_key", pa.string()),
+    ]
+)
+
+TRAIN_DATA_SCHEMA = pa.schema(
+    [
+        ("instruction_id", pa.string()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("answer", pa.string()),  # the teacher's answer: the training target
+    ]
+)
+
+# One referee order: 1 = teacher shown as Assistant 1, 2 = student shown first.
+REFEREE_ORDER_SCHEMA = pa.schema(
+    [
+        ("instruction_id", pa.string()),
+        ("teacher_score", pa.float64()),
+        ("student_score", pa.float64()),
+        ("review", pa.string()),  # the raw text of the last review asked for
+        ("status", pa.string()),  # scored | unscored
+        ("error", pa.string()),
+        ("attempts", pa.int32()),  # 1 + re-asks
+    ]
+)
+
+# The artifacts a round writes, in the order the DAG produces them. The first eight are the
+# public layout; the others are intermediate products kept for resuming and auditing.
+ARTIFACT_SCHEMAS: dict[str, pa.Schema] = {
+    "train_pool": POOL_SCHEMA,
+    "cache_pool": POOL_SCHEMA,
+    "teacher_answers": ANSWER_SCHEMA,
+    "student_answers": ANSWER_SCHEMA,
+    "referee": REFEREE_SCHEMA,
+    "hard": SPLIT_SCHEMA,
+    "easy": SPLIT_SCHEMA,
+    "generated": GENERATED_SCHEMA,
+    "train_data": TRAIN_DATA_SCHEMA,
+    "referee_1": REFEREE_ORDER_SCHEMA,
+    "referee_2": REFEREE_ORDER_SCHEMA,
+    "candidates_hard": GENERATED_SCHEMA,
+    "candidates_easy": GENERATED_SCHEMA,
+}
+
+
+def instruction_id(instruction: str, input: str | None = "") -> str:
+    """Stable content hash of (instruction, input): the key of an instruction everywhere."""
+    payload = json.dumps([instruction.strip(), (input or "").strip()], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def seed_row(instruction: str, input: str = "", output: str | None = None) -> dict[str, Any]:
+    """A Train Pool row (POOL_SCHEMA) for a seed instruction: round 0, no parent."""
+    return {
+        "instruction_id": instruction_id(instruction, input),
+        "instruction": instruction,
+        "input": input,
+        "output": output,
+        "source": "seed",
+        "parent_id": None,
+        "round": 0,
+    }
+
+
+class ArtifactRef(BaseModel, frozen=True):
+    """A committed artifact: what tasks hand to each other instead of dataframes."""
+
+    uri: str
+    name: str
+    round: int
+    rows: int
+    sha256: str
+
+
+def conform(df: pd.DataFrame | pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    """Turn `df` into a table with exactly `schema`, or raise SchemaError naming the column."""
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise SchemaError(f"{what}: missing column(s) {missing}", column=missing[0])
+    columns = []
+    for field in schema:
+        col = table.column(field.name)
+        try:
+            columns.append(col.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(
+                f"{what}: cannot store as {field.type}: {exc}", column=field.name
+            ) from None
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def pool_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A pool dataframe from row dicts, columns in schema order."""
+    return pd.DataFrame(rows, columns=POOL_SCHEMA.names)

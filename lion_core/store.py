@@ -1,0 +1,117 @@
+"""`RunStore`: a run's artifacts as immutable Parquet snapshots under its root.
+
+Where each file lives is `lion_core.layout`'s business; the store commits and reads them, checks
+every table against its schema, and hands out `ArtifactRef`s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lion_core import layout
+from lion_core.errors import SchemaError, StorageError
+from lion_core.schemas import ARTIFACT_SCHEMAS, ArtifactRef, conform
+from lion_core.storage import Storage, parquet_bytes
+
+
+class RunStore:
+    """The artifacts of one run, on top of its Storage."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    @classmethod
+    def open(cls, root: str, options: dict[str, Any] | None = None) -> RunStore:
+        return cls(Storage(root, options))
+
+    # ---- artifacts ---------------------------------------------------------------------
+
+    def write(self, k: int, name: str, data: pd.DataFrame | pa.Table) -> ArtifactRef:
+        """Commit artifact `name` of round `k`. Refuses to overwrite a committed snapshot."""
+        schema = ARTIFACT_SCHEMAS.get(name)
+        if schema is None:
+            raise SchemaError(f"unknown artifact {name!r}; known: {sorted(ARTIFACT_SCHEMAS)}")
+        table = conform(data, schema, f"round {k} {name}")
+        blob = parquet_bytes(table)
+        rel = layout.artifact(k, name)
+        uri = self.storage.write_bytes(rel, blob)
+        return ArtifactRef(uri=uri, name=name, round=k, rows=table.num_rows, sha256=_sha256(blob))
+
+    def ref(self, k: int, name: str) -> ArtifactRef | None:
+        """The committed artifact, or None if it does not exist yet."""
+        rel = layout.artifact(k, name)
+        if not self.storage.exists(rel):
+            return None
+        blob = self.storage.read_bytes(rel)
+        rows = pq.ParquetFile(pa.BufferReader(blob)).metadata.num_rows
+        return ArtifactRef(
+            uri=self.storage.uri(rel), name=name, round=k, rows=rows, sha256=_sha256(blob)
+        )
+
+    def write_or_reuse(self, k: int, name: str, data: pd.DataFrame | pa.Table) -> ArtifactRef:
+        """Write, or, if a snapshot is already committed (an earlier attempt got that far),
+        return it: snapshots are immutable, so the committed one wins."""
+        existing = self.ref(k, name)
+        return existing if existing is not None else self.write(k, name, data)
+
+    def exists(self, k: int, name: str) -> bool:
+        return self.storage.exists(layout.artifact(k, name))
+
+    def read_table(self, k: int, name: str) -> pa.Table:
+        return self.storage.read_parquet(layout.artifact(k, name), schema=ARTIFACT_SCHEMAS[name])
+
+    def read(self, k: int, name: str) -> pd.DataFrame:
+        return self.read_table(k, name).to_pandas()
+
+    def read_ref(self, ref: ArtifactRef) -> pd.DataFrame:
+        return self.read(ref.round, ref.name)
+
+    # ---- rounds ------------------------------------------------------------------------
+
+    def rounds(self) -> list[int]:
+        found = (layout.round_of(name) for name in self.storage.listdir())
+        return sorted(k for k in found if k is not None)
+
+    def counts(self) -> dict[int, dict[str, int | None]]:
+        """Rows per artifact per round (None where the artifact is not written)."""
+        out: dict[int, dict[str, int | None]] = {}
+        for k in self.rounds():
+            row: dict[str, int | None] = {}
+            present = set(self.storage.listdir(layout.round_dir(k)))
+            for name in ARTIFACT_SCHEMAS:
+                if posixpath.basename(layout.artifact(k, name)) in present:
+                    with self.storage.fs.open(self.storage.path(layout.artifact(k, name))) as fh:
+                        row[name] = pq.ParquetFile(fh).metadata.num_rows
+                else:
+                    row[name] = None
+            row["student"] = 1 if posixpath.basename(layout.student(k)) in present else None
+            out[k] = row
+        return out
+
+    # ---- run.json ----------------------------------------------------------------------
+
+    def write_run_info(self, info: dict[str, Any]) -> str:
+        return self.storage.write_json(layout.RUN_INFO, info)
+
+    def has_run_info(self) -> bool:
+        return self.storage.exists(layout.RUN_INFO)
+
+    def read_run_info(self) -> dict[str, Any]:
+        if not self.has_run_info():
+            raise StorageError(f"no run.json under {self.storage.uri()}: not a lion run root")
+        return self.storage.read_json(layout.RUN_INFO)
+
+    # ---- everything else under the root ------------------------------------------------
+
+    def uri(self, rel: str = "") -> str:
+        return self.storage.uri(rel)
+
+
+def _sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()

@@ -1,0 +1,204 @@
+"""Supervised process groups: the training launcher, generation workers, any child job.
+
+Each command runs in its own process session; its output is streamed line by line to the
+caller's logger (and a log file); and the whole group is killed when the caller is interrupted,
+cancelled (SIGTERM, KeyboardInterrupt, any exception), times out, or dies (PR_SET_PDEATHSIG), so
+no orphaned rank keeps holding a GPU.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lion_core.errors import LionError, SupervisionError
+
+log = logging.getLogger(__name__)
+
+TAIL_LINES = 60
+KILL_GRACE_S = 10.0
+
+
+def cpu_threads(processes: int) -> str:
+    """OMP_NUM_THREADS for each of `processes` CPU processes sharing this machine's cores
+    (instead of each oversubscribing all of them)."""
+    return str(max(1, (os.cpu_count() or 1) // processes))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the process that started us dies (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def run_process_group(
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    log_file: Path | None = None,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    timeout: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    error: type[LionError] = SupervisionError,
+) -> tuple[int, list[str]]:
+    """Run `cmd` in a new process group, streaming its output; return (exit code, last lines).
+
+    The group (the launcher and every rank it started) is killed (SIGTERM, then SIGKILL after
+    a grace period) on timeout, when `should_stop()` turns True, and on any exception or
+    signal in the caller. Timeout and stop raise TrainingError.
+    """
+    codes, tail = run_process_groups(
+        [(cmd, env)],
+        cwd=cwd,
+        log_file=log_file,
+        logger=logger,
+        timeout=timeout,
+        should_stop=should_stop,
+        error=error,
+    )
+    return codes[0], tail
+
+
+def run_process_groups(
+    jobs: Sequence[tuple[Sequence[str], dict[str, str] | None]],
+    *,
+    cwd: str | Path | None = None,
+    log_file: Path | None = None,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    timeout: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    prefix: bool = False,
+    error: type[LionError] = SupervisionError,
+) -> tuple[list[int], list[str]]:
+    """`run_process_group` for several commands at once (e.g. one generation worker per GPU),
+    each in its own process group; all are killed if the caller fails or any check trips.
+    With `prefix`, each streamed line starts with the job's index."""
+    logger = logger or log
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
+    procs: list[subprocess.Popen] = []
+    restore = _terminate_on_sigterm()
+    sink = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
+    try:
+        for i, (cmd, env) in enumerate(jobs):
+            proc = subprocess.Popen(
+                list(cmd),
+                env=env,
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own session and process group
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                text=True,
+                errors="replace",
+                bufsize=1,
+            )
+            procs.append(proc)
+            threading.Thread(target=_pump, args=(i, proc, lines), daemon=True).start()
+        started = last_poll = time.monotonic()
+        open_streams = len(procs)
+        while open_streams:
+            try:
+                i, line = lines.get(timeout=0.5)
+            except queue.Empty:
+                i, line = -1, ""
+            if line is None:
+                open_streams -= 1
+            elif line:
+                text = f"[{i}] {line}" if prefix else line
+                tail.append(text)
+                logger.info("%s", text)
+                if sink:
+                    sink.write(text + "\n")
+                    sink.flush()
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise error(
+                    f"timed out after {timeout:.0f} s and was killed; last lines:\n"
+                    + "\n".join(tail)
+                )
+            if should_stop is not None and time.monotonic() - last_poll >= 0.5:
+                last_poll = time.monotonic()
+                if should_stop():
+                    raise error("stopped on request; last lines:\n" + "\n".join(tail))
+        for proc in procs:
+            proc.wait(timeout=KILL_GRACE_S)
+        return [p.returncode for p in procs], list(tail)
+    finally:
+        for proc in procs:
+            if proc.poll() is None or _group_alive(proc.pid):
+                kill_group(proc)
+        restore()
+        if sink:
+            sink.close()
+
+
+def _pump(i: int, proc: subprocess.Popen, lines: queue.Queue) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.put((i, line.rstrip("\n")))
+    lines.put((i, None))
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group of `proc`, then SIGKILL whatever is left after a grace."""
+    pgid = proc.pid  # the leader of its own group (start_new_session)
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group_alive(pgid):
+                return
+            time.sleep(0.1)
+    proc.poll()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _terminate_on_sigterm() -> Callable[[], None]:
+    """While training runs, turn SIGTERM in the caller into an exception, so the `finally` that
+    kills the group runs (the default action would end the caller without cleaning up).
+    Only from the main thread, and only if nobody else handles SIGTERM already."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        return lambda: None
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
