@@ -105,10 +105,8 @@ def _run_flow(cfg: LionConfig) -> None:
     typer.echo(f"lion: {cfg.rounds} round(s), run root {cfg.storage.root}")
     result = lion_distill(cfg)
     typer.echo("")
-    typer.echo(summary_table(result["rounds"]))
-    typer.echo(
-        f"\npools and students under {result['root']} (inspect: lion pools {result['root']})"
-    )
+    typer.echo(summary_table(result.rounds))
+    typer.echo(f"\npools and students under {result.root} (inspect: lion pools {result.root})")
 
 
 SetOption = Annotated[

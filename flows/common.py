@@ -1,20 +1,18 @@
-"""What the flows share: the offline world's lifetime, tasks bound to the run's result storage,
-and a stage clock."""
+"""What the flows share: the offline world's lifetime, the run's result storage, a stage clock."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import SimpleNamespace
+
+from prefect.context import FlowRunContext
+from prefect.results import resolve_result_storage
 
 from lion_core.config import LionConfig
-from lion_core.schemas import ArtifactRef
+from lion_core.records import Pools
 from lion_core.store import RunStore
-from tasks import discrimination, generation, imitation, pools, student
 from tasks.caching import result_storage
-
-TASK_MODULES = (pools, imitation, student, discrimination, generation)
 
 
 @contextmanager
@@ -30,28 +28,33 @@ def offline_world(config: LionConfig, url: str | None = None) -> Iterator[str | 
         yield server.base_url
 
 
-def bound_tasks(config: LionConfig) -> SimpleNamespace:
-    """Every lion task, with results persisted in this run's storage (local or S3)."""
-    storage = result_storage(config)
-    found = {}
-    for module in TASK_MODULES:
-        for name in dir(module):
-            obj = getattr(module, name)
-            if hasattr(obj, "with_options") and hasattr(obj, "cache_key_fn"):
-                found[name] = obj.with_options(result_storage=storage)
-    return SimpleNamespace(**found)
+def use_run_storage(config: LionConfig) -> None:
+    """Persist this flow run's result — and, inherited, its tasks' and subflows' results — in
+    the run's own storage (`<root>/prefect-results`), so a retry on another machine (a fresh
+    Kubernetes pod) finds them.
+
+    Prefect takes a flow's result storage from its decorator or `with_options`, fixed before
+    the run starts; ours depends on the `config` parameter, and deployed flows are started by
+    a worker from their entry point, so each lion flow sets it on its own run context as its
+    first step (what `with_options(result_storage=...)` does for a subflow).
+    """
+    context = FlowRunContext.get()
+    if context is None:
+        raise RuntimeError("use_run_storage is called from inside a flow run")
+    storage = resolve_result_storage(result_storage(config))
+    context.result_store = context.result_store.model_copy(update={"result_storage": storage})
 
 
-def committed_pools(store: RunStore, round: int) -> dict[str, ArtifactRef]:
+def committed_pools(store: RunStore, round: int) -> Pools:
     """Round k's pools as round k-1 committed them."""
-    refs = {"train": store.ref(round, "train_pool"), "cache": store.ref(round, "cache_pool")}
-    missing = [f"{name}_pool" for name, ref in refs.items() if ref is None]
-    if missing:
+    train, cache = store.ref(round, "train_pool"), store.ref(round, "cache_pool")
+    if train is None or cache is None:
+        missing = [n for n, ref in (("train_pool", train), ("cache_pool", cache)) if ref is None]
         raise FileNotFoundError(
-            f"round {round} has no {' or '.join(missing)} under {store.storage.uri()}: "
+            f"round {round} has no {' or '.join(missing)} under {store.uri()}: "
             f"run round {round - 1} first"
         )
-    return refs  # type: ignore[return-value]
+    return Pools(train=train, cache=cache)
 
 
 class StageClock:

@@ -10,63 +10,57 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from lion_core.config import LionConfig
+from lion_core.records import (
+    Candidates,
+    NewInstructions,
+    Pools,
+    RefereeReviews,
+    RoundSummary,
+    Split,
+    TeacherAnswers,
+    Usage,
+)
 from lion_core.schemas import ArtifactRef
 from tasks.runtime import run_store
-
-ROLES = ("teacher", "referee", "generator")
-USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens")
-
-
-def _sum_usage(records: Sequence[dict[str, Any]]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for record in records:
-        for key, value in (record.get("usage") or {}).items():
-            total[key] = total.get(key, 0) + int(value)
-    return total
 
 
 def round_summary(
     round: int,
     *,
-    pools: dict[str, ArtifactRef],
-    next_pools: dict[str, ArtifactRef],
-    teacher: dict[str, Any],
-    student: dict[str, Any],
-    reviews: list[dict[str, Any]],
-    split: dict[str, Any],
-    found: dict[str, dict[str, Any]],
-    generated: dict[str, Any],
+    pools: Pools,
+    next_pools: Pools,
+    teacher: TeacherAnswers,
+    student: str,
+    reviews: Sequence[RefereeReviews],
+    split: Split,
+    found: Sequence[Candidates],
+    new: NewInstructions,
     seconds: dict[str, float],
-) -> dict[str, Any]:
-    """A small, flat record of the round: what the table artifact and the CLI show."""
-    stats = split["stats"]
-    usage = {
-        "teacher": _sum_usage([teacher]),
-        "referee": _sum_usage(reviews),
-        "generator": _sum_usage(list(found.values())),
-    }
-    row: dict[str, Any] = {
-        "round": round,
-        "train_pool": pools["train"].rows,
-        "cache_pool": pools["cache"].rows,
-        "teacher_failed": teacher["failed"],
-        "hard": stats.get("hard", 0),
-        "easy": stats.get("easy", 0),
-        "unscored": stats.get("unscored", 0),
-        "teacher_score": stats.get("mean_teacher_score"),
-        "student_score": stats.get("mean_student_score"),
-        "student_to_teacher": stats.get("score_ratio"),
-        "positional_bias": stats.get("positional_bias"),
-        "new_instructions": generated["statuses"].get("kept", 0),
-        "next_train_pool": next_pools["train"].rows,
-        "student": student["uri"],
-    }
-    for role in ROLES:
-        for field in USAGE_FIELDS:
-            row[f"{role}_{field}"] = usage[role].get(field, 0)
-    for stage, secs in seconds.items():
-        row[f"{stage}_seconds"] = secs
-    return row
+) -> RoundSummary:
+    """The round's summary, from the records its tasks returned."""
+    stats = split.stats
+    return RoundSummary(
+        round=round,
+        train_pool=pools.train.rows,
+        cache_pool=pools.cache.rows,
+        teacher_failed=teacher.failed,
+        hard=stats.hard,
+        easy=stats.easy,
+        unscored=stats.unscored,
+        teacher_score=stats.mean_teacher_score,
+        student_score=stats.mean_student_score,
+        student_to_teacher=stats.score_ratio,
+        positional_bias=stats.positional_bias,
+        new_instructions=new.kept,
+        next_train_pool=next_pools.train.rows,
+        student=student,
+        usage={
+            "teacher": teacher.usage,
+            "referee": sum((r.usage for r in reviews), Usage()),
+            "generator": sum((c.usage for c in found), Usage()),
+        },
+        seconds=seconds,
+    )
 
 
 def _key(config: LionConfig, suffix: str) -> str:
@@ -83,20 +77,22 @@ def _fmt(value: Any) -> str:
 
 def publish_round(
     config: LionConfig,
-    round: int,
-    summary: dict[str, Any],
+    summary: RoundSummary,
     hard: ArtifactRef,
     referee: ArtifactRef,
     sample: int = 5,
 ) -> None:
-    """The round's table artifact and a markdown sample of hard instructions."""
-    table = [{"metric": k, "value": _fmt(v)} for k, v in summary.items()]
+    """The round's summary.json, its table artifact and a markdown sample of hard
+    instructions."""
+    round = summary.round
+    store = run_store(config)
+    store.write_round_summary(round, summary.model_dump(mode="json"))
+    table = [{"metric": k, "value": _fmt(v)} for k, v in summary.flat().items()]
     create_table_artifact(
         table=table,
         key=_key(config, f"round-{round}"),
         description=f"Lion round {round}: pools, hard/easy split, scores, usage, wall time",
     )
-    store = run_store(config)
     hard_rows = store.read_ref(hard).sort_values("gap", ascending=False).head(sample)
     reviews = store.read_ref(referee).set_index("instruction_id")
     parts = [f"# Round {round}: hardest instructions\n"]
@@ -152,14 +148,19 @@ def aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def summary_table(rounds: Sequence[dict[str, Any]]) -> str:
+def _columns(summary: RoundSummary) -> dict[str, str]:
+    flat = summary.flat()
+    return {c: _fmt(flat.get(c)) for c in SUMMARY_COLUMNS}
+
+
+def summary_table(rounds: Sequence[RoundSummary]) -> str:
     """The per-round table the CLI prints."""
-    return aligned(SUMMARY_COLUMNS, [[_fmt(r.get(c)) for c in SUMMARY_COLUMNS] for r in rounds])
+    return aligned(SUMMARY_COLUMNS, [list(_columns(r).values()) for r in rounds])
 
 
-def publish_run(config: LionConfig, rounds: Sequence[dict[str, Any]]) -> None:
+def publish_run(config: LionConfig, rounds: Sequence[RoundSummary]) -> None:
     create_table_artifact(
-        table=[{c: _fmt(r.get(c)) for c in SUMMARY_COLUMNS} for r in rounds],
+        table=[_columns(r) for r in rounds],
         key=_key(config, "summary"),
         description=f"Lion run {config.name}: one row per round",
     )

@@ -2,6 +2,7 @@
 
     <root>/run.json                                 the config the root is bound to
     <root>/round=<k>/<artifact>.parquet             k = 1..rounds (+1 for the final pools)
+    <root>/round=<k>/summary.json                   what round k reports (RoundSummary)
     <root>/round=0/student/                         the base student (round-0 checkpoint)
     <root>/round=<k>/student/                       the student trained in round k
     <root>/round=<k>/checkpoints/checkpoint-<step>/ mid-run training checkpoints
@@ -37,6 +38,11 @@ def round_of(name: str) -> int | None:
 
 def artifact(k: int, name: str) -> str:
     return f"{round_dir(k)}/{name}.parquet"
+
+
+def round_summary(k: int) -> str:
+    """Round k's summary (lion_core.records.RoundSummary as JSON), rewritten by each run."""
+    return f"{round_dir(k)}/summary.json"
 
 
 def student(k: int) -> str:

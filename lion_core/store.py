@@ -94,6 +94,15 @@ class RunStore:
             out[k] = row
         return out
 
+    # ---- round summaries ---------------------------------------------------------------
+
+    def write_round_summary(self, k: int, summary: dict[str, Any]) -> str:
+        return self.storage.write_json(layout.round_summary(k), summary, overwrite=True)
+
+    def read_round_summary(self, k: int) -> dict[str, Any] | None:
+        rel = layout.round_summary(k)
+        return self.storage.read_json(rel) if self.storage.exists(rel) else None
+
     # ---- run.json ----------------------------------------------------------------------
 
     def write_run_info(self, info: dict[str, Any]) -> str:

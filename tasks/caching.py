@@ -2,12 +2,14 @@
 
 Prefect's default cache policy includes the flow run's id, so it hits on a UI *Retry* of the same
 run and misses on any new run. Our keys leave the run id out: a task's key is its name, a version,
-the hash of the config sections it reads, and the *content* of its inputs (an ArtifactRef counts
-by its sha256). So `lion resume` and a re-submitted run hit every finished task, and a change to a
-section that matters (say `training`) re-runs exactly the tasks that read it.
+the run root, the digest of the config's non-operational fields, and the *content* of its inputs
+(an ArtifactRef counts by its sha256). There is no per-task list of config sections to keep in
+step: run.json already refuses any non-operational change on a run root, so the whole digest is
+as precise and cannot drift. `lion resume` and a re-submitted run hit every finished task.
 
 Results are persisted in the run's own storage (`<root>/prefect-results/`), local or S3, so a
-retry on a fresh Kubernetes pod finds them. Parameters named in RUNTIME_PARAMS (the offline
+retry on a fresh Kubernetes pod finds them: the entry points (`flows.common.in_run_storage`) set
+it on the flow, and its tasks inherit it. Parameters named in RUNTIME_PARAMS (the offline
 server's URL, which changes every run) never enter a key.
 """
 
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,13 @@ from prefect import task
 from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 from pydantic import BaseModel
 
+from lion_core import layout
 from lion_core.config import LionConfig
 from lion_core.schemas import ArtifactRef
 from tasks.runtime import run_store
 
-KEY_VERSION = "1"  # bump to invalidate every cached task result after a semantic change
+KEY_VERSION = "2"  # bump to invalidate every cached task result after a semantic change
 RUNTIME_PARAMS = frozenset({"offline_url"})
-RESULTS_DIR = "prefect-results"
 
 
 def digest(value: Any) -> Any:
@@ -49,26 +50,23 @@ def digest(value: Any) -> Any:
     raise TypeError(f"cannot hash task input of type {type(value).__name__}")
 
 
-def content_key(*sections: str) -> Callable[[Any, dict[str, Any]], str]:
-    """A cache_key_fn over the task's name, the named config sections, and its other inputs."""
-
-    def key_fn(context: Any, parameters: dict[str, Any]) -> str:
-        config: LionConfig = parameters["config"]
-        payload = {
-            "task": context.task.name,
-            "version": KEY_VERSION,
-            "storage": config.storage.root,
-            "config": config.digest(),
-            "inputs": {
-                name: digest(value)
-                for name, value in sorted(parameters.items())
-                if name != "config" and name not in RUNTIME_PARAMS
-            },
-        }
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    return key_fn
+def task_key(context: Any, parameters: dict[str, Any]) -> str:
+    """A cache_key_fn: the task's name and version, the run root, the config digest, and the
+    content of every other input."""
+    config: LionConfig = parameters["config"]
+    payload = {
+        "task": context.task.name,
+        "version": f"{KEY_VERSION}.{context.task.version or 0}",
+        "storage": config.storage.root,
+        "config": config.digest(),
+        "inputs": {
+            name: digest(value)
+            for name, value in sorted(parameters.items())
+            if name != "config" and name not in RUNTIME_PARAMS
+        },
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def result_storage(config: LionConfig) -> Path | WritableFileSystem:
@@ -80,7 +78,7 @@ def result_storage(config: LionConfig) -> Path | WritableFileSystem:
     the storage options (endpoint URL etc.); credentials come from the worker's environment.
     """
     store = run_store(config)
-    uri = store.storage.uri(RESULTS_DIR)
+    uri = store.uri(layout.RESULTS)
     if store.storage.is_local:
         Path(uri).mkdir(parents=True, exist_ok=True)
         return Path(uri)
@@ -94,18 +92,23 @@ def result_storage(config: LionConfig) -> Path | WritableFileSystem:
     return RemoteFileSystem.load(name)
 
 
-def lion_task(name: str, *sections: str, retries: int = 0, retry_delay_seconds: float = 10):
-    """Declare a lion task: content-keyed cache over `sections` of the config, result persisted
-    (the result storage is bound per run by `flows.common.bound_tasks`)."""
-
-    def wrap(fn):
-        return task(
-            name=name,
-            cache_key_fn=content_key(*sections),
-            persist_result=True,
-            cache_result_in_memory=False,
-            retries=retries,
-            retry_delay_seconds=retry_delay_seconds,
-        )(fn)
-
-    return wrap
+def lion_task(
+    name: str,
+    *,
+    version: str = "1",
+    retries: int = 0,
+    retry_delay_seconds: float = 10,
+    **options: Any,
+):
+    """Declare a lion task: content-keyed cache (`task_key`), result persisted in the storage
+    of the flow that runs it. Bump `version` when a task's output changes meaning."""
+    return task(
+        name=name,
+        version=version,
+        cache_key_fn=task_key,
+        persist_result=True,
+        cache_result_in_memory=False,
+        retries=retries,
+        retry_delay_seconds=retry_delay_seconds,
+        **options,
+    )

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from lion_core.config import LionConfig
 from lion_core.discriminate import split
+from lion_core.records import RefereeReviews, Split, SplitStats
 from lion_core.referee import combine, make_pairs, score_order
 from lion_core.schemas import ArtifactRef
 from tasks.caching import lion_task
 from tasks.runtime import llm_client, run_store, usage_record
 
 
-@lion_task("referee-reviews", "referee", retries=2)
+@lion_task("referee-reviews", retries=2)
 def referee_reviews(
     config: LionConfig,
     round: int,
@@ -22,33 +20,32 @@ def referee_reviews(
     student: ArtifactRef,
     order: int,
     offline_url: str | None = None,
-) -> dict[str, Any]:
+) -> RefereeReviews:
     """The referee's reviews of every Cache Pool pair in one order (1: teacher shown first,
     2: student shown first). Unparsable reviews are re-asked, then kept as unscored."""
-    started = time.monotonic()
     store = run_store(config)
     pairs = make_pairs(store.read_ref(cache), store.read_ref(teacher), store.read_ref(student))
     client = llm_client(config, "referee", offline_url)
     reviews = score_order(pairs, client, config.referee, order)
-    return {
-        "reviews": store.write_or_reuse(round, f"referee_{order}", reviews),
-        "usage": usage_record(client),
-        "seconds": time.monotonic() - started,
-    }
+    return RefereeReviews(
+        order=order,
+        reviews=store.write_or_reuse(round, f"referee_{order}", reviews),
+        usage=usage_record(client),
+    )
 
 
 @lion_task("referee-scores")
 def referee_scores(
-    config: LionConfig, round: int, order_1: ArtifactRef, order_2: ArtifactRef
+    config: LionConfig, round: int, order_1: RefereeReviews, order_2: RefereeReviews
 ) -> ArtifactRef:
     """Both orders' scores averaged per assistant; a pair unscored in either order stays
     unscored (never a tie)."""
     store = run_store(config)
-    scores = combine(store.read_ref(order_1), store.read_ref(order_2))
+    scores = combine(store.read_ref(order_1.reviews), store.read_ref(order_2.reviews))
     return store.write_or_reuse(round, "referee", scores)
 
 
-@lion_task("hard-and-easy", "discrimination")
+@lion_task("hard-and-easy")
 def hard_and_easy(
     config: LionConfig,
     round: int,
@@ -56,7 +53,7 @@ def hard_and_easy(
     teacher: ArtifactRef,
     student: ArtifactRef,
     referee: ArtifactRef,
-) -> dict[str, Any]:
+) -> Split:
     """Split the scored Cache Pool: hard if teacher − student ≥ τ, easy otherwise."""
     store = run_store(config)
     hard, easy, stats = split(
@@ -66,8 +63,8 @@ def hard_and_easy(
         store.read_ref(referee),
         config.discrimination.tau,
     )
-    return {
-        "hard": store.write_or_reuse(round, "hard", hard),
-        "easy": store.write_or_reuse(round, "easy", easy),
-        "stats": stats,
-    }
+    return Split(
+        hard=store.write_or_reuse(round, "hard", hard),
+        easy=store.write_or_reuse(round, "easy", easy),
+        stats=SplitStats(**stats),
+    )

@@ -2,67 +2,62 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import pandas as pd
 
 from lion_core.config import LionConfig
-from lion_core.instructions import generate_candidates, plan_seeds, select_novel
+from lion_core.instructions import generate_candidates, plan_seeds, select_novel, wanted_counts
+from lion_core.records import Candidates, NewInstructions, Split
 from lion_core.schemas import ArtifactRef
 from tasks.caching import lion_task
 from tasks.runtime import llm_client, run_store, usage_record
 
 
-@lion_task("candidates", "generator", "pools", "seed", retries=2)
+@lion_task("candidates", retries=2)
 def candidates(
     config: LionConfig,
     round: int,
-    hard: ArtifactRef,
-    easy: ArtifactRef,
+    split: Split,
     kind: str,
     offline_url: str | None = None,
-) -> dict[str, Any]:
+) -> Candidates:
     """Candidate instructions written by the generator from the `kind` seeds (hard: same
     domain and task type; easy: same domain, rarer), after the paper's post-filters."""
-    started = time.monotonic()
     store = run_store(config)
-    plan = plan_seeds(store.read_ref(hard), store.read_ref(easy), config.pools, config.seed + round)
+    plan = plan_seeds(
+        store.read_ref(split.hard), store.read_ref(split.easy), config.pools, config.seed + round
+    )
     client = llm_client(config, "generator", offline_url)
     found = generate_candidates(
         plan.seeds(kind), kind, plan.wanted(kind), client, config.generator, round
     )
-    return {
-        "candidates": store.write_or_reuse(round, f"candidates_{kind}", found),
-        "wanted": plan.wanted(kind),
-        "usage": usage_record(client),
-        "seconds": time.monotonic() - started,
-    }
+    return Candidates(
+        kind=kind,
+        candidates=store.write_or_reuse(round, f"candidates_{kind}", found),
+        usage=usage_record(client),
+    )
 
 
-@lion_task("novel-instructions", "novelty", "pools", "seed")
+@lion_task("novel-instructions")
 def novel_instructions(
     config: LionConfig,
     round: int,
     train: ArtifactRef,
-    hard: ArtifactRef,
-    easy: ArtifactRef,
-    wanted_hard: int,
-    wanted_easy: int,
-) -> dict[str, Any]:
+    split: Split,
+    hard: Candidates,
+    easy: Candidates,
+) -> NewInstructions:
     """Candidates whose ROUGE-L F1 with every Train Pool instruction (and every candidate kept
-    before them) is at most the threshold, up to the wanted number per kind."""
-    import pandas as pd
-
-    started = time.monotonic()
+    before them) is at most the threshold, up to the number wanted per kind (derived from the
+    split's hard and easy sets, as the candidates were)."""
     store = run_store(config)
-    found = pd.concat(
-        [store.read_ref(hard), store.read_ref(easy)],
-        ignore_index=True,
-    )
+    found = pd.concat([store.read_ref(hard.candidates), store.read_ref(easy.candidates)])
     pool = store.read_ref(train)["instruction"].tolist()
-    generated = select_novel(found, pool, wanted_hard, wanted_easy, config.novelty.threshold)
+    n_hard, n_easy = wanted_counts(split.hard.rows, split.easy.rows, config.pools)
+    generated = select_novel(
+        found.reset_index(drop=True), pool, n_hard, n_easy, config.novelty.threshold
+    )
     counts = generated["status"].value_counts().to_dict()
-    return {
-        "generated": store.write_or_reuse(round, "generated", generated),
-        "statuses": {str(k): int(v) for k, v in counts.items()},
-        "seconds": time.monotonic() - started,
-    }
+    return NewInstructions(
+        generated=store.write_or_reuse(round, "generated", generated),
+        statuses={str(k): int(v) for k, v in counts.items()},
+    )

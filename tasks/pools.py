@@ -5,14 +5,15 @@ from __future__ import annotations
 import pandas as pd
 
 from lion_core.config import LionConfig
-from lion_core.schemas import ArtifactRef
+from lion_core.instructions import new_pool_rows
+from lion_core.records import NewInstructions, Pools
 from lion_core.seeds import load_initial_data
 from tasks.caching import lion_task
 from tasks.runtime import run_store
 
 
-@lion_task("seed-pools", "pools", "seed", "offline")
-def seed_pools(config: LionConfig) -> dict[str, ArtifactRef]:
+@lion_task("seed-pools")
+def seed_pools(config: LionConfig) -> Pools:
     """Round 1's Train and Cache Pools: the seed instructions (both pools start equal)."""
     store = run_store(config)
     if config.pools.initial_data:
@@ -25,26 +26,22 @@ def seed_pools(config: LionConfig) -> dict[str, ArtifactRef]:
         seeds = seed_pool(config.pools.offline_seeds, config.seed, config.offline.max_difficulty)
         if config.pools.limit:
             seeds = seeds.head(config.pools.limit)
-    return {
-        "train": store.write_or_reuse(1, "train_pool", seeds),
-        "cache": store.write_or_reuse(1, "cache_pool", seeds),
-    }
+    return Pools(
+        train=store.write_or_reuse(1, "train_pool", seeds),
+        cache=store.write_or_reuse(1, "cache_pool", seeds),
+    )
 
 
-@lion_task("next-round-pools", "pools")
-def next_round_pools(
-    config: LionConfig, round: int, train: ArtifactRef, generated: ArtifactRef
-) -> dict[str, ArtifactRef]:
+@lion_task("next-round-pools")
+def next_round_pools(config: LionConfig, round: int, pools: Pools, new: NewInstructions) -> Pools:
     """Round k+1's pools: Train Pool ∪ new instructions; Cache Pool ← new (or all)."""
-    from lion_core.instructions import new_pool_rows
-
     store = run_store(config)
-    new = new_pool_rows(store.read_ref(generated))
-    old = store.read_ref(train)
-    merged = pd.concat([old, new[~new["instruction_id"].isin(old["instruction_id"])]])
+    added = new_pool_rows(store.read_ref(new.generated))
+    old = store.read_ref(pools.train)
+    merged = pd.concat([old, added[~added["instruction_id"].isin(old["instruction_id"])]])
     merged = merged.reset_index(drop=True)
-    cache = new if config.pools.cache_pool == "new" else merged
-    return {
-        "train": store.write_or_reuse(round + 1, "train_pool", merged),
-        "cache": store.write_or_reuse(round + 1, "cache_pool", cache),
-    }
+    cache = added if config.pools.cache_pool == "new" else merged
+    return Pools(
+        train=store.write_or_reuse(round + 1, "train_pool", merged),
+        cache=store.write_or_reuse(round + 1, "cache_pool", cache),
+    )

@@ -13,6 +13,7 @@ from lion_core.config import LionConfig
 from lion_core.errors import LLMError
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
+from lion_core.records import Usage
 from lion_core.store import RunStore
 
 
@@ -77,6 +78,6 @@ def attach_library_logging() -> None:
         lib.addHandler(handler)
 
 
-def usage_record(client: LLMClient) -> dict[str, int]:
-    """The client's counters (requests sent, cache hits, failures, tokens) as a plain dict."""
-    return client.usage.as_dict()
+def usage_record(client: LLMClient) -> Usage:
+    """The client's counters (requests sent, cache hits, failures, tokens) as a record."""
+    return Usage(**client.usage.as_dict())

@@ -69,16 +69,16 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
     assert (teacher["status"] == "ok").all() and len(teacher) == 24
     referee = store.read(1, "referee")
     assert len(referee) == 24
-    assert summary["hard"] + summary["easy"] + summary["unscored"] == 24
-    assert summary["teacher_score"] > summary["student_score"]
-    assert 0 <= summary["student_to_teacher"] < 1
-    new = summary["new_instructions"]
+    assert summary.hard + summary.easy + summary.unscored == 24
+    assert summary.teacher_score > summary.student_score
+    assert 0 <= summary.student_to_teacher < 1
+    new = summary.new_instructions
     assert 0 < new <= 12
     assert store.ref(2, "train_pool").rows == 24 + new
     assert store.ref(2, "cache_pool").rows == new
-    assert summary["teacher_requests"] == 24
-    assert summary["referee_requests"] >= 48  # two orders (plus re-asks, if any)
-    assert summary["student"].endswith("round=1/student")
+    assert summary.usage["teacher"].requests == 24
+    assert summary.usage["referee"].requests >= 48  # two orders (plus re-asks, if any)
+    assert summary.student.endswith("round=1/student")
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts()

@@ -1,0 +1,137 @@
+"""The small typed records a round's tasks hand each other, and the summary a round reports.
+
+Tasks pass these (artifact references, counts, usage), never tables. Each is a frozen pydantic
+model, so Prefect persists it as a result, a type checker follows the flow body, and the round's
+summary — the table artifact, the CLI table and `round=<k>/summary.json` — is built from one
+`RoundSummary`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from lion_core.schemas import ArtifactRef
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Usage(Record):
+    """What one role's client did (lion_core.llm.client.Usage, as a record)."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    deduplicated: int = 0
+    failures: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{k: v + getattr(other, k) for k, v in self})
+
+
+class Pools(Record):
+    """A round's Train and Cache Pools."""
+
+    train: ArtifactRef
+    cache: ArtifactRef
+
+
+class TeacherAnswers(Record):
+    answers: ArtifactRef
+    failed: int
+    usage: Usage
+
+
+class RefereeReviews(Record):
+    """One order's reviews (1: teacher shown first, 2: student shown first)."""
+
+    order: int
+    reviews: ArtifactRef
+    usage: Usage
+
+
+class SplitStats(Record):
+    """What the hard/easy split saw: counts, mean scores, the referee's positional bias."""
+
+    tau: float
+    total: int
+    hard: int
+    easy: int
+    unscored: int
+    unscored_by_reason: dict[str, int]
+    hard_share: float | None
+    mean_teacher_score: float | None
+    mean_student_score: float | None
+    score_ratio: float | None
+    mean_gap: float | None
+    gap_order_1: float | None
+    gap_order_2: float | None
+    positional_bias: float | None
+
+
+class Split(Record):
+    hard: ArtifactRef
+    easy: ArtifactRef
+    stats: SplitStats
+
+
+class Candidates(Record):
+    """Candidate instructions of one kind (hard or easy seeds), after the post-filters."""
+
+    kind: str
+    candidates: ArtifactRef
+    usage: Usage
+
+
+class NewInstructions(Record):
+    """Every candidate with its final status; `kept` join the next round's pools."""
+
+    generated: ArtifactRef
+    statuses: dict[str, int]
+
+    @property
+    def kept(self) -> int:
+        return self.statuses.get("kept", 0)
+
+
+class RoundSummary(Record):
+    """One round, flat: what the table artifact, the CLI table and summary.json show."""
+
+    round: int
+    train_pool: int
+    cache_pool: int
+    teacher_failed: int
+    hard: int
+    easy: int
+    unscored: int
+    teacher_score: float | None
+    student_score: float | None
+    student_to_teacher: float | None
+    positional_bias: float | None
+    new_instructions: int
+    next_train_pool: int
+    student: str
+    usage: dict[str, Usage]
+    seconds: dict[str, float]
+
+    def flat(self) -> dict[str, Any]:
+        """One level deep: `<role>_<counter>` and `<stage>_seconds` columns."""
+        row = self.model_dump(exclude={"usage", "seconds"})
+        for role, usage in self.usage.items():
+            for field in ("requests", "prompt_tokens", "completion_tokens"):
+                row[f"{role}_{field}"] = getattr(usage, field)
+        for stage, secs in self.seconds.items():
+            row[f"{stage}_seconds"] = secs
+        return row
+
+
+class RunSummary(Record):
+    """A whole run: where it lives and what each round reported."""
+
+    root: str
+    rounds: list[RoundSummary]
