@@ -104,6 +104,8 @@ def test_interrupted_local_write_leaves_no_snapshot(tmp_path):
     assert store.counts()[1]["train_pool"] is None
     store.write(1, "train_pool", _pool(4))  # a resume can write the real snapshot
     assert store.read(1, "train_pool").shape[0] == 4
+    # the dead writer's temporary file went with that write
+    assert [p.name for p in (root / "round=1").iterdir()] == ["train_pool.parquet"]
 
 
 KILL_S3 = textwrap.dedent(
@@ -196,3 +198,112 @@ def test_initial_data_errors_name_file_row_column(tmp_path):
 def test_real_alpaca_files_load(shared_data):
     df = load_initial_data(str(shared_data / "gsm8k_train_alpaca_format.json"))
     assert len(df) > 7000 and df["instruction_id"].is_unique
+
+
+# ---- failed and abandoned local writes ------------------------------------------------------
+
+FULL_DISK = textwrap.dedent(
+    """
+    import json, resource, signal, sys
+    from lion_core.errors import StorageError
+    from lion_core.storage import Storage
+    st = Storage(sys.argv[1])
+    # A real write failure: past RLIMIT_FSIZE the kernel refuses the write (EFBIG), as a full
+    # disk refuses it with ENOSPC; the same code path, and nothing real gets filled.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    try:
+        st.write_bytes("round=1/train_pool.parquet", b"x" * 100000)
+    except Exception as exc:
+        errno = getattr(exc.__cause__, "errno", None)
+        print(json.dumps({"storage_error": isinstance(exc, StorageError), "errno": errno,
+                          "message": str(exc)}))
+    """
+)
+
+
+def test_a_failed_local_write_leaves_no_temporary_file(tmp_path):
+    import errno
+
+    root = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(root)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout)
+    assert out["storage_error"], out
+    assert "round=1/train_pool.parquet" in out["message"] and out["errno"] == errno.EFBIG
+    assert list((root / "round=1").iterdir()) == []  # neither the file nor its temporary file
+
+
+HANG_LOCAL = textwrap.dedent(
+    """
+    import os, sys, time
+    from lion_core.storage import Storage
+    st = Storage(sys.argv[1])
+    def hang(fd):  # a writer still busy with its temporary file
+        print("writing", flush=True)
+        time.sleep(600)
+    os.fsync = hang
+    st.write_bytes("round=1/teacher_answers.parquet", b"PAR1" + b"x" * 1000)
+    """
+)
+
+
+def test_stale_temporary_files_are_removed_by_the_next_write(tmp_path):
+    import os
+    import time
+
+    from lion_core.storage import Storage
+
+    root = tmp_path / "run"
+    folder = root / "round=1"
+    folder.mkdir(parents=True)
+    old = folder / ".hard.parquet.tmp-0123456789abcdef"  # an older name, abandoned long ago
+    old.write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    fresh = folder / ".easy.parquet.tmp-fedcba9876543210"  # writer unknown, recent: kept
+    fresh.write_bytes(b"x")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HANG_LOCAL, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        live = [p.name for p in folder.iterdir() if "teacher_answers" in p.name]
+        assert len(live) == 1 and ".tmp-" in live[0]
+
+        storage = Storage(str(root))
+        storage.write_bytes("round=1/a.parquet", b"a")
+        names = {p.name for p in folder.iterdir()}
+        assert names == {"a.parquet", fresh.name, live[0]}  # the live writer's file is kept
+    finally:
+        writer.kill()
+        writer.wait()
+    storage.write_bytes("round=1/b.parquet", b"b")  # its writer is dead now
+    assert {p.name for p in folder.iterdir()} == {"a.parquet", "b.parquet", fresh.name}
+
+
+def test_storage_failures_are_storage_errors_naming_the_file(tmp_path):
+    from lion_core.errors import StorageError
+    from lion_core.storage import Storage
+
+    storage = Storage(str(tmp_path / "run"))
+    loop: dict = {}
+    loop["self"] = loop
+    with pytest.raises(StorageError, match=r"round=1/loop\.json"):
+        storage.write_json("round=1/loop.json", loop)
+    with pytest.raises(StorageError, match=r"round=1/t\.parquet"):
+        storage.write_parquet("round=1/t.parquet", {"not": "a table"})
+    with pytest.raises(StorageError, match=r"round=1/s\.bin"):
+        storage.write_bytes("round=1/s.bin", "text, not bytes")
+    storage.write_bytes("round=1/file", b"x")
+    with pytest.raises(StorageError, match=r"round=1/file/under"):
+        storage.write_bytes("round=1/file/under", b"x")
+    with (
+        pytest.raises(StorageError, match=r"round=1/file"),
+        storage.local_dir("round=1/file", tmp_path / "scratch"),
+    ):
+        pass
+    storage.write_bytes("round=2/full/x", b"x")
+    with pytest.raises(StorageError, match=r"round=2/full"):
+        storage.delete("round=2/full")  # a non-empty folder without recursive=True
+    assert [p.name for p in (tmp_path / "run" / "round=1").iterdir()] == ["file"]
