@@ -144,7 +144,7 @@ def test_run_info(store):
 # ---- initial data ----------------------------------------------------------------------------
 
 
-def test_initial_data_formats_agree(tmp_path):
+def test_initial_data_formats_agree(tmp_path, caplog):
     records = [
         {"instruction": "Give three tips.", "input": "", "output": "1. a"},
         {"instruction": "Translate.", "input": "Bonjour", "output": "Hello"},
@@ -154,14 +154,69 @@ def test_initial_data_formats_agree(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     pd.DataFrame(records).to_csv(tmp_path / "a.csv", index=False)
     pd.DataFrame(records).to_parquet(tmp_path / "a.parquet")
-    frames = [
-        load_initial_data(str(tmp_path / f"a.{ext}")) for ext in ("json", "jsonl", "csv", "parquet")
-    ]
-    for f in frames[1:]:
-        pd.testing.assert_frame_equal(f, frames[0])
-    assert len(frames[0]) == 2  # the duplicate is dropped
-    assert set(frames[0]["source"]) == {"seed"}
-    assert load_initial_data(str(tmp_path / "a.json"), limit=1).shape[0] == 1
+    with caplog.at_level("WARNING", logger="lion_core.seeds"):
+        loaded = [
+            load_initial_data(str(tmp_path / f"a.{ext}"))
+            for ext in ("json", "jsonl", "csv", "parquet")
+        ]
+    for seeds in loaded[1:]:
+        pd.testing.assert_frame_equal(seeds.pool, loaded[0].pool)
+    assert len(loaded[0].pool) == 2  # the duplicate is dropped, counted and reported
+    assert [s.duplicates for s in loaded] == [1, 1, 1, 1]
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 4 and "a.csv" in warned[2] and "1 duplicate" in warned[2]
+    assert set(loaded[0].pool["source"]) == {"seed"}
+    assert load_initial_data(str(tmp_path / "a.json"), limit=1).pool.shape[0] == 1
+
+
+ODD = ["Line\u2028separated", "Next\x85line", "Form\x0cfeed"]  # not line ends in JSONL/CSV
+
+
+def test_non_utf8_initial_data_names_the_file_and_line(tmp_path):
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"instruction": "ok"}\n{"instruction": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin\.jsonl.*UTF-8.*line 2") as err:
+        load_initial_data(str(latin))
+    assert err.value.row == 2
+    (tmp_path / "latin.json").write_bytes(b'[{"instruction": "ok"},\n{"instruction": "\xff"}]')
+    with pytest.raises(DataError, match=r"latin\.json\b.*line 2"):
+        load_initial_data(str(tmp_path / "latin.json"))
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    """U+2028, U+0085 and \\x0c are valid raw inside a JSON string; only "\\n" ends a record."""
+    jsonl = tmp_path / "odd.jsonl"
+    jsonl.write_text(
+        "".join(json.dumps({"instruction": i}, ensure_ascii=False) + "\n" for i in ODD)
+    )
+    assert list(load_initial_data(str(jsonl)).pool["instruction"]) == ODD
+
+
+def test_csv_fields_keep_form_feed_and_next_line(tmp_path):
+    """\\x0c and \\x85 stay inside their field; a quoted line break spans lines."""
+    csv_path = tmp_path / "odd.csv"
+    pd.DataFrame({"instruction": ODD, "input": ["a", "b\nc", "d"]}).to_csv(csv_path, index=False)
+    seeds = load_initial_data(str(csv_path)).pool
+    assert list(seeds["instruction"]) == ODD and list(seeds["input"]) == ["a", "b\nc", "d"]
+
+
+def test_a_utf8_bom_is_not_part_of_the_first_column(tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM."""
+    for name, text in [
+        ("bom.csv", "instruction,input\nSay hi.,\n"),
+        ("bom.jsonl", '{"instruction": "Say hi."}\n'),
+        ("bom.json", '[{"instruction": "Say hi."}]'),
+    ]:
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+        assert list(load_initial_data(str(tmp_path / name)).pool["instruction"]) == ["Say hi."]
+
+
+def test_csv_errors_name_the_line_a_record_starts_on(tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_text('instruction,input\n"Summarize:\nline two\nline three",x\n\n,empty\n')
+    with pytest.raises(DataError) as err:
+        load_initial_data(str(path))
+    assert (err.value.row, err.value.column) == (6, "instruction")  # the third record, line 6
 
 
 def test_initial_data_errors_name_file_row_column(tmp_path):
@@ -196,7 +251,7 @@ def test_initial_data_errors_name_file_row_column(tmp_path):
 
 
 def test_real_alpaca_files_load(shared_data):
-    df = load_initial_data(str(shared_data / "gsm8k_train_alpaca_format.json"))
+    df = load_initial_data(str(shared_data / "gsm8k_train_alpaca_format.json")).pool
     assert len(df) > 7000 and df["instruction_id"].is_unique
 
 
