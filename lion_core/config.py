@@ -341,6 +341,13 @@ class PoolsConfig(Section):
         "or URI). Empty: seeds drawn from the offline task world.",
     )
     limit: int | None = Field(None, ge=1, description="Use only the first N seed instructions.")
+    max_instruction_chars: int = Field(
+        20000,
+        ge=1,
+        description="Seed rows whose instruction + input exceed this many characters are left "
+        "out at load time (counted and reported): one 50 MiB instruction drove peak memory to "
+        "9.5 GB and was sent to the teacher and twice to the referee.",
+    )
     offline_seeds: int = Field(
         120, ge=1, description="Seeds drawn from the offline world when initial_data is empty."
     )

@@ -15,12 +15,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lion_core.config import PoolsConfig
 from lion_core.errors import DataError
 from lion_core.schemas import pool_frame, seed_row
 
 log = logging.getLogger(__name__)
 
 FORMATS = (".parquet", ".jsonl", ".json", ".csv")
+DEFAULT_MAX_INSTRUCTION_CHARS: int = PoolsConfig.model_fields["max_instruction_chars"].default
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,20 +31,25 @@ class Seeds:
 
     pool: pd.DataFrame
     duplicates: int  # exact duplicates (same instruction and input) of an earlier row
+    oversize: int  # instruction + input longer than max_instruction_chars
 
 
 def load_initial_data(
     path: str,
     options: dict[str, Any] | None = None,
     limit: int | None = None,
+    *,
+    max_instruction_chars: int | None = DEFAULT_MAX_INSTRUCTION_CHARS,
 ) -> Seeds:
     """Read seed instructions (Alpaca JSON/JSONL, Parquet or CSV) into the pool schema.
 
     Required column: `instruction`; optional: `input`, `output`. Text is UTF-8 (a leading BOM is
     allowed). Errors name the file, the row (1-based line where the record starts, as an editor
     shows it, for JSONL/CSV; the list index for JSON and Parquet) and the column. Exact
-    duplicates (same instruction and input) are dropped, keeping the first, counted in the
-    result and logged as a warning. `limit`: keep only the first N rows.
+    duplicates (same instruction and input) are dropped, keeping the first; rows whose
+    instruction + input exceed `max_instruction_chars` characters (None: no limit) are dropped
+    before they cost memory, teacher and referee requests. Both are counted in the result and
+    logged as a warning. `limit`: keep only the first N rows.
     """
     fmt = next((f for f in FORMATS if path.lower().endswith(f)), None)
     if fmt is None:
@@ -87,7 +94,7 @@ def load_initial_data(
         numbered = list(enumerate(records))
     else:
         numbered = _csv_records(_decode(raw, path, fmt), path)
-    return _to_seeds(numbered, path, limit)
+    return _to_seeds(numbered, path, limit, max_instruction_chars)
 
 
 def _decode(raw: bytes, path: str, fmt: str) -> str:
@@ -129,10 +136,12 @@ def _csv_records(text: str, path: str) -> list[tuple[int, dict[str, str]]]:
     return out
 
 
-def _to_seeds(numbered: list[tuple[int, Any]], path: str, limit: int | None) -> Seeds:
+def _to_seeds(
+    numbered: list[tuple[int, Any]], path: str, limit: int | None, max_chars: int | None
+) -> Seeds:
     rows = []
     seen: set[str] = set()
-    duplicates = 0
+    duplicates = oversize = 0
     for rowno, rec in numbered:
         if not isinstance(rec, dict):
             raise DataError(f"expected an object, got {type(rec).__name__}", file=path, row=rowno)
@@ -151,6 +160,9 @@ def _to_seeds(numbered: list[tuple[int, Any]], path: str, limit: int | None) -> 
         if not instruction.strip():
             raise DataError("empty instruction", file=path, row=rowno, column="instruction")
         instruction, inp = instruction.strip(), (rec.get("input") or "").strip()
+        if max_chars is not None and len(instruction) + len(inp) > max_chars:
+            oversize += 1
+            continue
         row = seed_row(instruction, inp, rec.get("output"))
         if row["instruction_id"] in seen:
             duplicates += 1
@@ -160,9 +172,15 @@ def _to_seeds(numbered: list[tuple[int, Any]], path: str, limit: int | None) -> 
         if limit is not None and len(rows) >= limit:
             break
     if not rows:
-        raise DataError("no instructions found", file=path)
-    if duplicates:
-        log.warning(
-            "%s: kept %d seed instruction(s); dropped %d duplicate(s)", path, len(rows), duplicates
+        raise DataError(
+            "no instructions found"
+            + (f" ({oversize} longer than {max_chars} characters)" if oversize else ""),
+            file=path,
         )
-    return Seeds(pool_frame(rows), duplicates)
+    if duplicates or oversize:
+        log.warning(
+            "%s: kept %d seed instruction(s); dropped %d duplicate(s) and %d longer than "
+            "pools.max_instruction_chars=%s characters",
+            path, len(rows), duplicates, oversize, max_chars,
+        )  # fmt: skip
+    return Seeds(pool_frame(rows), duplicates, oversize)

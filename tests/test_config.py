@@ -26,6 +26,18 @@ def test_paper_defaults():
     assert cfg.teacher.is_offline and cfg.student.tiny is not None
 
 
+def test_seed_instruction_size_limit():
+    """A size limit on seed instructions exists, says why, and is part of what a run computes."""
+    from lion_core.config import PoolsConfig, is_operational
+
+    field = PoolsConfig.model_fields["max_instruction_chars"]
+    assert LionConfig().pools.max_instruction_chars == field.default > 0
+    assert "memory" in field.description and "referee" in field.description
+    assert not is_operational("pools.max_instruction_chars")  # it changes the pools
+    with pytest.raises(ConfigError, match=r"pools\.max_instruction_chars"):
+        LionConfig.from_dict({"pools": {"max_instruction_chars": 0}})
+
+
 def test_every_field_has_a_description():
     def walk(model_cls, prefix=""):
         for name, field in model_cls.model_fields.items():

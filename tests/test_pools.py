@@ -11,6 +11,7 @@ import textwrap
 import pandas as pd
 import pytest
 
+from lion_core.config import LionConfig
 from lion_core.errors import DataError, SchemaError, SnapshotExistsError
 from lion_core.schemas import ARTIFACT_SCHEMAS, instruction_id
 from lion_core.seeds import load_initial_data
@@ -248,6 +249,33 @@ def test_initial_data_errors_name_file_row_column(tmp_path):
         load_initial_data(str(tmp_path / "nope.json"))
     with pytest.raises(DataError, match="unsupported format"):
         load_initial_data(str(tmp_path / "a.txt"))
+
+
+def test_oversize_instructions_are_left_out_counted_and_reported(tmp_path, caplog):
+    limit = LionConfig().pools.max_instruction_chars
+    records = [
+        {"instruction": "Short.", "input": ""},
+        {"instruction": "x" * (limit - 10), "input": "y" * 10},  # exactly at the limit: kept
+        {"instruction": "Summarize this.", "input": "z" * limit},  # over it with its input
+        {"instruction": "w" * (limit + 1)},
+    ]
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with caplog.at_level("WARNING", logger="lion_core.seeds"):
+        seeds = load_initial_data(str(path))
+    assert list(seeds.pool["instruction"]) == ["Short.", "x" * (limit - 10)]
+    assert (seeds.oversize, seeds.duplicates) == (2, 0)
+    assert any(
+        "big.jsonl" in r.getMessage() and "2 longer" in r.getMessage() for r in caplog.records
+    )
+
+    tight = load_initial_data(str(path), max_instruction_chars=len("Short."))
+    assert tight.oversize == 3 and list(tight.pool["instruction"]) == ["Short."]
+    assert load_initial_data(str(path), max_instruction_chars=None).oversize == 0
+    only_big = tmp_path / "only_big.jsonl"
+    only_big.write_text(json.dumps(records[3]) + "\n")
+    with pytest.raises(DataError, match=r"only_big\.jsonl.*1 longer than"):
+        load_initial_data(str(only_big))
 
 
 def test_real_alpaca_files_load(shared_data):
