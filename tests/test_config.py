@@ -88,6 +88,35 @@ def test_bad_config_names_the_field(data, path):
     assert f"  {path}:" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("options", "path"),
+    [
+        (
+            {"client_kwargs": {"aws_secret_access_key": "hunter2"}},
+            "client_kwargs.aws_secret_access_key",
+        ),
+        (
+            {"config_kwargs": {"s3": {"AWS_SESSION_TOKEN": "hunter2"}}},
+            "config_kwargs.s3.AWS_SESSION_TOKEN",
+        ),
+        (
+            {"client_kwargs": {"extra": [{"password": "hunter2"}]}},
+            "client_kwargs.extra[0].password",
+        ),
+        ({"session_token": "hunter2"}, "session_token"),
+        ({"secret_access_key": "hunter2"}, "secret_access_key"),
+    ],
+)
+def test_credentials_are_refused_at_any_depth(options, path):
+    """storage.options is recorded in run.json: a secret anywhere in it would be written out."""
+    with pytest.raises(ConfigError) as err:
+        LionConfig.from_dict({"storage": {"options": options}})
+    assert f"storage.options.{path}" in str(err.value)
+    assert "hunter2" not in str(err.value)  # the value itself is never echoed
+    harmless = {"endpoint_url": "http://minio:9000", "client_kwargs": {"region_name": "eu"}}
+    assert LionConfig.from_dict({"storage": {"options": harmless}}).storage.options == harmless
+
+
 def test_bad_yaml_names_the_file(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("teacher: [unclosed\n")
