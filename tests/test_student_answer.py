@@ -165,8 +165,9 @@ def test_out_of_memory_halves_the_batch_and_goes_on(student, monkeypatch):
     assert sum(a.status == "ok" for a in answers.values()) >= len(rows) - 2
 
 
-def test_a_crash_loses_no_answer_and_the_rerun_skips_them(student, monkeypatch):
-    cfg, store, uri = student
+def test_a_crash_loses_no_answer_and_the_rerun_skips_them(student, monkeypatch, tmp_path):
+    cfg, _, uri = student
+    store = RunStore.open(str(tmp_path / "run"))  # its own answers folder, counted below
     cfg = cfg.with_overrides({"student.generation.token_budget": 200})
     rows = _rows(20, seed=4)
     real = BatchedGenerator._generate
