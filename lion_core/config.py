@@ -341,6 +341,13 @@ class PoolsConfig(Section):
         "or URI). Empty: seeds drawn from the offline task world.",
     )
     limit: int | None = Field(None, ge=1, description="Use only the first N seed instructions.")
+    max_instruction_chars: int = Field(
+        20000,
+        ge=1,
+        description="Seed rows whose instruction + input exceed this many characters are left "
+        "out at load time (counted and reported): one 50 MiB instruction drove peak memory to "
+        "9.5 GB and was sent to the teacher and twice to the referee.",
+    )
     offline_seeds: int = Field(
         120, ge=1, description="Seeds drawn from the offline world when initial_data is empty."
     )
@@ -390,13 +397,45 @@ class StorageConfig(Section):
         json_schema_extra=OPERATIONAL,
     )
 
+    # Option names that carry a credential (s3fs, botocore, fsspec), at any depth: options are
+    # recorded in run.json, so a secret here would be written to storage.
+    SECRET_OPTION_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "key",
+            "secret",
+            "token",
+            "password",
+            "access_key_id",
+            "secret_access_key",
+            "session_token",
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "aws_session_token",
+        }
+    )
+
     @field_validator("options")
     @classmethod
     def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
-        secret_keys = {"key", "secret", "token", "aws_secret_access_key", "aws_access_key_id"}
-        found = sorted(secret_keys & set(value))
+        found: list[str] = []
+
+        def walk(node: Any, path: str) -> None:
+            if isinstance(node, dict):
+                for key, child in node.items():
+                    dotted = f"{path}.{key}"
+                    if str(key).lower() in cls.SECRET_OPTION_KEYS:
+                        found.append(dotted)
+                    walk(child, dotted)
+            elif isinstance(node, list | tuple):
+                for i, child in enumerate(node):
+                    walk(child, f"{path}[{i}]")
+
+        walk(value, "storage.options")
         if found:
-            raise ValueError(f"credentials {found} must come from the environment, not the config")
+            raise ValueError(
+                f"credentials must come from the environment (AWS_ACCESS_KEY_ID, ...), never from "
+                f"the config, which is recorded in run.json: remove {', '.join(found)}"
+            )
         return value
 
 

@@ -3,18 +3,24 @@
 The one rule: a committed file is complete and immutable. Local writes go to a temporary file in
 the same folder and are then hard-linked into place (atomic, and fails if the target exists);
 object-store writes are single PUTs, which an S3-compatible store makes visible only once whole.
-A crash therefore leaves either nothing or a temporary file no reader looks at.
+A crash therefore leaves either nothing or a temporary file no reader looks at; a failed write
+(a full disk) removes its own temporary file, and the next write to a folder removes temporary
+files there that are stale: left by a dead process on this host, or older than an hour.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import os
 import posixpath
+import socket
+import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,9 @@ from fsspec.implementations.local import LocalFileSystem
 from lion_core.errors import SnapshotExistsError, StorageError
 
 TMP_MARK = ".tmp-"
+# A temporary file older than this is stale even when its writer cannot be proven dead (another
+# host, or a name without a writer): no single local write takes an hour.
+STALE_TMP_SECONDS = 3600.0
 
 
 class Storage:
@@ -102,7 +111,8 @@ class Storage:
     # ---- writing -----------------------------------------------------------------------
 
     def write_bytes(self, rel: str, data: bytes, *, overwrite: bool = False) -> str:
-        """Commit `data` at `rel` atomically. Without `overwrite`, an existing file is an error."""
+        """Commit `data` at `rel` atomically. Without `overwrite`, an existing file is an error.
+        Any failure is a StorageError naming the file."""
         full = self.path(rel)
         try:
             if self.is_local:
@@ -110,7 +120,7 @@ class Storage:
             if not overwrite and self.fs.exists(full):
                 raise SnapshotExistsError(f"refusing to overwrite committed {self.uri(rel)}")
             self.fs.pipe_file(full, data)
-        except SnapshotExistsError:
+        except StorageError:
             raise
         except Exception as exc:
             raise StorageError(f"cannot write {self.uri(rel)}: {exc}") from exc
@@ -119,12 +129,13 @@ class Storage:
     def _write_local(self, full: str, data: bytes, overwrite: bool) -> str:
         folder = os.path.dirname(full)
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(full)}{TMP_MARK}{uuid.uuid4().hex}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        remove_stale_tmp(folder)
+        tmp = os.path.join(folder, f".{os.path.basename(full)}{TMP_MARK}{_writer_tag()}")
         try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
             if overwrite:
                 os.replace(tmp, full)
             else:
@@ -133,21 +144,35 @@ class Storage:
                 except FileExistsError:
                     raise SnapshotExistsError(f"refusing to overwrite committed {full}") from None
         finally:
-            if os.path.exists(tmp):
+            with suppress(FileNotFoundError):
                 os.unlink(tmp)
         return full
 
     def write_json(self, rel: str, obj: Any, *, overwrite: bool = False) -> str:
-        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+        try:
+            data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+        except Exception as exc:  # circular references, keys that do not sort
+            raise StorageError(
+                f"cannot write {self.uri(rel)}: not JSON-serializable: {exc}"
+            ) from exc
         return self.write_bytes(rel, data, overwrite=overwrite)
 
     def write_parquet(self, rel: str, table: pa.Table, *, overwrite: bool = False) -> str:
-        return self.write_bytes(rel, parquet_bytes(table), overwrite=overwrite)
+        try:
+            data = parquet_bytes(table)
+        except Exception as exc:
+            raise StorageError(
+                f"cannot write {self.uri(rel)}: cannot encode Parquet: {exc}"
+            ) from exc
+        return self.write_bytes(rel, data, overwrite=overwrite)
 
     def delete(self, rel: str, *, recursive: bool = False) -> None:
         full = self.path(rel)
-        if self.fs.exists(full):
-            self.fs.rm(full, recursive=recursive)
+        try:
+            if self.fs.exists(full):
+                self.fs.rm(full, recursive=recursive)
+        except Exception as exc:
+            raise StorageError(f"cannot delete {self.uri(rel)}: {exc}") from exc
 
     # ---- folders (checkpoints) -------------------------------------------------------
 
@@ -183,14 +208,14 @@ class Storage:
     def local_dir(self, rel: str, scratch: str | Path) -> Iterator[Path]:
         """A local folder whose contents end up at `rel`: the folder itself on local storage,
         else `scratch`, uploaded when the block exits without error."""
+        target = Path(self.path(rel)) if self.is_local else Path(scratch)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {target} for {self.uri(rel)}: {exc}") from exc
+        yield target
         if self.is_local:
-            path = Path(self.path(rel))
-            path.mkdir(parents=True, exist_ok=True)
-            yield path
             return
-        scratch = Path(scratch)
-        scratch.mkdir(parents=True, exist_ok=True)
-        yield scratch
         self.put_dir(scratch, rel)
 
     def __repr__(self) -> str:
@@ -202,6 +227,59 @@ def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
+
+
+def remove_stale_tmp(folder: str, max_age: float = STALE_TMP_SECONDS) -> list[str]:
+    """Remove the temporary files in local `folder` whose writer died (on this host) or that
+    are older than `max_age` seconds; return their names. Never raises: cleaning is a courtesy
+    to the disk, not part of the write."""
+    removed = []
+    try:
+        entries = [e for e in os.scandir(folder) if TMP_MARK in e.name and e.is_file()]
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        try:
+            stale = now - entry.stat().st_mtime > max_age or _writer_is_dead(entry.name)
+            if stale:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            continue  # another writer removed or committed it meanwhile
+    return removed
+
+
+@functools.cache
+def _host_tag() -> str:
+    """This host and PID namespace (containers sharing a hostname have different ones): where
+    a PID means the same process."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:8]
+
+
+def _writer_tag() -> str:
+    """`<host>-<pid>-<uuid>`: who writes a temporary file, so a later write can tell whether
+    the writer is gone."""
+    return f"{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _writer_is_dead(name: str) -> bool:
+    """Whether the temporary file `name` was written by a process of this host that no longer
+    runs. Unknown writers (another host, an older name format) count as alive."""
+    parts = name.rsplit(TMP_MARK, 1)[-1].split("-")
+    if len(parts) != 3 or parts[0] != _host_tag() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by another user
+        return False
+    return False
 
 
 def _protocol(fs: fsspec.AbstractFileSystem) -> str:

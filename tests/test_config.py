@@ -26,6 +26,18 @@ def test_paper_defaults():
     assert cfg.teacher.is_offline and cfg.student.tiny is not None
 
 
+def test_seed_instruction_size_limit():
+    """A size limit on seed instructions exists, says why, and is part of what a run computes."""
+    from lion_core.config import PoolsConfig, is_operational
+
+    field = PoolsConfig.model_fields["max_instruction_chars"]
+    assert LionConfig().pools.max_instruction_chars == field.default > 0
+    assert "memory" in field.description and "referee" in field.description
+    assert not is_operational("pools.max_instruction_chars")  # it changes the pools
+    with pytest.raises(ConfigError, match=r"pools\.max_instruction_chars"):
+        LionConfig.from_dict({"pools": {"max_instruction_chars": 0}})
+
+
 def test_every_field_has_a_description():
     def walk(model_cls, prefix=""):
         for name, field in model_cls.model_fields.items():
@@ -74,6 +86,35 @@ def test_bad_config_names_the_field(data, path):
     with pytest.raises(ConfigError) as err:
         LionConfig.from_dict(data)
     assert f"  {path}:" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "path"),
+    [
+        (
+            {"client_kwargs": {"aws_secret_access_key": "hunter2"}},
+            "client_kwargs.aws_secret_access_key",
+        ),
+        (
+            {"config_kwargs": {"s3": {"AWS_SESSION_TOKEN": "hunter2"}}},
+            "config_kwargs.s3.AWS_SESSION_TOKEN",
+        ),
+        (
+            {"client_kwargs": {"extra": [{"password": "hunter2"}]}},
+            "client_kwargs.extra[0].password",
+        ),
+        ({"session_token": "hunter2"}, "session_token"),
+        ({"secret_access_key": "hunter2"}, "secret_access_key"),
+    ],
+)
+def test_credentials_are_refused_at_any_depth(options, path):
+    """storage.options is recorded in run.json: a secret anywhere in it would be written out."""
+    with pytest.raises(ConfigError) as err:
+        LionConfig.from_dict({"storage": {"options": options}})
+    assert f"storage.options.{path}" in str(err.value)
+    assert "hunter2" not in str(err.value)  # the value itself is never echoed
+    harmless = {"endpoint_url": "http://minio:9000", "client_kwargs": {"region_name": "eu"}}
+    assert LionConfig.from_dict({"storage": {"options": harmless}}).storage.options == harmless
 
 
 def test_bad_yaml_names_the_file(tmp_path):

@@ -11,6 +11,7 @@ import textwrap
 import pandas as pd
 import pytest
 
+from lion_core.config import LionConfig
 from lion_core.errors import DataError, SchemaError, SnapshotExistsError
 from lion_core.schemas import ARTIFACT_SCHEMAS, instruction_id
 from lion_core.seeds import load_initial_data
@@ -104,6 +105,8 @@ def test_interrupted_local_write_leaves_no_snapshot(tmp_path):
     assert store.counts()[1]["train_pool"] is None
     store.write(1, "train_pool", _pool(4))  # a resume can write the real snapshot
     assert store.read(1, "train_pool").shape[0] == 4
+    # the dead writer's temporary file went with that write
+    assert [p.name for p in (root / "round=1").iterdir()] == ["train_pool.parquet"]
 
 
 KILL_S3 = textwrap.dedent(
@@ -142,7 +145,7 @@ def test_run_info(store):
 # ---- initial data ----------------------------------------------------------------------------
 
 
-def test_initial_data_formats_agree(tmp_path):
+def test_initial_data_formats_agree(tmp_path, caplog):
     records = [
         {"instruction": "Give three tips.", "input": "", "output": "1. a"},
         {"instruction": "Translate.", "input": "Bonjour", "output": "Hello"},
@@ -152,14 +155,69 @@ def test_initial_data_formats_agree(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     pd.DataFrame(records).to_csv(tmp_path / "a.csv", index=False)
     pd.DataFrame(records).to_parquet(tmp_path / "a.parquet")
-    frames = [
-        load_initial_data(str(tmp_path / f"a.{ext}")) for ext in ("json", "jsonl", "csv", "parquet")
-    ]
-    for f in frames[1:]:
-        pd.testing.assert_frame_equal(f, frames[0])
-    assert len(frames[0]) == 2  # the duplicate is dropped
-    assert set(frames[0]["source"]) == {"seed"}
-    assert load_initial_data(str(tmp_path / "a.json"), limit=1).shape[0] == 1
+    with caplog.at_level("WARNING", logger="lion_core.seeds"):
+        loaded = [
+            load_initial_data(str(tmp_path / f"a.{ext}"))
+            for ext in ("json", "jsonl", "csv", "parquet")
+        ]
+    for seeds in loaded[1:]:
+        pd.testing.assert_frame_equal(seeds.pool, loaded[0].pool)
+    assert len(loaded[0].pool) == 2  # the duplicate is dropped, counted and reported
+    assert [s.duplicates for s in loaded] == [1, 1, 1, 1]
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 4 and "a.csv" in warned[2] and "1 duplicate" in warned[2]
+    assert set(loaded[0].pool["source"]) == {"seed"}
+    assert load_initial_data(str(tmp_path / "a.json"), limit=1).pool.shape[0] == 1
+
+
+ODD = ["Line\u2028separated", "Next\x85line", "Form\x0cfeed"]  # not line ends in JSONL/CSV
+
+
+def test_non_utf8_initial_data_names_the_file_and_line(tmp_path):
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"instruction": "ok"}\n{"instruction": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin\.jsonl.*UTF-8.*line 2") as err:
+        load_initial_data(str(latin))
+    assert err.value.row == 2
+    (tmp_path / "latin.json").write_bytes(b'[{"instruction": "ok"},\n{"instruction": "\xff"}]')
+    with pytest.raises(DataError, match=r"latin\.json\b.*line 2"):
+        load_initial_data(str(tmp_path / "latin.json"))
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    """U+2028, U+0085 and \\x0c are valid raw inside a JSON string; only "\\n" ends a record."""
+    jsonl = tmp_path / "odd.jsonl"
+    jsonl.write_text(
+        "".join(json.dumps({"instruction": i}, ensure_ascii=False) + "\n" for i in ODD)
+    )
+    assert list(load_initial_data(str(jsonl)).pool["instruction"]) == ODD
+
+
+def test_csv_fields_keep_form_feed_and_next_line(tmp_path):
+    """\\x0c and \\x85 stay inside their field; a quoted line break spans lines."""
+    csv_path = tmp_path / "odd.csv"
+    pd.DataFrame({"instruction": ODD, "input": ["a", "b\nc", "d"]}).to_csv(csv_path, index=False)
+    seeds = load_initial_data(str(csv_path)).pool
+    assert list(seeds["instruction"]) == ODD and list(seeds["input"]) == ["a", "b\nc", "d"]
+
+
+def test_a_utf8_bom_is_not_part_of_the_first_column(tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM."""
+    for name, text in [
+        ("bom.csv", "instruction,input\nSay hi.,\n"),
+        ("bom.jsonl", '{"instruction": "Say hi."}\n'),
+        ("bom.json", '[{"instruction": "Say hi."}]'),
+    ]:
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+        assert list(load_initial_data(str(tmp_path / name)).pool["instruction"]) == ["Say hi."]
+
+
+def test_csv_errors_name_the_line_a_record_starts_on(tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_text('instruction,input\n"Summarize:\nline two\nline three",x\n\n,empty\n')
+    with pytest.raises(DataError) as err:
+        load_initial_data(str(path))
+    assert (err.value.row, err.value.column) == (6, "instruction")  # the third record, line 6
 
 
 def test_initial_data_errors_name_file_row_column(tmp_path):
@@ -193,6 +251,142 @@ def test_initial_data_errors_name_file_row_column(tmp_path):
         load_initial_data(str(tmp_path / "a.txt"))
 
 
+def test_oversize_instructions_are_left_out_counted_and_reported(tmp_path, caplog):
+    limit = LionConfig().pools.max_instruction_chars
+    records = [
+        {"instruction": "Short.", "input": ""},
+        {"instruction": "x" * (limit - 10), "input": "y" * 10},  # exactly at the limit: kept
+        {"instruction": "Summarize this.", "input": "z" * limit},  # over it with its input
+        {"instruction": "w" * (limit + 1)},
+    ]
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with caplog.at_level("WARNING", logger="lion_core.seeds"):
+        seeds = load_initial_data(str(path))
+    assert list(seeds.pool["instruction"]) == ["Short.", "x" * (limit - 10)]
+    assert (seeds.oversize, seeds.duplicates) == (2, 0)
+    assert any(
+        "big.jsonl" in r.getMessage() and "2 longer" in r.getMessage() for r in caplog.records
+    )
+
+    tight = load_initial_data(str(path), max_instruction_chars=len("Short."))
+    assert tight.oversize == 3 and list(tight.pool["instruction"]) == ["Short."]
+    assert load_initial_data(str(path), max_instruction_chars=None).oversize == 0
+    only_big = tmp_path / "only_big.jsonl"
+    only_big.write_text(json.dumps(records[3]) + "\n")
+    with pytest.raises(DataError, match=r"only_big\.jsonl.*1 longer than"):
+        load_initial_data(str(only_big))
+
+
 def test_real_alpaca_files_load(shared_data):
-    df = load_initial_data(str(shared_data / "gsm8k_train_alpaca_format.json"))
+    df = load_initial_data(str(shared_data / "gsm8k_train_alpaca_format.json")).pool
     assert len(df) > 7000 and df["instruction_id"].is_unique
+
+
+# ---- failed and abandoned local writes ------------------------------------------------------
+
+FULL_DISK = textwrap.dedent(
+    """
+    import json, resource, signal, sys
+    from lion_core.errors import StorageError
+    from lion_core.storage import Storage
+    st = Storage(sys.argv[1])
+    # A real write failure: past RLIMIT_FSIZE the kernel refuses the write (EFBIG), as a full
+    # disk refuses it with ENOSPC; the same code path, and nothing real gets filled.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    try:
+        st.write_bytes("round=1/train_pool.parquet", b"x" * 100000)
+    except Exception as exc:
+        errno = getattr(exc.__cause__, "errno", None)
+        print(json.dumps({"storage_error": isinstance(exc, StorageError), "errno": errno,
+                          "message": str(exc)}))
+    """
+)
+
+
+def test_a_failed_local_write_leaves_no_temporary_file(tmp_path):
+    import errno
+
+    root = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(root)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout)
+    assert out["storage_error"], out
+    assert "round=1/train_pool.parquet" in out["message"] and out["errno"] == errno.EFBIG
+    assert list((root / "round=1").iterdir()) == []  # neither the file nor its temporary file
+
+
+HANG_LOCAL = textwrap.dedent(
+    """
+    import os, sys, time
+    from lion_core.storage import Storage
+    st = Storage(sys.argv[1])
+    def hang(fd):  # a writer still busy with its temporary file
+        print("writing", flush=True)
+        time.sleep(600)
+    os.fsync = hang
+    st.write_bytes("round=1/teacher_answers.parquet", b"PAR1" + b"x" * 1000)
+    """
+)
+
+
+def test_stale_temporary_files_are_removed_by_the_next_write(tmp_path):
+    import os
+    import time
+
+    from lion_core.storage import Storage
+
+    root = tmp_path / "run"
+    folder = root / "round=1"
+    folder.mkdir(parents=True)
+    old = folder / ".hard.parquet.tmp-0123456789abcdef"  # an older name, abandoned long ago
+    old.write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    fresh = folder / ".easy.parquet.tmp-fedcba9876543210"  # writer unknown, recent: kept
+    fresh.write_bytes(b"x")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HANG_LOCAL, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        live = [p.name for p in folder.iterdir() if "teacher_answers" in p.name]
+        assert len(live) == 1 and ".tmp-" in live[0]
+
+        storage = Storage(str(root))
+        storage.write_bytes("round=1/a.parquet", b"a")
+        names = {p.name for p in folder.iterdir()}
+        assert names == {"a.parquet", fresh.name, live[0]}  # the live writer's file is kept
+    finally:
+        writer.kill()
+        writer.wait()
+    storage.write_bytes("round=1/b.parquet", b"b")  # its writer is dead now
+    assert {p.name for p in folder.iterdir()} == {"a.parquet", "b.parquet", fresh.name}
+
+
+def test_storage_failures_are_storage_errors_naming_the_file(tmp_path):
+    from lion_core.errors import StorageError
+    from lion_core.storage import Storage
+
+    storage = Storage(str(tmp_path / "run"))
+    loop: dict = {}
+    loop["self"] = loop
+    with pytest.raises(StorageError, match=r"round=1/loop\.json"):
+        storage.write_json("round=1/loop.json", loop)
+    with pytest.raises(StorageError, match=r"round=1/t\.parquet"):
+        storage.write_parquet("round=1/t.parquet", {"not": "a table"})
+    with pytest.raises(StorageError, match=r"round=1/s\.bin"):
+        storage.write_bytes("round=1/s.bin", "text, not bytes")
+    storage.write_bytes("round=1/file", b"x")
+    with pytest.raises(StorageError, match=r"round=1/file/under"):
+        storage.write_bytes("round=1/file/under", b"x")
+    with (
+        pytest.raises(StorageError, match=r"round=1/file"),
+        storage.local_dir("round=1/file", tmp_path / "scratch"),
+    ):
+        pass
+    storage.write_bytes("round=2/full/x", b"x")
+    with pytest.raises(StorageError, match=r"round=2/full"):
+        storage.delete("round=2/full")  # a non-empty folder without recursive=True
+    assert [p.name for p in (tmp_path / "run" / "round=1").iterdir()] == ["file"]

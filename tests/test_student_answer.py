@@ -165,8 +165,9 @@ def test_out_of_memory_halves_the_batch_and_goes_on(student, monkeypatch):
     assert sum(a.status == "ok" for a in answers.values()) >= len(rows) - 2
 
 
-def test_a_crash_loses_no_answer_and_the_rerun_skips_them(student, monkeypatch):
-    cfg, store, uri = student
+def test_a_crash_loses_no_answer_and_the_rerun_skips_them(student, monkeypatch, tmp_path):
+    cfg, _, uri = student
+    store = RunStore.open(str(tmp_path / "run"))  # its own answers folder, counted below
     cfg = cfg.with_overrides({"student.generation.token_budget": 200})
     rows = _rows(20, seed=4)
     real = BatchedGenerator._generate
@@ -195,6 +196,31 @@ def test_a_crash_loses_no_answer_and_the_rerun_skips_them(student, monkeypatch):
     assert sum(counted) == len(rows) - len(done)  # only the rest was generated
     assert list(out["instruction_id"]) == list(rows["instruction_id"])
     assert set(out["status"]) == {"ok"}
+
+
+def test_a_new_token_budget_resumes_the_same_answers(student, monkeypatch, tmp_path):
+    """token_budget and num_gpus are operational: changing them between invocations reuses the
+    answers so far; a setting that shapes the answers starts afresh."""
+    cfg, _, uri = student
+    store = RunStore.open(str(tmp_path / "run"))
+    rows = _rows(8, seed=6)
+    first = generate_answers(cfg, store, uri, rows)
+    real = BatchedGenerator._generate
+    counted: list[int] = []
+
+    def count(self, prompts, first_id):
+        counted.append(len(prompts))
+        return real(self, prompts, first_id)
+
+    monkeypatch.setattr(BatchedGenerator, "_generate", count)
+    operational = {"student.generation.token_budget": 300, "student.generation.num_gpus": 1}
+    again = generate_answers(cfg.with_overrides(operational), store, uri, rows)
+    assert counted == []  # nothing generated again
+    pd.testing.assert_frame_equal(again, first)
+
+    shorter = cfg.with_overrides({"student.generation.max_new_tokens": 4})
+    generate_answers(shorter, store, uri, rows)
+    assert sum(counted) == len(rows)
 
 
 def test_rows_need_their_columns(student):

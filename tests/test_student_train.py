@@ -28,6 +28,7 @@ from lion_core.student.answer import BatchedGenerator
 from lion_core.student.checkpoints import (
     COMPLETE,
     complete_checkpoints,
+    mark_complete,
     materialize,
     scratch_for,
 )
@@ -296,6 +297,27 @@ def test_bad_training_data_names_the_file(small_run, tmp_path):
     pd.DataFrame({"instruction": ["x"], "output": ["y"]}).to_parquet(bad)
     with pytest.raises(DataError, match="answer"):
         train_student(cfg, store, 1, str(bad), base)
+
+
+def test_a_killed_attempts_log_reaches_storage_with_the_next_attempt(tmp_path, monkeypatch):
+    """A caller killed with SIGKILL skips the log upload in its `finally`; the log stays in the
+    round's scratch folder, and the next call (which fails at once here) uploads it."""
+    monkeypatch.setenv("LION_SCRATCH", str(tmp_path / "scratch"))
+    cfg = _cfg(str(tmp_path / "run"), launcher="python")
+    store = RunStore.open(str(tmp_path / "run"))
+    work = scratch_for(store.storage.uri("round=1"), "train")
+    killed = work / "train-20250101T000000.log"
+    killed.write_text("step 10: loss 2.31\n")  # what the killed attempt left behind
+
+    with pytest.raises(DataError, match="not found"):  # the next attempt fails at once
+        train_student(cfg, store, 1, str(tmp_path / "missing.parquet"), "unused")
+    assert store.storage.read_bytes(f"round=1/logs/{killed.name}") == b"step 10: loss 2.31\n"
+
+    later = work / "train-20250101T010000.log"
+    later.write_text("step 20: loss 1.02\n")
+    mark_complete(store.storage, "round=1/student")  # even a finished round gets its logs
+    assert train_student(cfg, store, 1, "unused.parquet", "unused").endswith("round=1/student")
+    assert store.storage.listdir("round=1/logs") == [killed.name, later.name]
 
 
 def test_launch_command_and_init_choice(tmp_path):

@@ -8,7 +8,8 @@ same rows; a single prompt that still does not fit is recorded as failed, and th
 
 Answered rows are never lost: every batch is committed to the run's storage at once, under
     <root>/generation/<key>/part-<shard>-<n>-<uuid>.parquet
-where <key> hashes the student URI, the generation settings and the prompt template. A second
+where <key> hashes the student URI, the generation settings that shape an answer (not the
+operational token budget or GPU count), the prompt template and the seed. A second
 call with the same student skips the rows already answered there. On several GPUs, one worker
 process per GPU answers its shard of the rows and commits its own parts.
 """
@@ -31,7 +32,7 @@ import pandas as pd
 import torch
 
 from lion_core import layout
-from lion_core.config import LionConfig, StudentGenerationConfig
+from lion_core.config import LionConfig, StudentGenerationConfig, is_operational
 from lion_core.errors import DataError, GenerationError
 from lion_core.schemas import ANSWER_SCHEMA, conform
 from lion_core.storage import Storage
@@ -47,11 +48,20 @@ ROW_COLUMNS = ("instruction_id", "instruction", "input")
 
 
 def progress_rel(student_uri: str, cfg: LionConfig) -> str:
-    """Folder (relative to the run's root) holding the answers generated so far."""
+    """Folder (relative to the run's root) holding the answers generated so far.
+
+    Keyed on what the answers depend on: the student, the prompt template, the seed and the
+    generation fields not marked operational, so a changed token budget or GPU count resumes in
+    the same folder."""
+    generation = {
+        name: value
+        for name, value in cfg.student.generation.model_dump(mode="json").items()
+        if not is_operational(f"student.generation.{name}")
+    }
     payload = json.dumps(
         {
             "student": student_uri,
-            "generation": cfg.student.generation.model_dump(mode="json", exclude={"num_gpus"}),
+            "generation": generation,
             "template": cfg.student.prompt_template,
             "seed": cfg.seed,
         },

@@ -7,7 +7,8 @@ cancellation, timeout or the caller's death).
 
 Training happens in a local folder; checkpoints and the final model are committed to the run's
 storage (a local folder or s3://) with completion markers. A second call after a crash resumes
-from the latest committed checkpoint; a call after success returns at once.
+from the latest committed checkpoint; a call after success returns at once. Each attempt's log
+goes to `round=<k>/logs` when it ends, or, if its caller was killed, at the next call.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from lion_core.supervise import cpu_threads, free_port, run_process_group
 
 log = logging.getLogger(__name__)
 
+LOG_PREFIX = "train-"  # train-<timestamp>.log, one per attempt, in scratch and round=<k>/logs
+
 
 def train_student(
     cfg: LionConfig,
@@ -71,12 +74,13 @@ def train_student(
     logger = logger or log
     storage = store.storage
     final_rel = layout.student(round)
+    work = scratch_for(storage.uri(layout.round_dir(round)), "train")
+    upload_earlier_logs(storage, round, work)
     if is_complete(storage, final_rel):
         logger.info("round %d student already trained: %s", round, storage.uri(final_rel))
         return storage.uri(final_rel)
 
     options = cfg.storage.options
-    work = scratch_for(storage.uri(layout.round_dir(round)), "train")
     frame = _read_train_data(train_data_uri, options)
     train_file = work / "train.parquet"
     frame.to_parquet(train_file, index=False)
@@ -129,7 +133,7 @@ def train_student(
     cmd, env = training_command(cfg, spec_file)
     logger.info("round %d: training %s -> %s", round, init_uri, storage.uri(final_rel))
     logger.info("command: %s", " ".join(cmd))
-    log_file = work / f"train-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    log_file = work / f"{LOG_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}.log"
     try:
         rc, tail = run_process_group(
             cmd,
@@ -175,6 +179,21 @@ def _read_train_data(uri: str, options: dict) -> pd.DataFrame:
     if frame.empty:
         raise DataError("training data has no rows", file=uri)
     return check_train_frame(frame, source=uri)
+
+
+def upload_earlier_logs(storage, round: int, work: Path) -> list[str]:
+    """Upload the training logs in the round's scratch folder `work` that are not yet in
+    `round=<k>/logs`; return their names. An attempt whose caller was killed (SIGKILL, a lost
+    node) never reached the upload in its `finally`; the next attempt sends its log."""
+    try:
+        stored = set(storage.listdir(layout.logs(round)))
+    except Exception as exc:  # the logs are a convenience; never block training on them
+        log.warning("cannot list %s: %s", storage.uri(layout.logs(round)), exc)
+        return []
+    pending = [f for f in sorted(work.glob(f"{LOG_PREFIX}*.log")) if f.name not in stored]
+    for log_file in pending:
+        _upload_log(storage, round, log_file)
+    return [f.name for f in pending]
 
 
 def _upload_log(storage, round: int, log_file: Path) -> None:
