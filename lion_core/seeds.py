@@ -1,4 +1,7 @@
-"""Seed instructions from a user's file: Alpaca JSON/JSONL, Parquet or CSV, into the pool schema."""
+"""Seed instructions from a user's file: Alpaca JSON/JSONL, Parquet or CSV, into the pool schema.
+
+`read_records` (any of those files as numbered records) also reads evaluation question sets.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lion_core.config import DATA_FORMATS
 from lion_core.errors import DataError
 from lion_core.schemas import pool_frame, seed_row
 
@@ -24,8 +28,14 @@ def load_initial_data(
     (1-based, as an editor shows it for JSONL/CSV; the list index for JSON) and the column.
     Exact duplicates (same instruction and input) are dropped, keeping the first.
     """
-    formats = (".parquet", ".jsonl", ".json", ".csv")
-    fmt = next((f for f in formats if path.lower().endswith(f)), None)
+    return _to_pool(read_records(path, options), path, limit)
+
+
+def read_records(path: str, options: dict[str, Any] | None = None) -> list[tuple[int, Any]]:
+    """The records of a JSON, JSONL, Parquet or CSV file (local path or fsspec URI), each with
+    its row number for error messages: 1-based lines for JSONL and CSV (the header is line 1),
+    list indices for JSON and Parquet. A JSON object with a "data" list is read as that list."""
+    fmt = next((f for f in DATA_FORMATS if path.lower().endswith(f)), None)
     if fmt is None:
         raise DataError("unsupported format; use .json, .jsonl, .parquet or .csv", file=path)
     try:
@@ -36,14 +46,13 @@ def load_initial_data(
     except Exception as exc:
         raise DataError(f"cannot read: {exc}", file=path) from exc
 
-    numbered: list[tuple[int, Any]]
     if fmt == ".parquet":
         try:
             records = pq.read_table(pa.BufferReader(raw)).to_pylist()
         except Exception as exc:
             raise DataError(f"not a readable Parquet file: {exc}", file=path) from exc
-        numbered = list(enumerate(records))
-    elif fmt == ".jsonl":
+        return list(enumerate(records))
+    if fmt == ".jsonl":
         numbered = []
         for lineno, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
             if not line.strip():
@@ -52,7 +61,8 @@ def load_initial_data(
                 numbered.append((lineno, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise DataError(f"invalid JSON: {exc.msg}", file=path, row=lineno) from None
-    elif fmt == ".json":
+        return numbered
+    if fmt == ".json":
         try:
             records = json.loads(raw.decode("utf-8"))
         except json.JSONDecodeError as exc:
@@ -63,10 +73,8 @@ def load_initial_data(
             records = records["data"]
         if not isinstance(records, list):
             raise DataError("expected a JSON list of records", file=path)
-        numbered = list(enumerate(records))
-    else:  # csv; the header is line 1
-        numbered = list(enumerate(csv.DictReader(raw.decode("utf-8").splitlines(True)), start=2))
-    return _to_pool(numbered, path, limit)
+        return list(enumerate(records))
+    return list(enumerate(csv.DictReader(raw.decode("utf-8").splitlines(True)), start=2))
 
 
 def _to_pool(numbered: list[tuple[int, Any]], path: str, limit: int | None) -> pd.DataFrame:
