@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from lion_core.config import OFFLINE, RefereeConfig
+from lion_core.config import DATA_FORMATS, OFFLINE, RefereeConfig
 from lion_core.discriminate import EPS, positional_bias
 from lion_core.errors import DataError
 from lion_core.llm.types import Completer
@@ -129,7 +129,8 @@ def set_name(path: str) -> str:
     if path == OFFLINE:
         return OFFLINE
     name = PurePosixPath(path.rstrip("/")).name
-    name = re.sub(r"\.(jsonl|json|parquet|csv)$", "", name, flags=re.IGNORECASE)
+    suffix = next((f for f in DATA_FORMATS if name.lower().endswith(f)), "")
+    name = name[: len(name) - len(suffix)]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "questions"
 
 
@@ -220,15 +221,15 @@ _TRAILING = re.compile(r"[\s.,;:!?]+$")
 
 def exact_match(prediction: str | None, reference: str | None) -> bool:
     """Whether `prediction` gives `reference`: equal after normalising case, whitespace (also
-    around commas) and trailing punctuation; when the reference is a number, whether the last
-    number in the prediction equals it ("The answer is 1,234." matches "1234")."""
+    around commas) and trailing punctuation; when the reference is a number ("1,234" is one
+    number), whether the last number in the prediction equals it ("It is 1234." matches)."""
     if prediction is None or reference is None:
         return False
-    ref = _normal(reference)
-    if _NUMBER.fullmatch(ref):
+    bare = _TRAILING.sub("", reference.strip())
+    if _NUMBER.fullmatch(bare):
         numbers = _NUMBER.findall(prediction)
-        return bool(numbers) and _as_float(numbers[-1]) == _as_float(ref)
-    return _normal(prediction) == ref
+        return bool(numbers) and _as_float(numbers[-1]) == _as_float(bare)
+    return _normal(prediction) == _normal(reference)
 
 
 def _normal(text: str) -> str:

@@ -19,7 +19,9 @@ from lion_core.evaluate import (
     QUESTION_COLUMNS,
     exact_match,
     judge,
+    judge_pairs,
     load_questions,
+    per_question,
     question_rows,
     sample_questions,
     set_name,
@@ -31,6 +33,7 @@ from lion_core.offline import OfflineServer, heldout_instances, heldout_question
 from lion_core.offline.roles import GARBLED_TEXT, generator_answer
 from lion_core.offline.world import FAMILIES, make_instance, solve
 from lion_core.prompts import generator_messages, instruction_text
+from lion_core.referee import score_order
 from lion_core.schemas import EVAL_SCHEMA, EVAL_SUMMARY_SCHEMA, conform, instruction_id
 
 # ------------------------------------------------------------------------------------------
@@ -156,6 +159,15 @@ def test_relative_score_wins_ties_losses_and_categories_by_hand():
     ]
     assert rows[0]["relative_score"] == pytest.approx(30 / 38.5) and rows[0]["losses"] == 2
     assert rows[0]["interval_low"] <= rows[0]["relative_score"] <= rows[0]["interval_high"]
+
+
+def test_a_question_without_reviews_is_unscored():
+    pairs = judge_pairs(QUESTIONS, TEACHER, STUDENT)
+    none = score_order(pairs.iloc[:0], client=None, cfg=RefereeConfig(), order=1)  # asks nothing
+    frame = per_question(pairs, none, none)
+    assert (frame["status"] == "unscored").all()
+    assert frame["error"].str.startswith("missing_review").all()
+    assert summarize(frame).unscored == len(QUESTIONS) and summarize(frame).ties == 0
 
 
 def test_the_judge_is_the_referee_unless_configured():
@@ -334,6 +346,8 @@ def test_set_names_rows_and_a_fixed_sample(tmp_path):
         ("42", "42", True),
         ("The answer is 42.", "42", True),
         ("It costs 1,234 dollars", "1234", True),
+        ("1234", "1,234", True),
+        ("42", "42.", True),
         ("42.0", "42", True),
         ("-7", "-7", True),
         ("Between 41 and 42, I pick 41", "42", False),
