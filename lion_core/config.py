@@ -155,6 +155,12 @@ class RefereeConfig(EndpointConfig):
     )
 
 
+class JudgeConfig(RefereeConfig):
+    """The evaluation judge: the referee's fields and prompt, possibly a stronger model."""
+
+    role_defaults = {"model": "offline-judge"}
+
+
 class GeneratorConfig(EndpointConfig):
     """The generator writes new instructions from hard and easy seeds."""
 
@@ -384,6 +390,64 @@ class NoveltyConfig(Section):
     )
 
 
+# The data files a path in the config may name (seed data, question sets).
+DATA_FORMATS = (".jsonl", ".json", ".parquet", ".csv")
+
+
+class EvaluationConfig(Section):
+    """The Lion paper's yardstick: a judge scores the teacher's and the student's answers to
+    held-out questions 1-10 in both orders; the student's relative score is the sum of its
+    scores over the teacher's (1.0 = teacher level)."""
+
+    sets: list[str] = Field(
+        default_factory=list,
+        description="Question sets (local paths or URIs): Vicuna/MT-Bench JSONL (question_id, "
+        "category, turns: the first turn is asked), Alpaca JSON/JSONL, Parquet or CSV "
+        "(instruction, input, optional question_id, category, reference). 'offline' = the "
+        "offline world's held-out set, which no pool ever contains. Empty: no evaluation.",
+    )
+    every_round: bool = Field(
+        True, description="Evaluate the student after every round; off: after the last only."
+    )
+    sample: int | None = Field(
+        None,
+        ge=1,
+        description="Judge at most N questions per set: a fixed sample (chosen by a hash of "
+        "question_id), the same in every round and run. Empty: every question.",
+    )
+    bootstrap: int = Field(
+        1000,
+        ge=0,
+        le=100_000,
+        description="Bootstrap resamples of the questions for the 95% interval of the relative "
+        "score (seeded by the run's seed); 0: no interval.",
+    )
+    offline_per_cell: int = Field(
+        2,
+        ge=1,
+        le=50,
+        description="Questions per family and difficulty (1..offline.max_difficulty) in the "
+        "'offline' held-out set; odd-numbered ones ask the family's rare variant.",
+    )
+    lm_eval_tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-evaluation-harness tasks run on the student (e.g. arc_easy, hellaswag); "
+        "empty: none.",
+    )
+
+    @field_validator("sets")
+    @classmethod
+    def _check_sets(cls, value: list[str]) -> list[str]:
+        value = [v.strip() for v in value]
+        for v in value:
+            if v != OFFLINE and not v.lower().endswith(DATA_FORMATS):
+                raise ValueError(f"{v!r}: must be 'offline' or end in {', '.join(DATA_FORMATS)}")
+        duplicates = sorted({v for v in value if value.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"listed more than once: {duplicates}")
+        return value
+
+
 class StorageConfig(Section):
     root: str = Field(
         "lion-runs/default",
@@ -490,6 +554,14 @@ class LionConfig(Section):
     pools: PoolsConfig = Field(default_factory=PoolsConfig, description="Train and Cache Pools.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher endpoint.")
     referee: RefereeConfig = Field(default_factory=RefereeConfig, description="Referee endpoint.")
+    judge: JudgeConfig | None = Field(
+        None,
+        description="Evaluation judge endpoint, asked the referee's prompt in both orders. "
+        "Empty: the referee's settings. The paper refereed with ChatGPT (also the teacher) but "
+        "judged with GPT-4, so that the yardstick does not grade its own answers; e.g. "
+        "{base_url: https://api.openai.com/v1, model: gpt-4, api_key_env: OPENAI_API_KEY}. "
+        "The offline world answers any model name here (offline-judge) as the referee.",
+    )
     generator: GeneratorConfig = Field(
         default_factory=GeneratorConfig, description="Generator endpoint."
     )
@@ -502,6 +574,9 @@ class LionConfig(Section):
     )
     novelty: NoveltyConfig = Field(
         default_factory=NoveltyConfig, description="ROUGE-L novelty filter."
+    )
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig, description="Judged evaluation on held-out questions."
     )
     offline: OfflineWorldConfig = Field(
         default_factory=OfflineWorldConfig, description="The offline task world."
@@ -556,8 +631,17 @@ class LionConfig(Section):
         data = _drop_operational(self.model_dump(mode="json"), "")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
+    def judge_endpoint(self) -> RefereeConfig:
+        """The evaluation judge: the `judge` section, or the referee's when it is empty."""
+        return self.judge if self.judge is not None else self.referee
+
     def endpoints(self) -> dict[str, EndpointConfig]:
-        return {"teacher": self.teacher, "referee": self.referee, "generator": self.generator}
+        return {
+            "teacher": self.teacher,
+            "referee": self.referee,
+            "judge": self.judge_endpoint(),
+            "generator": self.generator,
+        }
 
 
 def _drop_operational(value: Any, path: str) -> Any:

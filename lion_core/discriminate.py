@@ -91,8 +91,16 @@ def split_stats(
         "mean_gap": _mean(scored["teacher_score"] - scored["student_score"]),
         "gap_order_1": _mean(t1 - s1),
         "gap_order_2": _mean(t2 - s2),
-        "positional_bias": _mean(((t1 - s1) + (s2 - t2)) / 2),
+        "positional_bias": positional_bias(scored),
     }
+
+
+def positional_bias(scored: pd.DataFrame) -> float | None:
+    """Mean score of the answer shown first minus the one shown second, over both orders:
+    mean((t1 - s1) + (s2 - t2)) / 2 over scored REFEREE_SCHEMA rows (None if there are none)."""
+    t1, s1 = scored["teacher_score_1"], scored["student_score_1"]
+    t2, s2 = scored["teacher_score_2"], scored["student_score_2"]
+    return _mean(((t1 - s1) + (s2 - t2)) / 2)
 
 
 def _mean(values: pd.Series) -> float | None:

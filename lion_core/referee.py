@@ -300,12 +300,18 @@ def reask_messages(
 
 
 def score_order(
-    pairs: pd.DataFrame, client: Completer, cfg: RefereeConfig, order: Order
+    pairs: pd.DataFrame,
+    client: Completer,
+    cfg: RefereeConfig,
+    order: Order,
+    *,
+    who: str = "referee",
 ) -> pd.DataFrame:
     """Review every pair in one order; rows in REFEREE_ORDER_SCHEMA, in `pairs` order.
 
     `pairs` has PAIR_COLUMNS (see `make_pairs`); a pair with a missing answer is not sent to the
     referee. Scores are per assistant (teacher_score, student_score), whichever was shown first.
+    `who` names the asker in progress lines ("judge" when lion_core.evaluate asks).
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
@@ -357,7 +363,7 @@ def score_order(
             )
             for i in index
         ]
-        what = f"referee order {order}" + (f" re-ask {attempt}" if attempt else "")
+        what = f"{who} order {order}" + (f" re-ask {attempt}" if attempt else "")
         results = client.run(requests, desc=what)
         if len(results) != len(requests):
             raise LLMError(f"{what}: {len(requests)} requests but {len(results)} results")

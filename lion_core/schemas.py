@@ -104,6 +104,54 @@ REFEREE_ORDER_SCHEMA = pa.schema(
     ]
 )
 
+# Evaluation (lion_core.evaluate): one row per question of a set, judged in both orders.
+EVAL_SCHEMA = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("category", pa.string()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("reference", pa.string()),  # the set's reference answer, if any
+        ("teacher_answer", pa.string()),  # null when missing or failed
+        ("student_answer", pa.string()),
+        # order 1: teacher shown first; order 2: student shown first
+        ("teacher_score_1", pa.float64()),
+        ("student_score_1", pa.float64()),
+        ("review_1", pa.string()),
+        ("teacher_score_2", pa.float64()),
+        ("student_score_2", pa.float64()),
+        ("review_2", pa.string()),
+        ("teacher_score", pa.float64()),  # mean over both orders
+        ("student_score", pa.float64()),
+        ("status", pa.string()),  # scored | unscored
+        ("error", pa.string()),
+        ("teacher_exact_match", pa.bool_()),  # null without a reference
+        ("student_exact_match", pa.bool_()),
+    ]
+)
+
+# Evaluation summary: one 'overall' row, then one row per category (category null on 'overall').
+EVAL_SUMMARY_SCHEMA = pa.schema(
+    [
+        ("level", pa.string()),  # overall | category
+        ("category", pa.string()),
+        ("questions", pa.int64()),
+        ("scored", pa.int64()),
+        ("unscored", pa.int64()),
+        ("wins", pa.int64()),
+        ("ties", pa.int64()),
+        ("losses", pa.int64()),
+        ("teacher_score_sum", pa.float64()),
+        ("student_score_sum", pa.float64()),
+        ("relative_score", pa.float64()),  # student sum / teacher sum; 1.0 = teacher level
+        ("interval_low", pa.float64()),  # bootstrap 95% percentile interval
+        ("interval_high", pa.float64()),
+        ("with_reference", pa.int64()),
+        ("teacher_exact_match", pa.float64()),  # share of questions with a reference
+        ("student_exact_match", pa.float64()),
+    ]
+)
+
 # The artifacts a round writes, in the order the DAG produces them. The first eight are the
 # public layout; the others are intermediate products kept for resuming and auditing.
 ARTIFACT_SCHEMAS: dict[str, pa.Schema] = {

@@ -15,13 +15,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lion_core.config import PoolsConfig
+from lion_core.config import DATA_FORMATS, PoolsConfig
 from lion_core.errors import DataError
 from lion_core.schemas import pool_frame, seed_row
 
 log = logging.getLogger(__name__)
 
-FORMATS = (".parquet", ".jsonl", ".json", ".csv")
 DEFAULT_MAX_INSTRUCTION_CHARS: int = PoolsConfig.model_fields["max_instruction_chars"].default
 
 
@@ -51,7 +50,14 @@ def load_initial_data(
     before they cost memory, teacher and referee requests. Both are counted in the result and
     logged as a warning. `limit`: keep only the first N rows.
     """
-    fmt = next((f for f in FORMATS if path.lower().endswith(f)), None)
+    return _to_seeds(read_records(path, options), path, limit, max_instruction_chars)
+
+
+def read_records(path: str, options: dict[str, Any] | None = None) -> list[tuple[int, Any]]:
+    """The records of a JSON, JSONL, Parquet or CSV file (local path or fsspec URI), each with
+    its row number for error messages: 1-based lines for JSONL and CSV (the header is line 1),
+    list indices for JSON and Parquet. A JSON object with a "data" list is read as that list."""
+    fmt = next((f for f in DATA_FORMATS if path.lower().endswith(f)), None)
     if fmt is None:
         raise DataError("unsupported format; use .json, .jsonl, .parquet or .csv", file=path)
     try:
@@ -94,7 +100,7 @@ def load_initial_data(
         numbered = list(enumerate(records))
     else:
         numbered = _csv_records(_decode(raw, path, fmt), path)
-    return _to_seeds(numbered, path, limit, max_instruction_chars)
+    return numbered
 
 
 def _decode(raw: bytes, path: str, fmt: str) -> str:

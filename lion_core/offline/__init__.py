@@ -1,8 +1,8 @@
 """The offline task world: the embedded default teacher, referee and generator.
 
-`world` generates instruction families with exact answers; `roles` answers as teacher, referee
-and generator; `server` serves them over an OpenAI-compatible HTTP API on loopback (imported on
-first use, so `world` stays light).
+`world` generates instruction families with exact answers, and the held-out evaluation set;
+`roles` answers as teacher, referee (and judge) and generator; `server` serves them over an
+OpenAI-compatible HTTP API on loopback (imported on first use, so `world` stays light).
 """
 
 from typing import Any
@@ -10,6 +10,8 @@ from typing import Any
 from lion_core.offline.world import (
     FAMILIES,
     Instance,
+    heldout_instances,
+    heldout_questions,
     make_instance,
     seed_instances,
     seed_pool,
@@ -21,6 +23,8 @@ __all__ = [
     "Instance",
     "OfflineServer",
     "OfflineWorld",
+    "heldout_instances",
+    "heldout_questions",
     "make_instance",
     "seed_instances",
     "seed_pool",

@@ -33,7 +33,15 @@ from lion_core.config import OfflineWorldConfig
 from lion_core.offline import roles
 from lion_core.prompts import role_of
 
-MODELS = ("offline-world", "offline-teacher", "offline-referee", "offline-generator")
+# Listed by /v1/models; any name is accepted, since the role comes from the prompt: the judge
+# ("offline-judge") sends the referee's prompt and is answered exactly like the referee.
+MODELS = (
+    "offline-world",
+    "offline-teacher",
+    "offline-referee",
+    "offline-judge",
+    "offline-generator",
+)
 
 
 # ---- counters ------------------------------------------------------------------------------

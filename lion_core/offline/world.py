@@ -6,6 +6,11 @@ Each family (addition, reversing a word, sorting, ...) has a difficulty knob, se
 is a template whose slots are turned into a regular expression, so `solve` recognises any
 instruction the world wrote and computes its exact answer: the offline teacher is always right,
 and the offline referee knows the truth. Answers are short, so a tiny student can learn them.
+
+Each variant also has *held-out* phrasings, worded apart from every other phrasing, that only
+`heldout_instances` writes: `make_instance` (the seed sampler and the generator role) never picks
+them, so the held-out evaluation set is disjoint from every pool by construction, by text and by
+ROUGE-L alike. `solve` recognises them, so the offline teacher and referee know their answers.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import random
 import re
 import string
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -33,6 +38,7 @@ class Instance:
     input: str
     answer: str
     rare: bool
+    heldout: bool = False  # written with a held-out phrasing (evaluation only)
 
 
 # ---- slots: how a template's fields are written and read back --------------------------------
@@ -62,10 +68,10 @@ class Phrasing:
 def _compile(template: str, slots: dict[str, str]) -> re.Pattern[str]:
     """A case-insensitive full-match regex for `template`; each {field} captures its slot."""
     parts = []
-    for literal, field, _, _ in string.Formatter().parse(template):
+    for literal, name, _, _ in string.Formatter().parse(template):
         parts.append(r"\s+".join(re.escape(chunk) for chunk in literal.split(" ")))
-        if field is not None:
-            parts.append(_SLOT_PATTERNS[slots[field]].replace("(", f"(?P<{field}>", 1))
+        if name is not None:
+            parts.append(_SLOT_PATTERNS[slots[name]].replace("(", f"(?P<{name}>", 1))
     return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
 
 
@@ -78,14 +84,16 @@ class _Variant:
     draw: Callable[[int, random.Random], dict[str, str]]
     answer: Callable[[dict[str, str]], str]
     difficulty: Callable[[dict[str, str]], int]
+    heldout: list[Phrasing] = field(default_factory=list)  # only heldout_instances uses these
 
     def __post_init__(self) -> None:
         self.patterns = [
             (
                 _compile(p.instruction, self.slots),
                 _compile(p.input, self.slots) if p.input else None,
+                i >= len(self.phrasings),  # a held-out phrasing
             )
-            for p in self.phrasings
+            for i, p in enumerate([*self.phrasings, *self.heldout])
         ]
 
 
@@ -192,6 +200,11 @@ _FAMILIES: list[Family] = [
             _draw_add,
             lambda v: str(int(v["a"]) + int(v["b"])),
             lambda v: _digits(v["a"], v["b"]),
+            heldout=[
+                Phrasing("Tell me the total you get by adding {a} to {b}."),
+                Phrasing("If you put {a} and {b} together, what total do you get?"),
+                Phrasing("Work out the total of the pair of values given below.", "{a} plus {b}"),
+            ],
         ),
         rare=_Variant(
             [
@@ -204,6 +217,10 @@ _FAMILIES: list[Family] = [
             _draw_sub,
             lambda v: str(int(v["a"]) - int(v["b"])),
             lambda v: _digits(v["a"], v["b"]),
+            heldout=[
+                Phrasing("How much is left when you take {b} away from {a}?"),
+                Phrasing("Take the second value away from the first one.", "{a} then {b}"),
+            ],
         ),
     ),
     Family(
@@ -220,6 +237,13 @@ _FAMILIES: list[Family] = [
             _draw_mul,
             lambda v: str(int(v["a"]) * int(v["b"])),
             lambda v: _digits(v["a"], v["b"]),
+            heldout=[
+                Phrasing("How much do you get when {a} is multiplied by {b}?"),
+                Phrasing("Give the result of taking {a} lots of {b}."),
+                Phrasing(
+                    "Report what the pair of values below gives when multiplied.", "{a} by {b}"
+                ),
+            ],
         ),
         rare=_Variant(
             [
@@ -231,6 +255,10 @@ _FAMILIES: list[Family] = [
             lambda d, rng: {"a": str(_number(d, rng))},
             lambda v: str(int(v["a"]) ** 2),
             lambda v: _digits(v["a"]),
+            heldout=[
+                Phrasing("How much do you get when {a} is multiplied by itself?"),
+                Phrasing("Give the result of raising this value to the power of two.", "{a}"),
+            ],
         ),
     ),
     Family(
@@ -247,6 +275,10 @@ _FAMILIES: list[Family] = [
             lambda d, rng: {"w": _word(d + 2, rng)},
             lambda v: v["w"][::-1],
             lambda v: max(1, len(v["w"]) - 2),
+            heldout=[
+                Phrasing("Give me the letters of '{w}' in the opposite order."),
+                Phrasing("Write out this string from its final letter back to its first.", "{w}"),
+            ],
         ),
         rare=_Variant(
             [
@@ -258,6 +290,13 @@ _FAMILIES: list[Family] = [
             lambda d, rng: {"s": _words(d + 1, rng)},
             lambda v: " ".join(reversed(v["s"].split())),
             lambda v: max(1, len(v["s"].split()) - 1),
+            heldout=[
+                Phrasing("Give me the words of '{s}' in the opposite order."),
+                Phrasing(
+                    "List the words below starting with the final one and ending with the first.",
+                    "{s}",
+                ),
+            ],
         ),
     ),
     Family(
@@ -273,6 +312,12 @@ _FAMILIES: list[Family] = [
             lambda d, rng: {"xs": _distinct(d + 2, 100, rng)},
             lambda v: _join(sorted(_numbers(v["xs"]))),
             lambda v: max(1, len(_numbers(v["xs"])) - 2),
+            heldout=[
+                Phrasing("List {xs} going from the lowest value up to the highest value."),
+                Phrasing(
+                    "Order the values below so that each one is no bigger than the next.", "{xs}"
+                ),
+            ],
         ),
         rare=_Variant(
             [
@@ -284,6 +329,12 @@ _FAMILIES: list[Family] = [
             lambda d, rng: {"xs": _distinct(d + 2, 100, rng)},
             lambda v: _join(sorted(_numbers(v["xs"]), reverse=True)),
             lambda v: max(1, len(_numbers(v["xs"])) - 2),
+            heldout=[
+                Phrasing("List {xs} going from the highest value down to the lowest value."),
+                Phrasing(
+                    "Order the values below so that each one is no smaller than the next.", "{xs}"
+                ),
+            ],
         ),
     ),
     Family(
@@ -301,6 +352,10 @@ _FAMILIES: list[Family] = [
             _draw_count,
             lambda v: str(v["s"].lower().count(v["c"].lower())),
             lambda v: max(1, (len(v["s"]) - 4) // 3),
+            heldout=[
+                Phrasing("In '{s}', how often is the character '{c}' found?"),
+                Phrasing("Report how often the character '{c}' is found in the text below.", "{s}"),
+            ],
         ),
         rare=_Variant(
             [
@@ -314,6 +369,13 @@ _FAMILIES: list[Family] = [
             _draw_pair,
             lambda v: str(v["s"].lower().count(v["p"].lower())),
             lambda v: max(1, (len(v["s"]) - 4) // 3),
+            heldout=[
+                Phrasing("In '{s}', how often is the two-letter sequence '{p}' found?"),
+                Phrasing(
+                    "Report how often the two-letter sequence '{p}' is found in the text below.",
+                    "{s}",
+                ),
+            ],
         ),
     ),
     Family(
@@ -329,6 +391,10 @@ _FAMILIES: list[Family] = [
             lambda d, rng: {"xs": _distinct(d + 2, 1000, rng)},
             lambda v: str(max(_numbers(v["xs"]))),
             lambda v: max(1, len(_numbers(v["xs"])) - 2),
+            heldout=[
+                Phrasing("Among {xs}, which value is the greatest?"),
+                Phrasing("Report the greatest value in the list below.", "{xs}"),
+            ],
         ),
         rare=_Variant(
             [
@@ -340,6 +406,10 @@ _FAMILIES: list[Family] = [
             lambda d, rng: {"xs": _distinct(d + 2, 1000, rng)},
             lambda v: str(min(_numbers(v["xs"]))),
             lambda v: max(1, len(_numbers(v["xs"])) - 2),
+            heldout=[
+                Phrasing("Among {xs}, which value is the least?"),
+                Phrasing("Report the least value in the list below.", "{xs}"),
+            ],
         ),
     ),
     Family(
@@ -355,6 +425,10 @@ _FAMILIES: list[Family] = [
             lambda d, rng: {"s": _words(d, rng)},
             lambda v: " ".join(v["s"].split()).upper(),
             lambda v: len(v["s"].split()),
+            heldout=[
+                Phrasing("Turn every letter of '{s}' into a capital."),
+                Phrasing("Make every letter of the text below a capital.", "{s}"),
+            ],
         ),
         rare=_Variant(
             [
@@ -365,6 +439,10 @@ _FAMILIES: list[Family] = [
             lambda d, rng: {"s": _words(d, rng)},
             lambda v: " ".join(w.capitalize() for w in v["s"].split()),
             lambda v: len(v["s"].split()),
+            heldout=[
+                Phrasing("Turn the first letter of every word in '{s}' into a capital."),
+                Phrasing("Make the first letter of every word below a capital.", "{s}"),
+            ],
         ),
     ),
 ]
@@ -387,14 +465,30 @@ def make_instance(
     """A new instance of `family` at `difficulty` (clipped to 1..20), drawn with `rng`.
 
     `self_contained` picks only phrasings without an input field (what a generator writes).
+    Held-out phrasings are never picked: they belong to `heldout_instances` alone.
     """
+    variant = _variant(family, rare)
+    phrasings = [p for p in variant.phrasings if p.self_contained or not self_contained]
+    return _instance(family, variant, rng.choice(phrasings), difficulty, rng, rare, heldout=False)
+
+
+def _variant(family: str, rare: bool) -> _Variant:
     if family not in FAMILY_BY_NAME:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
-    difficulty = min(max(int(difficulty), 1), MAX_DIFFICULTY)
-    variant = FAMILY_BY_NAME[family].variant(rare)
-    phrasings = [p for p in variant.phrasings if p.self_contained or not self_contained]
-    phrasing = rng.choice(phrasings)
-    values = variant.draw(difficulty, rng)
+    return FAMILY_BY_NAME[family].variant(rare)
+
+
+def _instance(
+    family: str,
+    variant: _Variant,
+    phrasing: Phrasing,
+    difficulty: int,
+    rng: random.Random,
+    rare: bool,
+    *,
+    heldout: bool,
+) -> Instance:
+    values = variant.draw(min(max(int(difficulty), 1), MAX_DIFFICULTY), rng)
     return Instance(
         family=family,
         difficulty=variant.difficulty(values),
@@ -402,6 +496,7 @@ def make_instance(
         input=phrasing.input.format(**values) if phrasing.input else "",
         answer=variant.answer(values),
         rare=rare,
+        heldout=heldout,
     )
 
 
@@ -420,7 +515,7 @@ def solve(instruction: str, input: str = "") -> Instance | None:
         for family in _FAMILIES:
             for rare in (False, True):
                 variant = family.variant(rare)
-                for ins_re, inp_re in variant.patterns:
+                for ins_re, inp_re, heldout in variant.patterns:
                     m = ins_re.fullmatch(text)
                     if m is None:
                         continue
@@ -440,6 +535,7 @@ def solve(instruction: str, input: str = "") -> Instance | None:
                         input=data,
                         answer=variant.answer(values),
                         rare=rare,
+                        heldout=heldout,
                     )
     return None
 
@@ -475,3 +571,64 @@ def seed_pool(n: int, seed: int, max_difficulty: int) -> pd.DataFrame:
     frame = pool_frame(rows)
     frame["round"] = frame["round"].astype("int32")
     return frame
+
+
+# ---- the held-out evaluation set ---------------------------------------------------------
+
+HELDOUT_MAX_DIFFICULTY = 6  # the default max_difficulty of seeds (OfflineWorldConfig)
+
+
+def heldout_instances(
+    per_cell: int = 2, max_difficulty: int = HELDOUT_MAX_DIFFICULTY
+) -> list[Instance]:
+    """The held-out evaluation set: `per_cell` instances of every family at every difficulty
+    1..max_difficulty, odd-numbered ones of the rare variant, all in held-out phrasings.
+
+    Fixed: instance k of (family, difficulty) is drawn from its own seed, so it never depends on
+    the run's seed, and a larger `per_cell` or `max_difficulty` only adds instances.
+    """
+    if per_cell < 1:
+        raise ValueError(f"per_cell must be at least 1, got {per_cell}")
+    max_difficulty = min(max(int(max_difficulty), 1), MAX_DIFFICULTY)
+    out: list[Instance] = []
+    seen: set[str] = set()
+    for family in FAMILIES:
+        for difficulty in range(1, max_difficulty + 1):
+            for k in range(per_cell):
+                inst = _heldout_instance(family, difficulty, k, seen)
+                seen.add(instruction_id(inst.instruction, inst.input))
+                out.append(inst)
+    return out
+
+
+def _heldout_instance(family: str, difficulty: int, k: int, seen: set[str]) -> Instance:
+    rng = random.Random(f"lion-offline-heldout:{family}:{difficulty}:{k}")
+    rare = k % 2 == 1
+    variant = _variant(family, rare)
+    for _ in range(1000):
+        phrasing = rng.choice(variant.heldout)
+        inst = _instance(family, variant, phrasing, difficulty, rng, rare, heldout=True)
+        if instruction_id(inst.instruction, inst.input) not in seen:
+            return inst
+    raise RuntimeError(f"cannot draw a distinct held-out {family} instance")  # pragma: no cover
+
+
+def heldout_questions(
+    per_cell: int = 2, max_difficulty: int = HELDOUT_MAX_DIFFICULTY
+) -> pd.DataFrame:
+    """`heldout_instances` as an evaluation question set (the columns of
+    `lion_core.evaluate.load_questions`): the family as category, the exact answer as
+    reference, the instruction_id as question_id."""
+    rows = [
+        {
+            "question_id": instruction_id(inst.instruction, inst.input),
+            "category": inst.family,
+            "instruction": inst.instruction,
+            "input": inst.input,
+            "reference": inst.answer,
+        }
+        for inst in heldout_instances(per_cell, max_difficulty)
+    ]
+    return pd.DataFrame(
+        rows, columns=["question_id", "category", "instruction", "input", "reference"]
+    )
