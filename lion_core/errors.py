@@ -72,3 +72,7 @@ class GenerationError(LionError, RuntimeError):
 
 class SupervisionError(LionError, RuntimeError):
     """A supervised child process group timed out or was stopped on request."""
+
+
+class EvaluationError(LionError, RuntimeError):
+    """A standard benchmark run (lm-evaluation-harness) could not start or gave no result."""
