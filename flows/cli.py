@@ -106,7 +106,34 @@ def _run_flow(cfg: LionConfig) -> None:
     result = lion_distill(cfg)
     typer.echo("")
     typer.echo(summary_table(result.rounds))
+    _print_scoreboard(result.root, cfg.storage.options)
     typer.echo(f"\npools and students under {result.root} (inspect: lion pools {result.root})")
+
+
+def _print_scoreboard(root: str, options: dict | None, plot: bool = False) -> bool:
+    """The relative score of every evaluated round (overall per set), and the last round's
+    categories; with `plot`, (re)draw `<root>/evaluation.png`. False if nothing was evaluated."""
+    from lion_core import layout, scoreboard
+    from lion_core.store import RunStore
+
+    store = RunStore.open(root, options)
+    frame = scoreboard.evaluations(store)
+    if frame.empty:
+        return False
+    typer.echo("\nrelative score (student ÷ teacher judge scores; 1.0 = teacher level):")
+    typer.echo(scoreboard.text_table(scoreboard.overall(frame), scoreboard.OVERALL_COLUMNS))
+    last = frame[(frame["round"] == frame["round"].max()) & (frame["level"] == "category")]
+    if len(last):
+        typer.echo(f"\nround {int(last['round'].iloc[0])} by category:")
+        columns = ("set", "category", "relative_score", "wins", "ties", "losses", "unscored",
+                   "student_exact_match")  # fmt: skip
+        typer.echo(scoreboard.text_table(last, columns))
+    if plot:
+        uri, _ = scoreboard.write_plot(store, title=root)
+        typer.echo(f"\nplot: {uri}")
+    else:
+        typer.echo(f"\nplot: {store.uri(layout.EVALUATION_PLOT)}")
+    return True
 
 
 SetOption = Annotated[
@@ -166,6 +193,108 @@ def resume(
     every answered LLM request from the response cache, training from its checkpoint."""
     cfg = _resume_config(target, {"endpoint_url": endpoint_url} if endpoint_url else None)
     _run_flow(cfg)
+
+
+@app.command("report")
+def report(
+    root: Annotated[str, typer.Argument(help="A run's root: a folder or s3://bucket/prefix.")],
+    endpoint_url: Annotated[
+        str | None, typer.Option(help="S3 endpoint (MinIO, moto, ...).")
+    ] = None,
+) -> None:
+    """Print every evaluated round's relative score and write `<root>/evaluation.png`."""
+    options = {"endpoint_url": endpoint_url} if endpoint_url else {}
+    if not _print_scoreboard(root, options, plot=True):
+        _fail(f"no evaluation results under {root}: set evaluation.sets, or run lion eval", 1)
+
+
+@app.command("eval")
+def eval_cmd(
+    root: Annotated[
+        str | None,
+        typer.Argument(help="A run's root: evaluate every round's student on its sets."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("-c", "--config", help="Config (endpoints, judge, storage).")
+    ] = None,
+    student: Annotated[
+        str | None, typer.Option(help="A model folder, URI or hub id to evaluate (with -c).")
+    ] = None,
+    questions: Annotated[
+        list[str] | None,
+        typer.Option(help="Question set (file or 'offline'); repeatable. Default: the config's."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    endpoint_url: Annotated[
+        str | None, typer.Option(help="S3 endpoint for an s3:// root (MinIO, ...).")
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Judge students against the teacher: `lion eval ROOT` (every round of a run, round 0
+    included) or `lion eval -c CONFIG --student PATH --questions FILE` (one model)."""
+    import json
+
+    from flows.evaluate import lion_evaluate
+    from lion_core import layout
+    from lion_core.run import recorded_config
+    from lion_core.store import RunStore
+    from lion_core.student.checkpoints import is_complete
+
+    if (root is None) == (config is None):
+        _fail("give a run root, or -c CONFIG with --student")
+    if root is not None:
+        cfg = recorded_config(root, {"endpoint_url": endpoint_url} if endpoint_url else None)
+        store = RunStore.open(cfg.storage.root, cfg.storage.options)
+        rounds = [k for k in store.rounds() if is_complete(store.storage, layout.student(k))]
+        if not rounds:
+            _fail(f"no trained student under {store.uri()}", 1)
+        if not (questions or cfg.evaluation.sets):
+            _fail("the run has no evaluation.sets: pass --questions FILE")
+        results = {
+            str(k): lion_evaluate(cfg, store.uri(layout.student(k)), k, sets=questions)
+            for k in rounds
+        }
+        if json_out:
+            rounds_json = {k: _eval_json(r, store) for k, r in results.items()}
+            typer.echo(json.dumps({"rounds": rounds_json}))
+        else:
+            _print_scoreboard(cfg.storage.root, cfg.storage.options, plot=True)
+        return
+    if not student:
+        _fail("--student is required with -c")
+    cfg = LionConfig.from_yaml(config)
+    if set_:
+        cfg = cfg.with_overrides(_parse_sets(set_))
+    if not (questions or cfg.evaluation.sets):
+        _fail("no question set: pass --questions FILE (or set evaluation.sets)")
+    result = lion_evaluate(cfg, student, None, sets=questions)
+    if json_out:
+        store = RunStore.open(cfg.storage.root, cfg.storage.options)
+        typer.echo(json.dumps(_eval_json(result, store)))
+        return
+    from lion_core import scoreboard
+
+    for evaluation in result.sets:
+        typer.echo(f"{student} on {evaluation.set}:")
+        frame = evaluation.summary.to_frame()
+        frame["category"] = frame["category"].fillna("(overall)")
+        columns = ("category", "relative_score", "interval_low", "interval_high", "wins", "ties",
+                   "losses", "unscored", "questions", "student_exact_match")  # fmt: skip
+        typer.echo(scoreboard.text_table(frame, columns) + "\n")
+
+
+def _eval_json(result, store) -> dict:
+    """The first set's numbers at the top level (relative_score, by_category, wins, ties,
+    losses, unscored, questions, ...), every set under `sets`, lm-eval rows under
+    `benchmarks`."""
+    sets = {e.set: e.summary.to_json() for e in result.sets}
+    first = result.first()
+    out = dict(sets[first.set]) if first else {}
+    out["set"] = first.set if first else None
+    out["sets"] = sets
+    if result.benchmarks is not None:
+        out["benchmarks"] = store.read_ref(result.benchmarks.table).to_dict(orient="records")
+    return out
 
 
 def _resume_config(target: str, options: dict[str, str] | None) -> LionConfig:

@@ -1,21 +1,25 @@
-"""A Lion distillation run: `config.rounds` rounds, each a `lion_round` subflow."""
+"""A Lion distillation run: `config.rounds` rounds, each a `lion_round` subflow, and the
+student of every round (round 0 = the base) evaluated on the same question sets."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
 from flows.common import offline_world, use_run_storage
-from flows.report import publish_run, summary_table
+from flows.evaluate import lion_evaluate
+from flows.report import publish_run, publish_scoreboard, summary_table
 from flows.round import DEFAULT_CONFIG, lion_round
+from lion_core import layout
 from lion_core.config import LionConfig
-from lion_core.records import RunSummary
+from lion_core.records import RoundSummary, RunSummary, StudentEvaluation
 from lion_core.run import open_run
 from tasks.runtime import attach_library_logging
 
 
 @flow(name="lion-distill", persist_result=True)
 def lion_distill(config: LionConfig = DEFAULT_CONFIG) -> RunSummary:
-    """Distil the teacher into the student over `config.rounds` Lion rounds.
+    """Distil the teacher into the student over `config.rounds` Lion rounds, evaluating round
+    0's and every round's student (`evaluation.every_round`; else round 0's and the last).
 
     One offline world (if any endpoint is 'offline') serves all rounds. Re-running with the
     same config and storage root skips every finished task. Each round's result lives in the
@@ -26,8 +30,33 @@ def lion_distill(config: LionConfig = DEFAULT_CONFIG) -> RunSummary:
     attach_library_logging()
     log = get_run_logger()
     store = open_run(config)
+    evaluate = bool(config.evaluation.sets or config.evaluation.lm_eval_tasks)
+    rounds: list[RoundSummary] = []
     with offline_world(config) as url:
-        rounds = [lion_round(config, k, offline_url=url) for k in range(1, config.rounds + 1)]
+        for k in range(1, config.rounds + 1):
+            summary = lion_round(config, k, offline_url=url)
+            if evaluate and k == 1:
+                lion_evaluate(config, store.uri(layout.student(0)), 0, offline_url=url)
+            if evaluate and (config.evaluation.every_round or k == config.rounds):
+                result = lion_evaluate(config, summary.student, k, offline_url=url)
+                summary = _with_evaluation(summary, result)
+                store.write_round_summary(k, summary.model_dump(mode="json"))
+            rounds.append(summary)
     publish_run(config, rounds)
+    plot = publish_scoreboard(config)
     log.info("run finished; pools and students under %s\n%s", store.uri(), summary_table(rounds))
+    if plot:
+        log.info("relative score per round: %s", plot)
     return RunSummary(root=store.uri(), rounds=rounds)
+
+
+def _with_evaluation(summary: RoundSummary, evaluation: StudentEvaluation) -> RoundSummary:
+    first = evaluation.first()
+    if first is None:
+        return summary
+    return summary.model_copy(
+        update={
+            "relative_score": first.summary.relative_score,
+            "student_exact_match": first.summary.student_exact_match,
+        }
+    )

@@ -3,12 +3,14 @@ instructions with both answers and the referee's reasons."""
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from lion_core import scoreboard
 from lion_core.config import LionConfig
 from lion_core.records import (
     Candidates,
@@ -17,6 +19,7 @@ from lion_core.records import (
     RefereeReviews,
     RoundSummary,
     Split,
+    StudentEvaluation,
     TeacherAnswers,
     Usage,
 )
@@ -133,6 +136,7 @@ SUMMARY_COLUMNS = (
     "teacher_score",
     "student_score",
     "student_to_teacher",
+    "relative_score",
     "new_instructions",
     "teacher_requests",
     "referee_requests",
@@ -164,3 +168,42 @@ def publish_run(config: LionConfig, rounds: Sequence[RoundSummary]) -> None:
         key=_key(config, "summary"),
         description=f"Lion run {config.name}: one row per round",
     )
+
+
+def publish_evaluation(config: LionConfig, evaluation: StudentEvaluation) -> None:
+    """A table artifact per question set: the overall numbers, then each category."""
+    label = "model" if evaluation.round is None else f"round-{evaluation.round}"
+    for result in evaluation.sets:
+        frame = result.summary.to_frame()
+        create_table_artifact(
+            table=[{c: _fmt(v) for c, v in row.items()} for row in frame.to_dict(orient="records")],
+            key=_key(config, f"eval-{label}-{result.set}"),
+            description=(
+                f"{label}: relative score on '{result.set}' (student ÷ teacher judge scores, "
+                f"1.0 = teacher level), overall then per category; {result.summary.unscored} "
+                "unscored question(s) left out"
+            ),
+        )
+
+
+def publish_scoreboard(config: LionConfig) -> str | None:
+    """The run's scoreboard as `<root>/evaluation.png` and a markdown artifact showing it (the
+    image inline, so the Prefect UI needs nothing but the artifact), with the per-round table.
+    Returns the PNG's URI, or None when nothing was evaluated."""
+    store = run_store(config)
+    frame = scoreboard.evaluations(store)
+    if frame.empty:
+        return None
+    uri, png = scoreboard.write_plot(store, title=config.name)
+    table = scoreboard.text_table(scoreboard.overall(frame), scoreboard.OVERALL_COLUMNS)
+    image = base64.b64encode(png).decode()
+    create_markdown_artifact(
+        markdown=(
+            f"# {config.name}: how close the student is to the teacher\n\n"
+            f"![relative score per round](data:image/png;base64,{image})\n\n"
+            f"```\n{table}\n```\n\nSaved as `{uri}`.\n"
+        ),
+        key=_key(config, "scoreboard"),
+        description="Relative score per round (overall, per category, 95% interval) and hard share",
+    )
+    return uri

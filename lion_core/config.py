@@ -431,8 +431,19 @@ class EvaluationConfig(Section):
     )
     lm_eval_tasks: list[str] = Field(
         default_factory=list,
-        description="lm-evaluation-harness tasks run on the student (e.g. arc_easy, hellaswag); "
-        "empty: none.",
+        description="lm-evaluation-harness tasks run on the student (e.g. bbh_zeroshot, "
+        "agieval_en; needs the 'eval' extra); empty: none.",
+    )
+    lm_eval_include_path: str | None = Field(
+        None,
+        description="A folder of your own lm-eval task YAMLs (lm-eval's include_path), e.g. a "
+        "task over a local JSON file.",
+    )
+    lm_eval_limit: int | None = Field(
+        None, ge=1, description="Evaluate at most N documents per lm-eval task (quick checks)."
+    )
+    lm_eval_num_fewshot: int | None = Field(
+        None, ge=0, description="Few-shot examples per lm-eval prompt; empty: each task's own."
     )
 
     @field_validator("sets")

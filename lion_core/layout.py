@@ -7,6 +7,11 @@
     <root>/round=<k>/student/                       the student trained in round k
     <root>/round=<k>/checkpoints/checkpoint-<step>/ mid-run training checkpoints
     <root>/round=<k>/logs/                          training logs, one file per attempt
+    <root>/evaluation/<set>/{questions,teacher_answers}.parquet   a question set, once per run
+    <root>/round=<k>/evaluation/<set>/{student_answers,judged,by_category}.parquet
+    <root>/round=<k>/evaluation/lm_eval.parquet     lm-evaluation-harness accuracy
+    <root>/models/<key>/evaluation/...              `lion eval --student`: one model's results
+    <root>/evaluation.png                           relative score per round (lion report)
     <root>/generation/<key>/part-*.parquet          student answers generated so far
     <root>/llm_cache/<role>/part-*.parquet          every LLM answer, keyed by request hash
     <root>/prefect-results/                         Prefect task results (resume, UI Retry)
@@ -56,6 +61,22 @@ def checkpoints(k: int) -> str:
 
 def logs(k: int) -> str:
     return f"{round_dir(k)}/logs"
+
+
+EVALUATION = "evaluation"
+EVALUATION_PLOT = "evaluation.png"
+
+
+def model_dir(key: str) -> str:
+    """Where `lion eval --student` keeps one model's results (key: a digest of its URI)."""
+    return f"models/{key}"
+
+
+def evaluation(where: str, set_name: str | None, name: str) -> str:
+    """An evaluation artifact: under `where` (a round's folder, a model's folder, or "" for
+    what a run's rounds share), for question set `set_name` (None: not set-specific)."""
+    parts = [p for p in (where, EVALUATION, set_name, f"{name}.parquet") if p]
+    return "/".join(parts)
 
 
 def generation(key: str) -> str:

@@ -34,5 +34,6 @@ def demo_config(root: str = "lion-runs/demo", rounds: int = 3) -> LionConfig:
             "training.logging_steps": 20,
             "referee.max_tokens": 256,
             "generator.oversample": 3.0,  # templated tasks: many candidates are not novel
+            "evaluation.sets": ["offline"],  # the held-out set: no pool ever contains it
         }
     )

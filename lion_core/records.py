@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from lion_core.evaluate import EvalSummary
 from lion_core.schemas import ArtifactRef
 
 
@@ -118,6 +119,9 @@ class RoundSummary(Record):
     student: str
     usage: dict[str, Usage]
     seconds: dict[str, float]
+    # The student's relative score on the first evaluation set (lion-distill fills them in).
+    relative_score: float | None = None
+    student_exact_match: float | None = None
 
     def flat(self) -> dict[str, Any]:
         """One level deep: `<role>_<counter>` and `<stage>_seconds` columns."""
@@ -135,3 +139,36 @@ class RunSummary(Record):
 
     root: str
     rounds: list[RoundSummary]
+
+
+class Evaluation(Record):
+    """One student judged on one question set: where its results are, and their summary."""
+
+    round: int | None  # None: a model outside the run's rounds (`lion eval --student`)
+    set: str
+    student: str
+    judged: ArtifactRef
+    by_category: ArtifactRef
+    summary: EvalSummary
+    usage: Usage
+
+
+class Benchmarks(Record):
+    """lm-evaluation-harness accuracy of one student."""
+
+    round: int | None
+    student: str
+    table: ArtifactRef
+
+
+class StudentEvaluation(Record):
+    """Everything measured on one student: each question set, and lm-eval accuracy."""
+
+    round: int | None
+    student: str
+    sets: list[Evaluation]
+    benchmarks: Benchmarks | None = None
+
+    def first(self) -> Evaluation | None:
+        """The first configured set's result: what the run table shows."""
+        return self.sets[0] if self.sets else None

@@ -63,7 +63,7 @@ def open_run(config: LionConfig) -> RunStore:
     store = RunStore.open(config.storage.root, config.storage.options)
     current = config.model_dump(mode="json")
     if store.has_run_info():
-        recorded = store.read_run_info().get("config", {})
+        recorded = recorded_config(store.uri(), config.storage.options).model_dump(mode="json")
         diffs = config_differences(recorded, current)
         if diffs:
             raise ConfigError(

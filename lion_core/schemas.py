@@ -152,6 +152,45 @@ EVAL_SUMMARY_SCHEMA = pa.schema(
     ]
 )
 
+QUESTION_SCHEMA = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("category", pa.string()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("reference", pa.string()),
+    ]
+)
+
+# lm-evaluation-harness results (lion_core.harness.COLUMNS): one row per task and metric.
+LM_EVAL_SCHEMA = pa.schema(
+    [
+        ("task", pa.string()),
+        ("group", pa.string()),
+        ("is_group", pa.bool_()),
+        ("metric", pa.string()),
+        ("filter", pa.string()),
+        ("value", pa.float64()),
+        ("stderr", pa.float64()),
+        ("n", pa.int64()),
+        ("n_total", pa.int64()),
+        ("n_shot", pa.int64()),
+        ("version", pa.string()),
+        ("higher_is_better", pa.bool_()),
+    ]
+)
+
+# The artifacts of an evaluation (lion_core.layout.evaluation): per question set, the questions
+# and the teacher's answers once per run, the student's answers and the judge's scores per round.
+EVALUATION_SCHEMAS: dict[str, pa.Schema] = {
+    "questions": QUESTION_SCHEMA,
+    "teacher_answers": ANSWER_SCHEMA,
+    "student_answers": ANSWER_SCHEMA,
+    "judged": EVAL_SCHEMA,
+    "by_category": EVAL_SUMMARY_SCHEMA,
+    "lm_eval": LM_EVAL_SCHEMA,
+}
+
 # The artifacts a round writes, in the order the DAG produces them. The first eight are the
 # public layout; the others are intermediate products kept for resuming and auditing.
 ARTIFACT_SCHEMAS: dict[str, pa.Schema] = {
@@ -194,7 +233,8 @@ class ArtifactRef(BaseModel, frozen=True):
     """A committed artifact: what tasks hand to each other instead of dataframes."""
 
     uri: str
-    name: str
+    path: str  # relative to the run's root (lion_core.layout)
+    name: str  # the artifact's name: its schema in ARTIFACT_SCHEMAS or EVALUATION_SCHEMAS
     round: int
     rows: int
     sha256: str

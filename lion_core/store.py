@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from lion_core import layout
 from lion_core.errors import SchemaError, StorageError
-from lion_core.schemas import ARTIFACT_SCHEMAS, ArtifactRef, conform
+from lion_core.schemas import ARTIFACT_SCHEMAS, EVALUATION_SCHEMAS, ArtifactRef, conform
 from lion_core.storage import Storage, parquet_bytes
 
 
@@ -32,45 +32,51 @@ class RunStore:
 
     # ---- artifacts ---------------------------------------------------------------------
 
-    def write(self, k: int, name: str, data: pd.DataFrame | pa.Table) -> ArtifactRef:
-        """Commit artifact `name` of round `k`. Refuses to overwrite a committed snapshot."""
-        schema = ARTIFACT_SCHEMAS.get(name)
-        if schema is None:
-            raise SchemaError(f"unknown artifact {name!r}; known: {sorted(ARTIFACT_SCHEMAS)}")
+    def write(
+        self, k: int, name: str, data: pd.DataFrame | pa.Table, at: str | None = None
+    ) -> ArtifactRef:
+        """Commit artifact `name` of round `k` (at `at`, default the round's own file).
+        Refuses to overwrite a committed snapshot."""
+        schema = _schema(name, at)
         table = conform(data, schema, f"round {k} {name}")
         blob = parquet_bytes(table)
-        rel = layout.artifact(k, name)
+        rel = at or layout.artifact(k, name)
         uri = self.storage.write_bytes(rel, blob)
-        return ArtifactRef(uri=uri, name=name, round=k, rows=table.num_rows, sha256=_sha256(blob))
+        return ArtifactRef(
+            uri=uri, path=rel, name=name, round=k, rows=table.num_rows, sha256=_sha256(blob)
+        )
 
-    def ref(self, k: int, name: str) -> ArtifactRef | None:
+    def ref(self, k: int, name: str, at: str | None = None) -> ArtifactRef | None:
         """The committed artifact, or None if it does not exist yet."""
-        rel = layout.artifact(k, name)
+        rel = at or layout.artifact(k, name)
         if not self.storage.exists(rel):
             return None
         blob = self.storage.read_bytes(rel)
         rows = pq.ParquetFile(pa.BufferReader(blob)).metadata.num_rows
         return ArtifactRef(
-            uri=self.storage.uri(rel), name=name, round=k, rows=rows, sha256=_sha256(blob)
+            uri=self.storage.uri(rel), path=rel, name=name, round=k, rows=rows, sha256=_sha256(blob)
         )
 
-    def write_or_reuse(self, k: int, name: str, data: pd.DataFrame | pa.Table) -> ArtifactRef:
+    def write_or_reuse(
+        self, k: int, name: str, data: pd.DataFrame | pa.Table, at: str | None = None
+    ) -> ArtifactRef:
         """Write, or, if a snapshot is already committed (an earlier attempt got that far),
         return it: snapshots are immutable, so the committed one wins."""
-        existing = self.ref(k, name)
-        return existing if existing is not None else self.write(k, name, data)
+        existing = self.ref(k, name, at)
+        return existing if existing is not None else self.write(k, name, data, at)
 
     def exists(self, k: int, name: str) -> bool:
         return self.storage.exists(layout.artifact(k, name))
 
-    def read_table(self, k: int, name: str) -> pa.Table:
-        return self.storage.read_parquet(layout.artifact(k, name), schema=ARTIFACT_SCHEMAS[name])
+    def read_table(self, k: int, name: str, at: str | None = None) -> pa.Table:
+        rel = at or layout.artifact(k, name)
+        return self.storage.read_parquet(rel, schema=_schema(name, at))
 
-    def read(self, k: int, name: str) -> pd.DataFrame:
-        return self.read_table(k, name).to_pandas()
+    def read(self, k: int, name: str, at: str | None = None) -> pd.DataFrame:
+        return self.read_table(k, name, at).to_pandas()
 
     def read_ref(self, ref: ArtifactRef) -> pd.DataFrame:
-        return self.read(ref.round, ref.name)
+        return self.read(ref.round, ref.name, ref.path)
 
     # ---- rounds ------------------------------------------------------------------------
 
@@ -120,6 +126,15 @@ class RunStore:
 
     def uri(self, rel: str = "") -> str:
         return self.storage.uri(rel)
+
+
+def _schema(name: str, at: str | None) -> pa.Schema:
+    """A round artifact's schema, or (stored `at` an evaluation path) an evaluation artifact's."""
+    known = EVALUATION_SCHEMAS if at and f"/{layout.EVALUATION}/" in f"/{at}" else ARTIFACT_SCHEMAS
+    schema = known.get(name)
+    if schema is None:
+        raise SchemaError(f"unknown artifact {name!r}; known: {sorted(known)}")
+    return schema
 
 
 def _sha256(blob: bytes) -> str:

@@ -18,8 +18,11 @@ def seed_pools(config: LionConfig) -> Pools:
     store = run_store(config)
     if config.pools.initial_data:
         seeds = load_initial_data(
-            config.pools.initial_data, config.storage.options, limit=config.pools.limit
-        )
+            config.pools.initial_data,
+            config.storage.options,
+            limit=config.pools.limit,
+            max_instruction_chars=config.pools.max_instruction_chars,
+        ).pool
     else:
         from lion_core.offline.world import seed_pool
 

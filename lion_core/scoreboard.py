@@ -1,0 +1,127 @@
+"""The run's scoreboard: every round's evaluation read back from the run root, as a table, a
+text table and a picture (relative score per round with its interval, per category, and the
+share of hard instructions).
+
+Reads only what the evaluation tasks committed (`round=<k>/evaluation/<set>/by_category.parquet`)
+and the round summaries, so `lion report` works on any run root, finished or not.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import pandas as pd
+
+from lion_core import layout
+from lion_core.store import RunStore
+
+OVERALL_COLUMNS = (
+    "round",
+    "set",
+    "relative_score",
+    "interval_low",
+    "interval_high",
+    "wins",
+    "ties",
+    "losses",
+    "unscored",
+    "questions",
+    "student_exact_match",
+    "teacher_exact_match",
+)
+
+
+def evaluations(store: RunStore) -> pd.DataFrame:
+    """One row per (round, set, level, category) of every committed evaluation, rounds
+    ascending (EVAL_SUMMARY_SCHEMA columns plus `round` and `set`)."""
+    frames = []
+    for k in store.rounds():
+        where = layout.round_dir(k)
+        for name in store.storage.listdir(f"{where}/{layout.EVALUATION}"):
+            at = layout.evaluation(where, name, "by_category")
+            if store.storage.exists(at):
+                frame = store.read(k, "by_category", at)
+                frames.append(frame.assign(round=k, set=name))
+    if not frames:
+        return pd.DataFrame(columns=["round", "set", "level", "category"])
+    return pd.concat(frames, ignore_index=True).sort_values(["round", "set"], kind="stable")
+
+
+def hard_share(store: RunStore) -> pd.Series:
+    """Share of scored Cache Pool instructions the referee found hard, per round."""
+    shares = {}
+    for k in store.rounds():
+        summary = store.read_round_summary(k)
+        if summary and (summary["hard"] + summary["easy"]):
+            shares[k] = summary["hard"] / (summary["hard"] + summary["easy"])
+    return pd.Series(shares, dtype=float, name="hard_share")
+
+
+def overall(frame: pd.DataFrame) -> pd.DataFrame:
+    """The 'overall' rows: one per round and set."""
+    rows = frame[frame["level"] == "overall"] if len(frame) else frame
+    return rows.reindex(columns=list(OVERALL_COLUMNS)).reset_index(drop=True)
+
+
+def text_table(rows: pd.DataFrame, columns: Sequence[str]) -> str:
+    """A plain-text table, numbers to three decimals, columns right-aligned."""
+
+    def cell(value: object) -> str:
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return "-"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(v) for v in row] for row in rows[list(columns)].itertuples(index=False)]
+    widths = [max(len(x) for x in col) for col in zip(columns, *cells, strict=True)]
+    lines = [list(columns), *cells]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
+
+
+def plot(frame: pd.DataFrame, hard: pd.Series, title: str = "") -> bytes:
+    """PNG: the relative score per round (first set; overall with its 95% interval, and each
+    category), and the share of hard instructions per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), width_ratios=[2, 1])
+    if len(frame):
+        first = frame["set"].iloc[0]
+        rows = frame[frame["set"] == first]
+        top = rows[rows["level"] == "overall"].sort_values("round")
+        for category, group in rows[rows["level"] == "category"].groupby("category"):
+            group = group.sort_values("round")
+            left.plot(group["round"], group["relative_score"], marker=".", lw=1, alpha=0.6,
+                      label=str(category))  # fmt: skip
+        left.fill_between(
+            top["round"], top["interval_low"], top["interval_high"], color="black", alpha=0.12
+        )
+        left.plot(top["round"], top["relative_score"], marker="o", lw=2.5, color="black",
+                  label="overall (95% interval)")  # fmt: skip
+        left.set_title(f"relative score on '{first}' (1.0 = teacher)")
+        left.legend(fontsize=7, ncol=2, loc="best")
+    left.set_xlabel("round")
+    left.axhline(1.0, color="grey", ls="--", lw=0.8)
+    left.set_ylim(bottom=0)
+    if len(hard):
+        right.bar(hard.index, hard.values, color="tab:red", alpha=0.7)
+    right.set_title("hard share of the Cache Pool")
+    right.set_xlabel("round")
+    right.set_ylim(0, 1)
+    for ax in (left, right):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=100)
+    plt.close(fig)
+    return out.getvalue()
+
+
+def write_plot(store: RunStore, title: str = "") -> tuple[str, bytes]:
+    """Draw the run's scoreboard and save it as `<root>/evaluation.png`; (its URI, the PNG)."""
+    png = plot(evaluations(store), hard_share(store), title)
+    return store.storage.write_bytes(layout.EVALUATION_PLOT, png, overwrite=True), png
