@@ -68,8 +68,10 @@ def round_summary(
 
 def _key(config: LionConfig, suffix: str) -> str:
     """Prefect artifact keys: lowercase letters, digits and dashes."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", config.name.lower()).strip("-") or "lion"
-    return f"{slug}-{suffix}"
+    def slug(text: str) -> str:
+        return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+    return f"{slug(config.name) or 'lion'}-{slug(suffix)}"
 
 
 def _fmt(value: Any) -> str:

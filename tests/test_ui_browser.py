@@ -65,7 +65,13 @@ def small_defaults(prefect_stack, s3_endpoint):
     bucket = f"lion-ui-{secrets.token_hex(6)}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     options = {"endpoint_url": s3_endpoint}
-    config = small_config(f"s3://{bucket}/ui", name="ui-defaults", **{"storage.options": options})
+    config = small_config(
+        f"s3://{bucket}/ui",
+        name="ui-defaults",
+        **{"storage.options": options},
+        # every round's student judged on 12 held-out questions: the run's scoreboard artifact
+        **{"evaluation.sets": ["offline"], "evaluation.sample": 12, "evaluation.bootstrap": 50},
+    )
     params = {"config": config.model_dump(mode="json", exclude_defaults=True)}
     deploy(prefect_stack.env, "lion-distill/gpu-box", params=params, LION_HOME=str(REPO))
     return config
@@ -140,7 +146,12 @@ def test_run_from_the_ui_with_a_changed_parameter(prefect_stack, small_defaults,
         page.close()
 
     # The API agrees: one run, the form's, with the values typed into it.
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterName,
+    )
 
     named = FlowRunFilter(name=FlowRunFilterName(any_=[run_name]))
     (run,) = api(stack.env, lambda c: c.read_flow_runs(flow_run_filter=named))
@@ -156,3 +167,26 @@ def test_run_from_the_ui_with_a_changed_parameter(prefect_stack, small_defaults,
         storage_options=small_defaults.storage.options,
     )
     assert 0 < len(new) <= 6
+
+    # The run's scoreboard: the relative-score plot renders on its artifact page.
+    (artifact,) = api(
+        stack.env,
+        lambda c: c.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ui-changed-scoreboard"]))
+        ),
+    )
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(f"{stack.server.ui_url}/artifacts/artifact/{artifact.id}")
+        image = page.locator("img[alt='relative score per round']").first
+        image.wait_for()
+        image.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
+        )
+        size = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        page.screenshot(path=str(tmp_path / "scoreboard.png"), full_page=True)
+    finally:
+        page.close()
+    assert size[0] > 500 and size[1] > 200, size
