@@ -26,6 +26,10 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+RootArgument = Annotated[str, typer.Argument(help="A run's root: a folder or s3://bucket/prefix.")]
+EndpointOption = Annotated[str | None, typer.Option(help="S3 endpoint (MinIO, moto, ...).")]
+
+
 @app.command("serve-offline")
 def serve_offline(
     host: Annotated[
@@ -45,14 +49,12 @@ def serve_offline(
 
 @app.command("pools")
 def pools(
-    root: Annotated[str, typer.Argument(help="A run's root: a folder or s3://bucket/prefix.")],
-    endpoint_url: Annotated[
-        str | None, typer.Option(help="S3 endpoint (MinIO, moto, ...).")
-    ] = None,
+    root: RootArgument,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Print per-round row counts of every artifact of a run."""
-    from flows.report import aligned
     from lion_core.schemas import ARTIFACT_SCHEMAS
+    from lion_core.scoreboard import aligned
     from lion_core.store import RunStore
 
     options = {"endpoint_url": endpoint_url} if endpoint_url else {}
@@ -185,9 +187,7 @@ def resume(
     target: Annotated[
         str, typer.Argument(help="A run's root (folder or s3:// URI), or a Prefect flow-run id.")
     ],
-    endpoint_url: Annotated[
-        str | None, typer.Option(help="S3 endpoint for an s3:// root (MinIO, ...).")
-    ] = None,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Re-run a failed run with its recorded config: every finished task comes from cache,
     every answered LLM request from the response cache, training from its checkpoint."""
@@ -197,10 +197,8 @@ def resume(
 
 @app.command("report")
 def report(
-    root: Annotated[str, typer.Argument(help="A run's root: a folder or s3://bucket/prefix.")],
-    endpoint_url: Annotated[
-        str | None, typer.Option(help="S3 endpoint (MinIO, moto, ...).")
-    ] = None,
+    root: RootArgument,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Print every evaluated round's relative score and write `<root>/evaluation.png`."""
     options = {"endpoint_url": endpoint_url} if endpoint_url else {}
@@ -225,9 +223,7 @@ def eval_cmd(
         typer.Option(help="Question set (file or 'offline'); repeatable. Default: the config's."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    endpoint_url: Annotated[
-        str | None, typer.Option(help="S3 endpoint for an s3:// root (MinIO, ...).")
-    ] = None,
+    endpoint_url: EndpointOption = None,
     set_: SetOption = None,
 ) -> None:
     """Judge students against the teacher: `lion eval ROOT` (every round of a run, round 0

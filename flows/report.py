@@ -68,16 +68,11 @@ def round_summary(
 
 def _key(config: LionConfig, suffix: str) -> str:
     """Prefect artifact keys: lowercase letters, digits and dashes."""
+
     def slug(text: str) -> str:
         return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
 
     return f"{slug(config.name) or 'lion'}-{slug(suffix)}"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return "-" if value is None else str(value)
 
 
 def publish_round(
@@ -92,7 +87,7 @@ def publish_round(
     round = summary.round
     store = run_store(config)
     store.write_round_summary(round, summary.model_dump(mode="json"))
-    table = [{"metric": k, "value": _fmt(v)} for k, v in summary.flat().items()]
+    table = [{"metric": k, "value": scoreboard.cell(v)} for k, v in summary.flat().items()]
     create_table_artifact(
         table=table,
         key=_key(config, f"round-{round}"),
@@ -146,22 +141,14 @@ SUMMARY_COLUMNS = (
 )
 
 
-def aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table: columns right-aligned, two spaces apart."""
-    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
-    return "\n".join(
-        "  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in [header, *rows]
-    )
-
-
 def _columns(summary: RoundSummary) -> dict[str, str]:
     flat = summary.flat()
-    return {c: _fmt(flat.get(c)) for c in SUMMARY_COLUMNS}
+    return {c: scoreboard.cell(flat.get(c)) for c in SUMMARY_COLUMNS}
 
 
 def summary_table(rounds: Sequence[RoundSummary]) -> str:
     """The per-round table the CLI prints."""
-    return aligned(SUMMARY_COLUMNS, [list(_columns(r).values()) for r in rounds])
+    return scoreboard.aligned(SUMMARY_COLUMNS, [list(_columns(r).values()) for r in rounds])
 
 
 def publish_run(config: LionConfig, rounds: Sequence[RoundSummary]) -> None:
@@ -178,7 +165,10 @@ def publish_evaluation(config: LionConfig, evaluation: StudentEvaluation) -> Non
     for result in evaluation.sets:
         frame = result.summary.to_frame()
         create_table_artifact(
-            table=[{c: _fmt(v) for c, v in row.items()} for row in frame.to_dict(orient="records")],
+            table=[
+                {c: scoreboard.cell(v) for c, v in row.items()}
+                for row in frame.to_dict(orient="records")
+            ],
             key=_key(config, f"eval-{label}-{result.set}"),
             description=(
                 f"{label}: relative score on '{result.set}' (student ÷ teacher judge scores, "

@@ -94,6 +94,10 @@ def run_lm_eval(
     if revision:
         args["revision"] = revision
     args.update(model_args or {})
+    if device is None:  # lm-eval's own default is "cuda", also on a machine without one
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
 
     try:
         results = lm_eval.simple_evaluate(

@@ -114,17 +114,8 @@ EVAL_SCHEMA = pa.schema(
         ("reference", pa.string()),  # the set's reference answer, if any
         ("teacher_answer", pa.string()),  # null when missing or failed
         ("student_answer", pa.string()),
-        # order 1: teacher shown first; order 2: student shown first
-        ("teacher_score_1", pa.float64()),
-        ("student_score_1", pa.float64()),
-        ("review_1", pa.string()),
-        ("teacher_score_2", pa.float64()),
-        ("student_score_2", pa.float64()),
-        ("review_2", pa.string()),
-        ("teacher_score", pa.float64()),  # mean over both orders
-        ("student_score", pa.float64()),
-        ("status", pa.string()),  # scored | unscored
-        ("error", pa.string()),
+        # both orders' scores and reviews, their means, status and error: as the referee's
+        *(f for f in REFEREE_SCHEMA if f.name != "instruction_id"),
         ("teacher_exact_match", pa.bool_()),  # null without a reference
         ("student_exact_match", pa.bool_()),
     ]

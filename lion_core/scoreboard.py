@@ -64,18 +64,25 @@ def overall(frame: pd.DataFrame) -> pd.DataFrame:
     return rows.reindex(columns=list(OVERALL_COLUMNS)).reset_index(drop=True)
 
 
+def cell(value: object) -> str:
+    """A table cell: floats to three decimals, '-' for missing."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: columns right-aligned, two spaces apart."""
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    )
+
+
 def text_table(rows: pd.DataFrame, columns: Sequence[str]) -> str:
-    """A plain-text table, numbers to three decimals, columns right-aligned."""
-
-    def cell(value: object) -> str:
-        if value is None or (isinstance(value, float) and pd.isna(value)):
-            return "-"
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
-
+    """`rows`' `columns` as a plain-text table."""
     cells = [[cell(v) for v in row] for row in rows[list(columns)].itertuples(index=False)]
-    widths = [max(len(x) for x in col) for col in zip(columns, *cells, strict=True)]
-    lines = [list(columns), *cells]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
+    return aligned(list(columns), cells)
 
 
 def plot(frame: pd.DataFrame, hard: pd.Series, title: str = "") -> bytes:

@@ -115,7 +115,7 @@ def test_a_killed_evaluation_resumes_without_repeating_a_request(
     os.killpg(first.pid, signal.SIGKILL)
     first.communicate()
     asked = world.stats()["teacher"]["requests"]
-    assert asked > 0 and world.stats()["referee"]["requests"] == 0  # killed before judging
+    assert asked > 0 and "referee" not in world.stats()  # killed before any judge request
 
     second = lion(*args, "--json", api_url=api_url)
     out, err = second.communicate(timeout=600)
