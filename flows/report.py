@@ -35,26 +35,27 @@ def round_summary(
     teacher: TeacherAnswers,
     student: str,
     reviews: Sequence[RefereeReviews],
-    split: Split,
+    split: Split | None,
     found: Sequence[Candidates],
-    new: NewInstructions,
+    new: NewInstructions | None,
     seconds: dict[str, float],
 ) -> RoundSummary:
-    """The round's summary, from the records its tasks returned."""
-    stats = split.stats
+    """The round's summary, from the records its tasks returned (an ablation arm returns no
+    reviews, and `seed-only` no split or new instructions)."""
+    stats = split.stats if split is not None else None
     return RoundSummary(
         round=round,
         train_pool=pools.train.rows,
         cache_pool=pools.cache.rows,
         teacher_failed=teacher.failed,
-        hard=stats.hard,
-        easy=stats.easy,
-        unscored=stats.unscored,
-        teacher_score=stats.mean_teacher_score,
-        student_score=stats.mean_student_score,
-        student_to_teacher=stats.score_ratio,
-        positional_bias=stats.positional_bias,
-        new_instructions=new.kept,
+        hard=stats.hard if stats else 0,
+        easy=stats.easy if stats else 0,
+        unscored=stats.unscored if stats else 0,
+        teacher_score=stats.mean_teacher_score if stats else None,
+        student_score=stats.mean_student_score if stats else None,
+        student_to_teacher=stats.score_ratio if stats else None,
+        positional_bias=stats.positional_bias if stats else None,
+        new_instructions=new.kept if new else 0,
         next_train_pool=next_pools.train.rows,
         student=student,
         usage={
@@ -66,7 +67,7 @@ def round_summary(
     )
 
 
-def _key(config: LionConfig, suffix: str) -> str:
+def artifact_key(config: LionConfig, suffix: str) -> str:
     """Prefect artifact keys: lowercase letters, digits and dashes."""
 
     def slug(text: str) -> str:
@@ -78,8 +79,8 @@ def _key(config: LionConfig, suffix: str) -> str:
 def publish_round(
     config: LionConfig,
     summary: RoundSummary,
-    hard: ArtifactRef,
-    referee: ArtifactRef,
+    hard: ArtifactRef | None,
+    referee: ArtifactRef | None,
     sample: int = 5,
 ) -> None:
     """The round's summary.json, its table artifact and a markdown sample of hard
@@ -90,9 +91,11 @@ def publish_round(
     table = [{"metric": k, "value": scoreboard.cell(v)} for k, v in summary.flat().items()]
     create_table_artifact(
         table=table,
-        key=_key(config, f"round-{round}"),
+        key=artifact_key(config, f"round-{round}"),
         description=f"Lion round {round}: pools, hard/easy split, scores, usage, wall time",
     )
+    if hard is None or referee is None:  # an ablation arm: no referee, no hard instructions
+        return
     hard_rows = store.read_ref(hard).sort_values("gap", ascending=False).head(sample)
     reviews = store.read_ref(referee).set_index("instruction_id")
     parts = [f"# Round {round}: hardest instructions\n"]
@@ -112,7 +115,7 @@ def publish_round(
             )
     create_markdown_artifact(
         markdown="".join(parts),
-        key=_key(config, f"round-{round}-hard-sample"),
+        key=artifact_key(config, f"round-{round}-hard-sample"),
         description=f"Lion round {round}: a sample of hard instructions",
     )
 
@@ -154,7 +157,7 @@ def summary_table(rounds: Sequence[RoundSummary]) -> str:
 def publish_run(config: LionConfig, rounds: Sequence[RoundSummary]) -> None:
     create_table_artifact(
         table=[_columns(r) for r in rounds],
-        key=_key(config, "summary"),
+        key=artifact_key(config, "summary"),
         description=f"Lion run {config.name}: one row per round",
     )
 
@@ -169,7 +172,7 @@ def publish_evaluation(config: LionConfig, evaluation: StudentEvaluation) -> Non
                 {c: scoreboard.cell(v) for c, v in row.items()}
                 for row in frame.to_dict(orient="records")
             ],
-            key=_key(config, f"eval-{label}-{result.set}"),
+            key=artifact_key(config, f"eval-{label}-{result.set}"),
             description=(
                 f"{label}: relative score on '{result.set}' (student ÷ teacher judge scores, "
                 f"1.0 = teacher level), overall then per category; {result.summary.unscored} "
@@ -195,7 +198,7 @@ def publish_scoreboard(config: LionConfig) -> str | None:
             f"![relative score per round](data:image/png;base64,{image})\n\n"
             f"```\n{table}\n```\n\nSaved as `{uri}`.\n"
         ),
-        key=_key(config, "scoreboard"),
+        key=artifact_key(config, "scoreboard"),
         description="Relative score per round (overall, per category, 95% interval) and hard share",
     )
     return uri

@@ -10,7 +10,7 @@ from flows.report import publish_round, round_summary
 from lion_core.config import LionConfig
 from lion_core.records import RoundSummary
 from lion_core.run import open_run
-from tasks.discrimination import hard_and_easy, referee_reviews, referee_scores
+from tasks.discrimination import hard_and_easy, referee_reviews, referee_scores, uniform_seeds
 from tasks.generation import candidates, novel_instructions
 from tasks.imitation import teacher_answers, training_data
 from tasks.pools import next_round_pools, seed_pools
@@ -47,32 +47,40 @@ def lion_round(
         log.info("round %d: imitation done, student at %s", round, student)
 
         # 2. Discrimination: the student answers the Cache Pool; the referee scores both
-        #    answers in both orders, concurrently; the gap splits hard from easy.
-        answers = student_answers(config, round, pools.cache, student)
-        orders = [
-            referee_reviews.submit(
-                config, round, pools.cache, teacher.answers, answers, order, offline_url=url
-            )
-            for order in (1, 2)
-        ]
-        order_1, order_2 = (order.result() for order in orders)
-        referee = referee_scores(config, round, order_1, order_2)
-        split = hard_and_easy(config, round, pools.cache, teacher.answers, answers, referee)
+        #    answers in both orders, concurrently; the gap splits hard from easy. (The
+        #    `uniform` ablation draws the split at random instead; `seed-only` has none.)
+        reviews, referee, split = [], None, None
+        if config.arm == "lion":
+            answers = student_answers(config, round, pools.cache, student)
+            orders = [
+                referee_reviews.submit(
+                    config, round, pools.cache, teacher.answers, answers, order, offline_url=url
+                )
+                for order in (1, 2)
+            ]
+            reviews = [order.result() for order in orders]
+            referee = referee_scores(config, round, *reviews)
+            split = hard_and_easy(config, round, pools.cache, teacher.answers, answers, referee)
+        elif config.arm == "uniform":
+            split = uniform_seeds(config, round, pools.cache)
         clock.lap("discrimination")
-        log.info(
-            "round %d: %d hard, %d easy, %d unscored; mean teacher %s, student %s",
-            round, split.stats.hard, split.stats.easy, split.stats.unscored,
-            _score(split.stats.mean_teacher_score), _score(split.stats.mean_student_score),
-        )  # fmt: skip
+        if split is not None:
+            log.info(
+                "round %d: %d hard, %d easy, %d unscored; mean teacher %s, student %s",
+                round, split.stats.hard, split.stats.easy, split.stats.unscored,
+                _score(split.stats.mean_teacher_score), _score(split.stats.mean_student_score),
+            )  # fmt: skip
 
         # 3. Generation: new instructions from hard and easy seeds, concurrently; the novel
         #    ones join the next round's pools.
-        kinds = [
-            candidates.submit(config, round, split, kind, offline_url=url)
-            for kind in ("hard", "easy")
-        ]
-        hard, easy = (kind.result() for kind in kinds)
-        new = novel_instructions(config, round, pools.train, split, hard, easy)
+        found, new = [], None
+        if split is not None:
+            kinds = [
+                candidates.submit(config, round, split, kind, offline_url=url)
+                for kind in ("hard", "easy")
+            ]
+            found = [kind.result() for kind in kinds]
+            new = novel_instructions(config, round, pools.train, split, *found)
         next_pools = next_round_pools(config, round, pools, new)
         clock.lap("generation")
 
@@ -82,13 +90,13 @@ def lion_round(
             next_pools=next_pools,
             teacher=teacher,
             student=student,
-            reviews=[order_1, order_2],
+            reviews=reviews,
             split=split,
-            found=[hard, easy],
+            found=found,
             new=new,
             seconds=clock.seconds,
         )
-        publish_round(config, summary, split.hard, referee)
+        publish_round(config, summary, split.hard if referee else None, referee)
         return summary
 
 

@@ -465,6 +465,13 @@ class StorageConfig(Section):
         description="The run's root: a local folder, or s3://bucket/prefix (any S3-compatible "
         "store). Pools, caches, checkpoints and task results all live under it.",
     )
+    shared_llm_cache: str | None = Field(
+        None,
+        description="A response cache shared by several runs (a folder or s3:// URI), e.g. the "
+        "arms of `lion ablate`: an identical request answered for one run is not paid again "
+        "for another. Empty: the run's own llm_cache/.",
+        json_schema_extra=OPERATIONAL,
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="fsspec/s3fs options, e.g. {endpoint_url: http://minio:9000}. Credentials "
@@ -561,6 +568,14 @@ class LionConfig(Section):
         3, ge=1, le=100, description="Lion rounds (paper: 3).", json_schema_extra=OPERATIONAL
     )
     seed: int = Field(0, description="Seed for sampling, training and the offline world.")
+    arm: Literal["lion", "uniform", "seed-only"] = Field(
+        "lion",
+        description="The method. 'lion': the paper's loop (the referee picks hard and easy "
+        "seeds). 'uniform': the paper's remove-the-referee ablation: as many new instructions, "
+        "from Cache Pool seeds drawn uniformly at random, no referee asked. 'seed-only': no new "
+        "instructions; each round trains on the seeds for as many epochs as lion's growing "
+        "pool would take. `lion ablate` runs them side by side.",
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where data lives.")
     pools: PoolsConfig = Field(default_factory=PoolsConfig, description="Train and Cache Pools.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher endpoint.")

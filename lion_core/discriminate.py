@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lion_core.referee import unscored_reason
-from lion_core.schemas import POOL_SCHEMA, SPLIT_SCHEMA
+from lion_core.schemas import POOL_SCHEMA, REFEREE_SCHEMA, SPLIT_SCHEMA
+
+REFEREE_COLUMNS = REFEREE_SCHEMA.names
 
 # Scores are means of halves and quarters; tolerate float noise at the threshold so that a gap
 # of exactly tau (say 8.5 - 7.5) is hard, as the paper's ">= 1" intends.
@@ -108,3 +111,21 @@ def _mean(values: pd.Series) -> float | None:
         return None
     m = float(values.mean())
     return None if math.isnan(m) else m
+
+
+def uniform_split(
+    pool: pd.DataFrame, hard_share: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The paper's "remove the referee" ablation: the Cache Pool split into "hard" and "easy"
+    seeds uniformly at random (`hard_share` of them "hard"), with no answer compared and no
+    referee asked, so generation gets the same prompts in the same numbers as Lion's loop but
+    none of the referee's information. SPLIT_SCHEMA frames with empty scores."""
+    pool = pool.drop_duplicates("instruction_id")[POOL_SCHEMA.names]
+    pool = pool.sort_values("instruction_id", kind="stable").reset_index(drop=True)
+    order = np.random.default_rng([seed, 0x0A1F]).permutation(len(pool))
+    n_hard = math.floor(hard_share * len(pool) + 0.5)
+    frame = pool.iloc[order].reindex(columns=SPLIT_SCHEMA.names).reset_index(drop=True)
+    hard, easy = frame.iloc[:n_hard].reset_index(drop=True), frame.iloc[n_hard:]
+    empty = pd.DataFrame(columns=REFEREE_COLUMNS)
+    stats = split_stats(empty, empty.assign(error=pd.Series(dtype=str)), 0.0, n_hard=len(hard))
+    return hard, easy.reset_index(drop=True), {**stats, "easy": len(easy), "total": len(pool)}

@@ -65,6 +65,9 @@ def logs(k: int) -> str:
 
 EVALUATION = "evaluation"
 EVALUATION_PLOT = "evaluation.png"
+# `lion ablate`'s root: <root>/<arm>/seed=<i>/ (a run each), the shared llm_cache/, and these.
+ABLATION_TABLE = "ablation.parquet"
+ABLATION_PLOT = "ablation.png"
 
 
 def model_dir(key: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lion_core.config import LionConfig
-from lion_core.discriminate import split
+from lion_core.discriminate import split, uniform_split
 from lion_core.records import RefereeReviews, Split, SplitStats
 from lion_core.referee import combine, make_pairs, score_order
 from lion_core.schemas import ArtifactRef
@@ -62,6 +62,21 @@ def hard_and_easy(
         store.read_ref(student),
         store.read_ref(referee),
         config.discrimination.tau,
+    )
+    return Split(
+        hard=store.write_or_reuse(round, "hard", hard),
+        easy=store.write_or_reuse(round, "easy", easy),
+        stats=SplitStats(**stats),
+    )
+
+
+@lion_task("uniform-split")
+def uniform_seeds(config: LionConfig, round: int, cache: ArtifactRef) -> Split:
+    """The `uniform` arm: Cache Pool seeds split into "hard" and "easy" uniformly at random, in
+    the proportions Lion's loop asks for, without the student's answers or the referee."""
+    store = run_store(config)
+    hard, easy, stats = uniform_split(
+        store.read_ref(cache), config.pools.hard_share, config.seed + round
     )
     return Split(
         hard=store.write_or_reuse(round, "hard", hard),

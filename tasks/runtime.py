@@ -14,6 +14,7 @@ from lion_core.errors import LLMError
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
 from lion_core.records import Usage
+from lion_core.storage import Storage
 from lion_core.store import RunStore
 
 
@@ -39,6 +40,12 @@ def api_key(config: LionConfig, role: str) -> str | None:
     return None
 
 
+def cache_storage(config: LionConfig) -> Storage:
+    """Where the response cache lives: the run's storage, or `storage.shared_llm_cache`."""
+    shared = config.storage.shared_llm_cache
+    return Storage(shared, config.storage.options) if shared else run_store(config).storage
+
+
 def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMClient:
     """A client for `role` with the run's response cache, pointed at the offline world if the
     endpoint says 'offline'."""
@@ -48,7 +55,7 @@ def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMCli
     return LLMClient(
         endpoint,
         role=role,
-        cache=ResponseCache(run_store(config).storage, role),
+        cache=ResponseCache(cache_storage(config), role),
         base_url=offline_url if endpoint.is_offline else None,
         api_key=api_key(config, role),
     )

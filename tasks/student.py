@@ -30,6 +30,10 @@ def trained_student(config: LionConfig, round: int, data: ArtifactRef, base: str
     resumes from the latest checkpoint; a finished student is never retrained."""
     store = run_store(config)
     init = init_uri_for(config, store, round) if config.training.init_from == "previous" else base
+    if config.arm == "seed-only":  # as many examples as lion's pool would hold this round
+        seeds = data.rows
+        epochs = config.training.epochs * (seeds + (round - 1) * config.pools.new_per_round) / seeds
+        config = config.with_overrides({"training.epochs": epochs})
     return train_student(config, store, round, data.uri, init, logger=get_run_logger())
 
 

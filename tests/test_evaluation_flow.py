@@ -154,6 +154,18 @@ def test_distill_evaluates_every_round_on_the_held_out_set(prefect_harness, tmp_
         keys = {a.key for a in client.read_artifacts()}
     assert {"flow-test-scoreboard", "flow-test-eval-round-2-offline"} <= keys
 
+    # `lion eval ROOT --json` on the finished run: every round, from cache.
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    out = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--json"])
+    assert out.exit_code == 0, out.output
+    rounds = json.loads(out.stdout.strip().splitlines()[-1])["rounds"]
+    assert sorted(rounds) == ["0", "1", "2"]
+    assert [rounds[k]["relative_score"] for k in "012"] == list(frame["relative_score"])
+    assert all(rounds[k]["questions"] == 24 and rounds[k]["set"] == "offline" for k in "012")
+
 
 def test_lm_eval_runs_on_a_round_student(prefect_harness, tmp_path, offline_server):
     pytest.importorskip("lm_eval")
