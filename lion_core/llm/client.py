@@ -19,13 +19,12 @@ import asyncio
 import concurrent.futures
 import email.utils
 import logging
-import os
 import random
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import openai
@@ -33,9 +32,10 @@ from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
 from lion_core.config import EndpointConfig
-from lion_core.errors import EndpointUnreachableError, LLMError, MissingAPIKeyError
+from lion_core.errors import EndpointUnreachableError, LLMError
 from lion_core.llm.cache import ResponseCache
-from lion_core.llm.types import ChatRequest, ChatResult, request_key, sampling_params
+from lion_core.llm.keys import resolve_api_key
+from lion_core.llm.types import ChatRequest, ChatResult, RenderedRequest, render_request
 
 log = logging.getLogger("lion_core.llm")
 # The HTTP libraries log one INFO line per request; our progress line replaces them. Only
@@ -52,7 +52,7 @@ _MAX_FAILURE_WARNINGS = 5
 
 @dataclass
 class Usage:
-    """What a client did, summed over its calls (one client per role)."""
+    """What a client did, summed over its calls (one client per role). Thread-safe `add`."""
 
     requests: int = 0  # distinct requests sent (retries not counted)
     cache_hits: int = 0  # requests answered from the run's cache
@@ -61,9 +61,17 @@ class Usage:
     retries: int = 0  # extra HTTP attempts
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
 
 class LLMClient:
@@ -89,11 +97,10 @@ class LLMClient:
                 f"{role}: base_url {self.base_url!r} is not an http(s) URL (an 'offline' endpoint "
                 "needs the running offline server's URL passed as base_url)"
             )
-        self._api_key = api_key or _key_from_env(endpoint, role, self.base_url)
+        self._api_key = api_key or resolve_api_key(endpoint, role) or NO_KEY
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.usage = Usage()
-        self._usage_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never shows the key
         return f"LLMClient(role={self.role!r}, base_url={self.base_url!r}, model={self.model!r})"
@@ -102,46 +109,25 @@ class LLMClient:
     def model(self) -> str:
         return self.endpoint.model
 
-    # ---- keys and bodies ----------------------------------------------------------------
-
-    def params(self, request: ChatRequest) -> dict[str, Any]:
-        e = self.endpoint
-        return sampling_params(
-            temperature=e.temperature,
-            top_p=e.top_p,
-            max_tokens=e.max_tokens,
-            sample=request.sample,
-            response_format=request.response_format,
-        )
+    def render(self, request: ChatRequest) -> RenderedRequest:
+        """The request's HTTP body, cache payload and key on this endpoint."""
+        return render_request(self.endpoint, request)
 
     def key(self, request: ChatRequest) -> str:
         """The request's cache key: sha256 of (model, messages, sampling parameters)."""
-        return request_key(**self._payload(request))
+        return self.render(request).key
 
-    def _body(self, request: ChatRequest) -> dict[str, Any]:
+    def open_api(self, concurrency: int) -> openai.AsyncOpenAI:
+        """An SDK client for this endpoint with `concurrency` pooled connections and the SDK's
+        own retries off (`_Batch` retries)."""
         e = self.endpoint
-        body: dict[str, Any] = {
-            "model": e.model,
-            "messages": request.message_dicts(),
-            "temperature": e.temperature,
-            "top_p": e.top_p,
-            "max_tokens": e.max_tokens,
-        }
-        if request.sample:
-            body["seed"] = request.sample  # distinct samples of one prompt are distinct bodies
-        if request.response_format == "json_object":
-            body["response_format"] = {"type": "json_object"}
-        elif request.response_format:
-            raise ValueError(f"unsupported response_format {request.response_format!r}")
-        return body
-
-    def _payload(self, request: ChatRequest) -> dict[str, Any]:
-        """What the cache stores as the request (the key's preimage)."""
-        return {
-            "model": self.model,
-            "messages": request.message_dicts(),
-            "params": self.params(request),
-        }
+        return openai.AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=e.timeout,
+            http_client=_http_client(concurrency, e.timeout),
+        )
 
     # ---- running ------------------------------------------------------------------------
 
@@ -162,9 +148,11 @@ class LLMClient:
         if self.cache is not None:
             await asyncio.to_thread(self.cache.refresh)
         groups: dict[str, list[int]] = {}  # key -> indexes of the requests it answers
+        jobs: dict[str, RenderedRequest] = {}  # key -> the request to send
         hits = dups = 0
         for i, request in enumerate(requests):
-            key = self.key(request)
+            rendered = self.render(request)
+            key = rendered.key
             if key in groups:
                 groups[key].append(i)
                 dups += 1
@@ -175,107 +163,19 @@ class LLMClient:
                 hits += 1
             else:
                 groups[key] = [i]
-        self._count(cache_hits=hits, deduplicated=dups)
+                jobs[key] = rendered
+        self.usage.add(cache_hits=hits, deduplicated=dups)
         if groups:
-            batch = _Batch(self, requests, results, groups, desc)
-            await batch.run()
+            await _Batch(self, requests, results, groups, jobs, desc).run()
         missing = [requests[i].tag for i, r in enumerate(results) if r is None]
         if missing:  # cannot happen: every request is answered, cached or failed
             raise LLMError(f"{self.role}: no result for request(s) {missing[:5]}")
         return results  # type: ignore[return-value]
 
-    # ---- one request --------------------------------------------------------------------
-
-    async def _send(
-        self, client: openai.AsyncOpenAI, key: str, request: ChatRequest, state: _Batch
-    ) -> ChatResult:
-        body = self._body(request)
-        retries = self.endpoint.retries
-        error, no_answer = "", False
-        for attempt in range(retries + 1):
-            if attempt:
-                self._count(retries=1)
-            delay: float | None = None
-            try:
-                # `post` is the SDK's own request path without `create`'s per-call parameter
-                # transform, which costs ~1 ms of CPU per request and does nothing for a plain
-                # JSON body like ours; errors, timeouts and response parsing are the same.
-                response = await client.post("/chat/completions", body=body, cast_to=ChatCompletion)
-            except openai.APIStatusError as exc:
-                state.responded = True
-                no_answer = False
-                error = f"HTTP {exc.status_code}: {_error_message(exc)}"
-                if exc.status_code == 429:
-                    delay = _retry_after(exc.response.headers)
-                elif exc.status_code < 500 and exc.status_code not in _TRANSIENT_STATUS:
-                    return self._failed(key, request, error, attempt + 1)
-            except openai.APIConnectionError as exc:  # includes APITimeoutError
-                no_answer = True
-                error = _no_answer(exc, self.endpoint.timeout)
-            except openai.OpenAIError as exc:  # e.g. an unparsable response: not transient
-                state.responded = True
-                return self._failed(key, request, f"{type(exc).__name__}: {exc}", attempt + 1)
-            else:
-                state.responded = True
-                return self._ok(key, request, response, attempt + 1)
-            if attempt < retries:
-                if delay is None:
-                    delay = min(self.backoff_max, self.backoff_base * 2**attempt)
-                    delay *= random.uniform(0.5, 1.0)
-                else:
-                    delay += random.uniform(0, 0.1 * delay)
-                await asyncio.sleep(delay)
-        return self._failed(
-            key,
-            request,
-            f"{error} (gave up after {retries + 1} attempts)",
-            retries + 1,
-            no_answer=no_answer,
-        )
-
-    def _ok(self, key: str, request: ChatRequest, response: Any, attempts: int) -> ChatResult:
-        choice = response.choices[0] if response.choices else None
-        text = choice.message.content if choice is not None else None
-        finish = choice.finish_reason if choice is not None else None
-        usage = response.usage
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
-        self._count(prompt_tokens=prompt_tokens or 0, completion_tokens=completion_tokens or 0)
-        if not text or not text.strip():
-            return self._failed(key, request, f"empty answer (finish_reason={finish})", attempts)
-        return ChatResult(
-            key=key,
-            tag=request.tag,
-            status="ok",
-            text=text,
-            finish_reason=finish,
-            prompt_tokens=prompt_tokens or 0,
-            completion_tokens=completion_tokens or 0,
-            extra={"attempts": attempts},
-        )
-
-    def _failed(
-        self,
-        key: str,
-        request: ChatRequest,
-        error: str,
-        attempts: int,
-        *,
-        no_answer: bool = False,
-    ) -> ChatResult:
-        extra: dict[str, Any] = {"attempts": attempts}
-        if no_answer:  # the endpoint never answered (connection error or timeout)
-            extra["no_answer"] = True
-        return ChatResult(key=key, tag=request.tag, status="failed", error=error, extra=extra)
-
-    def _count(self, **counts: int) -> None:
-        with self._usage_lock:
-            for name, n in counts.items():
-                setattr(self.usage, name, getattr(self.usage, name) + n)
-
 
 class _Batch:
-    """One `arun` call's sending: workers, the flush buffer, progress, the unreachable check."""
+    """One `arun` call's sending: workers and their retries, the flush buffer, progress, the
+    unreachable check. It fills `results` for every index in `groups`."""
 
     def __init__(
         self,
@@ -283,13 +183,17 @@ class _Batch:
         requests: list[ChatRequest],
         results: list[ChatResult | None],
         groups: dict[str, list[int]],
+        jobs: dict[str, RenderedRequest],
         desc: str,
     ) -> None:
         self.client = client
+        self.endpoint = client.endpoint
+        self.usage = client.usage
         self.requests = requests
         self.results = results
         self.groups = groups
-        self.todo = [(key, requests[idx[0]]) for key, idx in groups.items()]
+        self.jobs = jobs
+        self.todo = list(jobs.values())
         self.buffer: list[ChatResult] = []
         self.flushes: list[asyncio.Future[Any]] = []
         self.flush_error: BaseException | None = None
@@ -302,26 +206,16 @@ class _Batch:
         )
 
     async def run(self) -> None:
-        c = self.client
-        e = c.endpoint
-        concurrency = min(e.concurrency, len(self.todo))
-        http = _http_client(concurrency, e.timeout)
+        concurrency = min(self.endpoint.concurrency, len(self.todo))
         jobs = iter(self.todo)
         error: BaseException | None = None
-        async with openai.AsyncOpenAI(
-            api_key=c._api_key,
-            base_url=c.base_url,
-            max_retries=0,
-            timeout=e.timeout,
-            http_client=http,
-        ) as api:
+        async with self.client.open_api(concurrency) as api:
 
             async def worker() -> None:
-                for key, request in jobs:  # a shared iterator: each job is taken once
+                for job in jobs:  # a shared iterator: each job is taken once
                     if self.flush_error is not None:
                         raise self.flush_error
-                    result = await c._send(api, key, request, self)
-                    self.collect(key, result)
+                    self.collect(job.key, await self.send(api, job))
 
             workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
             try:
@@ -341,6 +235,88 @@ class _Batch:
             raise error
         self.progress.log_final()
 
+    # ---- one request --------------------------------------------------------------------
+
+    async def send(self, api: openai.AsyncOpenAI, job: RenderedRequest) -> ChatResult:
+        """POST the job's body, retrying transient failures; never raises for an HTTP error."""
+        retries = self.endpoint.retries
+        error, no_answer = "", False
+        for attempt in range(retries + 1):
+            if attempt:
+                self.usage.add(retries=1)
+            delay: float | None = None
+            try:
+                # `post` is the SDK's own request path without `create`'s per-call parameter
+                # transform, which costs ~1 ms of CPU per request and does nothing for a plain
+                # JSON body like ours; errors, timeouts and response parsing are the same.
+                response = await api.post(
+                    "/chat/completions", body=job.body, cast_to=ChatCompletion
+                )
+            except openai.APIStatusError as exc:
+                self.responded = True
+                no_answer = False
+                error = f"HTTP {exc.status_code}: {_error_message(exc)}"
+                if exc.status_code == 429:
+                    delay = _retry_after(exc.response.headers)
+                elif exc.status_code < 500 and exc.status_code not in _TRANSIENT_STATUS:
+                    return self.failed(job, error, attempt + 1)
+            except openai.APIConnectionError as exc:  # includes APITimeoutError
+                no_answer = True
+                error = _no_answer(exc, self.endpoint.timeout)
+            except openai.OpenAIError as exc:  # e.g. an unparsable response: not transient
+                self.responded = True
+                return self.failed(job, f"{type(exc).__name__}: {exc}", attempt + 1)
+            else:
+                self.responded = True
+                return self.answer(job, response, attempt + 1)
+            if attempt < retries:
+                if delay is None:
+                    delay = min(self.client.backoff_max, self.client.backoff_base * 2**attempt)
+                    delay *= random.uniform(0.5, 1.0)
+                else:
+                    delay += random.uniform(0, 0.1 * delay)
+                await asyncio.sleep(delay)
+        return self.failed(
+            job,
+            f"{error} (gave up after {retries + 1} attempts)",
+            retries + 1,
+            no_answer=no_answer,
+        )
+
+    def answer(self, job: RenderedRequest, response: Any, attempts: int) -> ChatResult:
+        """The result of a 200: ok with its text, or failed when the text is empty."""
+        choice = response.choices[0] if response.choices else None
+        text = choice.message.content if choice is not None else None
+        finish = choice.finish_reason if choice is not None else None
+        usage = response.usage
+        prompt_tokens = (usage.prompt_tokens if usage else 0) or 0
+        completion_tokens = (usage.completion_tokens if usage else 0) or 0
+        self.usage.add(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        if not text or not text.strip():
+            return self.failed(job, f"empty answer (finish_reason={finish})", attempts)
+        return ChatResult(
+            key=job.key,
+            tag=job.request.tag,
+            status="ok",
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            extra={"attempts": attempts},
+        )
+
+    def failed(
+        self, job: RenderedRequest, error: str, attempts: int, *, no_answer: bool = False
+    ) -> ChatResult:
+        extra: dict[str, Any] = {"attempts": attempts}
+        if no_answer:  # the endpoint never answered (connection error or timeout)
+            extra["no_answer"] = True
+        return ChatResult(
+            key=job.key, tag=job.request.tag, status="failed", error=error, extra=extra
+        )
+
+    # ---- results ------------------------------------------------------------------------
+
     def collect(self, key: str, result: ChatResult) -> None:
         c = self.client
         indexes = self.groups[key]
@@ -348,7 +324,7 @@ class _Batch:
         for i in indexes[1:]:
             self.results[i] = replace(result, tag=self.requests[i].tag)
         self.buffer.append(result)
-        c._count(requests=1, failures=0 if result.ok else 1)
+        self.usage.add(requests=1, failures=0 if result.ok else 1)
         self.progress.update(len(indexes), failed=0 if result.ok else len(indexes))
         if not result.ok and self.failure_warnings < _MAX_FAILURE_WARNINGS:
             self.failure_warnings += 1
@@ -358,11 +334,11 @@ class _Batch:
             self.consecutive_unreachable += 1
         else:
             self.consecutive_unreachable = 0
-        window = min(c.endpoint.batch_size, len(self.todo))
+        window = min(self.endpoint.batch_size, len(self.todo))
         if self.consecutive_unreachable and (
             not self.responded or self.consecutive_unreachable >= window
         ):
-            first_tag = self.todo[0][1].tag
+            first_tag = self.todo[0].request.tag
             kept = (
                 "Answers received so far are saved in the response cache; a re-run sends only "
                 "the missing ones."
@@ -373,7 +349,7 @@ class _Batch:
                 f"{c.role}: endpoint {c.base_url} is unreachable ({result.error}); first "
                 f"request of the batch: tag {first_tag!r}. {kept}"
             )
-        if len(self.buffer) >= c.endpoint.batch_size:
+        if len(self.buffer) >= self.endpoint.batch_size:
             self.flush_soon()
 
     def flush_soon(self) -> None:
@@ -396,9 +372,7 @@ class _Batch:
             self._write(chunk)
 
     def _write(self, chunk: list[ChatResult]) -> None:
-        payloads: Mapping[str, Any] = {
-            r.key: self.client._payload(self.requests[self.groups[r.key][0]]) for r in chunk
-        }
+        payloads: Mapping[str, Any] = {r.key: self.jobs[r.key].payload for r in chunk}
         assert self.client.cache is not None
         self.client.cache.put_many(chunk, payloads)
 
@@ -448,19 +422,6 @@ class _Progress:
 
 
 # ---- helpers -------------------------------------------------------------------------------
-
-
-def _key_from_env(endpoint: EndpointConfig, role: str, base_url: str) -> str:
-    name = endpoint.api_key_env
-    if not name:
-        return NO_KEY
-    value = os.environ.get(name)
-    if not value:
-        raise MissingAPIKeyError(
-            f"{role}: the environment variable {name} (named by {role}.api_key_env) is not set; "
-            f"export it with the API key for {base_url}"
-        )
-    return value
 
 
 def _http_client(concurrency: int, timeout: float) -> Any:
