@@ -7,8 +7,11 @@
 - Transient failures (429 honouring Retry-After, 5xx, 408/409, timeouts, connection errors) are
   retried with exponential backoff and jitter; others (400, 401, 404, ...) fail at once. A
   request that still fails is a `ChatResult` with status "failed" and its error.
-- Answers are flushed to the cache every `endpoint.batch_size` completions, so a killed process
-  loses at most the requests not yet flushed; a re-run sends only what is missing.
+- Every answer is recorded in the cache as it arrives, before its worker takes the next request
+  (local storage: an fsynced journal line), and the cache is flushed into a Parquet shard every
+  `endpoint.batch_size` answers and at the end; a killed process loses only the requests in
+  flight (object stores: plus at most `flush_seconds` of answers). A re-run sends only what is
+  missing.
 - If the endpoint cannot be reached at all, the cache is flushed and `EndpointUnreachableError`
   is raised.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import email.utils
 import logging
 import random
@@ -25,7 +29,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 from openai.types.chat import ChatCompletion
@@ -48,6 +52,7 @@ NO_KEY = "no-key-needed"  # keyless local servers (vLLM, the offline world) igno
 LOG_INTERVAL = 10.0  # seconds between progress log lines
 _TRANSIENT_STATUS = {408, 409, 429}
 _MAX_FAILURE_WARNINGS = 5
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -174,8 +179,8 @@ class LLMClient:
 
 
 class _Batch:
-    """One `arun` call's sending: workers and their retries, the flush buffer, progress, the
-    unreachable check. It fills `results` for every index in `groups`."""
+    """One `arun` call's sending: workers and their retries, recording answers in the cache,
+    progress, the unreachable check. It fills `results` for every index in `groups`."""
 
     def __init__(
         self,
@@ -194,8 +199,9 @@ class _Batch:
         self.groups = groups
         self.jobs = jobs
         self.todo = list(jobs.values())
-        self.buffer: list[ChatResult] = []
-        self.flushes: list[asyncio.Future[Any]] = []
+        self.cache = client.cache
+        self.unflushed = 0  # answers recorded since the last flush
+        self.flushes: list[concurrent.futures.Future[Any]] = []
         self.flush_error: BaseException | None = None
         self.responded = False  # any HTTP response at all in this call
         self.consecutive_unreachable = 0
@@ -215,7 +221,13 @@ class _Batch:
                 for job in jobs:  # a shared iterator: each job is taken once
                     if self.flush_error is not None:
                         raise self.flush_error
-                    self.collect(job.key, await self.send(api, job))
+                    result = await self.send(api, job)
+                    kept = (
+                        self.cache.record(result, job.payload) if self.cache is not None else None
+                    )
+                    self.collect(job.key, result)
+                    if kept is not None:  # on disk before this worker sends another request
+                        await _done(kept)
 
             workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
             try:
@@ -225,10 +237,11 @@ class _Batch:
                 for task in workers:
                     task.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
-                self.flush_now()  # whatever completed is kept, even on cancellation
-                flushed = await asyncio.gather(*self.flushes, return_exceptions=True)
+                if self.cache is not None:  # into a shard, even on cancellation
+                    self.flushes.append(self.cache.flush())
+                    concurrent.futures.wait(self.flushes)
                 self.progress.close()
-        flush_errors = [f for f in flushed if isinstance(f, BaseException)]
+        flush_errors = [f.exception() for f in self.flushes if f.exception() is not None]
         if error is None and flush_errors:
             error = flush_errors[0]
         if error is not None:
@@ -323,7 +336,6 @@ class _Batch:
         self.results[indexes[0]] = result
         for i in indexes[1:]:
             self.results[i] = replace(result, tag=self.requests[i].tag)
-        self.buffer.append(result)
         self.usage.add(requests=1, failures=0 if result.ok else 1)
         self.progress.update(len(indexes), failed=0 if result.ok else len(indexes))
         if not result.ok and self.failure_warnings < _MAX_FAILURE_WARNINGS:
@@ -349,32 +361,22 @@ class _Batch:
                 f"{c.role}: endpoint {c.base_url} is unreachable ({result.error}); first "
                 f"request of the batch: tag {first_tag!r}. {kept}"
             )
-        if len(self.buffer) >= self.endpoint.batch_size:
+        self.unflushed += 1
+        if self.cache is not None and self.unflushed >= self.endpoint.batch_size:
             self.flush_soon()
 
     def flush_soon(self) -> None:
-        """Write the buffer as a shard in a worker thread; sending goes on meanwhile."""
-        chunk, self.buffer = self.buffer, []
-        if self.client.cache is None or not chunk:
-            return
-        task = asyncio.ensure_future(asyncio.to_thread(self._write, chunk))
+        """Ask the cache to write a shard of what it recorded; sending goes on meanwhile."""
+        assert self.cache is not None
+        self.unflushed = 0
+        future = self.cache.flush()
 
-        def done(t: asyncio.Future[Any]) -> None:
-            if not t.cancelled() and t.exception() is not None and self.flush_error is None:
-                self.flush_error = t.exception()
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            if f.exception() is not None and self.flush_error is None:
+                self.flush_error = f.exception()
 
-        task.add_done_callback(done)
-        self.flushes.append(task)
-
-    def flush_now(self) -> None:
-        chunk, self.buffer = self.buffer, []
-        if self.client.cache is not None and chunk:
-            self._write(chunk)
-
-    def _write(self, chunk: list[ChatResult]) -> None:
-        payloads: Mapping[str, Any] = {r.key: self.jobs[r.key].payload for r in chunk}
-        assert self.client.cache is not None
-        self.client.cache.put_many(chunk, payloads)
+        future.add_done_callback(done)
+        self.flushes.append(future)
 
 
 class _Progress:
@@ -422,6 +424,26 @@ class _Progress:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+
+async def _done(future: concurrent.futures.Future[_T]) -> _T:
+    """Wait for a future of another thread. Cancelling the waiter leaves the future alone."""
+    if not future.done():
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake(_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the waiting loop is closed: nobody waits
+                loop.call_soon_threadsafe(_set_done, woken)
+
+        future.add_done_callback(wake)
+        await woken
+    return future.result()
+
+
+def _set_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _http_client(concurrency: int, timeout: float) -> Any:
