@@ -2,7 +2,8 @@
 
 - a client killed with SIGKILL mid-batch: on resume, the only bodies sent twice are those that
   were in flight at the kill (local storage); at most `flush_seconds` of answers (object store);
-  journals of live writers are read, those of dead ones compacted.
+  journals of live writers are read, those of dead ones compacted;
+- two clients of one role in one process asking the same body at once: it is sent once.
 
 The offline world's /stats (requests, distinct bodies, 200s per body) is what proves it.
 """
@@ -14,11 +15,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
+import pytest
+
 from lion_core import prompts
-from lion_core.config import TeacherConfig
-from lion_core.llm import ChatRequest, LLMClient, ResponseCache
+from lion_core.config import RefereeConfig, TeacherConfig
+from lion_core.llm import ChatRequest, ChatResult, LLMClient, ResponseCache
+from lion_core.llm.cache import SendAbandoned
 from lion_core.offline.world import seed_instances
 from lion_core.storage import Storage
 
@@ -219,3 +224,67 @@ def test_journals_of_live_writers_are_read_and_of_dead_ones_compacted(tmp_path):
     frame = ResponseCache(Storage(str(tmp_path)), "teacher").frame()
     assert sorted(frame["key"]) == ["k1", "k2", "k3"]  # the torn line is not an answer
     assert list(frame["status"]) == ["ok", "ok", "failed"] and len(cache) == 2
+
+
+# ---- 2. one body, one request per process ---------------------------------------------------
+
+
+def referee_requests(n: int) -> list[ChatRequest]:
+    return [
+        ChatRequest.of(prompts.referee_messages(f"What is {i} + 1?", str(i + 1), str(i + 1)))
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("shared_cache", [False, True])
+def test_two_clients_of_one_role_send_each_body_once(offline_server, tmp_path, shared_cache):
+    """The two referee orders ask identical prompts when teacher and student agree."""
+    server = offline_server(latency=0.02)
+    reqs = referee_requests(40)
+    a, b = reqs[:30], reqs[10:]  # 20 identical bodies asked by both, at once
+    endpoint = RefereeConfig(concurrency=4, batch_size=5)
+    caches = [ResponseCache(Storage(str(tmp_path)), "referee") for _ in range(2)]
+    if shared_cache:
+        caches[1] = caches[0]
+    out: dict[int, list] = {}
+    clients = [
+        LLMClient(endpoint, role="referee", cache=cache, base_url=server.base_url)
+        for cache in caches
+    ]
+    start = threading.Barrier(2)
+
+    def work(i: int, batch: list[ChatRequest]) -> None:
+        start.wait()
+        out[i] = clients[i].run(batch)
+
+    threads = [threading.Thread(target=work, args=(i, r)) for i, r in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.ok for i in (0, 1) for r in out[i])
+    assert [r.text for r in out[0][10:]] == [r.text for r in out[1][:20]]
+    stats = server.stats()["referee"]
+    assert stats["requests"] == stats["distinct_bodies"] == 40, stats
+    usage = [c.usage for c in clients]
+    assert sum(u.requests for u in usage) == 40
+    # The 20 shared bodies: waited for while the other client sent them, or answered by then.
+    assert sum(u.deduplicated + u.cache_hits for u in usage) == 20
+
+
+def test_claims_are_per_root_and_role_and_survive_an_abandoned_sender(tmp_path):
+    first = ResponseCache(Storage(str(tmp_path)), "referee")
+    second = ResponseCache(Storage(str(tmp_path)), "referee")  # another task's cache, same role
+    other_role = ResponseCache(Storage(str(tmp_path)), "teacher")
+    assert first.claim("k") == second.claim("x") == other_role.claim("k")  # all free: send
+    pending = second.claim("k").pending
+    assert pending is not None and not pending.done()
+    first.release("k", None)  # its sender gave up: the waiter sends it itself
+    with pytest.raises(SendAbandoned):
+        pending.result(timeout=1)
+    assert second.claim("k").pending is None and first.claim("k").pending is not None
+    waiting = first.claim("k").pending
+    answer = ChatResult(key="k", tag="t", status="ok", text="yes")
+    second.release("k", answer)
+    assert waiting.result(timeout=1).text == "yes"
+    assert first.claim("k").answer.text == "yes" and first.get("k").cached

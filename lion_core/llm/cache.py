@@ -16,6 +16,10 @@ On an object store (no appends) answers are buffered and written as a shard at l
 Failed answers are kept too (with their error, for audit) but `get` returns only successful
 ones, so a re-run sends failures again. Any number of writers — threads or processes — add
 shards and journals side by side; `refresh()` picks up what others wrote since.
+
+In one process, every `ResponseCache` of one storage root and role shares one state: the
+answers, one writer (and journal), and the map of requests being sent (`claim`/`release`), so
+two clients of one role never send the same body at once.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lion_core import layout
-from lion_core.errors import SnapshotExistsError, StorageError
+from lion_core.errors import LLMError, SnapshotExistsError, StorageError
 from lion_core.llm.types import ChatResult
 from lion_core.storage import TMP_MARK, Storage
 
@@ -75,6 +80,18 @@ _LOAD_COLUMNS = [
 FLUSH_SECONDS = 5.0  # object stores: the longest an answer waits in memory before its shard
 _LINGER = 2.0  # seconds an idle writer thread waits for more work before it ends
 SHARD, JOURNAL = ("part-", ".parquet"), ("journal-", ".jsonl")
+
+
+class SendAbandoned(LLMError):
+    """The client sending a request that others waited for stopped before its answer."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `ResponseCache.claim` found for a key (neither field set: the caller sends it)."""
+
+    answer: ChatResult | None = None
+    pending: concurrent.futures.Future[ChatResult] | None = None
 
 
 def _stamp() -> str:
@@ -114,11 +131,8 @@ class ResponseCache:
         self.storage = storage
         self.role = role
         self.prefix = layout.llm_cache(role)
-        self._lock = threading.Lock()
-        self._answers: dict[str, ChatResult] = {}
-        self._loaded: set[str] = set()  # shards read, and journals compacted or read to the end
-        self._offsets: dict[str, int] = {}  # live journals of other writers: bytes read
-        self._writer = _Writer(self, flush_seconds)
+        self._shared = _Shared.of(storage, self.prefix, flush_seconds)
+        self._writer = self._shared.writer
         self.refresh()
 
     # ---- reading ------------------------------------------------------------------------
@@ -136,13 +150,12 @@ class ResponseCache:
         """Load shards and journals not loaded yet (written by other writers, or left by dead
         ones, which are compacted on the way); returns how many files were read."""
         names = self._names()
-        with self._lock:
-            new = [n for n in names if _is(n, SHARD) and n not in self._loaded]
-        count = self._load_shards(new)
+        loaded = self._shared.loaded_names()
+        count = self._load_shards([n for n in names if _is(n, SHARD) and n not in loaded])
         if self.storage.is_local:
             own = self._writer.journals()
             for name in names:
-                if _is(name, JOURNAL) and name not in own and name not in self._loaded:
+                if _is(name, JOURNAL) and name not in own and name not in loaded:
                     count += self._read_journal(name, compacted=shard_of(name) in names)
         return count
 
@@ -167,19 +180,8 @@ class ResponseCache:
                     f"{self.storage.uri(f'{self.prefix}/{name}')} is not a readable cache shard: "
                     f"{exc}"
                 ) from exc
-            self._remember(name, rows)
+            self._shared.remember(name, rows)
         return len(new)
-
-    def _remember(self, name: str | None, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Add the ok rows to the answers (the first answer of a key wins)."""
-        results = [_row_to_result(r) for r in rows if r["status"] == "ok"]
-        with self._lock:
-            if name is not None:
-                if name in self._loaded:
-                    return
-                self._loaded.add(name)
-            for res in results:
-                self._answers.setdefault(res.key, res)
 
     def _read_journal(self, name: str, *, compacted: bool) -> int:
         """Read another writer's journal: a dead writer's (no lock held) is compacted into its
@@ -198,30 +200,28 @@ class ResponseCache:
             if dead and compacted:  # compacted, then its writer died before deleting it
                 os.unlink(path)
                 return 0
-            start = 0 if dead else self._offsets.get(name, 0)
+            start = 0 if dead else self._shared.offsets.get(name, 0)
             fh.seek(start)
             data = fh.read()
             rows, used = _parse_lines(data)
             if not dead:
-                self._offsets[name] = start + used
-                self._remember(None, rows)
+                self._shared.offsets[name] = start + used
+                self._shared.remember(None, rows)
                 return 1
             if rows:
                 with contextlib.suppress(SnapshotExistsError):  # another reader was first
                     self.storage.write_parquet(f"{self.prefix}/{shard_of(name)}", _table(rows))
             os.unlink(path)
-        self._remember(shard_of(name), rows)
+        self._shared.remember(shard_of(name), rows)
         return 1
 
     def get(self, key: str) -> ChatResult | None:
         """The stored successful answer for `key` (marked cached), or None."""
-        with self._lock:
-            hit = self._answers.get(key)
-        return replace(hit, cached=True, extra=dict(hit.extra)) if hit else None
+        return self._shared.get(key)
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._answers)
+        with self._shared.lock:
+            return len(self._shared.answers)
 
     @property
     def uri(self) -> str:
@@ -255,6 +255,18 @@ class ResponseCache:
         the future's result is the shard's URI (None if there was nothing to write)."""
         return self._writer.flush()
 
+    def claim(self, key: str) -> Claim:
+        """Take `key` to send, process-wide. `Claim.answer`: the stored answer (send nothing);
+        `Claim.pending`: the future answer of the client of this process already sending it
+        (wait for it; it raises `SendAbandoned` if that client gave up); neither: the key is
+        yours — send it, then `release(key, result)`, or `release(key, None)` on giving up."""
+        return self._shared.claim(key)
+
+    def release(self, key: str, result: ChatResult | None) -> None:
+        """End the claim on `key`: its waiters get `result` (an ok result is an answer from now
+        on, also before its record is on disk), or `SendAbandoned` when it is None."""
+        self._shared.release(key, result)
+
     def put_many(
         self,
         results: Iterable[ChatResult],
@@ -267,11 +279,83 @@ class ResponseCache:
             return None
         name = shard_name()
         uri = self.storage.write_parquet(f"{self.prefix}/{name}", _table(rows))
-        self._remember(name, rows)
+        self._shared.remember(name, rows)
         return uri
 
     def __repr__(self) -> str:
         return f"ResponseCache({self.uri!r}, answers={len(self)})"
+
+
+class _Shared:
+    """What every `ResponseCache` of one (storage root, role) in this process shares: the
+    answers, the files read, the writer, and the requests being sent (`claim`/`release`), so
+    two clients of one role never send the same body at once. One per cache URI, alive while a
+    cache uses it."""
+
+    def __init__(self, storage: Storage, prefix: str, flush_seconds: float) -> None:
+        self.lock = threading.Lock()
+        self.answers: dict[str, ChatResult] = {}
+        self.loaded: set[str] = set()  # shards read, and journals compacted
+        self.offsets: dict[str, int] = {}  # live journals of other writers: bytes read
+        self.inflight: dict[str, concurrent.futures.Future[ChatResult]] = {}
+        self.writer = _Writer(storage, prefix, self, flush_seconds)
+
+    @classmethod
+    def of(cls, storage: Storage, prefix: str, flush_seconds: float) -> _Shared:
+        uri = storage.uri(prefix)
+        with _SHARED_LOCK:
+            shared = _SHARED.get(uri)
+            if shared is None:  # the first cache of this root and role sets flush_seconds
+                shared = _SHARED[uri] = cls(storage, prefix, flush_seconds)
+            return shared
+
+    def loaded_names(self) -> set[str]:
+        with self.lock:
+            return set(self.loaded)
+
+    def remember(self, name: str | None, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Add the ok rows to the answers (the first answer of a key wins); `name` is the file
+        they came from, read once."""
+        results = [_row_to_result(r) for r in rows if r["status"] == "ok"]
+        with self.lock:
+            if name is not None:
+                if name in self.loaded:
+                    return
+                self.loaded.add(name)
+            for res in results:
+                self.answers.setdefault(res.key, res)
+
+    def get(self, key: str) -> ChatResult | None:
+        with self.lock:
+            hit = self.answers.get(key)
+        return _cached(hit) if hit else None
+
+    def claim(self, key: str) -> Claim:
+        with self.lock:  # the answer and the in-flight map under one lock: no gap between them
+            hit = self.answers.get(key)
+            if hit is not None:
+                return Claim(answer=_cached(hit))
+            pending = self.inflight.get(key)
+            if pending is not None:
+                return Claim(pending=pending)
+            self.inflight[key] = concurrent.futures.Future()
+            return Claim()
+
+    def release(self, key: str, result: ChatResult | None) -> None:
+        with self.lock:
+            if result is not None and result.ok:
+                self.answers.setdefault(key, replace(result, cached=False))
+            pending = self.inflight.pop(key, None)
+        if pending is None:
+            return
+        if result is None:
+            pending.set_exception(SendAbandoned(f"the request with key {key} was not sent"))
+        else:
+            pending.set_result(result)
+
+
+_SHARED: weakref.WeakValueDictionary[str, _Shared] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
 
 
 class _Writer:
@@ -280,10 +364,12 @@ class _Writer:
     journal and fsynced before their futures are done (group commit). Object store: rows wait in
     memory until a flush, or until the oldest is `flush_seconds` old."""
 
-    def __init__(self, cache: ResponseCache, flush_seconds: float) -> None:
-        self.cache = cache
+    def __init__(
+        self, storage: Storage, prefix: str, shared: _Shared, flush_seconds: float
+    ) -> None:
+        self.storage, self.prefix, self.shared = storage, prefix, shared
         self.flush_seconds = flush_seconds
-        self.local = cache.storage.is_local
+        self.local = storage.is_local
         self._cond = threading.Condition()
         # (rows to record, future) or (None, future) for a flush
         self._queue: list[tuple[list[dict[str, Any]] | None, concurrent.futures.Future[Any]]] = []
@@ -308,7 +394,7 @@ class _Writer:
                 if not self._rows:
                     self._since = time.monotonic()
                 self._rows.extend(rows)
-                self.cache._remember(None, rows)
+                self.shared.remember(None, rows)
                 future.set_result(None)
             else:
                 self._queue.append((rows, future))
@@ -367,12 +453,12 @@ class _Writer:
 
         def append() -> None:
             if self._journal is None:
-                journal = _Journal.create(self.cache.storage.path(self.cache.prefix))
+                journal = _Journal.create(self.storage.path(self.prefix))
                 with self._cond:
                     self._journal = journal
             self._journal.append(rows)
             self._rows.extend(rows)
-            self.cache._remember(None, rows)
+            self.shared.remember(None, rows)
 
         self._settle([future for _, future in group], append)
 
@@ -384,7 +470,9 @@ class _Writer:
             error = (
                 exc
                 if isinstance(exc, StorageError)
-                else StorageError(f"cannot write the LLM cache under {self.cache.uri}: {exc}")
+                else StorageError(
+                    f"cannot write the LLM cache under {self.storage.uri(self.prefix)}: {exc}"
+                )
             )
             for future in futures:
                 future.set_exception(error)
@@ -413,13 +501,13 @@ class _Writer:
         name = shard_name() if journal is None else shard_of(journal.name)
         uri = None
         if rows:
-            rel = f"{self.cache.prefix}/{name}"
+            rel = f"{self.prefix}/{name}"
             try:
-                uri = self.cache.storage.write_parquet(rel, _table(rows))
+                uri = self.storage.write_parquet(rel, _table(rows))
             except SnapshotExistsError:  # written by an earlier try that failed later
                 if journal is None:
                     raise
-                uri = self.cache.storage.uri(rel)
+                uri = self.storage.uri(rel)
         with self._cond:
             del self._rows[: len(rows)]
             # The flushes asked later counted the rows written now: they write fewer.
@@ -430,8 +518,7 @@ class _Writer:
             self._journal = None
         if journal is not None:
             journal.retire()
-        with self.cache._lock:
-            self.cache._loaded.add(name)
+        self.shared.remember(name, [])
         return uri
 
 
@@ -536,6 +623,10 @@ def _blob_for(blobs: Mapping[str, bytes], path: str) -> bytes:
         if candidate.split("://", 1)[-1].rstrip("/") == stripped.rstrip("/"):
             return blob
     raise StorageError(f"cache shard {path} was listed but could not be read")
+
+
+def _cached(hit: ChatResult) -> ChatResult:
+    return replace(hit, cached=True, extra=dict(hit.extra))
 
 
 def _row_to_result(row: Mapping[str, Any]) -> ChatResult:

@@ -1,7 +1,8 @@
 """`LLMClient`: a list of chat requests through any OpenAI-compatible endpoint, never paying twice.
 
 - Every request has a key, sha256 of (model, messages, sampling parameters). Requests already in
-  the run's response cache are not sent; requests with the same key in one call are sent once.
+  the run's response cache are not sent; requests with the same key in one call, or in
+  concurrent calls of one process on one cache root and role, are sent once.
 - Requests go out through the official `openai.AsyncOpenAI` client (its own retries off), at
   most `endpoint.concurrency` in flight over one pooled HTTP connection set.
 - Transient failures (429 honouring Retry-After, 5xx, 408/409, timeouts, connection errors) are
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 
 from lion_core.config import EndpointConfig
 from lion_core.errors import EndpointUnreachableError, LLMError
-from lion_core.llm.cache import ResponseCache
+from lion_core.llm.cache import ResponseCache, SendAbandoned
 from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.types import ChatRequest, ChatResult, RenderedRequest, render_request
 
@@ -53,6 +54,7 @@ LOG_INTERVAL = 10.0  # seconds between progress log lines
 _TRANSIENT_STATUS = {408, 409, 429}
 _MAX_FAILURE_WARNINGS = 5
 _T = TypeVar("_T")
+_SENT, _CACHED, _JOINED = "sent", "cached", "joined"  # how a batch's request was answered
 
 
 @dataclass
@@ -61,7 +63,7 @@ class Usage:
 
     requests: int = 0  # distinct requests sent (retries not counted)
     cache_hits: int = 0  # requests answered from the run's cache
-    deduplicated: int = 0  # repeats of a key within one call, answered by its first request
+    deduplicated: int = 0  # repeats within a call, or keys another client here was sending
     failures: int = 0  # requests that failed after their retries
     retries: int = 0  # extra HTTP attempts
     prompt_tokens: int = 0
@@ -221,13 +223,10 @@ class _Batch:
                 for job in jobs:  # a shared iterator: each job is taken once
                     if self.flush_error is not None:
                         raise self.flush_error
-                    result = await self.send(api, job)
-                    kept = (
-                        self.cache.record(result, job.payload) if self.cache is not None else None
-                    )
-                    self.collect(job.key, result)
-                    if kept is not None:  # on disk before this worker sends another request
-                        await _done(kept)
+                    if self.cache is None:
+                        self.collect(job, await self.send(api, job), _SENT)
+                    else:
+                        await self.through_cache(api, job, self.cache)
 
             workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
             try:
@@ -249,6 +248,33 @@ class _Batch:
         self.progress.log_final()
 
     # ---- one request --------------------------------------------------------------------
+
+    async def through_cache(
+        self, api: openai.AsyncOpenAI, job: RenderedRequest, cache: ResponseCache
+    ) -> None:
+        """Answer `job` once per process: from the cache if answered meanwhile, by waiting for
+        another client of this process that is sending the same body, else by sending it and
+        recording the answer, which is kept before this worker goes on."""
+        while True:
+            claim = cache.claim(job.key)
+            if claim.answer is not None:
+                self.collect(job, claim.answer, _CACHED)
+                return
+            if claim.pending is None:
+                break
+            try:
+                self.collect(job, await _done(claim.pending), _JOINED)
+                return
+            except SendAbandoned:  # its sender stopped: claim it again
+                continue
+        result: ChatResult | None = None
+        try:
+            result = await self.send(api, job)
+            kept = cache.record(result, job.payload)
+            self.collect(job, result, _SENT)
+            await _done(kept)  # on disk before this worker sends another request
+        finally:
+            cache.release(job.key, result)
 
     async def send(self, api: openai.AsyncOpenAI, job: RenderedRequest) -> ChatResult:
         """POST the job's body, retrying transient failures; never raises for an HTTP error."""
@@ -330,14 +356,24 @@ class _Batch:
 
     # ---- results ------------------------------------------------------------------------
 
-    def collect(self, key: str, result: ChatResult) -> None:
+    def collect(self, job: RenderedRequest, result: ChatResult, how: str) -> None:
+        """File `result` for every request with the job's key. `how`: _SENT by this call,
+        _CACHED (answered by another client since the call began), _JOINED (another client of
+        this process sent it)."""
         c = self.client
-        indexes = self.groups[key]
-        self.results[indexes[0]] = result
-        for i in indexes[1:]:
+        indexes = self.groups[job.key]
+        for i in indexes:
             self.results[i] = replace(result, tag=self.requests[i].tag)
+        self.progress.update(
+            len(indexes), failed=0 if result.ok else len(indexes), sent=how == _SENT
+        )
+        if how == _CACHED:
+            self.usage.add(cache_hits=1)
+            return
+        if how == _JOINED:
+            self.usage.add(deduplicated=1)
+            return
         self.usage.add(requests=1, failures=0 if result.ok else 1)
-        self.progress.update(len(indexes), failed=0 if result.ok else len(indexes))
         if not result.ok and self.failure_warnings < _MAX_FAILURE_WARNINGS:
             self.failure_warnings += 1
             log.warning("%s: request %r failed: %s", c.role, result.tag, result.error)
@@ -399,10 +435,10 @@ class _Progress:
             dynamic_ncols=True,
         )
 
-    def update(self, n: int, failed: int) -> None:
+    def update(self, n: int, failed: int, sent: bool = True) -> None:
         self.done += n
         self.failed += failed
-        self.sent += 1
+        self.sent += sent
         self.bar.update(n)
         now = time.monotonic()
         if now - self.last_log >= LOG_INTERVAL:
