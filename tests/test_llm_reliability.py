@@ -3,7 +3,9 @@
 - a client killed with SIGKILL mid-batch: on resume, the only bodies sent twice are those that
   were in flight at the kill (local storage); at most `flush_seconds` of answers (object store);
   journals of live writers are read, those of dead ones compacted;
-- two clients of one role in one process asking the same body at once: it is sent once.
+- two clients of one role in one process asking the same body at once: it is sent once;
+- 401/403/404 (bad key, unknown model) stop the role's batch at once with EndpointRejectedError,
+  keeping every answer already received.
 
 The offline world's /stats (requests, distinct bodies, 200s per body) is what proves it.
 """
@@ -17,13 +19,18 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from lion_core import prompts
-from lion_core.config import RefereeConfig, TeacherConfig
+from lion_core.config import OfflineWorldConfig, RefereeConfig, TeacherConfig
+from lion_core.errors import EndpointRejectedError, LLMError
 from lion_core.llm import ChatRequest, ChatResult, LLMClient, ResponseCache
 from lion_core.llm.cache import SendAbandoned
+from lion_core.offline.server import OfflineServer
 from lion_core.offline.world import seed_instances
 from lion_core.storage import Storage
 
@@ -288,3 +295,125 @@ def test_claims_are_per_root_and_role_and_survive_an_abandoned_sender(tmp_path):
     second.release("k", answer)
     assert waiting.result(timeout=1).text == "yes"
     assert first.claim("k").answer.text == "yes" and first.get("k").cached
+
+
+# ---- 5. rejected keys and models stop the batch ------------------------------------------------
+
+
+@contextmanager
+def offline_world(**options) -> Iterator[OfflineServer]:
+    server = OfflineServer(OfflineWorldConfig(latency=0.01), **options).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_key_revoked_mid_batch_stops_it_and_keeps_the_answers(tmp_path):
+    reqs, _ = teacher_requests(N)
+    endpoint = TeacherConfig(concurrency=CONCURRENCY, retries=6)
+    with offline_world() as server:
+
+        def revoke() -> None:
+            while server.stats().get("teacher", {}).get("answered", 0) < 30:
+                time.sleep(0.002)
+            server.world.api_key = "sk-another-key"  # ours no longer works
+
+        revoker = threading.Thread(target=revoke)
+        revoker.start()
+        client = LLMClient(
+            endpoint,
+            role="teacher",
+            cache=ResponseCache(Storage(str(tmp_path)), "teacher"),
+            base_url=server.base_url,
+            api_key="sk-our-key",
+            **FAST,
+        )
+        started = time.monotonic()
+        with pytest.raises(EndpointRejectedError) as info:
+            client.run(reqs)
+        elapsed = time.monotonic() - started
+        revoker.join()
+        stats = server.stats()["teacher"]
+    error = info.value
+    assert isinstance(error, LLMError)
+    assert (error.role, error.base_url, error.model, error.status) == (
+        "teacher",
+        server.base_url,
+        endpoint.model,
+        401,
+    )
+    for part in ("teacher", server.base_url, repr(endpoint.model), "HTTP 401", "API key"):
+        assert part in str(error), str(error)
+    # Stopped at once: only what was in flight got a 401, nothing was retried.
+    assert stats["status"]["401"] <= CONCURRENCY and client.usage.retries == 0
+    assert elapsed < 3
+    # Every answer received is in the cache.
+    assert len(ResponseCache(Storage(str(tmp_path)), "teacher")) == stats["answered_bodies"] >= 30
+
+
+@pytest.mark.parametrize(
+    ("world", "fields", "status"),
+    [
+        ({"strict_models": True}, {"model": "gpt-no-such-model"}, 404),  # a wrong model name
+        ({"api_key": "sk-right"}, {}, 401),  # no key sent
+    ],
+)
+def test_rejection_from_the_first_request(world, fields, status):
+    endpoint = TeacherConfig(concurrency=CONCURRENCY, retries=6, **fields)
+    reqs, _ = teacher_requests(50)
+    with offline_world(**world) as server:
+        client = LLMClient(endpoint, role="teacher", cache=None, base_url=server.base_url, **FAST)
+        with pytest.raises(EndpointRejectedError, match=f"HTTP {status}") as info:
+            client.run(reqs)
+        stats = server.stats()["teacher"]
+    assert info.value.status == status and info.value.model == endpoint.model
+    assert repr(endpoint.model) in str(info.value)
+    assert stats["requests"] <= CONCURRENCY and client.usage.retries == 0
+
+
+@contextmanager
+def canned_server(status: int, content_type: str, body: bytes) -> Iterator[tuple[str, list]]:
+    """A loopback HTTP server answering every POST with `status`, `content_type` and `body`;
+    yields its base URL and the paths it was asked."""
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            paths.append(self.path)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", paths
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_forbidden_stops_the_batch(tmp_path):
+    body = b'{"error": {"message": "Project does not have access to model", "code": null}}'
+    reqs, _ = teacher_requests(20)
+    with canned_server(403, "application/json", body) as (base_url, paths):
+        client = LLMClient(
+            TeacherConfig(concurrency=2, retries=6),
+            role="referee",
+            cache=ResponseCache(Storage(str(tmp_path)), "referee"),
+            base_url=base_url,
+            **FAST,
+        )
+        with pytest.raises(EndpointRejectedError, match="HTTP 403") as info:
+            client.run(reqs)
+    assert info.value.status == 403 and info.value.role == "referee"
+    assert "Project does not have access to model" in str(info.value)
+    assert len(paths) <= 2  # what was in flight, no retries

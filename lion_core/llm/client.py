@@ -6,8 +6,11 @@
 - Requests go out through the official `openai.AsyncOpenAI` client (its own retries off), at
   most `endpoint.concurrency` in flight over one pooled HTTP connection set.
 - Transient failures (429 honouring Retry-After, 5xx, 408/409, timeouts, connection errors) are
-  retried with exponential backoff and jitter; others (400, 401, 404, ...) fail at once. A
-  request that still fails is a `ChatResult` with status "failed" and its error.
+  retried with exponential backoff and jitter; others (400, 422, ...) fail at once. A request
+  that still fails is a `ChatResult` with status "failed" and its error.
+- 401, 403 and 404 (a bad key, a wrong model or URL) stop the batch at once: no new request, no
+  retry; the requests in flight finish, everything answered is flushed, and
+  `EndpointRejectedError` is raised.
 - Every answer is recorded in the cache as it arrives, before its worker takes the next request
   (local storage: an fsynced journal line), and the cache is flushed into a Parquet shard every
   `endpoint.batch_size` answers and at the end; a killed process loses only the requests in
@@ -37,7 +40,7 @@ from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
 from lion_core.config import EndpointConfig
-from lion_core.errors import EndpointUnreachableError, LLMError
+from lion_core.errors import EndpointRejectedError, EndpointUnreachableError, LLMError
 from lion_core.llm.cache import ResponseCache, SendAbandoned
 from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.types import ChatRequest, ChatResult, RenderedRequest, render_request
@@ -52,6 +55,12 @@ for _name in ("httpx", "httpx2"):
 NO_KEY = "no-key-needed"  # keyless local servers (vLLM, the offline world) ignore it
 LOG_INTERVAL = 10.0  # seconds between progress log lines
 _TRANSIENT_STATUS = {408, 409, 429}
+# Statuses that refuse the role's requests as such, not one request: they stop the batch.
+_REJECTED = {
+    401: "check the API key ({role}.api_key_env or {role}.api_key_secret)",
+    403: "the API key has no access to this model or endpoint",
+    404: "check {role}.model and {role}.base_url",
+}
 _MAX_FAILURE_WARNINGS = 5
 _T = TypeVar("_T")
 _SENT, _CACHED, _JOINED = "sent", "cached", "joined"  # how a batch's request was answered
@@ -206,6 +215,7 @@ class _Batch:
         self.flushes: list[concurrent.futures.Future[Any]] = []
         self.flush_error: BaseException | None = None
         self.responded = False  # any HTTP response at all in this call
+        self.rejected_by: EndpointRejectedError | None = None  # set: the batch is stopping
         self.consecutive_unreachable = 0
         self.failure_warnings = 0
         waiting = sum(len(idx) for idx in groups.values())
@@ -223,15 +233,24 @@ class _Batch:
                 for job in jobs:  # a shared iterator: each job is taken once
                     if self.flush_error is not None:
                         raise self.flush_error
-                    if self.cache is None:
-                        self.collect(job, await self.send(api, job), _SENT)
-                    else:
-                        await self.through_cache(api, job, self.cache)
+                    if self.rejected_by is not None:
+                        return
+                    try:
+                        if self.cache is None:
+                            self.collect(job, await self.send(api, job), _SENT)
+                        else:
+                            await self.through_cache(api, job, self.cache)
+                    except EndpointRejectedError as exc:
+                        # No new request, no retry; those in flight finish (paid for) and
+                        # are kept.
+                        self.rejected_by = self.rejected_by or exc
+                        return
 
             workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
             try:
                 done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
                 error = next((t.exception() for t in done if t.exception() is not None), None)
+                error = error or self.rejected_by
             finally:
                 for task in workers:
                     task.cancel()
@@ -281,6 +300,10 @@ class _Batch:
         retries = self.endpoint.retries
         error, no_answer = "", False
         for attempt in range(retries + 1):
+            if attempt and self.rejected_by is not None:  # the batch is stopping: no retry
+                return self.failed(
+                    job, f"{error} (not retried: the batch stopped)", attempt, no_answer=no_answer
+                )
             if attempt:
                 self.usage.add(retries=1)
             delay: float | None = None
@@ -295,6 +318,8 @@ class _Batch:
                 self.responded = True
                 no_answer = False
                 error = f"HTTP {exc.status_code}: {_error_message(exc)}"
+                if exc.status_code in _REJECTED:
+                    raise self.rejected(job, exc.status_code, _error_message(exc)) from None
                 if exc.status_code == 429:
                     delay = _retry_after(exc.response.headers)
                 elif exc.status_code < 500 and exc.status_code not in _TRANSIENT_STATUS:
@@ -320,6 +345,25 @@ class _Batch:
             f"{error} (gave up after {retries + 1} attempts)",
             retries + 1,
             no_answer=no_answer,
+        )
+
+    def rejected(self, job: RenderedRequest, status: int, message: str) -> EndpointRejectedError:
+        """The error that stops the batch: the endpoint refuses this role's requests as such."""
+        c = self.client
+        hint = _REJECTED[status].format(role=c.role)
+        kept = (
+            "answers received so far are saved in the response cache"
+            if self.cache is not None
+            else "no response cache was given: answers received so far are not kept"
+        )
+        return EndpointRejectedError(
+            f"{c.role}: {c.base_url} rejected request {job.request.tag!r} for model "
+            f"{c.model!r} with HTTP {status} ({message}); {hint}. No request of the batch can "
+            f"succeed, so it stopped; {kept}.",
+            role=c.role,
+            base_url=c.base_url,
+            model=c.model,
+            status=status,
         )
 
     def answer(self, job: RenderedRequest, response: Any, attempts: int) -> ChatResult:
