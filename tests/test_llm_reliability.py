@@ -5,7 +5,8 @@
   journals of live writers are read, those of dead ones compacted;
 - two clients of one role in one process asking the same body at once: it is sent once;
 - 401/403/404 (bad key, unknown model) stop the role's batch at once with EndpointRejectedError,
-  keeping every answer already received.
+  keeping every answer already received;
+- a 200 whose body is not a chat completion is one failed request carrying the body's first bytes.
 
 The offline world's /stats (requests, distinct bodies, 200s per body) is what proves it.
 """
@@ -417,3 +418,36 @@ def test_forbidden_stops_the_batch(tmp_path):
     assert info.value.status == 403 and info.value.role == "referee"
     assert "Project does not have access to model" in str(info.value)
     assert len(paths) <= 2  # what was in flight, no retries
+
+
+# ---- 6. a 200 that is not a chat completion ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", b"upstream proxy: service temporarily rerouted, try later " * 20),
+        ("application/json", b"<html><body>502 Bad Gateway</body></html>" + b" " * 300),
+        ("application/json", b'{"detail": "chat is not served here"}'),
+    ],
+)
+def test_a_200_that_is_not_a_chat_completion_is_one_failed_request(content_type, body, tmp_path):
+    reqs, _ = teacher_requests(3)
+    with canned_server(200, content_type, body) as (base_url, paths):
+        client = LLMClient(
+            TeacherConfig(concurrency=2, retries=3),
+            role="teacher",
+            cache=ResponseCache(Storage(str(tmp_path)), "teacher"),
+            base_url=base_url,
+            **FAST,
+        )
+        results = client.run(reqs)
+    assert len(paths) == 3  # one attempt each, no retries
+    for result in results:
+        assert result.status == "failed" and result.text is None
+        assert "HTTP 200" in result.error and body.decode()[:40] in result.error, result.error
+        assert len(result.error) < 400  # the first bytes, not the whole page
+        assert result.extra["attempts"] == 1
+    assert client.usage.failures == 3 and client.usage.retries == 0
+    frame = ResponseCache(Storage(str(tmp_path)), "teacher").frame()
+    assert list(frame["status"]) == ["failed"] * 3  # kept for audit, sent again by a re-run

@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import email.utils
+import json
 import logging
 import random
 import sys
@@ -62,6 +63,7 @@ _REJECTED = {
     404: "check {role}.model and {role}.base_url",
 }
 _MAX_FAILURE_WARNINGS = 5
+_BODY_PREVIEW = 200  # characters of an unexpected body quoted in an error
 _T = TypeVar("_T")
 _SENT, _CACHED, _JOINED = "sent", "cached", "joined"  # how a batch's request was answered
 
@@ -330,8 +332,15 @@ class _Batch:
             except openai.OpenAIError as exc:  # e.g. an unparsable response: not transient
                 self.responded = True
                 return self.failed(job, f"{type(exc).__name__}: {exc}", attempt + 1)
+            except json.JSONDecodeError as exc:  # a 200 saying it is JSON, but it is not
+                self.responded = True
+                return self.failed(job, _not_a_completion(exc.doc), attempt + 1)
             else:
                 self.responded = True
+                if not isinstance(getattr(response, "choices", None), list):
+                    # A 200 that is no chat completion (a proxy's page, another API's JSON): the
+                    # SDK hands back the text, or a model without choices.
+                    return self.failed(job, _not_a_completion(response), attempt + 1)
                 return self.answer(job, response, attempt + 1)
             if attempt < retries:
                 if delay is None:
@@ -550,6 +559,15 @@ def _no_answer(exc: openai.APIConnectionError, timeout: float) -> str:
     if isinstance(root, TimeoutError) or not text:
         return f"no answer: timed out after {timeout:g}s ({type(root).__name__})"
     return f"no answer: {type(root).__name__}: {text}"
+
+
+def _not_a_completion(body: object) -> str:
+    """The error of a 200 whose body is not a chat completion, with the body's first bytes."""
+    if isinstance(body, openai.BaseModel):
+        body = json.dumps(body.to_dict(mode="json"), ensure_ascii=False)
+    text = body if isinstance(body, str) else repr(body)
+    more = f"... ({len(text)} characters)" if len(text) > _BODY_PREVIEW else ""
+    return f"HTTP 200 but not a chat completion: {text[:_BODY_PREVIEW]!r}{more}"
 
 
 def _error_message(exc: openai.APIStatusError) -> str:
