@@ -118,7 +118,9 @@ class ResponseCache:
 
     `record` persists one answer (durable when its future is done); `flush` turns what was
     recorded into a shard. Thread-safe. `refresh()` picks up what other writers added since.
-    `flush_seconds` bounds how long a recorded answer stays in memory on an object store.
+    `flush_seconds` bounds how long a recorded answer stays in memory on an object store. All
+    instances of one storage root and role in a process share their state (the first one's
+    `flush_seconds` holds) and `claim`/`release` the keys being sent.
     """
 
     def __init__(
@@ -142,9 +144,6 @@ class ResponseCache:
         # are only visible after invalidating that cache.
         self.storage.fs.invalidate_cache(self.storage.path(self.prefix))
         return self.storage.listdir(self.prefix)
-
-    def _shards(self) -> list[str]:
-        return [n for n in self._names() if _is(n, SHARD)]
 
     def refresh(self) -> int:
         """Load shards and journals not loaded yet (written by other writers, or left by dead
@@ -231,11 +230,13 @@ class ResponseCache:
         """Every row of every shard and journal (failures included), for audit and reporting."""
         names = self._names()
         tables = [self.storage.read_parquet(f"{self.prefix}/{n}") for n in names if _is(n, SHARD)]
-        for name in names:
+        for name in names:  # journals live on local storage only
             if _is(name, JOURNAL) and shard_of(name) not in names:
-                with contextlib.suppress(FileNotFoundError):
-                    data = self.storage.read_bytes(f"{self.prefix}/{name}")
-                    tables.append(_table(_parse_lines(data)[0]))
+                with (
+                    contextlib.suppress(FileNotFoundError),  # compacted meanwhile
+                    open(self.storage.path(f"{self.prefix}/{name}"), "rb") as fh,
+                ):
+                    tables.append(_table(_parse_lines(fh.read())[0]))
         if not tables:
             return CACHE_SCHEMA.empty_table().to_pandas()
         return pa.concat_tables(tables).to_pandas()

@@ -210,7 +210,6 @@ class _Batch:
         self.requests = requests
         self.results = results
         self.groups = groups
-        self.jobs = jobs
         self.todo = list(jobs.values())
         self.cache = client.cache
         self.unflushed = 0  # answers recorded since the last flush
