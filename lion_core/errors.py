@@ -55,6 +55,15 @@ class EndpointUnreachableError(LLMError, ConnectionError):
     """The endpoint did not answer at all."""
 
 
+class EndpointRejectedError(LLMError):
+    """The endpoint refused the role's requests as such (401/403: the key; 404: the model or
+    the URL): no request of the batch can succeed, so the batch stops at once."""
+
+    def __init__(self, message: str, *, role: str, base_url: str, model: str, status: int) -> None:
+        super().__init__(message)
+        self.role, self.base_url, self.model, self.status = role, base_url, model, status
+
+
 class MissingAPIKeyError(LLMError, KeyError):
     """The environment variable named by `api_key_env` is not set."""
 

@@ -1,14 +1,21 @@
 """`LLMClient`: a list of chat requests through any OpenAI-compatible endpoint, never paying twice.
 
 - Every request has a key, sha256 of (model, messages, sampling parameters). Requests already in
-  the run's response cache are not sent; requests with the same key in one call are sent once.
+  the run's response cache are not sent; requests with the same key in one call, or in
+  concurrent calls of one process on one cache root and role, are sent once.
 - Requests go out through the official `openai.AsyncOpenAI` client (its own retries off), at
   most `endpoint.concurrency` in flight over one pooled HTTP connection set.
 - Transient failures (429 honouring Retry-After, 5xx, 408/409, timeouts, connection errors) are
-  retried with exponential backoff and jitter; others (400, 401, 404, ...) fail at once. A
-  request that still fails is a `ChatResult` with status "failed" and its error.
-- Answers are flushed to the cache every `endpoint.batch_size` completions, so a killed process
-  loses at most the requests not yet flushed; a re-run sends only what is missing.
+  retried with exponential backoff and jitter; others (400, 422, ...) fail at once. A request
+  that still fails is a `ChatResult` with status "failed" and its error.
+- 401, 403 and 404 (a bad key, a wrong model or URL) stop the batch at once: no new request, no
+  retry; the requests in flight finish, everything answered is flushed, and
+  `EndpointRejectedError` is raised.
+- Every answer is recorded in the cache as it arrives, before its worker takes the next request
+  (local storage: an fsynced journal line), and the cache is flushed into a Parquet shard every
+  `endpoint.batch_size` answers and at the end; a killed process loses only the requests in
+  flight (object stores: plus at most `flush_seconds` of answers). A re-run sends only what is
+  missing.
 - If the endpoint cannot be reached at all, the cache is flushed and `EndpointUnreachableError`
   is raised.
 """
@@ -17,25 +24,27 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import email.utils
+import json
 import logging
-import os
 import random
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 import openai
 from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
 from lion_core.config import EndpointConfig
-from lion_core.errors import EndpointUnreachableError, LLMError, MissingAPIKeyError
-from lion_core.llm.cache import ResponseCache
-from lion_core.llm.types import ChatRequest, ChatResult, request_key, sampling_params
+from lion_core.errors import EndpointRejectedError, EndpointUnreachableError, LLMError
+from lion_core.llm.cache import ResponseCache, SendAbandoned
+from lion_core.llm.keys import resolve_api_key
+from lion_core.llm.types import ChatRequest, ChatResult, RenderedRequest, render_request
 
 log = logging.getLogger("lion_core.llm")
 # The HTTP libraries log one INFO line per request; our progress line replaces them. Only
@@ -47,23 +56,40 @@ for _name in ("httpx", "httpx2"):
 NO_KEY = "no-key-needed"  # keyless local servers (vLLM, the offline world) ignore it
 LOG_INTERVAL = 10.0  # seconds between progress log lines
 _TRANSIENT_STATUS = {408, 409, 429}
+# Statuses that refuse the role's requests as such, not one request: they stop the batch.
+_REJECTED = {
+    401: "check the API key ({role}.api_key_env or {role}.api_key_secret)",
+    403: "the API key has no access to this model or endpoint",
+    404: "check {role}.model and {role}.base_url",
+}
 _MAX_FAILURE_WARNINGS = 5
+_BODY_PREVIEW = 200  # characters of an unexpected body quoted in an error
+_T = TypeVar("_T")
+_SENT, _CACHED, _JOINED = "sent", "cached", "joined"  # how a batch's request was answered
 
 
 @dataclass
 class Usage:
-    """What a client did, summed over its calls (one client per role)."""
+    """What a client did, summed over its calls (one client per role). Thread-safe `add`."""
 
     requests: int = 0  # distinct requests sent (retries not counted)
     cache_hits: int = 0  # requests answered from the run's cache
-    deduplicated: int = 0  # repeats of a key within one call, answered by its first request
+    deduplicated: int = 0  # repeats within a call, or keys another client here was sending
     failures: int = 0  # requests that failed after their retries
     retries: int = 0  # extra HTTP attempts
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
 
 class LLMClient:
@@ -89,11 +115,10 @@ class LLMClient:
                 f"{role}: base_url {self.base_url!r} is not an http(s) URL (an 'offline' endpoint "
                 "needs the running offline server's URL passed as base_url)"
             )
-        self._api_key = api_key or _key_from_env(endpoint, role, self.base_url)
+        self._api_key = api_key or resolve_api_key(endpoint, role) or NO_KEY
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.usage = Usage()
-        self._usage_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never shows the key
         return f"LLMClient(role={self.role!r}, base_url={self.base_url!r}, model={self.model!r})"
@@ -102,46 +127,25 @@ class LLMClient:
     def model(self) -> str:
         return self.endpoint.model
 
-    # ---- keys and bodies ----------------------------------------------------------------
-
-    def params(self, request: ChatRequest) -> dict[str, Any]:
-        e = self.endpoint
-        return sampling_params(
-            temperature=e.temperature,
-            top_p=e.top_p,
-            max_tokens=e.max_tokens,
-            sample=request.sample,
-            response_format=request.response_format,
-        )
+    def render(self, request: ChatRequest) -> RenderedRequest:
+        """The request's HTTP body, cache payload and key on this endpoint."""
+        return render_request(self.endpoint, request)
 
     def key(self, request: ChatRequest) -> str:
         """The request's cache key: sha256 of (model, messages, sampling parameters)."""
-        return request_key(**self._payload(request))
+        return self.render(request).key
 
-    def _body(self, request: ChatRequest) -> dict[str, Any]:
+    def open_api(self, concurrency: int) -> openai.AsyncOpenAI:
+        """An SDK client for this endpoint with `concurrency` pooled connections and the SDK's
+        own retries off (`_Batch` retries)."""
         e = self.endpoint
-        body: dict[str, Any] = {
-            "model": e.model,
-            "messages": request.message_dicts(),
-            "temperature": e.temperature,
-            "top_p": e.top_p,
-            "max_tokens": e.max_tokens,
-        }
-        if request.sample:
-            body["seed"] = request.sample  # distinct samples of one prompt are distinct bodies
-        if request.response_format == "json_object":
-            body["response_format"] = {"type": "json_object"}
-        elif request.response_format:
-            raise ValueError(f"unsupported response_format {request.response_format!r}")
-        return body
-
-    def _payload(self, request: ChatRequest) -> dict[str, Any]:
-        """What the cache stores as the request (the key's preimage)."""
-        return {
-            "model": self.model,
-            "messages": request.message_dicts(),
-            "params": self.params(request),
-        }
+        return openai.AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=e.timeout,
+            http_client=_http_client(concurrency, e.timeout),
+        )
 
     # ---- running ------------------------------------------------------------------------
 
@@ -162,9 +166,11 @@ class LLMClient:
         if self.cache is not None:
             await asyncio.to_thread(self.cache.refresh)
         groups: dict[str, list[int]] = {}  # key -> indexes of the requests it answers
+        jobs: dict[str, RenderedRequest] = {}  # key -> the request to send
         hits = dups = 0
         for i, request in enumerate(requests):
-            key = self.key(request)
+            rendered = self.render(request)
+            key = rendered.key
             if key in groups:
                 groups[key].append(i)
                 dups += 1
@@ -175,107 +181,19 @@ class LLMClient:
                 hits += 1
             else:
                 groups[key] = [i]
-        self._count(cache_hits=hits, deduplicated=dups)
+                jobs[key] = rendered
+        self.usage.add(cache_hits=hits, deduplicated=dups)
         if groups:
-            batch = _Batch(self, requests, results, groups, desc)
-            await batch.run()
+            await _Batch(self, requests, results, groups, jobs, desc).run()
         missing = [requests[i].tag for i, r in enumerate(results) if r is None]
         if missing:  # cannot happen: every request is answered, cached or failed
             raise LLMError(f"{self.role}: no result for request(s) {missing[:5]}")
         return results  # type: ignore[return-value]
 
-    # ---- one request --------------------------------------------------------------------
-
-    async def _send(
-        self, client: openai.AsyncOpenAI, key: str, request: ChatRequest, state: _Batch
-    ) -> ChatResult:
-        body = self._body(request)
-        retries = self.endpoint.retries
-        error, no_answer = "", False
-        for attempt in range(retries + 1):
-            if attempt:
-                self._count(retries=1)
-            delay: float | None = None
-            try:
-                # `post` is the SDK's own request path without `create`'s per-call parameter
-                # transform, which costs ~1 ms of CPU per request and does nothing for a plain
-                # JSON body like ours; errors, timeouts and response parsing are the same.
-                response = await client.post("/chat/completions", body=body, cast_to=ChatCompletion)
-            except openai.APIStatusError as exc:
-                state.responded = True
-                no_answer = False
-                error = f"HTTP {exc.status_code}: {_error_message(exc)}"
-                if exc.status_code == 429:
-                    delay = _retry_after(exc.response.headers)
-                elif exc.status_code < 500 and exc.status_code not in _TRANSIENT_STATUS:
-                    return self._failed(key, request, error, attempt + 1)
-            except openai.APIConnectionError as exc:  # includes APITimeoutError
-                no_answer = True
-                error = _no_answer(exc, self.endpoint.timeout)
-            except openai.OpenAIError as exc:  # e.g. an unparsable response: not transient
-                state.responded = True
-                return self._failed(key, request, f"{type(exc).__name__}: {exc}", attempt + 1)
-            else:
-                state.responded = True
-                return self._ok(key, request, response, attempt + 1)
-            if attempt < retries:
-                if delay is None:
-                    delay = min(self.backoff_max, self.backoff_base * 2**attempt)
-                    delay *= random.uniform(0.5, 1.0)
-                else:
-                    delay += random.uniform(0, 0.1 * delay)
-                await asyncio.sleep(delay)
-        return self._failed(
-            key,
-            request,
-            f"{error} (gave up after {retries + 1} attempts)",
-            retries + 1,
-            no_answer=no_answer,
-        )
-
-    def _ok(self, key: str, request: ChatRequest, response: Any, attempts: int) -> ChatResult:
-        choice = response.choices[0] if response.choices else None
-        text = choice.message.content if choice is not None else None
-        finish = choice.finish_reason if choice is not None else None
-        usage = response.usage
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
-        self._count(prompt_tokens=prompt_tokens or 0, completion_tokens=completion_tokens or 0)
-        if not text or not text.strip():
-            return self._failed(key, request, f"empty answer (finish_reason={finish})", attempts)
-        return ChatResult(
-            key=key,
-            tag=request.tag,
-            status="ok",
-            text=text,
-            finish_reason=finish,
-            prompt_tokens=prompt_tokens or 0,
-            completion_tokens=completion_tokens or 0,
-            extra={"attempts": attempts},
-        )
-
-    def _failed(
-        self,
-        key: str,
-        request: ChatRequest,
-        error: str,
-        attempts: int,
-        *,
-        no_answer: bool = False,
-    ) -> ChatResult:
-        extra: dict[str, Any] = {"attempts": attempts}
-        if no_answer:  # the endpoint never answered (connection error or timeout)
-            extra["no_answer"] = True
-        return ChatResult(key=key, tag=request.tag, status="failed", error=error, extra=extra)
-
-    def _count(self, **counts: int) -> None:
-        with self._usage_lock:
-            for name, n in counts.items():
-                setattr(self.usage, name, getattr(self.usage, name) + n)
-
 
 class _Batch:
-    """One `arun` call's sending: workers, the flush buffer, progress, the unreachable check."""
+    """One `arun` call's sending: workers and their retries, recording answers in the cache,
+    progress, the unreachable check. It fills `results` for every index in `groups`."""
 
     def __init__(
         self,
@@ -283,17 +201,22 @@ class _Batch:
         requests: list[ChatRequest],
         results: list[ChatResult | None],
         groups: dict[str, list[int]],
+        jobs: dict[str, RenderedRequest],
         desc: str,
     ) -> None:
         self.client = client
+        self.endpoint = client.endpoint
+        self.usage = client.usage
         self.requests = requests
         self.results = results
         self.groups = groups
-        self.todo = [(key, requests[idx[0]]) for key, idx in groups.items()]
-        self.buffer: list[ChatResult] = []
-        self.flushes: list[asyncio.Future[Any]] = []
+        self.todo = list(jobs.values())
+        self.cache = client.cache
+        self.unflushed = 0  # answers recorded since the last flush
+        self.flushes: list[concurrent.futures.Future[Any]] = []
         self.flush_error: BaseException | None = None
         self.responded = False  # any HTTP response at all in this call
+        self.rejected_by: EndpointRejectedError | None = None  # set: the batch is stopping
         self.consecutive_unreachable = 0
         self.failure_warnings = 0
         waiting = sum(len(idx) for idx in groups.values())
@@ -302,54 +225,207 @@ class _Batch:
         )
 
     async def run(self) -> None:
-        c = self.client
-        e = c.endpoint
-        concurrency = min(e.concurrency, len(self.todo))
-        http = _http_client(concurrency, e.timeout)
+        concurrency = min(self.endpoint.concurrency, len(self.todo))
         jobs = iter(self.todo)
         error: BaseException | None = None
-        async with openai.AsyncOpenAI(
-            api_key=c._api_key,
-            base_url=c.base_url,
-            max_retries=0,
-            timeout=e.timeout,
-            http_client=http,
-        ) as api:
+        async with self.client.open_api(concurrency) as api:
 
             async def worker() -> None:
-                for key, request in jobs:  # a shared iterator: each job is taken once
+                for job in jobs:  # a shared iterator: each job is taken once
                     if self.flush_error is not None:
                         raise self.flush_error
-                    result = await c._send(api, key, request, self)
-                    self.collect(key, result)
+                    if self.rejected_by is not None:
+                        return
+                    try:
+                        if self.cache is None:
+                            self.collect(job, await self.send(api, job), _SENT)
+                        else:
+                            await self.through_cache(api, job, self.cache)
+                    except EndpointRejectedError as exc:
+                        # No new request, no retry; those in flight finish (paid for) and
+                        # are kept.
+                        self.rejected_by = self.rejected_by or exc
+                        return
 
             workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
             try:
                 done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
                 error = next((t.exception() for t in done if t.exception() is not None), None)
+                error = error or self.rejected_by
             finally:
                 for task in workers:
                     task.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
-                self.flush_now()  # whatever completed is kept, even on cancellation
-                flushed = await asyncio.gather(*self.flushes, return_exceptions=True)
+                if self.cache is not None:  # into a shard, even on cancellation
+                    self.flushes.append(self.cache.flush())
+                    concurrent.futures.wait(self.flushes)
                 self.progress.close()
-        flush_errors = [f for f in flushed if isinstance(f, BaseException)]
+        flush_errors = [f.exception() for f in self.flushes if f.exception() is not None]
         if error is None and flush_errors:
             error = flush_errors[0]
         if error is not None:
             raise error
         self.progress.log_final()
 
-    def collect(self, key: str, result: ChatResult) -> None:
+    # ---- one request --------------------------------------------------------------------
+
+    async def through_cache(
+        self, api: openai.AsyncOpenAI, job: RenderedRequest, cache: ResponseCache
+    ) -> None:
+        """Answer `job` once per process: from the cache if answered meanwhile, by waiting for
+        another client of this process that is sending the same body, else by sending it and
+        recording the answer, which is kept before this worker goes on."""
+        while True:
+            claim = cache.claim(job.key)
+            if claim.answer is not None:
+                self.collect(job, claim.answer, _CACHED)
+                return
+            if claim.pending is None:
+                break
+            try:
+                self.collect(job, await _done(claim.pending), _JOINED)
+                return
+            except SendAbandoned:  # its sender stopped: claim it again
+                continue
+        result: ChatResult | None = None
+        try:
+            result = await self.send(api, job)
+            kept = cache.record(result, job.payload)
+            self.collect(job, result, _SENT)
+            await _done(kept)  # on disk before this worker sends another request
+        finally:
+            cache.release(job.key, result)
+
+    async def send(self, api: openai.AsyncOpenAI, job: RenderedRequest) -> ChatResult:
+        """POST the job's body, retrying transient failures; never raises for an HTTP error."""
+        retries = self.endpoint.retries
+        error, no_answer = "", False
+        for attempt in range(retries + 1):
+            if attempt and self.rejected_by is not None:  # the batch is stopping: no retry
+                return self.failed(
+                    job, f"{error} (not retried: the batch stopped)", attempt, no_answer=no_answer
+                )
+            if attempt:
+                self.usage.add(retries=1)
+            delay: float | None = None
+            try:
+                # `post` is the SDK's own request path without `create`'s per-call parameter
+                # transform, which costs ~1 ms of CPU per request and does nothing for a plain
+                # JSON body like ours; errors, timeouts and response parsing are the same.
+                response = await api.post(
+                    "/chat/completions", body=job.body, cast_to=ChatCompletion
+                )
+            except openai.APIStatusError as exc:
+                self.responded = True
+                no_answer = False
+                error = f"HTTP {exc.status_code}: {_error_message(exc)}"
+                if exc.status_code in _REJECTED:
+                    raise self.rejected(job, exc.status_code, _error_message(exc)) from None
+                if exc.status_code == 429:
+                    delay = _retry_after(exc.response.headers)
+                elif exc.status_code < 500 and exc.status_code not in _TRANSIENT_STATUS:
+                    return self.failed(job, error, attempt + 1)
+            except openai.APIConnectionError as exc:  # includes APITimeoutError
+                no_answer = True
+                error = _no_answer(exc, self.endpoint.timeout)
+            except openai.OpenAIError as exc:  # e.g. an unparsable response: not transient
+                self.responded = True
+                return self.failed(job, f"{type(exc).__name__}: {exc}", attempt + 1)
+            except json.JSONDecodeError as exc:  # a 200 saying it is JSON, but it is not
+                self.responded = True
+                return self.failed(job, _not_a_completion(exc.doc), attempt + 1)
+            else:
+                self.responded = True
+                if not isinstance(getattr(response, "choices", None), list):
+                    # A 200 that is no chat completion (a proxy's page, another API's JSON): the
+                    # SDK hands back the text, or a model without choices.
+                    return self.failed(job, _not_a_completion(response), attempt + 1)
+                return self.answer(job, response, attempt + 1)
+            if attempt < retries:
+                if delay is None:
+                    delay = min(self.client.backoff_max, self.client.backoff_base * 2**attempt)
+                    delay *= random.uniform(0.5, 1.0)
+                else:
+                    delay += random.uniform(0, 0.1 * delay)
+                await asyncio.sleep(delay)
+        return self.failed(
+            job,
+            f"{error} (gave up after {retries + 1} attempts)",
+            retries + 1,
+            no_answer=no_answer,
+        )
+
+    def rejected(self, job: RenderedRequest, status: int, message: str) -> EndpointRejectedError:
+        """The error that stops the batch: the endpoint refuses this role's requests as such."""
         c = self.client
-        indexes = self.groups[key]
-        self.results[indexes[0]] = result
-        for i in indexes[1:]:
+        hint = _REJECTED[status].format(role=c.role)
+        kept = (
+            "answers received so far are saved in the response cache"
+            if self.cache is not None
+            else "no response cache was given: answers received so far are not kept"
+        )
+        return EndpointRejectedError(
+            f"{c.role}: {c.base_url} rejected request {job.request.tag!r} for model "
+            f"{c.model!r} with HTTP {status} ({message}); {hint}. No request of the batch can "
+            f"succeed, so it stopped; {kept}.",
+            role=c.role,
+            base_url=c.base_url,
+            model=c.model,
+            status=status,
+        )
+
+    def answer(self, job: RenderedRequest, response: Any, attempts: int) -> ChatResult:
+        """The result of a 200: ok with its text, or failed when the text is empty."""
+        choice = response.choices[0] if response.choices else None
+        text = choice.message.content if choice is not None else None
+        finish = choice.finish_reason if choice is not None else None
+        usage = response.usage
+        prompt_tokens = (usage.prompt_tokens if usage else 0) or 0
+        completion_tokens = (usage.completion_tokens if usage else 0) or 0
+        self.usage.add(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        if not text or not text.strip():
+            return self.failed(job, f"empty answer (finish_reason={finish})", attempts)
+        return ChatResult(
+            key=job.key,
+            tag=job.request.tag,
+            status="ok",
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            extra={"attempts": attempts},
+        )
+
+    def failed(
+        self, job: RenderedRequest, error: str, attempts: int, *, no_answer: bool = False
+    ) -> ChatResult:
+        extra: dict[str, Any] = {"attempts": attempts}
+        if no_answer:  # the endpoint never answered (connection error or timeout)
+            extra["no_answer"] = True
+        return ChatResult(
+            key=job.key, tag=job.request.tag, status="failed", error=error, extra=extra
+        )
+
+    # ---- results ------------------------------------------------------------------------
+
+    def collect(self, job: RenderedRequest, result: ChatResult, how: str) -> None:
+        """File `result` for every request with the job's key. `how`: _SENT by this call,
+        _CACHED (answered by another client since the call began), _JOINED (another client of
+        this process sent it)."""
+        c = self.client
+        indexes = self.groups[job.key]
+        for i in indexes:
             self.results[i] = replace(result, tag=self.requests[i].tag)
-        self.buffer.append(result)
-        c._count(requests=1, failures=0 if result.ok else 1)
-        self.progress.update(len(indexes), failed=0 if result.ok else len(indexes))
+        self.progress.update(
+            len(indexes), failed=0 if result.ok else len(indexes), sent=how == _SENT
+        )
+        if how == _CACHED:
+            self.usage.add(cache_hits=1)
+            return
+        if how == _JOINED:
+            self.usage.add(deduplicated=1)
+            return
+        self.usage.add(requests=1, failures=0 if result.ok else 1)
         if not result.ok and self.failure_warnings < _MAX_FAILURE_WARNINGS:
             self.failure_warnings += 1
             log.warning("%s: request %r failed: %s", c.role, result.tag, result.error)
@@ -358,11 +434,11 @@ class _Batch:
             self.consecutive_unreachable += 1
         else:
             self.consecutive_unreachable = 0
-        window = min(c.endpoint.batch_size, len(self.todo))
+        window = min(self.endpoint.batch_size, len(self.todo))
         if self.consecutive_unreachable and (
             not self.responded or self.consecutive_unreachable >= window
         ):
-            first_tag = self.todo[0][1].tag
+            first_tag = self.todo[0].request.tag
             kept = (
                 "Answers received so far are saved in the response cache; a re-run sends only "
                 "the missing ones."
@@ -373,34 +449,22 @@ class _Batch:
                 f"{c.role}: endpoint {c.base_url} is unreachable ({result.error}); first "
                 f"request of the batch: tag {first_tag!r}. {kept}"
             )
-        if len(self.buffer) >= c.endpoint.batch_size:
+        self.unflushed += 1
+        if self.cache is not None and self.unflushed >= self.endpoint.batch_size:
             self.flush_soon()
 
     def flush_soon(self) -> None:
-        """Write the buffer as a shard in a worker thread; sending goes on meanwhile."""
-        chunk, self.buffer = self.buffer, []
-        if self.client.cache is None or not chunk:
-            return
-        task = asyncio.ensure_future(asyncio.to_thread(self._write, chunk))
+        """Ask the cache to write a shard of what it recorded; sending goes on meanwhile."""
+        assert self.cache is not None
+        self.unflushed = 0
+        future = self.cache.flush()
 
-        def done(t: asyncio.Future[Any]) -> None:
-            if not t.cancelled() and t.exception() is not None and self.flush_error is None:
-                self.flush_error = t.exception()
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            if f.exception() is not None and self.flush_error is None:
+                self.flush_error = f.exception()
 
-        task.add_done_callback(done)
-        self.flushes.append(task)
-
-    def flush_now(self) -> None:
-        chunk, self.buffer = self.buffer, []
-        if self.client.cache is not None and chunk:
-            self._write(chunk)
-
-    def _write(self, chunk: list[ChatResult]) -> None:
-        payloads: Mapping[str, Any] = {
-            r.key: self.client._payload(self.requests[self.groups[r.key][0]]) for r in chunk
-        }
-        assert self.client.cache is not None
-        self.client.cache.put_many(chunk, payloads)
+        future.add_done_callback(done)
+        self.flushes.append(future)
 
 
 class _Progress:
@@ -423,10 +487,10 @@ class _Progress:
             dynamic_ncols=True,
         )
 
-    def update(self, n: int, failed: int) -> None:
+    def update(self, n: int, failed: int, sent: bool = True) -> None:
         self.done += n
         self.failed += failed
-        self.sent += 1
+        self.sent += sent
         self.bar.update(n)
         now = time.monotonic()
         if now - self.last_log >= LOG_INTERVAL:
@@ -450,17 +514,24 @@ class _Progress:
 # ---- helpers -------------------------------------------------------------------------------
 
 
-def _key_from_env(endpoint: EndpointConfig, role: str, base_url: str) -> str:
-    name = endpoint.api_key_env
-    if not name:
-        return NO_KEY
-    value = os.environ.get(name)
-    if not value:
-        raise MissingAPIKeyError(
-            f"{role}: the environment variable {name} (named by {role}.api_key_env) is not set; "
-            f"export it with the API key for {base_url}"
-        )
-    return value
+async def _done(future: concurrent.futures.Future[_T]) -> _T:
+    """Wait for a future of another thread. Cancelling the waiter leaves the future alone."""
+    if not future.done():
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake(_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the waiting loop is closed: nobody waits
+                loop.call_soon_threadsafe(_set_done, woken)
+
+        future.add_done_callback(wake)
+        await woken
+    return future.result()
+
+
+def _set_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _http_client(concurrency: int, timeout: float) -> Any:
@@ -487,6 +558,15 @@ def _no_answer(exc: openai.APIConnectionError, timeout: float) -> str:
     if isinstance(root, TimeoutError) or not text:
         return f"no answer: timed out after {timeout:g}s ({type(root).__name__})"
     return f"no answer: {type(root).__name__}: {text}"
+
+
+def _not_a_completion(body: object) -> str:
+    """The error of a 200 whose body is not a chat completion, with the body's first bytes."""
+    if isinstance(body, openai.BaseModel):
+        body = json.dumps(body.to_dict(mode="json"), ensure_ascii=False)
+    text = body if isinstance(body, str) else repr(body)
+    more = f"... ({len(text)} characters)" if len(text) > _BODY_PREVIEW else ""
+    return f"HTTP 200 but not a chat completion: {text[:_BODY_PREVIEW]!r}{more}"
 
 
 def _error_message(exc: openai.APIStatusError) -> str:

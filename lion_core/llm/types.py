@@ -11,7 +11,10 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from lion_core.config import EndpointConfig
 
 Status = Literal["ok", "failed"]
 
@@ -95,6 +98,48 @@ def request_key(model: str, messages: list[dict[str, str]], params: dict[str, An
         separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class RenderedRequest:
+    """One request as it goes out and as it is remembered, rendered together by
+    `render_request` so the two can never disagree."""
+
+    request: ChatRequest
+    body: dict[str, Any]  # the HTTP body of POST /chat/completions
+    payload: dict[str, Any]  # {model, messages, params}: the key's preimage, stored in the cache
+    key: str  # request_key(**payload)
+
+
+def render_request(endpoint: EndpointConfig, request: ChatRequest) -> RenderedRequest:
+    """The body, the cache payload and the key of `request` on `endpoint`.
+
+    A sample k != 0 is `seed=k` in the body (distinct samples are distinct bodies) and
+    `sample=k` in the key's parameters; `response_format="json_object"` is
+    `{"type": "json_object"}` in the body.
+    """
+    params = sampling_params(
+        temperature=endpoint.temperature,
+        top_p=endpoint.top_p,
+        max_tokens=endpoint.max_tokens,
+        sample=request.sample,
+        response_format=request.response_format,
+    )
+    body: dict[str, Any] = {
+        "model": endpoint.model,
+        "messages": request.message_dicts(),
+        "temperature": endpoint.temperature,
+        "top_p": endpoint.top_p,
+        "max_tokens": endpoint.max_tokens,
+    }
+    if request.sample:
+        body["seed"] = request.sample
+    if request.response_format == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    elif request.response_format:
+        raise ValueError(f"unsupported response_format {request.response_format!r}")
+    payload = {"model": endpoint.model, "messages": request.message_dicts(), "params": params}
+    return RenderedRequest(request=request, body=body, payload=payload, key=request_key(**payload))
 
 
 class Completer(Protocol):

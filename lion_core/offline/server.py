@@ -2,6 +2,10 @@
 
 Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `GET /stats`, `POST /stats/reset`.
 
+Two rejections a real provider makes can be switched on (off by default, changeable while the
+server runs): `api_key` — a request without `Authorization: Bearer <api_key>` is a 401 — and
+`strict_models` — a model not in `MODELS` is a 404 — with OpenAI's error bodies.
+
 Answers are a function of (world seed, request body) — the body includes the `seed` field the
 client sends for distinct samples of one prompt — so a run against the offline world is
 reproducible. Fault decisions (429, 500, slow, garbled) draw from a counter-based RNG instead,
@@ -116,8 +120,14 @@ class FaultDice:
 # ---- the app -------------------------------------------------------------------------------
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None):
-    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+def _error(
+    status: int,
+    message: str,
+    kind: str,
+    headers: dict[str, str] | None = None,
+    code: str | None = None,
+):
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -144,10 +154,22 @@ def _content_text(content: Any) -> str | None:
 
 
 class OfflineWorld:
-    """The server's state and request handling; `app` is the ASGI application."""
+    """The server's state and request handling; `app` is the ASGI application.
 
-    def __init__(self, cfg: OfflineWorldConfig | None = None) -> None:
+    `api_key` (None: any key) and `strict_models` (False: any model name) are the rejection
+    faults; tests may change them while the server runs.
+    """
+
+    def __init__(
+        self,
+        cfg: OfflineWorldConfig | None = None,
+        *,
+        api_key: str | None = None,
+        strict_models: bool = False,
+    ) -> None:
         self.cfg = cfg or OfflineWorldConfig()
+        self.api_key = api_key
+        self.strict_models = strict_models
         self.stats = Stats()
         self.dice = FaultDice(self.cfg.seed)
         self.app = Starlette(
@@ -193,6 +215,10 @@ class OfflineWorld:
             json.dumps(body, sort_keys=True, ensure_ascii=False).encode()
         ).hexdigest()
         self.stats.request(role, body_hash)
+        rejected = self._rejection(request, body)
+        if rejected is not None:
+            self.stats.status(role, body_hash, rejected.status_code)
+            return rejected
 
         faults = self.cfg.faults
         u429, u500, uslow, ugarble = self.dice.roll()
@@ -242,6 +268,28 @@ class OfflineWorld:
                 },
             }
         )
+
+    def _rejection(self, request: Request, body: dict[str, Any]) -> JSONResponse | None:
+        """OpenAI's 401 for a wrong key and 404 for an unknown model, when switched on."""
+        if self.api_key is not None:
+            sent = request.headers.get("authorization", "")
+            if sent != f"Bearer {self.api_key}":
+                return _error(
+                    401,
+                    "Incorrect API key provided. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.",
+                    "invalid_request_error",
+                    code="invalid_api_key",
+                )
+        model = body.get("model")
+        if self.strict_models and model not in MODELS:
+            return _error(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                code="model_not_found",
+            )
+        return None
 
     @staticmethod
     def _validate(body: Any) -> tuple[str | None, list[dict[str, str]]]:
@@ -351,9 +399,13 @@ class OfflineServer:
     """
 
     def __init__(
-        self, cfg: OfflineWorldConfig | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        cfg: OfflineWorldConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        **world_options: Any,
     ) -> None:
-        self.world = OfflineWorld(cfg)
+        self.world = OfflineWorld(cfg, **world_options)  # api_key=, strict_models=
         self.host, self.port = host, port
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
