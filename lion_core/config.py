@@ -117,8 +117,9 @@ class EndpointConfig(Section):
     batch_size: int = Field(
         256,
         ge=1,
-        description="Requests per batch; the response cache is flushed to storage after each "
-        "batch, so a killed process loses at most one batch.",
+        description="Requests per Parquet shard of the response cache. Every answer is kept "
+        "as it arrives (a journal on local storage; on object stores a flush every few "
+        "seconds), so a killed process pays again only for requests in flight.",
         json_schema_extra=OPERATIONAL,
     )
 

@@ -14,6 +14,7 @@
     <root>/evaluation.png                           relative score per round (lion report)
     <root>/generation/<key>/part-*.parquet          student answers generated so far
     <root>/llm_cache/<role>/part-*.parquet          every LLM answer, keyed by request hash
+    <root>/llm_cache/<role>/journal-*.jsonl         answers not yet in a shard (local storage)
     <root>/prefect-results/                         Prefect task results (resume, UI Retry)
 
 No other module spells these paths out; docs/storage.md describes each one.

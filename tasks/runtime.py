@@ -7,12 +7,12 @@ systems) here, inside the task, so nothing unhashable ever becomes a task input.
 from __future__ import annotations
 
 import logging
-import os
 
 from lion_core.config import LionConfig
 from lion_core.errors import LLMError
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
+from lion_core.llm.keys import resolve_api_key
 from lion_core.records import Usage
 from lion_core.storage import Storage
 from lion_core.store import RunStore
@@ -20,24 +20,6 @@ from lion_core.store import RunStore
 
 def run_store(config: LionConfig) -> RunStore:
     return RunStore.open(config.storage.root, config.storage.options)
-
-
-def api_key(config: LionConfig, role: str) -> str | None:
-    """The key for `role`: its environment variable, else its Prefect Secret block, else None."""
-    endpoint = config.endpoints()[role]
-    if endpoint.api_key_env and os.environ.get(endpoint.api_key_env):
-        return None  # LLMClient reads the variable itself
-    if endpoint.api_key_secret:
-        from prefect.blocks.system import Secret
-
-        try:
-            return Secret.load(endpoint.api_key_secret).get()
-        except ValueError as exc:
-            raise LLMError(
-                f"{role}.api_key_secret: cannot load Prefect Secret block "
-                f"{endpoint.api_key_secret!r}: {exc}"
-            ) from None
-    return None
 
 
 def cache_storage(config: LionConfig) -> Storage:
@@ -57,8 +39,15 @@ def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMCli
         role=role,
         cache=ResponseCache(cache_storage(config), role),
         base_url=offline_url if endpoint.is_offline else None,
-        api_key=api_key(config, role),
+        api_key=resolve_api_key(endpoint, role, secret_loader=_secret),
     )
+
+
+def _secret(name: str) -> str:
+    """The value of Prefect Secret block `name` (endpoints' `api_key_secret`)."""
+    from prefect.blocks.system import Secret
+
+    return Secret.load(name).get()
 
 
 class _InRunOnly(logging.Filter):
