@@ -47,27 +47,22 @@ def test_arm_configs_differ_only_in_arm_seed_name_and_root():
 
 
 @pytest.mark.slow
-def test_uniform_asks_no_referee_and_generates_lions_budget(
-    prefect_harness, tmp_path, offline_server
-):
+def test_uniform_asks_no_referee_and_gets_lions_budget(prefect_harness, tmp_path, offline_server):
     from test_round_flow import small_config
 
     from flows.round import lion_round
 
     requests = {}
-    for arm in ("lion", "uniform", "seed-only"):
+    for arm in ("lion", "uniform"):
         world = offline_server(judge_noise=0.0)
         urls = {f"{r}.base_url": world.base_url for r in ("teacher", "referee", "generator")}
         cfg = small_config(tmp_path / arm, arm=arm, **urls)
         summary = lion_round(cfg, 1)
         requests[arm] = {role: s["requests"] for role, s in world.stats().items()}
         store = RunStore.open(cfg.storage.root)
-        if arm == "seed-only":
-            assert summary.new_instructions == 0 and "generator" not in requests[arm]
-            assert store.read(2, "train_pool").equals(store.read(1, "train_pool"))
-        else:
-            assert 0 < summary.new_instructions <= cfg.pools.new_per_round
-    assert "referee" not in requests["uniform"] and "referee" not in requests["seed-only"]
+        assert 0 < summary.new_instructions <= cfg.pools.new_per_round
+        assert store.ref(2, "train_pool").rows == 24 + summary.new_instructions
+    assert "referee" not in requests["uniform"]
     assert requests["lion"]["referee"] >= 48
     # Equal budget: the same number of generator requests, and of teacher answers.
     assert requests["uniform"]["generator"] == requests["lion"]["generator"]
@@ -97,3 +92,7 @@ def test_lion_ablate_writes_the_table(prefect_harness, tmp_path):
     assert base["lion"] == pytest.approx(base["seed-only"])
     assert (tmp_path / "ablation" / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "ablation" / "llm_cache" / "teacher").is_dir()  # one shared cache
+    # seed-only: no new instructions, no referee, no generator; the pools stay the seeds.
+    seed_only = RunStore.open(f"{root}/seed-only/seed=0")
+    assert seed_only.read(2, "train_pool").equals(seed_only.read(1, "train_pool"))
+    assert not seed_only.exists(1, "referee") and not seed_only.exists(1, "generated")
