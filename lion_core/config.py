@@ -121,6 +121,16 @@ class EndpointConfig(Section):
         "batch, so a killed process loses at most one batch.",
         json_schema_extra=OPERATIONAL,
     )
+    max_failed_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of a task's requests that may fail (after their retries) and the "
+        "task still complete, its failures recorded in its snapshot for good. Above it the task "
+        "fails, commits nothing, and the next run re-asks only the failed requests. 0: any "
+        "failure fails the task.",
+        json_schema_extra=OPERATIONAL,
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -76,3 +76,13 @@ class SupervisionError(LionError, RuntimeError):
 
 class EvaluationError(LionError, RuntimeError):
     """A standard benchmark run (lm-evaluation-harness) could not start or gave no result."""
+
+
+class RequestsFailedError(LLMError):
+    """More of a role's requests failed (after their retries) than `<role>.max_failed_share`
+    tolerates. Nothing is committed; the successes are in the response cache, so the next run
+    asks only the failed requests again."""
+
+    def __init__(self, message: str, *, role: str, failed: int, asked: int, first: str) -> None:
+        super().__init__(message)
+        self.role, self.failed, self.asked, self.first = role, failed, asked, first

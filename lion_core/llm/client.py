@@ -33,7 +33,12 @@ from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
 from lion_core.config import EndpointConfig
-from lion_core.errors import EndpointUnreachableError, LLMError, MissingAPIKeyError
+from lion_core.errors import (
+    EndpointUnreachableError,
+    LLMError,
+    MissingAPIKeyError,
+    RequestsFailedError,
+)
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.types import ChatRequest, ChatResult, request_key, sampling_params
 
@@ -94,6 +99,8 @@ class LLMClient:
         self.backoff_max = backoff_max
         self.usage = Usage()
         self._usage_lock = threading.Lock()
+        # Every key asked through this client -> its latest failed result, or None if answered.
+        self._outcomes: dict[str, ChatResult | None] = {}
 
     def __repr__(self) -> str:  # never shows the key
         return f"LLMClient(role={self.role!r}, base_url={self.base_url!r}, model={self.model!r})"
@@ -172,6 +179,7 @@ class LLMClient:
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 results[i] = replace(hit, tag=request.tag)
+                self._outcome(key, hit)
                 hits += 1
             else:
                 groups[key] = [i]
@@ -268,6 +276,40 @@ class LLMClient:
             extra["no_answer"] = True
         return ChatResult(key=key, tag=request.tag, status="failed", error=error, extra=extra)
 
+    def raise_for_failures(self) -> int:
+        """Check the distinct requests asked through this client so far (a request that
+        failed and was answered by a later call counts as answered): raise
+        `RequestsFailedError`, naming the role, how many failed of how many and the first
+        error, when the failed share exceeds `endpoint.max_failed_share`; else return how many
+        failed (tolerated).
+
+        A task calls it before committing its snapshot, so a snapshot never holds failures
+        the run did not agree to keep: its successes are in the response cache and the next
+        call asks only the failed requests again.
+        """
+        with self._usage_lock:
+            failures = [r for r in self._outcomes.values() if r is not None]
+            asked = len(self._outcomes)
+        failed, allowed = len(failures), self.endpoint.max_failed_share
+        if not failed or failed / asked <= allowed:
+            return failed
+        first = failures[0]
+        where = f"request {first.tag!r}: {first.error}"
+        raise RequestsFailedError(
+            f"{self.role}: {failed} of {asked} requests failed at {self.base_url} after their "
+            f"retries ({self.role}.max_failed_share allows {allowed:g}); first error: {where}. "
+            "Nothing was committed; the answers received are in the response cache, so the "
+            "next run asks only the failed requests again.",
+            role=self.role,
+            failed=failed,
+            asked=asked,
+            first=where,
+        )
+
+    def _outcome(self, key: str, result: ChatResult) -> None:
+        with self._usage_lock:
+            self._outcomes[key] = None if result.ok else result
+
     def _count(self, **counts: int) -> None:
         with self._usage_lock:
             for name, n in counts.items():
@@ -349,6 +391,7 @@ class _Batch:
             self.results[i] = replace(result, tag=self.requests[i].tag)
         self.buffer.append(result)
         c._count(requests=1, failures=0 if result.ok else 1)
+        c._outcome(key, result)
         self.progress.update(len(indexes), failed=0 if result.ok else len(indexes))
         if not result.ok and self.failure_warnings < _MAX_FAILURE_WARNINGS:
             self.failure_warnings += 1
