@@ -4,6 +4,7 @@ student of every round (round 0 = the base) evaluated on the same question sets.
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from flows.common import offline_world, use_run_storage
 from flows.evaluate import lion_evaluate
@@ -11,6 +12,7 @@ from flows.report import publish_run, publish_scoreboard, summary_table
 from flows.round import DEFAULT_CONFIG, lion_round
 from lion_core import layout
 from lion_core.config import LionConfig
+from lion_core.lease import run_lease
 from lion_core.records import RoundSummary, RunSummary, StudentEvaluation
 from lion_core.run import open_run
 from tasks.runtime import attach_library_logging
@@ -25,25 +27,30 @@ def lion_distill(config: LionConfig = DEFAULT_CONFIG) -> RunSummary:
     same config and storage root skips every finished task. Each round's result lives in the
     run's storage, like its tasks' results: a retry of this run on a fresh machine (a new
     Kubernetes pod) reuses finished rounds by reading it there.
+
+    The run holds the root's lease (`lion_core.lease`) from start to end, its rounds and
+    evaluations sharing it: a second run started on the root meanwhile fails at once.
     """
     use_run_storage(config)
     attach_library_logging()
     log = get_run_logger()
-    store = open_run(config)
-    evaluate = bool(config.evaluation.sets or config.evaluation.lm_eval_tasks)
-    rounds: list[RoundSummary] = []
-    with offline_world(config) as url:
-        for k in range(1, config.rounds + 1):
-            summary = lion_round(config, k, offline_url=url)
-            if evaluate and k == 1:
-                lion_evaluate(config, store.uri(layout.student(0)), 0, offline_url=url)
-            if evaluate and (config.evaluation.every_round or k == config.rounds):
-                result = lion_evaluate(config, summary.student, k, offline_url=url)
-                summary = _with_evaluation(summary, result)
-                store.write_round_summary(k, summary.model_dump(mode="json"))
-            rounds.append(summary)
-    publish_run(config, rounds)
-    plot = publish_scoreboard(config)
+    with run_lease(config, flow_run.id) as lease:
+        store = open_run(config)
+        evaluate = bool(config.evaluation.sets or config.evaluation.lm_eval_tasks)
+        rounds: list[RoundSummary] = []
+        with offline_world(config) as url:
+            for k in range(1, config.rounds + 1):
+                lease.check()
+                summary = lion_round(config, k, offline_url=url)
+                if evaluate and k == 1:
+                    lion_evaluate(config, store.uri(layout.student(0)), 0, offline_url=url)
+                if evaluate and (config.evaluation.every_round or k == config.rounds):
+                    result = lion_evaluate(config, summary.student, k, offline_url=url)
+                    summary = _with_evaluation(summary, result)
+                    store.write_round_summary(k, summary.model_dump(mode="json"))
+                rounds.append(summary)
+        publish_run(config, rounds)
+        plot = publish_scoreboard(config)
     log.info("run finished; pools and students under %s\n%s", store.uri(), summary_table(rounds))
     if plot:
         log.info("relative score per round: %s", plot)

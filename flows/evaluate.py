@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import offline_world, use_run_storage
@@ -12,6 +13,7 @@ from flows.report import publish_evaluation
 from lion_core import layout
 from lion_core.config import LionConfig
 from lion_core.evaluate import set_name
+from lion_core.lease import run_lease
 from lion_core.records import StudentEvaluation
 from lion_core.run import open_run
 from tasks.evaluation import (
@@ -42,35 +44,38 @@ def lion_evaluate(
     teacher on each question set (default: `evaluation.sets`), and run lm-eval's tasks on it.
 
     Every task is cached like the round's: a re-run asks the judge nothing it already answered.
+    It holds the root's lease like a round (shared with lion-distill when run by it).
     """
     use_run_storage(config)
     attach_library_logging()
     log = get_run_logger()
-    open_run(config)
-    where = layout.round_dir(round) if round is not None else layout.model_dir(_key(student))
-    results = []
-    with offline_world(config, offline_url) as url:
-        for path in config.evaluation.sets if sets is None else sets:
-            questions = evaluation_questions(config, path)
-            teacher = teacher_eval_answers(config, questions, offline_url=url)
-            answers = student_eval_answers(config, where, round, questions, student)
-            result = judge_scores(
-                config, where, round, questions, teacher.answers, answers, student, offline_url=url
-            )
-            results.append(result)
-            log.info(
-                "%s on %s: relative score %s over %d questions (%d unscored)",
-                where, set_name(path), _fmt(result.summary.relative_score),
-                result.summary.scored, result.summary.unscored,
-            )  # fmt: skip
-    benchmarks = None
-    if config.evaluation.lm_eval_tasks:
-        benchmarks = benchmark_scores(config, where, round, student)
-    evaluation = StudentEvaluation(
-        round=round, student=student, sets=results, benchmarks=benchmarks
-    )
-    publish_evaluation(config, evaluation)
-    return evaluation
+    with run_lease(config, flow_run.id):
+        open_run(config)
+        where = layout.round_dir(round) if round is not None else layout.model_dir(_key(student))
+        results = []
+        with offline_world(config, offline_url) as url:
+            for path in config.evaluation.sets if sets is None else sets:
+                questions = evaluation_questions(config, path)
+                teacher = teacher_eval_answers(config, questions, offline_url=url)
+                answers = student_eval_answers(config, where, round, questions, student)
+                result = judge_scores(
+                    config, where, round, questions, teacher.answers, answers, student,
+                    offline_url=url,
+                )  # fmt: skip
+                results.append(result)
+                log.info(
+                    "%s on %s: relative score %s over %d questions (%d unscored)",
+                    where, set_name(path), _fmt(result.summary.relative_score),
+                    result.summary.scored, result.summary.unscored,
+                )  # fmt: skip
+        benchmarks = None
+        if config.evaluation.lm_eval_tasks:
+            benchmarks = benchmark_scores(config, where, round, student)
+        evaluation = StudentEvaluation(
+            round=round, student=student, sets=results, benchmarks=benchmarks
+        )
+        publish_evaluation(config, evaluation)
+        return evaluation
 
 
 def _key(student: str) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import StageClock, committed_pools, offline_world, use_run_storage
 from flows.report import publish_round, round_summary
 from lion_core.config import LionConfig
+from lion_core.lease import run_lease
 from lion_core.records import RoundSummary
 from lion_core.run import open_run
 from tasks.discrimination import hard_and_easy, referee_reviews, referee_scores, uniform_seeds
@@ -29,11 +31,14 @@ def lion_round(
     Every task is cached on the content of its inputs, so re-running a failed round skips what
     finished; inside a half-finished task the LLM response cache and the training checkpoints
     skip finished work. Task results live in the run's storage (`use_run_storage`).
+
+    The round holds the root's lease (`lion_core.lease`) while it runs: started while another
+    run holds it, it fails at once; run by lion-distill, it shares lion-distill's.
     """
     use_run_storage(config)
     attach_library_logging()
     log = get_run_logger()
-    with offline_world(config, offline_url) as url:
+    with run_lease(config, flow_run.id), offline_world(config, offline_url) as url:
         store = open_run(config)
         clock = StageClock()
 

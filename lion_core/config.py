@@ -122,6 +122,16 @@ class EndpointConfig(Section):
         "seconds), so a killed process pays again only for requests in flight.",
         json_schema_extra=OPERATIONAL,
     )
+    max_failed_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of a task's requests that may fail (after their retries) and the "
+        "task still complete, its failures recorded in its snapshot for good. Above it the task "
+        "fails, commits nothing, and the next run re-asks only the failed requests. 0: any "
+        "failure fails the task.",
+        json_schema_extra=OPERATIONAL,
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -480,6 +490,22 @@ class StorageConfig(Section):
         json_schema_extra=OPERATIONAL,
     )
 
+    lease_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds without a heartbeat after which another run may take over the "
+        "root's lease (lease.json) from a run that died; the hosts' clocks must agree to well "
+        "within it. On the same host a lease whose process is gone is taken over at once.",
+        json_schema_extra=OPERATIONAL,
+    )
+    lease_heartbeat: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds between two refreshes of the lease by the run holding it; at most "
+        "a third of lease_timeout.",
+        json_schema_extra=OPERATIONAL,
+    )
+
     # Option names that carry a credential (s3fs, botocore, fsspec), at any depth: options are
     # recorded in run.json, so a secret here would be written to storage.
     SECRET_OPTION_KEYS: ClassVar[frozenset[str]] = frozenset(
@@ -520,6 +546,15 @@ class StorageConfig(Section):
                 f"the config, which is recorded in run.json: remove {', '.join(found)}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _heartbeat_within_timeout(self) -> StorageConfig:
+        if self.lease_heartbeat * 3 > self.lease_timeout:
+            raise ValueError(
+                f"lease_heartbeat ({self.lease_heartbeat:g} s) must be at most a third of "
+                f"lease_timeout ({self.lease_timeout:g} s), or a live run's lease looks stale"
+            )
+        return self
 
 
 class FaultsConfig(Section):

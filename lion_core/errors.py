@@ -85,3 +85,23 @@ class SupervisionError(LionError, RuntimeError):
 
 class EvaluationError(LionError, RuntimeError):
     """A standard benchmark run (lm-evaluation-harness) could not start or gave no result."""
+
+
+class RequestsFailedError(LLMError):
+    """More of a role's requests failed (after their retries) than `<role>.max_failed_share`
+    tolerates. Nothing is committed; the successes are in the response cache, so the next run
+    asks only the failed requests again."""
+
+    def __init__(self, message: str, *, role: str, failed: int, asked: int, first: str) -> None:
+        super().__init__(message)
+        self.role, self.failed, self.asked, self.first = role, failed, asked, first
+
+
+class LeaseHeldError(LionError, RuntimeError):
+    """Another run holds the run root's lease: two runs on one root would pay every request
+    twice and overwrite each other's checkpoints. The message names the holder."""
+
+
+class LeaseLostError(LionError, RuntimeError):
+    """This run's lease on its root was taken over (its heartbeat had gone stale), so another
+    run may have written to the root meanwhile."""

@@ -1,6 +1,8 @@
 """The run's layout: every path under a run's root, relative to it, in one place.
 
     <root>/run.json                                 the config the root is bound to
+    <root>/lease.json                               the run holding the root now (lion_core.lease)
+    <root>/lease.lock                               local roots: serializes lease updates (flock)
     <root>/round=<k>/<artifact>.parquet             k = 1..rounds (+1 for the final pools)
     <root>/round=<k>/summary.json                   what round k reports (RoundSummary)
     <root>/round=0/student/                         the base student (round-0 checkpoint)
@@ -25,6 +27,8 @@ from __future__ import annotations
 import re
 
 RUN_INFO = "run.json"
+LEASE = "lease.json"
+LEASE_LOCK = "lease.lock"
 RESULTS = "prefect-results"
 LLM_CACHE = "llm_cache"
 GENERATION = "generation"

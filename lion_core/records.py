@@ -124,10 +124,11 @@ class RoundSummary(Record):
     student_exact_match: float | None = None
 
     def flat(self) -> dict[str, Any]:
-        """One level deep: `<role>_<counter>` and `<stage>_seconds` columns."""
+        """One level deep: `<role>_<counter>` and `<stage>_seconds` columns (`<role>_failures`:
+        requests that failed and were tolerated, `<role>.max_failed_share`)."""
         row = self.model_dump(exclude={"usage", "seconds"})
         for role, usage in self.usage.items():
-            for field in ("requests", "prompt_tokens", "completion_tokens"):
+            for field in ("requests", "failures", "prompt_tokens", "completion_tokens"):
                 row[f"{role}_{field}"] = getattr(usage, field)
         for stage, secs in self.seconds.items():
             row[f"{stage}_seconds"] = secs

@@ -251,7 +251,7 @@ def remove_stale_tmp(folder: str, max_age: float = STALE_TMP_SECONDS) -> list[st
 
 
 @functools.cache
-def _host_tag() -> str:
+def host_tag() -> str:
     """This host and PID namespace (containers sharing a hostname have different ones): where
     a PID means the same process."""
     try:
@@ -264,17 +264,23 @@ def _host_tag() -> str:
 def _writer_tag() -> str:
     """`<host>-<pid>-<uuid>`: who writes a temporary file, so a later write can tell whether
     the writer is gone."""
-    return f"{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex}"
+    return f"{host_tag()}-{os.getpid()}-{uuid.uuid4().hex}"
 
 
 def _writer_is_dead(name: str) -> bool:
     """Whether the temporary file `name` was written by a process of this host that no longer
     runs. Unknown writers (another host, an older name format) count as alive."""
     parts = name.rsplit(TMP_MARK, 1)[-1].split("-")
-    if len(parts) != 3 or parts[0] != _host_tag() or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != host_tag() or not parts[1].isdigit():
         return False
+    return process_is_gone(int(parts[1]))
+
+
+def process_is_gone(pid: int) -> bool:
+    """Whether no process `pid` runs in this host's PID namespace (one owned by another user
+    counts as running)."""
     try:
-        os.kill(int(parts[1]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:  # exists, owned by another user

@@ -8,10 +8,10 @@ from lion_core.records import RefereeReviews, Split, SplitStats
 from lion_core.referee import combine, make_pairs, score_order
 from lion_core.schemas import ArtifactRef
 from tasks.caching import lion_task
-from tasks.runtime import llm_client, run_store, usage_record
+from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 
 
-@lion_task("referee-reviews", retries=2)
+@lion_task("referee-reviews", retries=2, retry_condition_fn=retry_unless_requests_failed)
 def referee_reviews(
     config: LionConfig,
     round: int,
@@ -22,11 +22,13 @@ def referee_reviews(
     offline_url: str | None = None,
 ) -> RefereeReviews:
     """The referee's reviews of every Cache Pool pair in one order (1: teacher shown first,
-    2: student shown first). Unparsable reviews are re-asked, then kept as unscored."""
+    2: student shown first). Unparsable reviews are re-asked, then kept as unscored; more
+    failed requests than `referee.max_failed_share` fail the task with nothing committed."""
     store = run_store(config)
     pairs = make_pairs(store.read_ref(cache), store.read_ref(teacher), store.read_ref(student))
     client = llm_client(config, "referee", offline_url)
     reviews = score_order(pairs, client, config.referee, order)
+    client.raise_for_failures()
     return RefereeReviews(
         order=order,
         reviews=store.write_or_reuse(round, f"referee_{order}", reviews),

@@ -24,7 +24,7 @@ from lion_core.records import Benchmarks, Evaluation, TeacherAnswers
 from lion_core.schemas import ArtifactRef
 from lion_core.student.answer import generate_answers
 from tasks.caching import lion_task
-from tasks.runtime import llm_client, run_store, usage_record
+from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 
 
 @lion_task("evaluation-questions")
@@ -44,16 +44,18 @@ def evaluation_questions(config: LionConfig, path: str) -> ArtifactRef:
     )
 
 
-@lion_task("teacher-eval-answers", retries=2)
+@lion_task("teacher-eval-answers", retries=2, retry_condition_fn=retry_unless_requests_failed)
 def teacher_eval_answers(
     config: LionConfig, questions: ArtifactRef, offline_url: str | None = None
 ) -> TeacherAnswers:
-    """The teacher's answer to every question (once per run; the response cache keeps them)."""
+    """The teacher's answer to every question (once per run; the response cache keeps them).
+    More failed requests than `teacher.max_failed_share` fail the task, nothing committed."""
     store = run_store(config)
     client = llm_client(config, "teacher", offline_url)
     answers = answer_instructions(
         question_rows(store.read_ref(questions)), client, config.teacher.model
     )
+    client.raise_for_failures()
     at = layout.evaluation("", _set_of(questions), "teacher_answers")
     return TeacherAnswers(
         answers=store.write_or_reuse(0, "teacher_answers", answers, at),
@@ -74,7 +76,7 @@ def student_eval_answers(
     return store.write_or_reuse(round or 0, "student_answers", answers, at)
 
 
-@lion_task("judge-scores", retries=2)
+@lion_task("judge-scores", retries=2, retry_condition_fn=retry_unless_requests_failed)
 def judge_scores(
     config: LionConfig,
     where: str,
@@ -86,7 +88,8 @@ def judge_scores(
     offline_url: str | None = None,
 ) -> Evaluation:
     """The judge's scores of both answers to every question, in both orders, and the relative
-    score with its interval, wins/ties/losses and exact match, overall and per category."""
+    score with its interval, wins/ties/losses and exact match, overall and per category. More
+    failed requests than the judge's `max_failed_share` fail the task, nothing committed."""
     store = run_store(config)
     name = _set_of(questions)
     client = llm_client(config, "judge", offline_url)
@@ -97,6 +100,7 @@ def judge_scores(
         client,
         config.judge_endpoint(),
     )
+    client.raise_for_failures()
     summary = summarize(judged, config.evaluation.bootstrap, config.seed)
     k = round or 0
     return Evaluation(

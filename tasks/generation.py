@@ -9,10 +9,10 @@ from lion_core.instructions import generate_candidates, plan_seeds, select_novel
 from lion_core.records import Candidates, NewInstructions, Split
 from lion_core.schemas import ArtifactRef
 from tasks.caching import lion_task
-from tasks.runtime import llm_client, run_store, usage_record
+from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 
 
-@lion_task("candidates", retries=2)
+@lion_task("candidates", retries=2, retry_condition_fn=retry_unless_requests_failed)
 def candidates(
     config: LionConfig,
     round: int,
@@ -21,7 +21,8 @@ def candidates(
     offline_url: str | None = None,
 ) -> Candidates:
     """Candidate instructions written by the generator from the `kind` seeds (hard: same
-    domain and task type; easy: same domain, rarer), after the paper's post-filters."""
+    domain and task type; easy: same domain, rarer), after the paper's post-filters. More
+    failed requests than `generator.max_failed_share` fail the task with nothing committed."""
     store = run_store(config)
     plan = plan_seeds(
         store.read_ref(split.hard), store.read_ref(split.easy), config.pools, config.seed + round
@@ -30,6 +31,7 @@ def candidates(
     found = generate_candidates(
         plan.seeds(kind), kind, plan.wanted(kind), client, config.generator, round
     )
+    client.raise_for_failures()
     return Candidates(
         kind=kind,
         candidates=store.write_or_reuse(round, f"candidates_{kind}", found),

@@ -10,22 +10,24 @@ from lion_core.imitation import answer_instructions, training_set
 from lion_core.records import Pools, TeacherAnswers
 from lion_core.schemas import ArtifactRef
 from tasks.caching import lion_task
-from tasks.runtime import llm_client, run_store, usage_record
+from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 
 
-@lion_task("teacher-answers", retries=2)
+@lion_task("teacher-answers", retries=2, retry_condition_fn=retry_unless_requests_failed)
 def teacher_answers(
     config: LionConfig, round: int, pools: Pools, offline_url: str | None = None
 ) -> TeacherAnswers:
     """The teacher's answer to every instruction of the Train and Cache Pools.
 
     Answers already in the run's response cache are reused, so only new instructions cost
-    requests; the cache is flushed batch by batch, so a crash loses at most one batch.
+    requests; the cache is flushed batch by batch, so a crash loses at most one batch. More
+    failed requests than `teacher.max_failed_share` fail the task with nothing committed.
     """
     store = run_store(config)
     pool = pd.concat([store.read_ref(pools.train), store.read_ref(pools.cache)])
     client = llm_client(config, "teacher", offline_url)
     answers = answer_instructions(pool, client, config.teacher.model)
+    client.raise_for_failures()
     return TeacherAnswers(
         answers=store.write_or_reuse(round, "teacher_answers", answers),
         failed=int((answers["status"] != "ok").sum()),

@@ -41,7 +41,12 @@ from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
 from lion_core.config import EndpointConfig
-from lion_core.errors import EndpointRejectedError, EndpointUnreachableError, LLMError
+from lion_core.errors import (
+    EndpointRejectedError,
+    EndpointUnreachableError,
+    LLMError,
+    RequestsFailedError,
+)
 from lion_core.llm.cache import ResponseCache, SendAbandoned
 from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.types import ChatRequest, ChatResult, RenderedRequest, render_request
@@ -119,6 +124,9 @@ class LLMClient:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.usage = Usage()
+        # Every key asked through this client -> its latest failed result, or None if answered.
+        self._outcomes: dict[str, ChatResult | None] = {}
+        self._outcomes_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never shows the key
         return f"LLMClient(role={self.role!r}, base_url={self.base_url!r}, model={self.model!r})"
@@ -145,6 +153,41 @@ class LLMClient:
             max_retries=0,
             timeout=e.timeout,
             http_client=_http_client(concurrency, e.timeout),
+        )
+
+    def record_outcome(self, key: str, result: ChatResult) -> None:
+        """Note how the request with `key` ended (what `raise_for_failures` checks)."""
+        with self._outcomes_lock:
+            self._outcomes[key] = None if result.ok else result
+
+    def raise_for_failures(self) -> int:
+        """Check the distinct requests asked through this client so far (a request that
+        failed and was answered by a later call counts as answered): raise
+        `RequestsFailedError`, naming the role, how many failed of how many and the first
+        error, when the failed share exceeds `endpoint.max_failed_share`; else return how many
+        failed (tolerated).
+
+        A task calls it before committing its snapshot, so a snapshot never holds failures
+        the run did not agree to keep: its successes are in the response cache and the next
+        call asks only the failed requests again.
+        """
+        with self._outcomes_lock:
+            failures = [r for r in self._outcomes.values() if r is not None]
+            asked = len(self._outcomes)
+        failed, allowed = len(failures), self.endpoint.max_failed_share
+        if not failed or failed / asked <= allowed:
+            return failed
+        first = failures[0]
+        where = f"request {first.tag!r}: {first.error}"
+        raise RequestsFailedError(
+            f"{self.role}: {failed} of {asked} requests failed at {self.base_url} after their "
+            f"retries ({self.role}.max_failed_share allows {allowed:g}); first error: {where}. "
+            "Nothing was committed; the answers received are in the response cache, so the "
+            "next run asks only the failed requests again.",
+            role=self.role,
+            failed=failed,
+            asked=asked,
+            first=where,
         )
 
     # ---- running ------------------------------------------------------------------------
@@ -178,6 +221,7 @@ class LLMClient:
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 results[i] = replace(hit, tag=request.tag)
+                self.record_outcome(key, hit)
                 hits += 1
             else:
                 groups[key] = [i]
@@ -416,6 +460,7 @@ class _Batch:
         indexes = self.groups[job.key]
         for i in indexes:
             self.results[i] = replace(result, tag=self.requests[i].tag)
+        c.record_outcome(job.key, result)
         self.progress.update(
             len(indexes), failed=0 if result.ok else len(indexes), sent=how == _SENT
         )
