@@ -57,6 +57,7 @@ def round_summary(
         new_instructions=new.kept,
         next_train_pool=next_pools.train.rows,
         student=student,
+        diversity=new.diversity,
         usage={
             "teacher": teacher.usage,
             "referee": sum((r.usage for r in reviews), Usage()),
@@ -96,7 +97,8 @@ def publish_round(
     create_table_artifact(
         table=table,
         key=_key(config, f"round-{round}"),
-        description=f"Lion round {round}: pools, hard/easy split, scores, usage, wall time",
+        description=f"Lion round {round}: pools, hard/easy split, scores, generation diversity, "
+        "usage, wall time",
     )
     hard_rows = store.read_ref(hard).sort_values("gap", ascending=False).head(sample)
     reviews = store.read_ref(referee).set_index("instruction_id")
