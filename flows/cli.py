@@ -343,6 +343,77 @@ def _resume_config(target: str, options: dict[str, str] | None) -> LionConfig:
     return LionConfig.from_dict(params["config"], source=f"flow run {run_id}")
 
 
+@app.command("referee-check")
+def referee_check(
+    config: Annotated[Path, typer.Option("-c", "--config", help="The run's YAML config.")],
+    pairs: Annotated[
+        int,
+        typer.Option(
+            "--pairs",
+            min=1,
+            help="Seed instructions to check on; each gives up to 5 known-order pairs "
+            "(teacher: one request each; referee: two per pair).",
+        ),
+    ] = 20,
+    role: Annotated[
+        str, typer.Option(help="Which scorer to check: 'referee' or 'judge' (evaluation).")
+    ] = "referee",
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Do not use the run's response cache.")
+    ] = False,
+    set_: SetOption = None,
+) -> None:
+    """Check the configured referee on answer pairs of KNOWN order before paying for a run: the
+    teacher's answer against degraded copies (truncated, a wrong number, empty, another
+    question's answer, a false final claim), scored in both orders. Reports agreement with the
+    known order, positional consistency, the positional bias, ties and unscored pairs."""
+    import json
+
+    from flows.report import aligned
+    from lion_core.referee_check import (
+        MT_BENCH_REFERENCE,
+        TABLE_HEADER,
+        run_referee_check,
+        table_rows,
+    )
+    from tasks.runtime import api_key
+
+    if role not in ("referee", "judge"):
+        _fail(f"--role must be 'referee' or 'judge', got {role!r}")
+    cfg = LionConfig.from_yaml(config)
+    if set_:
+        cfg = cfg.with_overrides(_parse_sets(set_))
+    keys = {r: api_key(cfg, r) for r in ("teacher", role)}
+    result = run_referee_check(cfg, pairs, role=role, cache=not no_cache, api_keys=keys)
+    if json_out:
+        typer.echo(json.dumps(result.to_json()))
+        return
+    endpoint = cfg.endpoints()[role]
+    typer.echo(
+        f"{role} {endpoint.model} at {endpoint.base_url}: {result.instructions} instruction(s), "
+        f"{result.teacher_failed} teacher answer(s) failed, {result.overall.pairs} known-order "
+        "pairs, each scored in both orders"
+    )
+    typer.echo(aligned(TABLE_HEADER, table_rows(result)))
+    skipped = {k: n for k, n in result.not_applicable.items() if n}
+    if skipped:
+        typer.echo("not applicable (no number, too short, ...): " + ", ".join(
+            f"{k} {n}" for k, n in skipped.items()))  # fmt: skip
+    overall = result.overall
+    if overall.consistency is not None:
+        typer.echo(
+            f"\nsame verdict in both orders: {overall.consistency:.1%} of scored pairs "
+            f"(flips {overall.flips:.1%}: {overall.favours_first:.1%} toward the answer shown "
+            f"first, {overall.favours_second:.1%} toward the second)"
+        )
+    typer.echo(f"reference: {MT_BENCH_REFERENCE}")
+    usage = ", ".join(
+        f"{r} {u['requests']} sent / {u['cache_hits']} from cache" for r, u in result.usage.items()
+    )
+    typer.echo(f"requests: {usage}")
+
+
 def main() -> None:
     try:
         app()

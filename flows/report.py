@@ -58,6 +58,7 @@ def round_summary(
         new_instructions=new.kept if new else 0,
         next_train_pool=next_pools.train.rows,
         student=student,
+        diversity=new.diversity if new else None,
         usage={
             "teacher": teacher.usage,
             "referee": sum((r.usage for r in reviews), Usage()),
@@ -92,7 +93,8 @@ def publish_round(
     create_table_artifact(
         table=table,
         key=artifact_key(config, f"round-{round}"),
-        description=f"Lion round {round}: pools, hard/easy split, scores, usage, wall time",
+        description=f"Lion round {round}: pools, hard/easy split, scores, generation diversity, "
+        "usage, wall time",
     )
     if hard is None or referee is None:  # an ablation arm: no referee, no hard instructions
         return

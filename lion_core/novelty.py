@@ -32,7 +32,7 @@ import numpy as np
 
 from lion_core.errors import ConfigError, DataError
 
-__all__ = ["NoveltyStats", "filter_novel", "rouge_l_f1", "tokenize"]
+__all__ = ["NoveltyStats", "filter_novel", "max_rouge_l", "rouge_l_f1", "tokenize"]
 
 # rouge_score.tokenize: lowercase, replace [^a-z0-9]+ by a space, split on whitespace, keep the
 # tokens matching ^[a-z0-9]+$. After the replacement only [a-z0-9] and spaces are left, so the
@@ -121,10 +121,7 @@ def filter_novel(
     as `stats` to get counts and timing.
     """
     started = time.perf_counter()
-    for name, texts in (("candidates", candidates), ("pool", pool)):
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise DataError(f"{name}[{i}] is a {type(text).__name__}, expected a str")
+    _check_texts(candidates, pool)
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
         raise ConfigError(f"novelty threshold must be a number, got {threshold!r}")
     t = float(threshold)
@@ -166,6 +163,87 @@ def filter_novel(
     st.pairs = int(n * len(pool) + kept_before.sum())
     st.seconds = time.perf_counter() - started
     return keep.tolist()
+
+
+def _check_texts(candidates: list[str], pool: list[str]) -> None:
+    for name, texts in (("candidates", candidates), ("pool", pool)):
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise DataError(f"{name}[{i}] is a {type(text).__name__}, expected a str")
+
+
+# Thresholds `max_rouge_l` tries in turn: a candidate whose best F1 found at a level is at least
+# that level is settled (every pair the bound skipped there has F1 <= the level); the others go
+# on to the next, lower level. The last level, 0, lets every pair through the bound.
+_MAX_LEVELS = (0.5, 0.25, 0.0)
+# A pair is aligned only if its real-arithmetic bound 2*overlap/(la + lb) reaches the best F1
+# found so far minus this margin (far above the few ulps by which a float F1 can exceed it).
+_BOUND_MARGIN = 1e-9
+
+
+def max_rouge_l(candidates: list[str], pool: list[str]) -> list[float]:
+    """Each candidate's highest ROUGE-L F1 against the pool (rouge_score's value exactly; 0.0
+    with an empty pool or no shared token): what the novelty filter compares to its threshold.
+
+    `filter_novel` cannot give this for free: its bound skips every pair that cannot exceed the
+    threshold and it stops at a candidate's first hit, so it never learns the maximum. This
+    reuses the same machinery as a branch and bound: at each of `_MAX_LEVELS` the matrix
+    product yields the pairs whose overlap bound allows F1 above the level, and only those
+    whose bound also reaches the candidate's best so far are aligned, highest overlap first.
+    Cost: one pass of the product per level for the candidates still open, plus the alignments.
+    """
+    _check_texts(candidates, pool)
+    n = len(candidates)
+    best = np.zeros(n, dtype=np.float64)
+    if not n or not pool:
+        return best.tolist()
+    corpus = _Corpus(list(candidates) + list(pool))
+    cand = np.arange(n)
+    targets = np.arange(n, n + len(pool))
+    open_ = np.ones(n, dtype=bool)
+    for level in _MAX_LEVELS:
+        live = np.flatnonzero(open_)
+        if not len(live):
+            break
+        never = np.zeros(len(live), dtype=bool)
+        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        n_pending = 0
+        for q_pos, t_docs, overlap in _overlap_survivors(corpus, cand[live], targets, level, never):
+            q_docs = live[q_pos]
+            bound = 2.0 * overlap / np.maximum(corpus.lengths[q_docs] + corpus.lengths[t_docs], 1)
+            keep = bound >= best[q_docs] - _BOUND_MARGIN
+            pending.append((q_docs[keep], t_docs[keep], bound[keep]))
+            n_pending += int(keep.sum())
+            if n_pending >= _FLUSH:
+                _raise_best(corpus, pending, best)
+                pending, n_pending = [], 0
+        if pending:
+            _raise_best(corpus, pending, best)
+        open_[live] = best[live] < level
+    return best.tolist()
+
+
+def _raise_best(
+    corpus: _Corpus, pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]], best: np.ndarray
+) -> None:
+    """Raise best[q] to the F1 of the pending pairs (q, t, bound) that may beat it: in rounds,
+    highest bound first per candidate, skipping pairs whose bound is below the best so far."""
+    q_docs = np.concatenate([p[0] for p in pending])
+    t_docs = np.concatenate([p[1] for p in pending])
+    bound = np.concatenate([p[2] for p in pending])
+    if not len(q_docs):
+        return
+    order = np.lexsort((-bound, q_docs))
+    q_docs, t_docs, bound = q_docs[order], t_docs[order], bound[order]
+    new_query = np.ones(len(q_docs), dtype=bool)
+    new_query[1:] = q_docs[1:] != q_docs[:-1]
+    starts = np.flatnonzero(new_query)
+    rank = np.arange(len(q_docs)) - np.repeat(starts, np.diff(np.append(starts, len(q_docs))))
+    for lo, hi in ((0, 1), (1, 4), (4, 16), (16, 64), (64, len(q_docs) + 1)):
+        sel = (rank >= lo) & (rank < hi) & (bound >= best[q_docs] - _BOUND_MARGIN)
+        if sel.any():
+            f = _f1_pairs(corpus, q_docs[sel], t_docs[sel])
+            np.maximum.at(best, q_docs[sel], f)
 
 
 class _Corpus:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from lion_core.diversity import Diversity, RougeQuantiles
 from lion_core.evaluate import EvalSummary
 from lion_core.schemas import ArtifactRef
 
@@ -90,10 +91,13 @@ class Candidates(Record):
 
 
 class NewInstructions(Record):
-    """Every candidate with its final status; `kept` join the next round's pools."""
+    """Every candidate with its final status; `kept` join the next round's pools. `diversity`:
+    how close the candidates were to the pool, the dropped share, the seed categories of the
+    kept ones (None in results written before it existed)."""
 
     generated: ArtifactRef
     statuses: dict[str, int]
+    diversity: Diversity | None = None
 
     @property
     def kept(self) -> int:
@@ -122,17 +126,35 @@ class RoundSummary(Record):
     # The student's relative score on the first evaluation set (lion-distill fills them in).
     relative_score: float | None = None
     student_exact_match: float | None = None
+    # The novelty stage's diversity statistics (lion_core.diversity).
+    diversity: Diversity | None = None
 
     def flat(self) -> dict[str, Any]:
         """One level deep: `<role>_<counter>` and `<stage>_seconds` columns (`<role>_failures`:
-        requests that failed and were tolerated, `<role>.max_failed_share`)."""
-        row = self.model_dump(exclude={"usage", "seconds"})
+        requests that failed and were tolerated, `<role>.max_failed_share`), and a few
+        diversity rows (the whole of it is in summary.json)."""
+        row = self.model_dump(exclude={"usage", "seconds", "diversity"})
+        if self.diversity is not None:
+            d = self.diversity
+            row["novelty_dropped_share"] = d.dropped_share
+            row["kept_max_rouge_l"] = _quantiles(d.kept_max_rouge)
+            row["dropped_max_rouge_l"] = _quantiles(d.dropped_max_rouge)
+            row["top_category"] = d.top_category and f"{d.top_category} ({d.category_basis})"
+            row["top_category_share"] = d.top_category_share
         for role, usage in self.usage.items():
             for field in ("requests", "failures", "prompt_tokens", "completion_tokens"):
                 row[f"{role}_{field}"] = getattr(usage, field)
         for stage, secs in self.seconds.items():
             row[f"{stage}_seconds"] = secs
         return row
+
+
+def _quantiles(q: RougeQuantiles) -> str | None:
+    """'p10 0.21 / p50 0.33 / p90 0.61 / max 0.70 (n=120)', or None without candidates."""
+    if not q.count:
+        return None
+    parts = [f"{k} {getattr(q, k):.2f}" for k in ("p10", "p50", "p90", "max")]
+    return " / ".join(parts) + f" (n={q.count})"
 
 
 class RunSummary(Record):

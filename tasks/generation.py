@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lion_core.config import LionConfig
+from lion_core.diversity import diversity, log_warnings
 from lion_core.instructions import generate_candidates, plan_seeds, select_novel, wanted_counts
 from lion_core.records import Candidates, NewInstructions, Split
 from lion_core.schemas import ArtifactRef
@@ -53,13 +54,18 @@ def novel_instructions(
     split's hard and easy sets, as the candidates were)."""
     store = run_store(config)
     found = pd.concat([store.read_ref(hard.candidates), store.read_ref(easy.candidates)])
-    pool = store.read_ref(train)["instruction"].tolist()
+    train_pool = store.read_ref(train)
+    pool = train_pool["instruction"].tolist()
     n_hard, n_easy = wanted_counts(split.hard.rows, split.easy.rows, config.pools)
     generated = select_novel(
         found.reset_index(drop=True), pool, n_hard, n_easy, config.novelty.threshold
     )
     counts = generated["status"].value_counts().to_dict()
+    # Stagnating or collapsing onto one domain? (the offline world's families name categories)
+    stats = diversity(generated, train_pool, offline_families=config.generator.is_offline)
+    log_warnings(stats, round)
     return NewInstructions(
         generated=store.write_or_reuse(round, "generated", generated),
         statuses={str(k): int(v) for k, v in counts.items()},
+        diversity=stats,
     )

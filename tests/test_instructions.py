@@ -435,6 +435,21 @@ def test_generation_through_the_offline_world():
     assert not set(new["instruction"]) & set(train["instruction"])
     assert (new["round"] == 1).all() and new["input"].eq("").all()
 
+    # diversity: the new instructions' categories are the offline families they belong to
+    from collections import Counter
+
+    from lion_core.diversity import diversity
+
+    stats = diversity(generated, train, offline_families=True)
+    kept = generated[generated["status"] == "kept"]
+    assert stats.kept == 16 and stats.category_basis == "offline family"
+    assert stats.categories == dict(Counter(solve(t).family for t in kept["instruction"]))
+    not_novel = counts["hard"].get("not_novel", 0) + counts["easy"].get("not_novel", 0)
+    assert stats.not_novel == not_novel and stats.judged == 16 + not_novel + stats.duplicate
+    # kept ones are at most the threshold from every pool instruction; a dropped one may be
+    # below it against the pool (dropped for an earlier candidate of this round)
+    assert 0 < stats.kept_max_rouge.max <= 0.7 and stats.dropped_max_rouge.count == not_novel
+
     # deterministic: a second run (fresh server, no cache) gives the same rows
     again = _offline_generation(pools_cfg, gen_cfg)[3]
     pd.testing.assert_frame_equal(again, generated)

@@ -12,7 +12,7 @@ import pytest
 from rouge_score import rouge_scorer
 
 from lion_core.errors import ConfigError, DataError
-from lion_core.novelty import NoveltyStats, filter_novel, rouge_l_f1, tokenize
+from lion_core.novelty import NoveltyStats, filter_novel, max_rouge_l, rouge_l_f1, tokenize
 from lion_core.reference_data import instruction_texts, near_duplicate
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -257,3 +257,58 @@ def test_bad_input_is_named():
         filter_novel(["ok"], [b"bytes"])
     with pytest.raises(ConfigError, match="threshold"):
         filter_novel(["ok"], [], "0.7")
+
+
+# --- highest F1 against the pool (diversity statistics) ----------------------------------------
+
+
+def reference_max(candidates, pool):
+    """rouge_score's F1 of each candidate against every pool text; the highest, 0.0 if none."""
+    pool_tokens = [rouge_tokens(p) for p in pool]
+    out = []
+    for cand in candidates:
+        tokens = rouge_tokens(cand)
+        out.append(
+            max((rouge_scorer._score_lcs(tokens, p).fmeasure for p in pool_tokens), default=0.0)
+        )
+    return out
+
+
+def test_max_rouge_l_matches_rouge_score_on_small_vocabularies():
+    rng = random.Random(11)
+    for _ in range(150):
+        vocab = "abcdefghij"[: rng.randint(2, 10)]
+
+        def text(vocab=vocab):
+            return " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 20)))
+
+        pool = [text() for _ in range(rng.randint(0, 30))]
+        cands = [text() for _ in range(rng.randint(1, 20))] + rng.sample(pool, min(2, len(pool)))
+        assert max_rouge_l(cands, pool) == reference_max(cands, pool)
+
+
+def test_max_rouge_l_matches_rouge_score_on_real_instructions(shared_data):
+    """Real instructions and edits of them, with maxima at every level of the search (above 0.5,
+    0.25-0.5, below 0.25), and texts long enough for multi-word bit vectors."""
+    rng = random.Random(12)
+    data = {k: list(v) for k, v in instruction_texts(shared_data).items()}
+    for group in data.values():
+        rng.shuffle(group)
+    pool = data["gsm8k"][:150] + data["toolformer"][:100] + data["seed"][:100]
+    held_out = data["gsm8k"][150:160] + data["toolformer"][100:105] + data["seed"][100:115]
+    words = [w for t in pool for w in t.split()]
+    cands = [near_duplicate(rng.choice(pool), rng.uniform(0.1, 0.8), rng, words) for _ in range(20)]
+    cands += held_out + rng.sample(pool, 2) + ["", "?!"]
+    got = max_rouge_l(cands, pool)
+    want = reference_max(cands, pool)
+    assert got == want
+    assert sum(w > 0.5 for w in want) >= 5 and sum(0.25 <= w <= 0.5 for w in want) >= 5
+    assert sum(0 < w < 0.25 for w in want) >= 2 and 1.0 in want
+
+
+def test_max_rouge_l_edge_cases():
+    assert max_rouge_l([], ["a b"]) == []
+    assert max_rouge_l(["a b", ""], []) == [0.0, 0.0]
+    assert max_rouge_l(["a b c", "x y", "", "?!"], ["a b c", "", "z"]) == [1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(DataError, match=r"pool\[1\]"):
+        max_rouge_l(["ok"], ["fine", None])

@@ -79,11 +79,21 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
     assert summary.usage["teacher"].requests == 24
     assert summary.usage["referee"].requests >= 48  # two orders (plus re-asks, if any)
     assert summary.student.endswith("round=1/student")
+    # generation diversity: in the summary (and summary.json), by offline family
+    diversity = summary.diversity
+    assert diversity is not None and diversity.kept == new
+    assert (
+        diversity.category_basis == "offline family" and sum(diversity.categories.values()) == new
+    )
+    assert 0 <= diversity.dropped_share < 1 and diversity.kept_max_rouge.max <= 0.7
+    assert store.read_round_summary(1)["diversity"]["kept"] == new
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts()
     keys = {a.key for a in artifacts}
     assert {"flow-test-round-1", "flow-test-round-1-hard-sample"} <= keys
+    table = next(a for a in artifacts if a.key == "flow-test-round-1").data
+    assert "novelty_dropped_share" in str(table) and "kept_max_rouge_l" in str(table)
 
     # The library's progress lines (lion_core.llm) are in the run's logs, not only the console.
     from prefect.logging.handlers import APILogWorker
