@@ -36,11 +36,19 @@ def seed_pools(config: LionConfig) -> Pools:
 
 
 @lion_task("next-round-pools")
-def next_round_pools(config: LionConfig, round: int, pools: Pools, new: NewInstructions) -> Pools:
-    """Round k+1's pools: Train Pool ∪ new instructions; Cache Pool ← new (or all)."""
+def next_round_pools(
+    config: LionConfig, round: int, pools: Pools, new: NewInstructions | None
+) -> Pools:
+    """Round k+1's pools: Train Pool ∪ new instructions; Cache Pool ← new (or all). No new
+    instructions (the `seed-only` arm): the same pools again."""
     store = run_store(config)
-    added = new_pool_rows(store.read_ref(new.generated))
     old = store.read_ref(pools.train)
+    if new is None:
+        return Pools(
+            train=store.write_or_reuse(round + 1, "train_pool", old),
+            cache=store.write_or_reuse(round + 1, "cache_pool", store.read_ref(pools.cache)),
+        )
+    added = new_pool_rows(store.read_ref(new.generated))
     merged = pd.concat([old, added[~added["instruction_id"].isin(old["instruction_id"])]])
     merged = merged.reset_index(drop=True)
     cache = added if config.pools.cache_pool == "new" else merged
