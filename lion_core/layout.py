@@ -15,6 +15,7 @@
     <root>/generation/<key>/part-*.parquet          student answers generated so far
     <root>/llm_cache/<role>/part-*.parquet          every LLM answer, keyed by request hash
     <root>/llm_cache/<role>/journal-*.jsonl         answers not yet in a shard (local storage)
+    <root>/llm_batches/<role>/<submission>.json     a Batch API submission: batch id, file, keys
     <root>/prefect-results/                         Prefect task results (resume, UI Retry)
 
 No other module spells these paths out; docs/storage.md describes each one.
@@ -27,6 +28,7 @@ import re
 RUN_INFO = "run.json"
 RESULTS = "prefect-results"
 LLM_CACHE = "llm_cache"
+LLM_BATCHES = "llm_batches"
 GENERATION = "generation"
 
 _ROUND_DIR = re.compile(r"^round=(\d+)$")
@@ -90,3 +92,12 @@ def generation(key: str) -> str:
 
 def llm_cache(role: str) -> str:
     return f"{LLM_CACHE}/{role}"
+
+
+def llm_batches(role: str) -> str:
+    """One role's Batch API submissions (lion_core.llm.batch), beside its response cache."""
+    return f"{LLM_BATCHES}/{role}"
+
+
+def llm_batch(role: str, submission: str) -> str:
+    return f"{llm_batches(role)}/{submission}.json"
