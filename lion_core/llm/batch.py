@@ -139,6 +139,7 @@ class BatchRun:
         self.results: dict[str, ChatResult] = {}
         self.active: dict[str, _Active] = {}  # submission id -> active batch
         self.attempts: dict[str, int] = {}  # key -> submissions of it in this call
+        self.submitting: Submission | None = None  # recorded, its batch being created
         self.last_log = 0.0
 
     async def run(self) -> dict[str, ChatResult]:
@@ -149,7 +150,7 @@ class BatchRun:
                 await self._submit(api, todo, attempt=1)
                 await self._poll(api)
             except BaseException:  # cancelled, interrupted, or failed: stop our batches
-                if self.endpoint.cancel_batches_on_cancel and self.active:
+                if self.endpoint.cancel_batches_on_cancel and (self.active or self.submitting):
                     await asyncio.shield(self._cancel_active(api))
                 raise
         return self.results
@@ -229,6 +230,7 @@ class BatchRun:
             # Recorded before the batch exists: a death inside create() is found again by the
             # metadata; recorded again with the id before anything else happens.
             await asyncio.to_thread(self.ledger.save, sub)
+            self.submitting = sub
             batch = await api.batches.create(
                 input_file_id=upload.id,
                 endpoint=ENDPOINT,
@@ -238,6 +240,7 @@ class BatchRun:
             sub.batch_id, sub.status = batch.id, batch.status
             await asyncio.to_thread(self.ledger.save, sub)
             self.active[sub.id] = _Active(sub, batch)
+            self.submitting = None
             for key in chunk:
                 self.attempts[key] = self.attempts.get(key, 0) + 1
             log.info(
@@ -322,6 +325,9 @@ class BatchRun:
         )
         for key in undone:
             lines[key] = self._failed(key, reason)
+            if batch.status == "cancelled" and sub.cancel_requested:
+                # never ran, because this run stopped it: not an attempt of its own
+                self.attempts[key] = max(0, self.attempts.get(key, 1) - 1)
         await self._merge(sub, lines)
         if batch.status == "cancelled" and not sub.cancel_requested:
             raise BatchError(
@@ -427,6 +433,12 @@ class BatchRun:
     # ---- cancelling ---------------------------------------------------------------------
 
     async def _cancel_active(self, api: openai.AsyncOpenAI) -> None:
+        sub = self.submitting
+        if sub is not None:  # interrupted inside create(): the batch may exist
+            with contextlib.suppress(Exception):
+                sub.batch_id = await self._find_created(api, sub)
+                if sub.batch_id is not None:
+                    await _cancel(api, sub, self.ledger)
         for active in list(self.active.values()):
             with contextlib.suppress(Exception):
                 await _cancel(api, active.sub, self.ledger)

@@ -399,7 +399,6 @@ class _Batch:
         """POST the job's body, retrying transient failures; never raises for an HTTP error."""
         retries = self.endpoint.retries
         error, no_answer = "", False
-        limiter = self.client.limiter
         tokens = limiter_tokens(job.body)
         for attempt in range(retries + 1):
             if attempt and self.rejected_by is not None:  # the batch is stopping: no retry
@@ -409,21 +408,11 @@ class _Batch:
             if attempt:
                 self.usage.add(retries=1)
             delay: float | None = None
-            await limiter.acquire(tokens)
             try:
-                # `post` is the SDK's own request path without `create`'s per-call parameter
-                # transform, which costs ~1 ms of CPU per request and does nothing for a plain
-                # JSON body like ours; errors, timeouts and response parsing are the same. The
-                # raw response gives the rate-limit headers too.
-                raw = await api.post(
-                    "/chat/completions", body=job.body, cast_to=ChatCompletion, options=_RAW
-                )
-                limiter.observe(raw.headers)
-                response = raw.parse()
+                response = await self.post(api, job, tokens)
             except openai.APIStatusError as exc:
                 self.responded = True
                 no_answer = False
-                limiter.observe(exc.response.headers)
                 error = f"HTTP {exc.status_code}: {_error_message(exc)}"
                 if exc.status_code in _REJECTED:
                     raise self.rejected(job, exc.status_code, _error_message(exc)) from None
@@ -460,6 +449,28 @@ class _Batch:
             retries + 1,
             no_answer=no_answer,
         )
+
+    async def post(self, api: openai.AsyncOpenAI, job: RenderedRequest, tokens: int) -> Any:
+        """One HTTP attempt, paced by the role's rate limiter, whose buckets its answer's
+        x-ratelimit-* headers tighten."""
+        limiter = self.client.limiter
+        await limiter.acquire(tokens)
+        headers = None
+        try:
+            # `post` is the SDK's own request path without `create`'s per-call parameter
+            # transform, which costs ~1 ms of CPU per request and does nothing for a plain JSON
+            # body like ours; errors, timeouts and response parsing are the same. The raw
+            # response gives the headers too.
+            raw = await api.post(
+                "/chat/completions", body=job.body, cast_to=ChatCompletion, options=_RAW
+            )
+            headers = raw.headers
+            return raw.parse()
+        except openai.APIStatusError as exc:
+            headers = exc.response.headers
+            raise
+        finally:
+            limiter.done(tokens, headers)
 
     def rejected(self, job: RenderedRequest, status: int, message: str) -> EndpointRejectedError:
         """The error that stops the batch: the endpoint refuses this role's requests as such."""

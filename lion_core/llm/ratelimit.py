@@ -8,8 +8,10 @@ enough. Limits come from the config (`rpm`, `tpm`) and from OpenAI's response he
 
     x-ratelimit-limit-requests / -tokens        the allowance (adopted if none is configured;
                                                 a lower one than configured tightens it)
-    x-ratelimit-remaining-requests / -tokens    what is left now (a lower level than ours
-                                                tightens it: others share the key)
+    x-ratelimit-remaining-requests / -tokens    what was left when the provider answered,
+                                                less what we sent that it had not counted yet
+                                                (a lower level than ours tightens it: others
+                                                may share the key)
 
 so a role with no configured limit still slows down as soon as the provider says how much it
 allows. Limiters are shared by every client of one (base URL, model) in a process, since a
@@ -113,6 +115,8 @@ class RateLimiter:
         self.tokens = _Bucket(tpm, now)
         self._lock = threading.Lock()  # buckets are shared by event loops of several threads
         self.waited = 0.0  # seconds spent waiting, summed over requests
+        self.inflight_requests = 0  # acquired, not answered yet
+        self.inflight_tokens = 0
 
     @classmethod
     def shared(cls, key: tuple[str, str], rpm: int | None, tpm: int | None) -> RateLimiter:
@@ -155,6 +159,8 @@ class RateLimiter:
             if wait <= 0:
                 self.requests.take(1)
                 self.tokens.take(tokens)
+                self.inflight_requests += 1
+                self.inflight_tokens += tokens
             return wait
 
     async def acquire(self, tokens: int) -> None:
@@ -169,8 +175,18 @@ class RateLimiter:
             start = start if start is not None else time.monotonic()
             await asyncio.sleep(min(wait, 5.0) + 0.001)
 
+    def done(self, tokens: int, headers: Mapping[str, str] | None = None) -> None:
+        """A request taken with `acquire(tokens)` got its answer (`headers`: the answer's,
+        None when there was none)."""
+        with self._lock:
+            self.inflight_requests -= 1
+            self.inflight_tokens -= tokens
+        if headers is not None:
+            self.observe(headers)
+
     def observe(self, headers: Mapping[str, str]) -> None:
-        """Tighten the buckets with the provider's x-ratelimit-* headers, if any."""
+        """Tighten the buckets with the provider's x-ratelimit-* headers, if any. The remaining
+        counts exclude requests still in flight, which the provider may not have counted."""
         values = {
             name: _number(headers.get(f"x-ratelimit-{name}"))
             for name in (
@@ -184,8 +200,13 @@ class RateLimiter:
             return
         with self._lock:
             now = self.clock()
-            self.requests.observe(values["limit-requests"], values["remaining-requests"], now)
-            self.tokens.observe(values["limit-tokens"], values["remaining-tokens"], now)
+            left_requests, left_tokens = values["remaining-requests"], values["remaining-tokens"]
+            if left_requests is not None:
+                left_requests -= self.inflight_requests
+            if left_tokens is not None:
+                left_tokens -= self.inflight_tokens
+            self.requests.observe(values["limit-requests"], left_requests, now)
+            self.tokens.observe(values["limit-tokens"], left_tokens, now)
 
     def __repr__(self) -> str:
         return f"RateLimiter(rpm={self.requests.capacity}, tpm={self.tokens.capacity})"
