@@ -343,6 +343,25 @@ def _resume_config(target: str, options: dict[str, str] | None) -> LionConfig:
     return LionConfig.from_dict(params["config"], source=f"flow run {run_id}")
 
 
+@app.command("estimate")
+def estimate_cmd(
+    config: Annotated[Path, typer.Option("-c", "--config", help="The run's YAML config.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Before a run: requests, tokens and cost per role and round, sync and batch (round 1
+    exact in requests; later rounds projected; config `pricing`)."""
+    import json
+
+    from lion_core.estimate import estimate_run, text_table
+
+    cfg = LionConfig.from_yaml(config)
+    if set_:
+        cfg = cfg.with_overrides(_parse_sets(set_))
+    result = estimate_run(cfg)
+    typer.echo(json.dumps(result.to_json()) if json_out else text_table(result))
+
+
 def main() -> None:
     try:
         app()

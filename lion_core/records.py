@@ -30,6 +30,7 @@ class Usage(Record):
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0  # USD of the answers received (config `pricing`)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(**{k: v + getattr(other, k) for k, v in self})
@@ -124,11 +125,13 @@ class RoundSummary(Record):
     student_exact_match: float | None = None
 
     def flat(self) -> dict[str, Any]:
-        """One level deep: `<role>_<counter>` and `<stage>_seconds` columns."""
+        """One level deep: `<role>_<counter>`, `cost_usd` (all roles) and `<stage>_seconds`
+        columns."""
         row = self.model_dump(exclude={"usage", "seconds"})
         for role, usage in self.usage.items():
-            for field in ("requests", "prompt_tokens", "completion_tokens"):
+            for field in ("requests", "prompt_tokens", "completion_tokens", "cost_usd"):
                 row[f"{role}_{field}"] = getattr(usage, field)
+        row["cost_usd"] = sum(usage.cost_usd for usage in self.usage.values())
         for stage, secs in self.seconds.items():
             row[f"{stage}_seconds"] = secs
         return row

@@ -7,8 +7,10 @@ systems) here, inside the task, so nothing unhashable ever becomes a task input.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from lion_core.config import LionConfig
+from lion_core.costs import Budget
 from lion_core.errors import LLMError
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
@@ -34,13 +36,42 @@ def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMCli
     endpoint = config.endpoints()[role]
     if endpoint.is_offline and not offline_url:
         raise LLMError(f"{role}.base_url is 'offline' but no offline world is running")
+    storage = cache_storage(config)
     return LLMClient(
         endpoint,
         role=role,
-        cache=ResponseCache(cache_storage(config), role),
+        cache=ResponseCache(storage, role),
         base_url=offline_url if endpoint.is_offline else None,
         api_key=resolve_api_key(endpoint, role, secret_loader=_secret),
+        pricing=config.pricing,
+        budget=Budget(config.budget_usd, storage) if config.budget_usd else None,
+        on_batch_progress=batch_progress_artifact(),
     )
+
+
+def batch_progress_artifact() -> Callable[[str, str, int, int, int], None]:
+    """A batch-mode progress callback: one Prefect progress artifact per (role, call),
+    updated at every poll with the share of lines done (inside a run only)."""
+    ids: dict[str, object] = {}
+
+    def report(role: str, desc: str, done: int, failed: int, total: int) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if FlowRunContext.get() is None and TaskRunContext.get() is None:
+            return
+        label = f"{role}: {desc}" if desc else role
+        percent = 100.0 * (done + failed) / max(total, 1)
+        if label not in ids:
+            ids[label] = create_progress_artifact(
+                percent,
+                description=f"{label}: batch lines answered ({total} requests)",
+                _sync=True,
+            )
+        else:
+            update_progress_artifact(ids[label], percent, _sync=True)
+
+    return report
 
 
 def _secret(name: str) -> str:
