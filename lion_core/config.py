@@ -149,8 +149,8 @@ class EndpointConfig(Section):
     batch_poll_seconds: float = Field(
         30.0,
         gt=0,
-        description="Batch mode: seconds before the first status poll; the interval grows by "
-        "half each poll up to batch_poll_max_seconds.",
+        description="Batch mode: seconds between the first status polls; the interval grows "
+        "by half each poll up to batch_poll_max_seconds.",
         json_schema_extra=OPERATIONAL,
     )
     batch_poll_max_seconds: float = Field(
@@ -690,7 +690,7 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
 }
 
 
-def _default_prices() -> dict[str, ModelPrice]:
+def default_prices() -> dict[str, ModelPrice]:
     return {name: ModelPrice(**price) for name, price in DEFAULT_PRICES.items()}
 
 
@@ -751,7 +751,7 @@ class LionConfig(Section):
         default_factory=OfflineWorldConfig, description="The offline task world."
     )
     pricing: dict[str, ModelPrice] = Field(
-        default_factory=_default_prices,
+        default_factory=default_prices,
         description=f"USD per million input and output tokens, and the batch discount, per "
         f"model name (its longest listed prefix matches). Default: list prices as of "
         f"{PRICES_AS_OF} for common OpenAI models; an unlisted model costs 0 (with a "

@@ -47,7 +47,7 @@ from openai._constants import RAW_RESPONSE_HEADER
 from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
-from lion_core.config import EndpointConfig, ModelPrice, _default_prices
+from lion_core.config import EndpointConfig, ModelPrice, default_prices
 from lion_core.costs import Budget, cost_usd, estimate, price_of
 from lion_core.errors import EndpointRejectedError, EndpointUnreachableError, LLMError
 from lion_core.llm.cache import ResponseCache, SendAbandoned
@@ -132,7 +132,7 @@ class LLMClient:
         self._api_key = api_key or resolve_api_key(endpoint, role) or NO_KEY
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self.pricing = pricing if pricing is not None else _default_prices()
+        self.pricing = pricing if pricing is not None else default_prices()
         self.price = price_of(self.pricing, endpoint.model)
         self.budget = budget
         self.on_batch_progress = on_batch_progress

@@ -74,6 +74,7 @@ class _RoleStats:
     answered: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # body -> 200s
     batch_sizes: list[int] = field(default_factory=list)  # lines of each batch, in order
     cancelled_batches: int = 0
+    limited_tokens: int = 0  # tokens of requests let through the world's rpm/tpm limits
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +82,7 @@ class _RoleStats:
             "batch_lines": sum(self.batch_sizes),
             "batch_sizes": list(self.batch_sizes),
             "cancelled_batches": self.cancelled_batches,
+            "limited_tokens": self.limited_tokens,
             "requests": self.requests,
             "distinct_bodies": len(self.bodies),
             "status": {str(code): n for code, n in sorted(self.status.items())},
@@ -109,6 +111,10 @@ class Stats:
             entry.status[code] += 1
             if code == 200:
                 entry.answered[body] += 1
+
+    def limited(self, role: str, tokens: int) -> None:
+        with self._lock:
+            self._roles[role].limited_tokens += tokens
 
     def batch(self, role: str, lines: int) -> None:
         with self._lock:
@@ -282,7 +288,11 @@ class OfflineWorld:
         if rejected is not None:
             self.stats.status(role, body_hash, rejected.status_code)
             return rejected
-        wait = self.limits.try_acquire(limiter_tokens(body)) if self.limits.active else 0.0
+        tokens = limiter_tokens(body)
+        wait = self.limits.try_acquire(tokens) if self.limits.active else 0.0
+        if self.limits.active and wait <= 0:
+            self.limits.done(tokens)  # the world's own buckets: nothing is "in flight"
+            self.stats.limited(role, tokens)
         limit_headers = self._limit_headers()
         if wait > 0:
             self.stats.status(role, body_hash, 429)
