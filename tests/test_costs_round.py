@@ -51,6 +51,11 @@ def test_batch_round_sends_the_estimate_and_matches_sync(prefect_harness, tmp_pa
         assert stats[role]["answered_bodies"] == estimate["requests"][role], (role, stats[role])
         assert stats[role]["answered_twice"] == 0
     assert summary.usage["teacher"].requests == 24
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:  # the batch polls' progress artifacts
+        progress = [a for a in client.read_artifacts() if a.type == "progress"]
+    assert any(a.data == 100.0 and "teacher" in (a.description or "") for a in progress)
 
     # The same seed in sync mode, on its own world and root: the same pools.
     other = offline_server(judge_noise=0.0)

@@ -29,7 +29,7 @@ from lion_core.config import ModelPrice, TeacherConfig
 from lion_core.costs import Budget
 from lion_core.errors import BudgetExceeded
 from lion_core.llm import ChatRequest, LLMClient, ResponseCache
-from lion_core.llm.batch import Ledger
+from lion_core.llm.batch import Ledger, cancel_open_batches
 from lion_core.llm.cache import spent_usd
 from lion_core.llm.ratelimit import RateLimiter, parse_reset
 from lion_core.offline.world import seed_instances
@@ -178,6 +178,27 @@ def test_cancelling_the_run_cancels_its_batch(offline_server, tmp_path):
     results = batch_client(server, tmp_path, batch_resubmits=0).run(reqs)
     assert [r.text for r in results] == answers
     assert server.stats()["teacher"]["batch_sizes"] == [12, 12]
+
+
+def test_open_batches_cancelled_from_outside(offline_server, tmp_path):
+    """What a flow's cancellation hook does: cancel every open batch recorded for the role."""
+    server = offline_server(batch_delay=60.0)
+    reqs, _ = teacher_requests(6)
+    client = batch_client(server, tmp_path, cancel_batches_on_cancel=False)
+
+    async def interrupt_after_submission() -> None:
+        task = asyncio.create_task(client.arun(reqs))
+        while not any(s.batch_id for s in Ledger(Storage(str(tmp_path)), "teacher").all()):
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(interrupt_after_submission())
+    assert server.stats()["teacher"]["cancelled_batches"] == 0  # left running, as configured
+    (batch_id,) = cancel_open_batches(batch_client(server, tmp_path))
+    assert server.world.batches[batch_id]["status"] == "cancelled"
+    assert server.stats()["teacher"]["cancelled_batches"] == 1
 
 
 def test_budget_stops_a_call_before_it_sends(offline_server, tmp_path):

@@ -225,6 +225,12 @@ class LLMClient:
         if self.budget is None:
             yield
             return
+        if self.endpoint.mode == "batch" and self.cache is not None:
+            from lion_core.llm.batch import Ledger
+
+            # requests in batches submitted before (resumed) are paid for already
+            submitted = {k for s in Ledger(self.cache.storage, self.role).open() for k in s.keys}
+            jobs = {k: j for k, j in jobs.items() if k not in submitted}
         needed = self.estimate(jobs).cost(self.endpoint.mode)
         stage = f"{self.role}: {desc}" if desc else self.role
         with self.budget.reserve(f"{stage} ({len(jobs)} request(s))", needed):
