@@ -89,6 +89,8 @@ def test_failed_lines_are_resubmitted_alone(offline_server, tmp_path):
     failed = stats["status"]["500"]
     assert sum(sizes[1:]) == failed > 0
     assert stats["answered"] == stats["answered_bodies"] == 40  # no answer paid twice
+    usage = client.usage
+    assert (usage.requests, usage.retries, usage.failures) == (40, failed, 0)
     frame = ResponseCache(Storage(str(tmp_path)), "teacher").frame()
     assert (frame["status"] == "failed").sum() == failed  # recorded with their error
     assert frame.loc[frame["status"] == "failed", "error"].str.contains("HTTP 500").all()

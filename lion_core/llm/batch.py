@@ -149,6 +149,10 @@ class BatchRun:
                 todo = [k for k in self.jobs if k not in self.adopted_keys()]
                 await self._submit(api, todo, attempt=1)
                 await self._poll(api)
+                failed = sum(
+                    1 for k in self.jobs if k not in self.results or not self.results[k].ok
+                )
+                self.client.usage.add(requests=len(self.jobs), failures=failed)
             except BaseException:  # cancelled, interrupted, or failed: stop our batches
                 if self.endpoint.cancel_batches_on_cancel and (self.active or self.submitting):
                     await asyncio.shield(self._cancel_active(api))
@@ -241,6 +245,8 @@ class BatchRun:
             await asyncio.to_thread(self.ledger.save, sub)
             self.active[sub.id] = _Active(sub, batch)
             self.submitting = None
+            if attempt > 1:
+                self.client.usage.add(retries=len(chunk))
             for key in chunk:
                 self.attempts[key] = self.attempts.get(key, 0) + 1
             log.info(
@@ -399,12 +405,9 @@ class BatchRun:
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
         cost = cost_usd(self.price, prompt, completion, batch=True)
-        self.client.usage.add(
-            requests=1, prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost
-        )
+        self.client.usage.add(prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost)
         tag = self._tag(key)
         if not text or not str(text).strip():
-            self.client.usage.add(failures=1)
             return ChatResult(
                 key=key, tag=tag, status="failed", error=f"empty answer (finish_reason={finish})",
                 prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost,
@@ -417,7 +420,6 @@ class BatchRun:
         )  # fmt: skip
 
     def _failed(self, key: str, error: str) -> ChatResult:
-        self.client.usage.add(requests=1, failures=1)
         return ChatResult(
             key=key,
             tag=self._tag(key),
