@@ -370,13 +370,13 @@ def referee_check(
     known order, positional consistency, the positional bias, ties and unscored pairs."""
     import json
 
-    from flows.report import aligned
     from lion_core.referee_check import (
         MT_BENCH_REFERENCE,
         TABLE_HEADER,
         run_referee_check,
         table_rows,
     )
+    from lion_core.scoreboard import aligned
     from tasks.runtime import api_key
 
     if role not in ("referee", "judge"):
@@ -412,6 +412,25 @@ def referee_check(
         f"{r} {u['requests']} sent / {u['cache_hits']} from cache" for r, u in result.usage.items()
     )
     typer.echo(f"requests: {usage}")
+
+
+@app.command("estimate")
+def estimate_cmd(
+    config: Annotated[Path, typer.Option("-c", "--config", help="The run's YAML config.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Before a run: requests, tokens and cost per role and round, sync and batch (round 1
+    exact in requests; later rounds projected; config `pricing`)."""
+    import json
+
+    from lion_core.estimate import estimate_run, text_table
+
+    cfg = LionConfig.from_yaml(config)
+    if set_:
+        cfg = cfg.with_overrides(_parse_sets(set_))
+    result = estimate_run(cfg)
+    typer.echo(json.dumps(result.to_json()) if json_out else text_table(result))
 
 
 def main() -> None:

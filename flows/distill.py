@@ -15,10 +15,10 @@ from lion_core.config import LionConfig
 from lion_core.lease import run_lease
 from lion_core.records import RoundSummary, RunSummary, StudentEvaluation
 from lion_core.run import open_run
-from tasks.runtime import attach_library_logging
+from tasks.runtime import attach_library_logging, cancel_batches_hook
 
 
-@flow(name="lion-distill", persist_result=True)
+@flow(name="lion-distill", on_cancellation=[cancel_batches_hook], persist_result=True)
 def lion_distill(config: LionConfig = DEFAULT_CONFIG) -> RunSummary:
     """Distil the teacher into the student over `config.rounds` Lion rounds, evaluating round
     0's and every round's student (`evaluation.every_round`; else round 0's and the last).

@@ -23,13 +23,14 @@ from tasks.evaluation import (
     student_eval_answers,
     teacher_eval_answers,
 )
-from tasks.runtime import attach_library_logging
+from tasks.runtime import attach_library_logging, cancel_batches_hook
 
 DEFAULT_CONFIG = LionConfig()
 
 
 @flow(
     name="lion-evaluate",
+    on_cancellation=[cancel_batches_hook],
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     persist_result=True,
 )

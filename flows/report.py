@@ -143,6 +143,7 @@ SUMMARY_COLUMNS = (
     "teacher_requests",
     "referee_requests",
     "generator_requests",
+    "cost_usd",
 )
 
 

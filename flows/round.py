@@ -16,13 +16,18 @@ from tasks.discrimination import hard_and_easy, referee_reviews, referee_scores,
 from tasks.generation import candidates, novel_instructions
 from tasks.imitation import teacher_answers, training_data
 from tasks.pools import next_round_pools, seed_pools
-from tasks.runtime import attach_library_logging
+from tasks.runtime import attach_library_logging, cancel_batches_hook
 from tasks.student import base_student, student_answers, trained_student
 
 DEFAULT_CONFIG = LionConfig()
 
 
-@flow(name="lion-round", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+@flow(
+    name="lion-round",
+    on_cancellation=[cancel_batches_hook],
+    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    persist_result=True,
+)
 def lion_round(
     config: LionConfig = DEFAULT_CONFIG, round: int = 1, offline_url: str | None = None
 ) -> RoundSummary:

@@ -133,6 +133,81 @@ class EndpointConfig(Section):
         json_schema_extra=OPERATIONAL,
     )
 
+    # ---- how requests are sent: sync or the Batch API, pacing, the estimate ----------------
+
+    mode: Literal["sync", "batch"] = Field(
+        "sync",
+        description="'sync': one HTTP request per answer. 'batch': the requests not in the "
+        "response cache go out through the provider's Batch API (OpenAI: half the price, "
+        "answers within 24 h); answers are the same and land in the same cache, so the two "
+        "modes are interchangeable on one run root.",
+        json_schema_extra=OPERATIONAL,
+    )
+    batch_max_requests: int = Field(
+        50_000,
+        ge=1,
+        description="Batch mode: most requests in one batch (OpenAI: 50,000); more are split.",
+        json_schema_extra=OPERATIONAL,
+    )
+    batch_max_bytes: int = Field(
+        200_000_000,
+        ge=1024,
+        description="Batch mode: largest JSONL input file of one batch in bytes (OpenAI: "
+        "200 MB); more are split.",
+        json_schema_extra=OPERATIONAL,
+    )
+    batch_poll_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Batch mode: seconds between the first status polls; the interval grows "
+        "by half each poll up to batch_poll_max_seconds.",
+        json_schema_extra=OPERATIONAL,
+    )
+    batch_poll_max_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="Batch mode: longest interval between two status polls.",
+        json_schema_extra=OPERATIONAL,
+    )
+    batch_resubmits: int = Field(
+        2,
+        ge=0,
+        le=20,
+        description="Batch mode: times a failed or expired line is resubmitted, alone, in a "
+        "following batch (never the whole batch) before it counts as failed.",
+        json_schema_extra=OPERATIONAL,
+    )
+    cancel_batches_on_cancel: bool = Field(
+        True,
+        description="Batch mode: cancel this role's in-flight batches when the run is "
+        "cancelled or interrupted (lines already answered are kept and paid; the others are "
+        "not). Off: they finish at the provider, and a resumed run collects them.",
+        json_schema_extra=OPERATIONAL,
+    )
+    rpm: int | None = Field(
+        None,
+        ge=1,
+        description="Requests per minute this role may send (a token bucket paces sending "
+        "below it). Empty: no limit of our own; the provider's x-ratelimit-* headers still "
+        "pace it when present.",
+        json_schema_extra=OPERATIONAL,
+    )
+    tpm: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens per minute this role may use, counted as the provider's limiter "
+        "counts them before answering: estimated prompt tokens plus max_tokens. Empty: no "
+        "limit of our own; x-ratelimit-* headers still pace it when present.",
+        json_schema_extra=OPERATIONAL,
+    )
+    expected_completion_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Answer length assumed by `lion estimate` and the budget check, in "
+        "tokens. Empty: max_tokens (an upper bound).",
+        json_schema_extra=OPERATIONAL,
+    )
+
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
@@ -565,6 +640,16 @@ class FaultsConfig(Section):
     rate_500: float = Field(0.0, ge=0, le=1, description="Share of requests answered 500.")
     rate_slow: float = Field(0.0, ge=0, le=1, description="Share of requests answered slowly.")
     slow_seconds: float = Field(2.0, ge=0, description="Delay of a slow answer.")
+    batch_fail_rate: float = Field(
+        0.0, ge=0, le=1, description="Batch API: share of lines answered with a 500 error."
+    )
+    batch_expire_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Batch API: share of lines left undone when the window closes; a batch "
+        "with any such line ends 'expired'.",
+    )
     rate_garbled: float = Field(
         0.0, ge=0, le=1, description="Share of referee answers with no parsable scores."
     )
@@ -585,6 +670,63 @@ class OfflineWorldConfig(Section):
     faults: FaultsConfig = Field(
         default_factory=FaultsConfig, description="Fault injection.", json_schema_extra=OPERATIONAL
     )
+    batch_delay: float = Field(
+        0.2,
+        ge=0,
+        description="Batch API: seconds from a batch's creation to its end.",
+        json_schema_extra=OPERATIONAL,
+    )
+    rpm: int | None = Field(
+        None,
+        ge=1,
+        description="Requests per minute the world accepts before answering 429 (with "
+        "x-ratelimit-* headers). Empty: no limit.",
+        json_schema_extra=OPERATIONAL,
+    )
+    tpm: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens per minute the world accepts before answering 429, counted as "
+        "OpenAI's limiter does: prompt characters / 4 plus max_tokens. Empty: no limit.",
+        json_schema_extra=OPERATIONAL,
+    )
+
+
+class ModelPrice(Section):
+    """What one model costs, in USD per million tokens."""
+
+    input: float = Field(..., ge=0, description="USD per million prompt tokens.")
+    output: float = Field(..., ge=0, description="USD per million completion tokens.")
+    batch_discount: float = Field(
+        0.5, ge=0, le=1, description="Share of the price the Batch API takes off (OpenAI: 0.5)."
+    )
+
+
+# List prices of common models (standard tier, USD per million tokens) as of PRICES_AS_OF.
+# Check the provider's pricing page before trusting an estimate; override or extend them in
+# the config's `pricing` section. A model name matches its longest listed prefix
+# (gpt-4o-2024-08-06 -> gpt-4o); an unlisted model costs 0, with a warning.
+PRICES_AS_OF = "2025-08"
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    "gpt-5": {"input": 1.25, "output": 10.00},
+    "gpt-5-mini": {"input": 0.25, "output": 2.00},
+    "gpt-5-nano": {"input": 0.05, "output": 0.40},
+    "gpt-4.1": {"input": 2.00, "output": 8.00},
+    "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
+    "gpt-4.1-nano": {"input": 0.10, "output": 0.40},
+    "gpt-4o": {"input": 2.50, "output": 10.00},
+    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
+    "o4-mini": {"input": 1.10, "output": 4.40},
+    "o3": {"input": 2.00, "output": 8.00},
+    "gpt-4-turbo": {"input": 10.00, "output": 30.00},
+    "gpt-4": {"input": 30.00, "output": 60.00},
+    "gpt-3.5-turbo": {"input": 0.50, "output": 1.50},
+    "offline-": {"input": 0.0, "output": 0.0},  # the offline world is free
+}
+
+
+def default_prices() -> dict[str, ModelPrice]:
+    return {name: ModelPrice(**price) for name, price in DEFAULT_PRICES.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,6 +784,23 @@ class LionConfig(Section):
     )
     offline: OfflineWorldConfig = Field(
         default_factory=OfflineWorldConfig, description="The offline task world."
+    )
+    pricing: dict[str, ModelPrice] = Field(
+        default_factory=default_prices,
+        description=f"USD per million input and output tokens, and the batch discount, per "
+        f"model name (its longest listed prefix matches). Default: list prices as of "
+        f"{PRICES_AS_OF} for common OpenAI models; an unlisted model costs 0 (with a "
+        f"warning). Used by `lion estimate`, the live cost and budget_usd.",
+        json_schema_extra=OPERATIONAL,
+    )
+    budget_usd: float | None = Field(
+        None,
+        gt=0,
+        description="Most USD the run may spend on LLM requests (the answers in its response "
+        "cache, priced by `pricing`). Before a stage sends anything, spent + the stage's "
+        "estimate is checked against it; over it, the run stops with BudgetExceeded, nothing "
+        "sent. Raise it and `lion resume`. Empty: no cap.",
+        json_schema_extra=OPERATIONAL,
     )
 
     # ---- YAML --------------------------------------------------------------------------

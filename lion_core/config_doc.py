@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 from pydantic import BaseModel
 
@@ -35,7 +36,13 @@ def render() -> str:
         for name, field in model.model_fields.items():
             sub = section_model(field.annotation)
             dotted = f"{path}.{name}" if path else name
-            if sub is not None and isinstance(values.get(name), dict):
+            if sub is not None and typing.get_origin(field.annotation) is dict:
+                # a mapping of name -> section (pricing): one section for any entry
+                entry_defaults = {
+                    n: None if f.is_required() else f.default for n, f in sub.model_fields.items()
+                }
+                subs.append((sub, f"{dotted}.<name>", entry_defaults))
+            elif sub is not None and isinstance(values.get(name), dict):
                 subs.append((sub, dotted, values[name]))
                 continue
             default = json.dumps(values.get(name))

@@ -64,6 +64,18 @@ class EndpointRejectedError(LLMError):
         self.role, self.base_url, self.model, self.status = role, base_url, model, status
 
 
+class BatchError(LLMError):
+    """A provider batch failed as a whole (validation), or was cancelled by someone else."""
+
+
+class BudgetExceeded(LLMError):
+    """A stage would take the run past `budget_usd`: stopped before sending anything."""
+
+    def __init__(self, message: str, *, stage: str, spent: float, needed: float, budget: float):
+        self.stage, self.spent, self.needed, self.budget = stage, spent, needed, budget
+        super().__init__(message)
+
+
 class MissingAPIKeyError(LLMError, KeyError):
     """The environment variable named by `api_key_env` is not set."""
 

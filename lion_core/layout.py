@@ -17,6 +17,7 @@
     <root>/generation/<key>/part-*.parquet          student answers generated so far
     <root>/llm_cache/<role>/part-*.parquet          every LLM answer, keyed by request hash
     <root>/llm_cache/<role>/journal-*.jsonl         answers not yet in a shard (local storage)
+    <root>/llm_batches/<role>/<submission>.json     a Batch API submission: batch id, file, keys
     <root>/prefect-results/                         Prefect task results (resume, UI Retry)
 
 No other module spells these paths out; docs/storage.md describes each one.
@@ -31,6 +32,7 @@ LEASE = "lease.json"
 LEASE_LOCK = "lease.lock"
 RESULTS = "prefect-results"
 LLM_CACHE = "llm_cache"
+LLM_BATCHES = "llm_batches"
 GENERATION = "generation"
 
 _ROUND_DIR = re.compile(r"^round=(\d+)$")
@@ -94,3 +96,12 @@ def generation(key: str) -> str:
 
 def llm_cache(role: str) -> str:
     return f"{LLM_CACHE}/{role}"
+
+
+def llm_batches(role: str) -> str:
+    """One role's Batch API submissions (lion_core.llm.batch), beside its response cache."""
+    return f"{LLM_BATCHES}/{role}"
+
+
+def llm_batch(role: str, submission: str) -> str:
+    return f"{llm_batches(role)}/{submission}.json"

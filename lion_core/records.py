@@ -31,6 +31,7 @@ class Usage(Record):
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0  # USD of the answers received (config `pricing`)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(**{k: v + getattr(other, k) for k, v in self})
@@ -130,9 +131,10 @@ class RoundSummary(Record):
     diversity: Diversity | None = None
 
     def flat(self) -> dict[str, Any]:
-        """One level deep: `<role>_<counter>` and `<stage>_seconds` columns (`<role>_failures`:
-        requests that failed and were tolerated, `<role>.max_failed_share`), and a few
-        diversity rows (the whole of it is in summary.json)."""
+        """One level deep: `<role>_<counter>`, `cost_usd` (all roles) and `<stage>_seconds`
+        columns (`<role>_failures`: requests that failed and were tolerated,
+        `<role>.max_failed_share`), and a few diversity rows (the whole of it is in
+        summary.json)."""
         row = self.model_dump(exclude={"usage", "seconds", "diversity"})
         if self.diversity is not None:
             d = self.diversity
@@ -142,8 +144,9 @@ class RoundSummary(Record):
             row["top_category"] = d.top_category and f"{d.top_category} ({d.category_basis})"
             row["top_category_share"] = d.top_category_share
         for role, usage in self.usage.items():
-            for field in ("requests", "failures", "prompt_tokens", "completion_tokens"):
+            for field in ("requests", "failures", "prompt_tokens", "completion_tokens", "cost_usd"):
                 row[f"{role}_{field}"] = getattr(usage, field)
+        row["cost_usd"] = sum(usage.cost_usd for usage in self.usage.values())
         for stage, secs in self.seconds.items():
             row[f"{stage}_seconds"] = secs
         return row

@@ -7,10 +7,12 @@ systems) here, inside the task, so nothing unhashable ever becomes a task input.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from lion_core.config import LionConfig
-from lion_core.errors import LLMError, RequestsFailedError
+from lion_core.costs import Budget
+from lion_core.errors import BatchError, BudgetExceeded, LLMError, RequestsFailedError
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
 from lion_core.llm.keys import resolve_api_key
@@ -35,13 +37,75 @@ def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMCli
     endpoint = config.endpoints()[role]
     if endpoint.is_offline and not offline_url:
         raise LLMError(f"{role}.base_url is 'offline' but no offline world is running")
+    storage = cache_storage(config)
     return LLMClient(
         endpoint,
         role=role,
-        cache=ResponseCache(cache_storage(config), role),
+        cache=ResponseCache(storage, role),
         base_url=offline_url if endpoint.is_offline else None,
-        api_key=resolve_api_key(endpoint, role, secret_loader=_secret),
+        api_key=api_key(config, role),
+        pricing=config.pricing,
+        budget=Budget(config.budget_usd, storage) if config.budget_usd else None,
+        on_batch_progress=batch_progress_artifact(),
     )
+
+
+def cancel_run_batches(config: LionConfig) -> list[str]:
+    """Cancel the open batches of every role of the run in batch mode with
+    `cancel_batches_on_cancel` (offline endpoints are skipped: their world dies with the run).
+    Returns the batch ids asked to cancel."""
+    from lion_core.llm.batch import cancel_open_batches
+
+    cancelled: list[str] = []
+    for role, endpoint in config.endpoints().items():
+        if (
+            endpoint.mode == "batch"
+            and endpoint.cancel_batches_on_cancel
+            and not endpoint.is_offline
+        ):
+            cancelled += cancel_open_batches(llm_client(config, role, None))
+    return cancelled
+
+
+def cancel_batches_hook(flow: object, flow_run: object, state: object) -> None:
+    """A flow `on_cancellation` hook: cancel the run's in-flight provider batches (Prefect runs
+    it outside the cancelled process, which cannot do it itself once killed)."""
+    params = getattr(flow_run, "parameters", None) or {}
+    if "config" in params:
+        config = params["config"]
+        config = config if isinstance(config, LionConfig) else LionConfig.model_validate(config)
+        ids = cancel_run_batches(config)
+        logging.getLogger("lion_core.llm").warning("cancelled batches %s", ids or "(none open)")
+
+
+def batch_progress_artifact() -> Callable[[str, str, int, int, int], None]:
+    """A batch-mode progress callback: one Prefect progress artifact per (role, call),
+    updated at every poll with the share of lines done (inside a run only)."""
+    ids: dict[str, object] = {}
+
+    def report(role: str, desc: str, done: int, failed: int, total: int) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if FlowRunContext.get() is None and TaskRunContext.get() is None:
+            return
+        label = f"{role}: {desc}" if desc else role
+        percent = 100.0 * (done + failed) / max(total, 1)
+        if label not in ids:
+            ids[label] = create_progress_artifact(
+                percent,
+                description=f"{label}: batch lines answered ({total} requests)",
+                _sync=True,
+            )
+        else:
+            update_progress_artifact(ids[label], percent, _sync=True)
+
+    return report
+
+
+def api_key(config: LionConfig, role: str) -> str | None:
+    """`role`'s API key: its environment variable, else its Prefect Secret block."""
+    return resolve_api_key(config.endpoints()[role], role, secret_loader=_secret)
 
 
 def _secret(name: str) -> str:
@@ -82,11 +146,12 @@ def usage_record(client: LLMClient) -> Usage:
 
 def retry_unless_requests_failed(task: Any, task_run: Any, state: Any) -> bool:
     """A retry_condition_fn: retry a failed task, except when its requests failed
-    (`RequestsFailedError`). The client already retried each transient failure with backoff;
-    a task retry would only send the permanent ones (401, 400) again. The next run re-asks
-    them, after the endpoint is fixed."""
+    (`RequestsFailedError`), the budget stopped it (`BudgetExceeded`) or the provider refused a
+    batch (`BatchError`): retrying cannot help those. The client already retried each
+    transient failure with backoff; a task retry would only send the permanent ones (401, 400)
+    again. The next run re-asks them, after the endpoint is fixed."""
     try:
         error = state.result(raise_on_failure=False)
     except Exception:  # the result cannot be read: retry, as without a condition
         return True
-    return not isinstance(error, RequestsFailedError)
+    return not isinstance(error, RequestsFailedError | BudgetExceeded | BatchError)

@@ -41,6 +41,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lion_core import layout
@@ -62,6 +63,9 @@ CACHE_SCHEMA = pa.schema(
         ("attempts", pa.int32()),  # HTTP attempts made (1 = no retry)
         ("request", pa.string()),  # JSON {model, messages, params}: what was asked
         ("created_at", pa.timestamp("us", tz="UTC")),  # when the answer was recorded
+        # USD paid for it (config `pricing`; batch answers at the batch price). Shards written
+        # before this column existed read it as null.
+        ("cost_usd", pa.float64()),
     ]
 )
 
@@ -239,7 +243,7 @@ class ResponseCache:
                     tables.append(_table(_parse_lines(fh.read())[0]))
         if not tables:
             return CACHE_SCHEMA.empty_table().to_pandas()
-        return pa.concat_tables(tables).to_pandas()
+        return pa.concat_tables(tables, promote_options="default").to_pandas()
 
     # ---- writing ------------------------------------------------------------------------
 
@@ -285,6 +289,33 @@ class ResponseCache:
 
     def __repr__(self) -> str:
         return f"ResponseCache({self.uri!r}, answers={len(self)})"
+
+
+def spent_usd(storage: Storage) -> dict[str, float]:
+    """USD paid per role for the answers in the response caches under `storage` (shards and
+    journals; failed answers too, when they were billed). Reads only the `cost_usd` column."""
+    out: dict[str, float] = {}
+    for role in storage.listdir(layout.LLM_CACHE):
+        prefix = layout.llm_cache(role)
+        storage.fs.invalidate_cache(storage.path(prefix))
+        names = storage.listdir(prefix)
+        total = 0.0
+        for name in names:
+            if _is(name, SHARD):
+                blob = storage.read_bytes(f"{prefix}/{name}")
+                pf = pq.ParquetFile(io.BytesIO(blob))
+                if "cost_usd" in pf.schema_arrow.names:
+                    column = pf.read(columns=["cost_usd"]).column(0)
+                    total += float(pc.sum(column).as_py() or 0.0)
+            elif _is(name, JOURNAL) and shard_of(name) not in names and storage.is_local:
+                with (
+                    contextlib.suppress(FileNotFoundError),  # compacted meanwhile
+                    open(storage.path(f"{prefix}/{name}"), "rb") as fh,
+                ):
+                    rows, _ = _parse_lines(fh.read())
+                    total += sum(float(r.get("cost_usd") or 0.0) for r in rows)
+        out[role] = total
+    return out
 
 
 class _Shared:
@@ -587,6 +618,7 @@ def _row(role: str, r: ChatResult, request: Mapping[str, Any] | None) -> dict[st
             json.dumps(request, ensure_ascii=False, sort_keys=True) if request is not None else None
         ),
         "created_at": datetime.now(UTC),
+        "cost_usd": r.cost_usd,
     }
 
 
@@ -627,7 +659,7 @@ def _blob_for(blobs: Mapping[str, bytes], path: str) -> bytes:
 
 
 def _cached(hit: ChatResult) -> ChatResult:
-    return replace(hit, cached=True, extra=dict(hit.extra))
+    return replace(hit, cached=True, cost_usd=0.0, extra=dict(hit.extra))
 
 
 def _row_to_result(row: Mapping[str, Any]) -> ChatResult:

@@ -18,6 +18,12 @@
   missing.
 - If the endpoint cannot be reached at all, the cache is flushed and `EndpointUnreachableError`
   is raised.
+- Sending is paced below the role's `rpm` / `tpm` and the provider's x-ratelimit-* headers
+  (`ratelimit.RateLimiter`, shared per base URL and model in a process).
+- `mode: batch` sends the uncached requests through the provider's Batch API instead
+  (`batch.BatchRun`); answers land in the same cache, so the modes are interchangeable.
+- Every answer carries its cost (config `pricing`); with a `Budget`, a call whose estimate does
+  not fit what is left raises `BudgetExceeded` before anything is sent.
 """
 
 from __future__ import annotations
@@ -32,15 +38,17 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 import openai
+from openai._constants import RAW_RESPONSE_HEADER
 from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
-from lion_core.config import EndpointConfig
+from lion_core.config import EndpointConfig, ModelPrice, default_prices
+from lion_core.costs import Budget, cost_usd, estimate, price_of
 from lion_core.errors import (
     EndpointRejectedError,
     EndpointUnreachableError,
@@ -49,6 +57,7 @@ from lion_core.errors import (
 )
 from lion_core.llm.cache import ResponseCache, SendAbandoned
 from lion_core.llm.keys import resolve_api_key
+from lion_core.llm.ratelimit import RateLimiter, limiter_tokens
 from lion_core.llm.types import ChatRequest, ChatResult, RenderedRequest, render_request
 
 log = logging.getLogger("lion_core.llm")
@@ -71,6 +80,7 @@ _MAX_FAILURE_WARNINGS = 5
 _BODY_PREVIEW = 200  # characters of an unexpected body quoted in an error
 _T = TypeVar("_T")
 _SENT, _CACHED, _JOINED = "sent", "cached", "joined"  # how a batch's request was answered
+_RAW = {"headers": {RAW_RESPONSE_HEADER: "true"}}  # the SDK hands back headers with the body
 
 
 @dataclass
@@ -84,16 +94,17 @@ class Usage:
     retries: int = 0  # extra HTTP attempts
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0  # what the answers received cost (config `pricing`)
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
 
-    def add(self, **counts: int) -> None:
+    def add(self, **counts: float) -> None:
         with self._lock:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
 
@@ -110,6 +121,9 @@ class LLMClient:
         api_key: str | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        pricing: Mapping[str, ModelPrice] | None = None,
+        budget: Budget | None = None,
+        on_batch_progress: Callable[[str, str, int, int, int], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.role = role
@@ -123,6 +137,13 @@ class LLMClient:
         self._api_key = api_key or resolve_api_key(endpoint, role) or NO_KEY
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.pricing = pricing if pricing is not None else default_prices()
+        self.price = price_of(self.pricing, endpoint.model)
+        self.budget = budget
+        self.on_batch_progress = on_batch_progress
+        self.limiter = RateLimiter.shared(
+            (self.base_url, endpoint.model), endpoint.rpm, endpoint.tpm
+        )
         self.usage = Usage()
         # Every key asked through this client -> its latest failed result, or None if answered.
         self._outcomes: dict[str, ChatResult | None] = {}
@@ -228,11 +249,99 @@ class LLMClient:
                 jobs[key] = rendered
         self.usage.add(cache_hits=hits, deduplicated=dups)
         if groups:
-            await _Batch(self, requests, results, groups, jobs, desc).run()
+            with self._reserved(jobs, desc):
+                if self.endpoint.mode == "batch":
+                    await self._run_batch(requests, results, groups, jobs, desc)
+                else:
+                    await _Batch(self, requests, results, groups, jobs, desc).run()
         missing = [requests[i].tag for i, r in enumerate(results) if r is None]
         if missing:  # cannot happen: every request is answered, cached or failed
             raise LLMError(f"{self.role}: no result for request(s) {missing[:5]}")
         return results  # type: ignore[return-value]
+
+    def estimate(self, jobs: Mapping[str, RenderedRequest]):
+        """What sending `jobs` is expected to cost (lion_core.costs.Estimate)."""
+        return estimate(self.endpoint, self.pricing, (j.body["messages"] for j in jobs.values()))
+
+    @contextlib.contextmanager
+    def _reserved(self, jobs: Mapping[str, RenderedRequest], desc: str):
+        """Check the call against the budget before anything is sent (BudgetExceeded)."""
+        if self.budget is None:
+            yield
+            return
+        if self.endpoint.mode == "batch" and self.cache is not None:
+            from lion_core.llm.batch import Ledger
+
+            # requests in batches submitted before (resumed) are paid for already
+            submitted = {k for s in Ledger(self.cache.storage, self.role).open() for k in s.keys}
+            jobs = {k: j for k, j in jobs.items() if k not in submitted}
+        needed = self.estimate(jobs).cost(self.endpoint.mode)
+        stage = f"{self.role}: {desc}" if desc else self.role
+        with self.budget.reserve(f"{stage} ({len(jobs)} request(s))", needed):
+            yield
+
+    async def _run_batch(
+        self,
+        requests: list[ChatRequest],
+        results: list[ChatResult | None],
+        groups: dict[str, list[int]],
+        jobs: dict[str, RenderedRequest],
+        desc: str,
+    ) -> None:
+        """Batch mode: claim the keys process-wide, send ours as batches, wait for the ones
+        another client of this process is sending."""
+        from lion_core.llm.batch import BatchRun
+
+        cache = self.cache
+        if cache is None:
+            raise LLMError(f"{self.role}: mode 'batch' needs a response cache to keep its batches")
+        todo = dict(jobs)
+        while todo:
+            mine: dict[str, RenderedRequest] = {}
+            waits: dict[str, concurrent.futures.Future[ChatResult]] = {}
+            for key, job in todo.items():
+                claim = cache.claim(key)
+                if claim.answer is not None:
+                    self._fill(requests, results, groups[key], claim.answer)
+                    self.record_outcome(key, claim.answer)
+                    self.usage.add(cache_hits=1)
+                elif claim.pending is not None:
+                    waits[key] = claim.pending
+                else:
+                    mine[key] = job
+            todo = {}
+            answers: dict[str, ChatResult] = {}
+            try:
+                if mine:
+                    run = BatchRun(self, mine, cache, desc, self.on_batch_progress)
+                    answers = await run.run()
+            finally:
+                for key in mine:
+                    cache.release(key, answers.get(key))
+            for key in mine:
+                result = answers.get(key)
+                if result is None:  # cannot happen: every line is answered or failed
+                    result = ChatResult(key=key, tag="", status="failed", error="no batch line")
+                self._fill(requests, results, groups[key], result)
+                self.record_outcome(key, result)
+            for key, pending in waits.items():
+                try:
+                    result = await _done(pending)
+                    self._fill(requests, results, groups[key], result)
+                    self.record_outcome(key, result)
+                    self.usage.add(deduplicated=1)
+                except SendAbandoned:
+                    todo[key] = jobs[key]
+
+    @staticmethod
+    def _fill(
+        requests: list[ChatRequest],
+        results: list[ChatResult | None],
+        indexes: list[int],
+        result: ChatResult,
+    ) -> None:
+        for i in indexes:
+            results[i] = replace(result, tag=requests[i].tag)
 
 
 class _Batch:
@@ -344,6 +453,7 @@ class _Batch:
         """POST the job's body, retrying transient failures; never raises for an HTTP error."""
         retries = self.endpoint.retries
         error, no_answer = "", False
+        tokens = limiter_tokens(job.body)
         for attempt in range(retries + 1):
             if attempt and self.rejected_by is not None:  # the batch is stopping: no retry
                 return self.failed(
@@ -353,12 +463,7 @@ class _Batch:
                 self.usage.add(retries=1)
             delay: float | None = None
             try:
-                # `post` is the SDK's own request path without `create`'s per-call parameter
-                # transform, which costs ~1 ms of CPU per request and does nothing for a plain
-                # JSON body like ours; errors, timeouts and response parsing are the same.
-                response = await api.post(
-                    "/chat/completions", body=job.body, cast_to=ChatCompletion
-                )
+                response = await self.post(api, job, tokens)
             except openai.APIStatusError as exc:
                 self.responded = True
                 no_answer = False
@@ -399,6 +504,28 @@ class _Batch:
             no_answer=no_answer,
         )
 
+    async def post(self, api: openai.AsyncOpenAI, job: RenderedRequest, tokens: int) -> Any:
+        """One HTTP attempt, paced by the role's rate limiter, whose buckets its answer's
+        x-ratelimit-* headers tighten."""
+        limiter = self.client.limiter
+        await limiter.acquire(tokens)
+        headers = None
+        try:
+            # `post` is the SDK's own request path without `create`'s per-call parameter
+            # transform, which costs ~1 ms of CPU per request and does nothing for a plain JSON
+            # body like ours; errors, timeouts and response parsing are the same. The raw
+            # response gives the headers too.
+            raw = await api.post(
+                "/chat/completions", body=job.body, cast_to=ChatCompletion, options=_RAW
+            )
+            headers = raw.headers
+            return raw.parse()
+        except openai.APIStatusError as exc:
+            headers = exc.response.headers
+            raise
+        finally:
+            limiter.done(tokens, headers)
+
     def rejected(self, job: RenderedRequest, status: int, message: str) -> EndpointRejectedError:
         """The error that stops the batch: the endpoint refuses this role's requests as such."""
         c = self.client
@@ -426,9 +553,13 @@ class _Batch:
         usage = response.usage
         prompt_tokens = (usage.prompt_tokens if usage else 0) or 0
         completion_tokens = (usage.completion_tokens if usage else 0) or 0
-        self.usage.add(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        cost = cost_usd(self.client.price, prompt_tokens, completion_tokens, batch=False)
+        self.usage.add(
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost
+        )
         if not text or not text.strip():
-            return self.failed(job, f"empty answer (finish_reason={finish})", attempts)
+            failed = self.failed(job, f"empty answer (finish_reason={finish})", attempts)
+            return replace(failed, cost_usd=cost)
         return ChatResult(
             key=job.key,
             tag=job.request.tag,
@@ -437,6 +568,7 @@ class _Batch:
             finish_reason=finish,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+            cost_usd=cost,
             extra={"attempts": attempts},
         )
 

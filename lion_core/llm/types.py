@@ -60,6 +60,7 @@ class ChatResult:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0  # what this answer cost (0 when cached: paid before)
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -1,6 +1,16 @@
 """The offline world's OpenAI-compatible HTTP server (starlette on uvicorn, loopback only).
 
-Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `GET /stats`, `POST /stats/reset`.
+Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `GET /stats`, `POST /stats/reset`,
+and the Batch API: `POST /v1/files` (purpose "batch"), `GET /v1/files/{id}[/content]`,
+`POST /v1/batches`, `GET /v1/batches[/{id}]`, `POST /v1/batches/{id}/cancel`. A batch ends
+`batch_delay` seconds after its creation, its lines answered exactly as the same bodies sent one
+by one (a share can fail, `faults.batch_fail_rate`, or be left undone so that the batch ends
+expired, `faults.batch_expire_rate`), in four steps, so `request_counts` shows progress.
+
+With `rpm` / `tpm` set, the world accepts at most that many requests / tokens per minute (token
+buckets holding a minute's allowance; tokens counted as OpenAI's limiter counts them before
+answering, `limiter_tokens`) and answers 429 beyond, with OpenAI's `x-ratelimit-*` headers, which
+it also sends with every answer.
 
 Two rejections a real provider makes can be switched on (off by default, changeable while the
 server runs): `api_key` — a request without `Authorization: Bearer <api_key>` is a 401 — and
@@ -10,14 +20,18 @@ Answers are a function of (world seed, request body) — the body includes the `
 client sends for distinct samples of one prompt — so a run against the offline world is
 reproducible. Fault decisions (429, 500, slow, garbled) draw from a counter-based RNG instead,
 so a retried request can succeed. `/stats` counts requests, distinct bodies and status codes per
-role, which is how tests prove that every request was answered exactly once.
+role, and batches and their lines per role, which is how tests prove that every request was
+answered exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import hashlib
 import json
+import math
 import random
 import socket
 import sys
@@ -30,10 +44,11 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from lion_core.config import OfflineWorldConfig
+from lion_core.llm.ratelimit import RateLimiter, limiter_tokens
 from lion_core.offline import roles
 from lion_core.prompts import role_of
 
@@ -57,9 +72,17 @@ class _RoleStats:
     bodies: set[str] = field(default_factory=set)
     status: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     answered: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # body -> 200s
+    batch_sizes: list[int] = field(default_factory=list)  # lines of each batch, in order
+    cancelled_batches: int = 0
+    limited_tokens: int = 0  # tokens of requests let through the world's rpm/tpm limits
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "batches": len(self.batch_sizes),
+            "batch_lines": sum(self.batch_sizes),
+            "batch_sizes": list(self.batch_sizes),
+            "cancelled_batches": self.cancelled_batches,
+            "limited_tokens": self.limited_tokens,
             "requests": self.requests,
             "distinct_bodies": len(self.bodies),
             "status": {str(code): n for code, n in sorted(self.status.items())},
@@ -88,6 +111,18 @@ class Stats:
             entry.status[code] += 1
             if code == 200:
                 entry.answered[body] += 1
+
+    def limited(self, role: str, tokens: int) -> None:
+        with self._lock:
+            self._roles[role].limited_tokens += tokens
+
+    def batch(self, role: str, lines: int) -> None:
+        with self._lock:
+            self._roles[role].batch_sizes.append(lines)
+
+    def batch_cancelled(self, role: str) -> None:
+        with self._lock:
+            self._roles[role].cancelled_batches += 1
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -131,6 +166,28 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _public(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
+def _multipart(content_type: str, data: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """The fields of a multipart/form-data body: name -> (filename, bytes)."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + data)
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    if not message.is_multipart():
+        return fields
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+    return fields
+
+
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -172,12 +229,26 @@ class OfflineWorld:
         self.strict_models = strict_models
         self.stats = Stats()
         self.dice = FaultDice(self.cfg.seed)
+        self.batch_dice = FaultDice(self.cfg.seed + 1)
+        self.limits = RateLimiter(self.cfg.rpm, self.cfg.tpm)
+        self.files: dict[str, dict[str, Any]] = {}  # id -> FileObject fields + "content"
+        self.batches: dict[str, dict[str, Any]] = {}  # id -> Batch fields
+        self._batch_tasks: dict[str, asyncio.Task[None]] = {}
+        routes = [
+            Route("/models", self.models, methods=["GET"]),
+            Route("/chat/completions", self.chat, methods=["POST"]),
+            Route("/files", self.create_file, methods=["POST"]),
+            Route("/files/{file_id}", self.get_file, methods=["GET"]),
+            Route("/files/{file_id}/content", self.file_content, methods=["GET"]),
+            Route("/batches", self.create_batch, methods=["POST"]),
+            Route("/batches", self.list_batches, methods=["GET"]),
+            Route("/batches/{batch_id}", self.get_batch, methods=["GET"]),
+            Route("/batches/{batch_id}/cancel", self.cancel_batch, methods=["POST"]),
+        ]
         self.app = Starlette(
             routes=[
-                Route("/v1/models", self.models, methods=["GET"]),
-                Route("/models", self.models, methods=["GET"]),
-                Route("/v1/chat/completions", self.chat, methods=["POST"]),
-                Route("/chat/completions", self.chat, methods=["POST"]),
+                *(Route(f"/v1{r.path}", r.endpoint, methods=r.methods) for r in routes),
+                *routes,
                 Route("/stats", self.get_stats, methods=["GET"]),
                 Route("/stats/reset", self.reset_stats, methods=["POST"]),
                 Route("/health", self.health, methods=["GET"]),
@@ -211,14 +282,33 @@ class OfflineWorld:
             return _error(400, problem, "invalid_request_error")
 
         role = role_of(messages)
-        body_hash = hashlib.sha256(
-            json.dumps(body, sort_keys=True, ensure_ascii=False).encode()
-        ).hexdigest()
+        body_hash = _hash(body)
         self.stats.request(role, body_hash)
         rejected = self._rejection(request, body)
         if rejected is not None:
             self.stats.status(role, body_hash, rejected.status_code)
             return rejected
+        tokens = limiter_tokens(body)
+        wait = self.limits.try_acquire(tokens) if self.limits.active else 0.0
+        if self.limits.active and wait <= 0:
+            self.limits.done(tokens)  # the world's own buckets: nothing is "in flight"
+            self.stats.limited(role, tokens)
+        limit_headers = self._limit_headers()
+        if wait > 0:
+            self.stats.status(role, body_hash, 429)
+            headers = {
+                **limit_headers,
+                "retry-after": f"{math.ceil(wait)}",
+                "retry-after-ms": f"{wait * 1000:.0f}",
+            }
+            return _error(
+                429,
+                "Rate limit reached for requests or tokens per minute; please try again in "
+                f"{wait:.3f}s.",
+                "requests" if self.limits.requests.wait(1) > 0 else "tokens",
+                headers,
+                code="rate_limit_exceeded",
+            )
 
         faults = self.cfg.faults
         u429, u500, uslow, ugarble = self.dice.roll()
@@ -235,6 +325,20 @@ class OfflineWorld:
             return _error(500, "injected fault: internal server error", "server_error")
 
         garbled = role == "referee" and ugarble < faults.rate_garbled
+        self.stats.status(role, body_hash, 200)
+        completion = self._completion(role, messages, body, body_hash, garbled=garbled)
+        return JSONResponse(completion, headers=limit_headers or None)
+
+    def _completion(
+        self,
+        role: str,
+        messages: list[dict[str, str]],
+        body: dict[str, Any],
+        body_hash: str,
+        *,
+        garbled: bool = False,
+    ) -> dict[str, Any]:
+        """The chat.completion object answering `body`: a function of (seed, body)."""
         rng = random.Random(f"{self.cfg.seed}:{body_hash}")
         n = int(body.get("n") or 1)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -252,22 +356,238 @@ class OfflineWorld:
                 }
             )
         prompt_tokens = sum(_words(m["content"]) for m in messages)
-        self.stats.status(role, body_hash, 200)
+        return {
+            "id": f"chatcmpl-{body_hash[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "offline-world"),
+            "system_fingerprint": f"lion-offline-{self.cfg.seed}",
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def _limit_headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers for the limits the world enforces."""
+        headers: dict[str, str] = {}
+        now = time.monotonic()
+        for name, bucket in (("requests", self.limits.requests), ("tokens", self.limits.tokens)):
+            if bucket.capacity is None:
+                continue
+            bucket.refill(now)
+            level = max(0.0, bucket.level)
+            headers[f"x-ratelimit-limit-{name}"] = f"{bucket.capacity:.0f}"
+            headers[f"x-ratelimit-remaining-{name}"] = f"{math.floor(level)}"
+            reset = (bucket.capacity - level) * 60 / bucket.capacity
+            headers[f"x-ratelimit-reset-{name}"] = f"{reset:.3f}s"
+        return headers
+
+    # ---- the Batch API ------------------------------------------------------------------
+
+    async def create_file(self, request: Request) -> JSONResponse:
+        fields = _multipart(request.headers.get("content-type", ""), await request.body())
+        upload = fields.get("file")
+        if upload is None:
+            return _error(400, "missing 'file' in the multipart body", "invalid_request_error")
+        purpose = (fields.get("purpose") or (None, b"batch"))[1].decode()
+        file_id = f"file-{len(self.files) + 1:06d}{hashlib.sha256(upload[1]).hexdigest()[:12]}"
+        self.files[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(upload[1]),
+            "created_at": int(time.time()),
+            "filename": upload[0] or "upload.jsonl",
+            "purpose": purpose,
+            "status": "processed",
+            "content": upload[1],
+        }
+        return JSONResponse(self._file(file_id))
+
+    def _file(self, file_id: str) -> dict[str, Any]:
+        return {k: v for k, v in self.files[file_id].items() if k != "content"}
+
+    async def get_file(self, request: Request) -> JSONResponse:
+        file_id = request.path_params["file_id"]
+        if file_id not in self.files:
+            return _error(404, f"No such File object: {file_id}", "invalid_request_error")
+        return JSONResponse(self._file(file_id))
+
+    async def file_content(self, request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        if file_id not in self.files:
+            return _error(404, f"No such File object: {file_id}", "invalid_request_error")
+        return Response(self.files[file_id]["content"], media_type="application/jsonl")
+
+    async def create_batch(self, request: Request) -> JSONResponse:
+        rejected = self._rejection(request, {})
+        if rejected is not None:
+            return rejected
+        try:
+            spec = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _error(400, f"request body is not valid JSON: {exc}", "invalid_request_error")
+        file_id = spec.get("input_file_id")
+        if file_id not in self.files:
+            return _error(404, f"No such File object: {file_id}", "invalid_request_error")
+        if spec.get("endpoint") != "/v1/chat/completions":
+            return _error(400, "only /v1/chat/completions batches", "invalid_request_error")
+        lines, errors = [], []
+        for n, raw in enumerate(self.files[file_id]["content"].splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+                body = line["body"]
+                problem, messages = self._validate(body)
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                problem, messages = f"not a batch request line: {exc}", []
+            if problem:
+                errors.append({"code": "invalid_request", "line": n, "message": problem})
+            else:
+                lines.append((line.get("custom_id"), body, messages))
+        batch_id = f"batch_{len(self.batches) + 1:06d}{file_id[-8:]}"
+        now = int(time.time())
+        batch: dict[str, Any] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": spec["endpoint"],
+            "errors": None,
+            "input_file_id": file_id,
+            "completion_window": spec.get("completion_window", "24h"),
+            "status": "in_progress",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": now,
+            "expires_at": now + 86400,
+            "metadata": spec.get("metadata"),
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+        }
+        self.batches[batch_id] = batch
+        role = role_of(lines[0][2]) if lines else "invalid"
+        batch["_role"] = role
+        self.stats.batch(role, len(lines) + len(errors))
+        if errors or not lines:
+            batch.update(
+                status="failed",
+                failed_at=now,
+                errors={"object": "list", "data": errors or [{"message": "empty input file"}]},
+            )
+        else:
+            task = asyncio.create_task(self._run_batch(batch, lines))
+            self._batch_tasks[batch_id] = task
+        return JSONResponse(_public(batch))
+
+    async def _run_batch(self, batch: dict[str, Any], lines: list[tuple[Any, ...]]) -> None:
+        """Answer the batch's lines in four steps over `batch_delay` seconds."""
+        faults = self.cfg.faults
+        out: list[dict[str, Any]] = []
+        err: list[dict[str, Any]] = []
+        expired = []
+        steps = min(4, len(lines))
+        counts = batch["request_counts"]
+        for step in range(steps):
+            await asyncio.sleep(self.cfg.batch_delay / steps)
+            for custom_id, body, messages in lines[step::steps]:
+                u_fail, u_expire, _, _ = self.batch_dice.roll()
+                if u_expire < faults.batch_expire_rate:
+                    expired.append(custom_id)
+                    continue
+                role, body_hash = role_of(messages), _hash(body)
+                self.stats.request(role, body_hash)
+                request_id = f"req_{body_hash[:16]}"
+                if u_fail < faults.batch_fail_rate:
+                    self.stats.status(role, body_hash, 500)
+                    error = {"message": "injected fault: batch line failed", "type": "server_error"}
+                    response = {
+                        "status_code": 500,
+                        "request_id": request_id,
+                        "body": {"error": error},
+                    }
+                    err.append({"id": f"batch_req_{len(out) + len(err)}", "custom_id": custom_id,
+                                "response": response, "error": None})  # fmt: skip
+                    counts["failed"] += 1
+                    continue
+                self.stats.status(role, body_hash, 200)
+                completion = self._completion(role, messages, body, body_hash)
+                response = {"status_code": 200, "request_id": request_id, "body": completion}
+                out.append({"id": f"batch_req_{len(out) + len(err)}", "custom_id": custom_id,
+                            "response": response, "error": None})  # fmt: skip
+                counts["completed"] += 1
+        for custom_id in expired:
+            error = {
+                "code": "batch_expired",
+                "message": "This request could not be executed before the completion window "
+                "expired.",
+            }
+            err.append({"id": f"batch_req_{len(out) + len(err)}", "custom_id": custom_id,
+                        "response": None, "error": error})  # fmt: skip
+            counts["failed"] += 1
+        self._close_batch(batch, out, err, "expired" if expired else "completed")
+
+    def _close_batch(
+        self,
+        batch: dict[str, Any],
+        out: list[dict[str, Any]],
+        err: list[dict[str, Any]],
+        status: str,
+    ) -> None:
+        now = int(time.time())
+        for rows, field_name in ((out, "output_file_id"), (err, "error_file_id")):
+            if rows:
+                content = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+                file_id = f"file-{len(self.files) + 1:06d}{batch['id'][-12:]}"
+                self.files[file_id] = {
+                    "id": file_id, "object": "file", "bytes": len(content), "created_at": now,
+                    "filename": f"{batch['id']}_{field_name[:-8]}.jsonl",
+                    "purpose": "batch_output", "status": "processed", "content": content,
+                }  # fmt: skip
+                batch[field_name] = file_id
+        batch["status"] = status
+        batch[f"{status}_at"] = now
+        self._batch_tasks.pop(batch["id"], None)
+
+    async def list_batches(self, request: Request) -> JSONResponse:
+        limit = int(request.query_params.get("limit", 20))
+        after = request.query_params.get("after")
+        ordered = sorted(self.batches.values(), key=lambda b: b["id"], reverse=True)
+        if after:
+            ordered = [b for b in ordered if b["id"] < after]
+        page = [_public(b) for b in ordered[:limit]]
         return JSONResponse(
             {
-                "id": f"chatcmpl-{body_hash[:24]}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", "offline-world"),
-                "system_fingerprint": f"lion-offline-{self.cfg.seed}",
-                "choices": choices,
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(ordered) > limit,
             }
         )
+
+    async def get_batch(self, request: Request) -> JSONResponse:
+        batch = self.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return _error(404, "No such batch", "invalid_request_error")
+        return JSONResponse(_public(batch))
+
+    async def cancel_batch(self, request: Request) -> JSONResponse:
+        """Stop the batch where it is: lines answered so far stay in its output."""
+        batch = self.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return _error(404, "No such batch", "invalid_request_error")
+        task = self._batch_tasks.pop(batch["id"], None)
+        if task is None:  # finished already
+            return JSONResponse(_public(batch))
+        task.cancel()
+        batch["cancelling_at"] = int(time.time())
+        batch["status"] = "cancelling"
+        answer = _public(batch)
+        self.stats.batch_cancelled(batch["_role"])
+        self._close_batch(batch, [], [], "cancelled")
+        return JSONResponse(answer)
 
     def _rejection(self, request: Request, body: dict[str, Any]) -> JSONResponse | None:
         """OpenAI's 401 for a wrong key and 404 for an unknown model, when switched on."""

@@ -1,0 +1,265 @@
+"""Batch mode, the budget and rate limits of LLMClient, against the offline world's Batch API
+through the official `openai` client; the world's /stats (batches, their lines, requests and
+answers per role) prove what was submitted and paid.
+
+- batch answers equal sync answers, land in the same cache (a later sync run sends nothing),
+  and a call larger than batch_max_requests is split;
+- failed lines are resubmitted alone, in a following batch;
+- a client killed after submitting resumes polling the same batch: no second batch;
+- a cancelled call cancels its batch; a resumed call collects the rest;
+- a budget smaller than a call's estimate stops it before anything is sent;
+- a TPM limit learned from x-ratelimit-* headers paces sending with no 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from lion_core import costs, prompts
+from lion_core.config import ModelPrice, TeacherConfig
+from lion_core.costs import Budget
+from lion_core.errors import BudgetExceeded
+from lion_core.llm import ChatRequest, LLMClient, ResponseCache
+from lion_core.llm.batch import Ledger, cancel_open_batches
+from lion_core.llm.cache import spent_usd
+from lion_core.llm.ratelimit import RateLimiter, parse_reset
+from lion_core.offline.world import seed_instances
+from lion_core.storage import Storage
+
+POLL = {"batch_poll_seconds": 0.05, "batch_poll_max_seconds": 0.2}
+
+
+def teacher_requests(n: int) -> tuple[list[ChatRequest], list[str]]:
+    insts = seed_instances(n, seed=0, max_difficulty=6)
+    reqs = [
+        ChatRequest.of(prompts.teacher_messages(i.instruction, i.input), tag=f"q{k}")
+        for k, i in enumerate(insts)
+    ]
+    return reqs, [i.answer for i in insts]
+
+
+def batch_client(server, root, **endpoint) -> LLMClient:
+    cfg = TeacherConfig(mode="batch", **{**POLL, **endpoint})
+    cache = ResponseCache(Storage(str(root)), "teacher")
+    return LLMClient(cfg, role="teacher", cache=cache, base_url=server.base_url)
+
+
+def test_batch_answers_like_sync_split_and_cached(offline_server, tmp_path):
+    server = offline_server(batch_delay=0.1)
+    reqs, answers = teacher_requests(30)
+    client = batch_client(server, tmp_path, batch_max_requests=12)
+    results = client.run(reqs)
+    assert [r.text for r in results] == answers
+    assert all(r.ok and r.extra["batch"] for r in results)
+    stats = server.stats()["teacher"]
+    assert stats["batch_sizes"] == [12, 12, 6]
+    assert stats["answered"] == stats["answered_bodies"] == 30
+    records = Ledger(Storage(str(tmp_path)), "teacher").all()
+    assert len(records) == 3 and {r.state for r in records} == {"merged"}
+
+    # The same requests in sync mode: every one from the cache, nothing sent.
+    server.reset_stats()
+    sync = LLMClient(
+        TeacherConfig(), role="teacher", cache=ResponseCache(Storage(str(tmp_path)), "teacher"),
+        base_url=server.base_url,
+    )  # fmt: skip
+    assert [r.text for r in sync.run(reqs)] == answers
+    assert server.stats() == {} and sync.usage.cache_hits == 30
+
+
+def test_failed_lines_are_resubmitted_alone(offline_server, tmp_path):
+    server = offline_server(batch_delay=0.05, faults={"batch_fail_rate": 0.3})
+    reqs, answers = teacher_requests(40)
+    client = batch_client(server, tmp_path, batch_resubmits=5)
+    results = client.run(reqs)
+    assert [r.text for r in results] == answers
+    stats = server.stats()["teacher"]
+    sizes = stats["batch_sizes"]
+    assert sizes[0] == 40 and len(sizes) >= 2
+    # each following batch carries exactly the lines that failed in the one before
+    failed = stats["status"]["500"]
+    assert sum(sizes[1:]) == failed > 0
+    assert stats["answered"] == stats["answered_bodies"] == 40  # no answer paid twice
+    usage = client.usage
+    assert (usage.requests, usage.retries, usage.failures) == (40, failed, 0)
+    frame = ResponseCache(Storage(str(tmp_path)), "teacher").frame()
+    assert (frame["status"] == "failed").sum() == failed  # recorded with their error
+    assert frame.loc[frame["status"] == "failed", "error"].str.contains("HTTP 500").all()
+
+
+def test_expired_lines_are_resubmitted(offline_server, tmp_path):
+    server = offline_server(batch_delay=0.05, faults={"batch_expire_rate": 0.25})
+    reqs, answers = teacher_requests(20)
+    results = batch_client(server, tmp_path, batch_resubmits=6).run(reqs)
+    assert [r.text for r in results] == answers
+    stats = server.stats()["teacher"]
+    assert stats["batch_sizes"][0] == 20 and len(stats["batch_sizes"]) >= 2
+    assert stats["answered"] == stats["answered_bodies"] == 20
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from lion_core import prompts
+    from lion_core.config import TeacherConfig
+    from lion_core.llm import ChatRequest, LLMClient, ResponseCache
+    from lion_core.offline.world import seed_instances
+    from lion_core.storage import Storage
+
+    base_url, root = sys.argv[1], sys.argv[2]
+    reqs = [
+        ChatRequest.of(prompts.teacher_messages(i.instruction, i.input), tag=f"q{k}")
+        for k, i in enumerate(seed_instances(25, seed=0, max_difficulty=6))
+    ]
+    endpoint = TeacherConfig(mode="batch", batch_poll_seconds=0.05)
+    client = LLMClient(endpoint, role="teacher", cache=ResponseCache(Storage(root), "teacher"),
+                       base_url=base_url)
+    client.run(reqs)
+    print("finished", flush=True)
+    """
+)
+
+
+def test_killed_after_submission_resumes_the_same_batch(offline_server, tmp_path):
+    server = offline_server(batch_delay=2.0)
+    script = tmp_path / "client.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), server.base_url, str(tmp_path / "run")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    ledger = Ledger(Storage(str(tmp_path / "run")), "teacher")
+    deadline = time.monotonic() + 60
+    while not any(s.batch_id for s in ledger.all()):
+        assert proc.poll() is None, "the client ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert server.stats()["teacher"]["batches"] == 1
+    assert server.stats()["teacher"]["answered"] == 0  # killed before the batch ended
+
+    reqs, answers = teacher_requests(25)
+    results = batch_client(server, tmp_path / "run").run(reqs)
+    assert [r.text for r in results] == answers
+    stats = server.stats()["teacher"]
+    assert stats["batches"] == 1 and stats["batch_lines"] == 25  # polled again, not resubmitted
+    assert stats["answered"] == stats["answered_bodies"] == 25
+
+
+def test_cancelling_the_run_cancels_its_batch(offline_server, tmp_path):
+    server = offline_server(batch_delay=60.0)
+    reqs, answers = teacher_requests(12)
+    client = batch_client(server, tmp_path)
+
+    async def cancel_after_submission() -> None:
+        task = asyncio.create_task(client.arun(reqs))
+        while not server.stats().get("teacher", {}).get("batches"):
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_after_submission())
+    assert server.stats()["teacher"]["cancelled_batches"] == 1
+    (record,) = Ledger(Storage(str(tmp_path)), "teacher").all()
+    assert record.cancel_requested and record.state == "open"
+
+    # Resumed: the cancelled batch is collected (nothing ran) and its lines sent again once.
+    server.world.cfg.batch_delay = 0.05
+    results = batch_client(server, tmp_path, batch_resubmits=0).run(reqs)
+    assert [r.text for r in results] == answers
+    assert server.stats()["teacher"]["batch_sizes"] == [12, 12]
+
+
+def test_open_batches_cancelled_from_outside(offline_server, tmp_path):
+    """What a flow's cancellation hook does: cancel every open batch recorded for the role."""
+    server = offline_server(batch_delay=60.0)
+    reqs, _ = teacher_requests(6)
+    client = batch_client(server, tmp_path, cancel_batches_on_cancel=False)
+
+    async def interrupt_after_submission() -> None:
+        task = asyncio.create_task(client.arun(reqs))
+        while not any(s.batch_id for s in Ledger(Storage(str(tmp_path)), "teacher").all()):
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(interrupt_after_submission())
+    assert server.stats()["teacher"]["cancelled_batches"] == 0  # left running, as configured
+    (batch_id,) = cancel_open_batches(batch_client(server, tmp_path))
+    assert server.world.batches[batch_id]["status"] == "cancelled"
+    assert server.stats()["teacher"]["cancelled_batches"] == 1
+
+
+def test_budget_stops_a_call_before_it_sends(offline_server, tmp_path):
+    server = offline_server()
+    pricing = {"offline-": ModelPrice(input=100.0, output=200.0)}  # USD per million tokens
+    reqs, answers = teacher_requests(20)
+    storage = Storage(str(tmp_path))
+    cfg = TeacherConfig(max_tokens=100)
+    needed = costs.estimate(cfg, pricing, (r.message_dicts() for r in reqs)).cost_sync
+
+    def client(budget: float) -> LLMClient:
+        return LLMClient(
+            cfg, role="teacher", cache=ResponseCache(storage, "teacher"),
+            base_url=server.base_url, pricing=pricing, budget=Budget(budget, storage),
+        )  # fmt: skip
+
+    with pytest.raises(BudgetExceeded, match=r"teacher: answers \(20 request\(s\)\)") as info:
+        client(needed * 0.9).run(reqs, desc="answers")
+    assert info.value.needed == pytest.approx(needed) and info.value.spent == 0
+    assert server.stats() == {}  # nothing sent
+
+    rich = client(needed * 1.1)
+    assert [r.text for r in rich.run(reqs, desc="answers")] == answers
+    spent = spent_usd(storage)["teacher"]
+    assert 0 < spent == pytest.approx(rich.usage.cost_usd)
+    assert spent <= needed  # max_tokens bounds the answers
+    # A second call over the same budget fits only what is left.
+    more, _ = teacher_requests(40)
+    with pytest.raises(BudgetExceeded):
+        client(needed * 1.1).run(more[20:], desc="more")
+
+
+def test_limiter_buckets_and_headers():
+    now = [0.0]
+    limiter = RateLimiter(rpm=60, tpm=None, clock=lambda: now[0])
+    for _ in range(60):
+        assert limiter.try_acquire(10) == 0
+        limiter.done(10)
+    assert limiter.try_acquire(10) == pytest.approx(1.0)  # one request a second from now on
+    now[0] += 1.0
+    assert limiter.try_acquire(10) == 0  # in flight until done()
+    # The provider's headers: its token limit is adopted, its remaining level tightens ours.
+    limiter.observe({"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "100"})
+    assert limiter.tokens.capacity == 6000
+    # 100 left, less the 10 of the request in flight: 310 more at 100 a second
+    assert limiter.try_acquire(400) == pytest.approx(3.1)
+    assert parse_reset("6m0s") == 360 and parse_reset("12ms") == 0.012
+    assert parse_reset("1.5s") == 1.5
+
+
+def test_tpm_from_headers_paces_without_429(offline_server, tmp_path):
+    # 1,010 tokens a request against 30,000 a minute: 29 at once, then one every ~2 s.
+    server = offline_server(tpm=30_000)
+    reqs, answers = teacher_requests(33)
+    cfg = TeacherConfig(max_tokens=1000, concurrency=8)  # no tpm of its own
+    client = LLMClient(cfg, role="teacher", cache=None, base_url=server.base_url)
+    start = time.monotonic()
+    assert [r.text for r in client.run(reqs)] == answers
+    elapsed = time.monotonic() - start
+    stats = server.stats()["teacher"]
+    assert "429" not in stats["status"], stats
+    assert elapsed > 5.0  # paced: the last four waited for the bucket to refill
