@@ -76,3 +76,8 @@ class SupervisionError(LionError, RuntimeError):
 
 class EvaluationError(LionError, RuntimeError):
     """A standard benchmark run (lm-evaluation-harness) could not start or gave no result."""
+
+
+class ResultRecordError(StorageError):
+    """A stored task result is not one lion wrote (another serializer, a type outside our
+    records, not JSON): refused, never loaded — loading a pickle would run its code."""
