@@ -96,11 +96,20 @@ def _parse_sets(sets: list[str] | None) -> dict[str, object]:
     return overrides
 
 
+def _use_prefect() -> None:
+    """Before anything talks to Prefect: with no PREFECT_API_URL, start its temporary server
+    as a child that dies with this CLI (even on kill -9; flows/ephemeral.py)."""
+    from flows.ephemeral import start_ephemeral_server
+
+    start_ephemeral_server()
+
+
 def _run_flow(cfg: LionConfig) -> None:
     from flows.distill import lion_distill
     from flows.report import summary_table
     from lion_core.run import open_run
 
+    _use_prefect()
     open_run(cfg)  # a root bound to another config is refused here, before any flow starts
     typer.echo(f"lion: {cfg.rounds} round(s), run root {cfg.storage.root}")
     result = lion_distill(cfg)
@@ -242,6 +251,7 @@ def eval_cmd(
 
     if (root is None) == (config is None):
         _fail("give a run root, or -c CONFIG with --student")
+    _use_prefect()
     if root is not None:
         cfg = recorded_config(root, {"endpoint_url": endpoint_url} if endpoint_url else None)
         store = RunStore.open(cfg.storage.root, cfg.storage.options)
@@ -308,6 +318,7 @@ def _resume_config(target: str, options: dict[str, str] | None) -> LionConfig:
         return recorded_config(target, options)
     from prefect.client.orchestration import get_client
 
+    _use_prefect()
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(run_id)
     params = flow_run.parameters or {}

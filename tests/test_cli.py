@@ -90,3 +90,70 @@ def test_run_then_pools_then_resume(prefect_harness, tmp_path):
     refused = lion("run", "-c", str(cfg_path), "--set", "discrimination.tau=3", api_url=api_url)
     assert refused.returncode == 2
     assert "discrimination.tau" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _temporary_server(parent: int) -> tuple[int, int] | None:
+    """(pid, port) of Prefect's temporary server started by `parent`, once it answers."""
+    import httpx
+
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) != parent or b"prefect.server.api.server:create_app" not in cmd:
+            continue
+        port = int(cmd[cmd.index(b"--port") + 1])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                return int(stat.parent.name), port
+        except httpx.HTTPError:
+            return None
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
+    """`lion run` without PREFECT_API_URL starts Prefect's temporary server; kill -9 on the CLI
+    (no atexit handler runs) must not leave that server running."""
+    import signal
+    import time
+
+    from test_round_flow import small_config
+
+    cfg_path = tmp_path / "slow.yaml"
+    small_config(tmp_path / "root", **{"offline.latency": 5.0}).to_yaml(cfg_path)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a fresh database, 2 cores
+    exe = str(Path(sys.executable).parent / "lion")
+    with (tmp_path / "lion.err").open("w") as err:
+        cli = subprocess.Popen([exe, "run", "-c", str(cfg_path)], env=env, stderr=err,
+                               stdout=subprocess.DEVNULL)  # fmt: skip
+    server = None
+    try:
+        deadline = time.monotonic() + 180
+        while server is None and time.monotonic() < deadline and cli.poll() is None:
+            server = _temporary_server(cli.pid)
+            time.sleep(0.5)
+        assert server is not None, (tmp_path / "lion.err").read_text()[-3000:]
+        cli.send_signal(signal.SIGKILL)
+        cli.wait()
+        deadline = time.monotonic() + 15
+        while _alive(server[0]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server[0]), f"the temporary server {server} outlived the CLI"
+    finally:
+        cli.kill()
+        if server and _alive(server[0]):
+            os.kill(server[0], signal.SIGKILL)
