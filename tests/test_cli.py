@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -157,3 +158,40 @@ def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
         cli.kill()
         if server and _alive(server[0]):
             os.kill(server[0], signal.SIGKILL)
+
+
+def _seed_file(path: Path, rows: int = 24) -> Path:
+    lines = [
+        {"instruction": f"Add {i} and {i + 1}.", "output": str(2 * i + 1)} for i in range(rows)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.mark.slow
+def test_a_run_that_committed_nothing_takes_a_corrected_config(prefect_harness, tmp_path):
+    """A run that fails before anything is committed (its initial data is missing) leaves the
+    root free: pointed at the corrected file, it runs. Once a snapshot is committed, the root
+    is bound to its config."""
+    from prefect.settings import PREFECT_API_URL
+    from test_round_flow import small_config
+
+    from lion_core.errors import ConfigError
+    from lion_core.run import open_run, recorded_config
+    from lion_core.seeds import load_initial_data
+    from lion_core.store import RunStore
+
+    root, missing = tmp_path / "root", tmp_path / "seeds.jsonl"
+    cfg_path = tmp_path / "run.yaml"
+    small_config(root, **{"pools.initial_data": str(missing)}).to_yaml(cfg_path)
+    failed = lion("run", "-c", str(cfg_path), api_url=PREFECT_API_URL.value())
+    assert failed.returncode != 0 and str(missing) in failed.stderr, failed.stderr[-3000:]
+    assert (root / "run.json").exists()
+
+    fixed = _seed_file(tmp_path / "fixed.jsonl")
+    open_run(small_config(root, **{"pools.initial_data": str(fixed)}))
+    assert recorded_config(str(root)).pools.initial_data == str(fixed)
+
+    RunStore.open(str(root)).write_or_reuse(1, "train_pool", load_initial_data(str(fixed)).pool)
+    with pytest.raises(ConfigError, match=r"differ: pools\.initial_data"):
+        open_run(small_config(root, **{"pools.initial_data": str(missing)}))
