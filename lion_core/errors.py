@@ -81,3 +81,8 @@ class EvaluationError(LionError, RuntimeError):
 class ResultRecordError(StorageError):
     """A stored task result is not one lion wrote (another serializer, a type outside our
     records, not JSON): refused, never loaded — loading a pickle would run its code."""
+
+
+class ModelLoadError(LionError, RuntimeError):
+    """A model or tokenizer folder could not be loaded: damaged weights, a malformed
+    tokenizer, a config that does not fit the weights. Names the folder (and file)."""

@@ -195,3 +195,32 @@ def test_a_run_that_committed_nothing_takes_a_corrected_config(prefect_harness, 
     RunStore.open(str(root)).write_or_reuse(1, "train_pool", load_initial_data(str(fixed)).pool)
     with pytest.raises(ConfigError, match=r"differ: pools\.initial_data"):
         open_run(small_config(root, **{"pools.initial_data": str(missing)}))
+
+
+@pytest.mark.slow
+def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_path):
+    """A malformed initial data file fails the run's first task: the CLI prints one `error:`
+    line naming the file and row, no traceback (Prefect's included), and exits 2."""
+    from prefect.settings import PREFECT_API_URL
+    from test_round_flow import small_config
+
+    bad = _seed_file(tmp_path / "seeds.jsonl", rows=3)
+    with bad.open("a") as fh:
+        fh.write('{"instruction": "Add 3 and 4.", "output": \n')  # line 4: cut short
+    cfg_path = tmp_path / "run.yaml"
+    small_config(tmp_path / "root", **{"pools.initial_data": str(bad)}).to_yaml(cfg_path)
+    result = lion("run", "-c", str(cfg_path), api_url=PREFECT_API_URL.value())
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output[-3000:]
+    assert f"file {bad}, row 4" in errors[0], errors
+    assert "Traceback" not in output, output[-3000:]
+
+    # The run's logs in Prefect (what the UI shows) keep the traceback.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterLevel
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(level=LogFilterLevel(ge_=40)), limit=200)
+    assert any("Traceback" in log.message and str(bad) in log.message for log in logs)
