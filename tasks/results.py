@@ -180,7 +180,16 @@ def result_storage(config: LionConfig) -> WritableFileSystem:
 
 
 def run_result_store(store: ResultStore, config: LionConfig) -> LionResultStore:
-    """`store` (a flow run's) writing to and reading from the run's storage, as 'lion-json'."""
+    """`store` (a flow run's) writing to and reading from the run's storage, as 'lion-json'.
+
+    Prefect gives a flow's store a NullFileSystem as metadata storage, so it writes a flow's
+    own result (its return value, or its exception) as the bare serialized value, and loads it
+    with the serializer recorded in the API. Ours has none: every file under prefect-results is
+    a whole record, so the storage can refuse anything else, bare values included."""
     fields = {name: getattr(store, name) for name in ResultStore.model_fields}
-    fields.update(result_storage=result_storage(config), serializer=LionJSONSerializer())
+    fields.update(
+        result_storage=result_storage(config),
+        serializer=LionJSONSerializer(),
+        metadata_storage=None,
+    )
     return LionResultStore(**fields)

@@ -11,7 +11,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prefect import flow
 
+from lion_core.config import LionConfig
+from lion_core.records import Usage
 from tasks.caching import task_key
 
 
@@ -232,3 +235,47 @@ def test_a_subflow_result_loaded_by_its_metadata_is_checked(prefect_harness, tmp
     with pytest.raises(ResultRecordError, match="serializer 'pickle'"):
         asyncio.run(ResultStore._from_metadata(record.metadata))
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_flows_own_result_and_failure_are_whole_checked_records(prefect_harness, tmp_path):
+    """A flow's return value and a failed flow's exception are stored as whole 'lion-json'
+    records too (Prefect writes them bare, for the serializer the API records), so every file
+    under prefect-results passes the check, and both load back through it."""
+    import asyncio
+
+    from prefect.results import ResultStore
+    from test_round_flow import small_config
+
+    from lion_core.errors import DataError
+    from lion_core.records import Usage
+    from tasks.results import checked_record
+
+    cfg = small_config(tmp_path / "run")
+    done, failed = returns(cfg, return_state=True), fails(cfg, return_state=True)
+    assert done.is_completed() and failed.is_failed()
+    results = tmp_path / "run" / "prefect-results"
+    files = sorted(results.iterdir())
+    assert len(files) == 2
+    for path in files:
+        checked_record(path.read_bytes(), str(path))
+    assert asyncio.run(ResultStore._from_metadata(done.data.metadata)).result == Usage(requests=5)
+    back = asyncio.run(ResultStore._from_metadata(failed.data.metadata)).result
+    assert isinstance(back, DataError) and "seeds.jsonl, row 4" in str(back)
+
+
+@flow(persist_result=True)
+def returns(config: LionConfig) -> Usage:
+    from flows.common import use_run_storage
+
+    use_run_storage(config)
+    return Usage(requests=5)
+
+
+@flow(persist_result=True)
+def fails(config: LionConfig) -> Usage:
+    from flows.common import use_run_storage
+    from lion_core.errors import DataError
+
+    use_run_storage(config)
+    raise DataError("bad row", file="seeds.jsonl", row=4)
