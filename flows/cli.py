@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -98,12 +99,46 @@ def _parse_sets(sets: list[str] | None) -> dict[str, object]:
     return overrides
 
 
+class _NoLionTracebacks(logging.Formatter):
+    """Wraps the console's log formatter: a record that carries a LionError is shown without
+    its traceback — its message names the field, file or row at fault, and the CLI prints it
+    once more as its `error:` line. Any other exception keeps its traceback; Prefect's API log
+    handler (the UI's logs) is a different handler and keeps every traceback."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and isinstance(record.exc_info[1], LionError):
+            quiet = {"exc_info": None, "exc_text": None, "stack_info": None}
+            record = logging.makeLogRecord({**record.__dict__, **quiet})
+        return self.inner.format(record)
+
+
+def _use_prefect() -> None:
+    """Before anything talks to Prefect: with no PREFECT_API_URL, start its temporary server
+    as a child that dies with this CLI (even on kill -9; flows/ephemeral.py); and keep the
+    tracebacks of LionErrors (a task's, then its flow's) off the console."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from flows.ephemeral import start_ephemeral_server
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(
+            handler.formatter, _NoLionTracebacks
+        ):
+            handler.setFormatter(_NoLionTracebacks(handler.formatter))
+    start_ephemeral_server()
+
+
 def _run_flow(cfg: LionConfig) -> None:
     from flows.distill import lion_distill
     from flows.report import summary_table
     from lion_core.run import open_run
 
     open_run(cfg)  # a root bound to another config is refused here, before any flow starts
+    _use_prefect()
     typer.echo(f"lion: {cfg.rounds} round(s), run root {cfg.storage.root}")
     result = lion_distill(cfg)
     typer.echo("")
@@ -246,6 +281,7 @@ def eval_cmd(
             _fail(f"no trained student under {store.uri()}", 1)
         if not (questions or cfg.evaluation.sets):
             _fail("the run has no evaluation.sets: pass --questions FILE")
+        _use_prefect()
         results = {
             str(k): lion_evaluate(cfg, store.uri(layout.student(k)), k, sets=questions)
             for k in rounds
@@ -263,6 +299,7 @@ def eval_cmd(
         cfg = cfg.with_overrides(_parse_sets(set_))
     if not (questions or cfg.evaluation.sets):
         _fail("no question set: pass --questions FILE (or set evaluation.sets)")
+    _use_prefect()
     result = lion_evaluate(cfg, student, None, sets=questions)
     if json_out:
         store = RunStore.open(cfg.storage.root, cfg.storage.options)
@@ -335,6 +372,7 @@ def _resume_config(target: str, options: dict[str, str] | None) -> LionConfig:
         return recorded_config(target, options)
     from prefect.client.orchestration import get_client
 
+    _use_prefect()
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(run_id)
     params = flow_run.parameters or {}

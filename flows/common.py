@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect.context import FlowRunContext
-from prefect.results import resolve_result_storage
 
 from lion_core.config import LionConfig
 from lion_core.records import Pools
 from lion_core.store import RunStore
-from tasks.caching import result_storage
+from tasks.results import run_result_store
 
 
 @contextmanager
@@ -36,13 +35,13 @@ def use_run_storage(config: LionConfig) -> None:
     Prefect takes a flow's result storage from its decorator or `with_options`, fixed before
     the run starts; ours depends on the `config` parameter, and deployed flows are started by
     a worker from their entry point, so each lion flow sets it on its own run context as its
-    first step (what `with_options(result_storage=...)` does for a subflow).
+    first step (what `with_options(result_storage=...)` does for a subflow). Results are
+    'lion-json' records, and a record lion did not write is refused (tasks/results.py).
     """
     context = FlowRunContext.get()
     if context is None:
         raise RuntimeError("use_run_storage is called from inside a flow run")
-    storage = resolve_result_storage(result_storage(config))
-    context.result_store = context.result_store.model_copy(update={"result_storage": storage})
+    context.result_store = run_result_store(context.result_store, config)
 
 
 def committed_pools(store: RunStore, round: int) -> Pools:

@@ -117,3 +117,13 @@ class LeaseHeldError(LionError, RuntimeError):
 class LeaseLostError(LionError, RuntimeError):
     """This run's lease on its root was taken over (its heartbeat had gone stale), so another
     run may have written to the root meanwhile."""
+
+
+class ResultRecordError(StorageError):
+    """A stored task result is not one lion wrote (another serializer, a type outside our
+    records, not JSON): refused, never loaded — loading a pickle would run its code."""
+
+
+class ModelLoadError(LionError, RuntimeError):
+    """A model or tokenizer folder could not be loaded: damaged weights, a malformed
+    tokenizer, a config that does not fit the weights. Names the folder (and file)."""

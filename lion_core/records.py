@@ -4,15 +4,23 @@ Tasks pass these (artifact references, counts, usage), never tables. Each is a f
 model, so Prefect persists it as a result, a type checker follows the flow body, and the round's
 summary — the table artifact, the CLI table and `round=<k>/summary.json` — is built from one
 `RoundSummary`.
+
+A persisted task result is JSON (`dump_result` / `load_result`) naming only these records,
+ArtifactRef, EvalSummary and plain JSON values: a run's storage can be written by others (a
+shared bucket), and a result that could name any type (a pickle) would run their code on the
+machine that resumes the run.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from lion_core import errors
 from lion_core.diversity import Diversity, RougeQuantiles
+from lion_core.errors import LionError, ResultRecordError
 from lion_core.evaluate import EvalSummary
 from lion_core.schemas import ArtifactRef
 
@@ -198,3 +206,89 @@ class StudentEvaluation(Record):
     def first(self) -> Evaluation | None:
         """The first configured set's result: what the run table shows."""
         return self.sets[0] if self.sets else None
+
+
+# ---- persisted results ------------------------------------------------------------------------
+
+TYPE_KEY = "$type"
+
+
+def result_types() -> dict[str, type[BaseModel]]:
+    """Every model a persisted result may name, by qualified name: the records of this module,
+    ArtifactRef and EvalSummary."""
+    models = [c for c in globals().values() if isinstance(c, type) and issubclass(c, Record)]
+    models += [ArtifactRef, EvalSummary]
+    return {f"{c.__module__}.{c.__qualname__}": c for c in models if c is not Record}
+
+
+def _encode(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("a task result's dict keys are strings")
+        return {TYPE_KEY: "dict", "value": {k: _encode(v) for k, v in value.items()}}
+    if isinstance(value, BaseException):  # a failed task's exception, for the record
+        name = f"{type(value).__module__}.{type(value).__qualname__}"
+        return {TYPE_KEY: "exception", "class": name, "message": str(value)}
+    name = f"{type(value).__module__}.{type(value).__qualname__}"
+    if name not in result_types():
+        raise TypeError(
+            f"a task result of type {name} cannot be persisted: return a lion_core.records "
+            "record, an ArtifactRef, an EvalSummary or plain JSON values"
+        )
+    return {TYPE_KEY: name, "value": value.model_dump(mode="json")}
+
+
+def _decode(data: Any, where: str, types: dict[str, type[BaseModel]]) -> Any:
+    if data is None or isinstance(data, bool | int | float | str):
+        return data
+    if isinstance(data, list):
+        return [_decode(v, where, types) for v in data]
+    if not isinstance(data, dict):
+        raise ResultRecordError(f"{where}: refused: unexpected value {data!r}")
+    kind = data.get(TYPE_KEY)
+    if kind == "dict" and set(data) == {TYPE_KEY, "value"} and isinstance(data["value"], dict):
+        return {k: _decode(v, where, types) for k, v in data["value"].items()}
+    if kind == "exception" and set(data) == {TYPE_KEY, "class", "message"}:
+        return _exception(str(data["class"]), str(data["message"]))
+    if kind in types and set(data) == {TYPE_KEY, "value"}:
+        try:
+            return types[kind].model_validate(data["value"])
+        except ValidationError as exc:
+            raise ResultRecordError(f"{where}: refused: not a valid {kind}: {exc}") from None
+    raise ResultRecordError(
+        f"{where}: refused: names type {kind!r}, which is not a lion record"
+        if kind is not None
+        else f"{where}: refused: an object without a {TYPE_KEY!r} tag"
+    )
+
+
+def _exception(name: str, message: str) -> BaseException:
+    """A recorded exception: its own class if it is one of lion_core.errors, else a
+    RuntimeError naming the class (no other type is imported on the record's word)."""
+    module, _, qualname = name.rpartition(".")
+    cls = getattr(errors, qualname, None) if module == errors.__name__ else None
+    if isinstance(cls, type) and issubclass(cls, LionError):
+        try:
+            return cls(message)
+        except TypeError:
+            pass
+    return RuntimeError(f"{name}: {message}")
+
+
+def dump_result(value: Any) -> bytes:
+    """A task or flow result as JSON bytes; TypeError for a type outside `result_types()`."""
+    return json.dumps(_encode(value), separators=(",", ":")).encode()
+
+
+def load_result(blob: bytes, where: str) -> Any:
+    """A result `dump_result` wrote, read back; ResultRecordError naming `where` for anything
+    else (not JSON, an unknown type, a record that does not validate)."""
+    try:
+        data = json.loads(blob)
+    except ValueError as exc:  # includes UnicodeDecodeError
+        raise ResultRecordError(f"{where}: refused: the result is not JSON ({exc})") from None
+    return _decode(data, where, result_types())

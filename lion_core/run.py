@@ -4,12 +4,15 @@ Snapshots are immutable, so a root must not be reused with a configuration that 
 different ones. Fields that change how work is done but not what it produces (endpoint URLs —
 answers are keyed by model name, not by server —, concurrency, timeouts, GPU counts, the number of
 rounds, fault injection) may differ between invocations; any other difference is refused with the
-differing paths named.
+differing paths named — once the root holds a snapshot. A run that failed before committing
+anything (a missing or malformed initial data file, say) binds nothing: run again with the
+corrected config and run.json is rewritten.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import platform
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +21,8 @@ from lion_core import layout
 from lion_core.config import LionConfig, is_operational
 from lion_core.errors import ConfigError
 from lion_core.store import RunStore
+
+log = logging.getLogger(__name__)
 
 PACKAGES = (
     "lion-distill",
@@ -59,25 +64,36 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def open_run(config: LionConfig) -> RunStore:
-    """The run's store; writes run.json on first use and checks the config against it after."""
+    """The run's store; writes run.json on first use and checks the config against it after
+    (while nothing is committed, a different config replaces the recorded one)."""
     store = RunStore.open(config.storage.root, config.storage.options)
     current = config.model_dump(mode="json")
-    if store.has_run_info():
+    rebind = store.has_run_info()
+    if rebind:
         recorded = recorded_config(store.uri(), config.storage.options).model_dump(mode="json")
         diffs = config_differences(recorded, current)
-        if diffs:
+        if not diffs:
+            return store
+        committed = store.committed()
+        if committed:
             raise ConfigError(
                 f"run root {store.storage.uri()} was created with a different configuration; "
-                f"these fields differ: {', '.join(diffs)}. Use a new storage.root, or the "
-                "recorded config (lion resume reads it from run.json)."
+                f"these fields differ: {', '.join(diffs)}; it already holds "
+                f"{', '.join(committed[:4])}. Use a new storage.root, or the recorded config "
+                "(lion resume reads it from run.json)."
             )
-        return store
+        log.warning(
+            "run root %s holds no snapshot yet: its recorded config is replaced (%s differ)",
+            store.storage.uri(),
+            ", ".join(diffs),
+        )
     store.write_run_info(
         {
             "config": current,
             "versions": package_versions(),
             "started_at": datetime.now(UTC).isoformat(),
-        }
+        },
+        overwrite=rebind,
     )
     return store
 

@@ -111,11 +111,18 @@ class RunStore:
 
     # ---- run.json ----------------------------------------------------------------------
 
-    def write_run_info(self, info: dict[str, Any]) -> str:
-        return self.storage.write_json(layout.RUN_INFO, info)
+    def write_run_info(self, info: dict[str, Any], *, overwrite: bool = False) -> str:
+        return self.storage.write_json(layout.RUN_INFO, info, overwrite=overwrite)
 
     def has_run_info(self) -> bool:
         return self.storage.exists(layout.RUN_INFO)
+
+    def committed(self) -> list[str]:
+        """What the root holds that a configuration produced: every top-level name except
+        run.json and what is keyed by content, not by the config (the LLM response cache,
+        Prefect's task results). Empty: nothing committed yet."""
+        free = {layout.RUN_INFO, layout.LLM_CACHE, layout.RESULTS, layout.LEASE, layout.LEASE_LOCK}
+        return [name for name in self.storage.listdir() if name not in free]
 
     def read_run_info(self) -> dict[str, Any]:
         if not self.has_run_info():

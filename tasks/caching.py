@@ -8,8 +8,9 @@ step: run.json already refuses any non-operational change on a run root, so the 
 as precise and cannot drift. `lion resume` and a re-submitted run hit every finished task.
 
 Results are persisted in the run's own storage (`<root>/prefect-results/`), local or S3, so a
-retry on a fresh Kubernetes pod finds them: the entry points (`flows.common.in_run_storage`) set
-it on the flow, and its tasks inherit it. Parameters named in RUNTIME_PARAMS (the offline
+retry on a fresh Kubernetes pod finds them: the entry points (`flows.common.use_run_storage`) set
+it on the flow, and its tasks inherit it; they are JSON records of our own types, and any other
+record is refused (tasks/results.py). Parameters named in RUNTIME_PARAMS (the offline
 server's URL, which changes every run) never enter a key.
 """
 
@@ -17,19 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 from pydantic import BaseModel
 
-from lion_core import layout
 from lion_core.config import LionConfig
 from lion_core.schemas import ArtifactRef
-from tasks.runtime import run_store
 
-KEY_VERSION = "2"  # bump to invalidate every cached task result after a semantic change
+# Bump to invalidate every cached task result after a semantic change. 3: results are
+# 'lion-json' records (the pickles of version 2 are never looked up, so never refused).
+KEY_VERSION = "3"
 RUNTIME_PARAMS = frozenset({"offline_url"})
 
 
@@ -67,29 +66,6 @@ def task_key(context: Any, parameters: dict[str, Any]) -> str:
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def result_storage(config: LionConfig) -> Path | WritableFileSystem:
-    """Where task results live: `<root>/prefect-results`, in the run's own storage.
-
-    A local root gives a `Path`. An object-store root gives a RemoteFileSystem block, saved on
-    the Prefect server under a name derived from the URI (Prefect refuses unsaved blocks as
-    result storage, and a plain string would be read as a block slug). Its settings hold only
-    the storage options (endpoint URL etc.); credentials come from the worker's environment.
-    """
-    store = run_store(config)
-    uri = store.uri(layout.RESULTS)
-    if store.storage.is_local:
-        Path(uri).mkdir(parents=True, exist_ok=True)
-        return Path(uri)
-    settings = dict(config.storage.options)
-    name = (
-        "lion-results-"
-        + hashlib.sha256(json.dumps([uri, settings], sort_keys=True).encode()).hexdigest()[:16]
-    )
-    block = RemoteFileSystem(basepath=uri, settings=settings)
-    block.save(name, overwrite=True)
-    return RemoteFileSystem.load(name)
 
 
 def lion_task(

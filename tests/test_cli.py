@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,136 @@ def test_run_then_pools_then_resume(prefect_harness, tmp_path):
     refused = lion("run", "-c", str(cfg_path), "--set", "discrimination.tau=3", api_url=api_url)
     assert refused.returncode == 2
     assert "discrimination.tau" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _temporary_server(parent: int) -> tuple[int, int] | None:
+    """(pid, port) of Prefect's temporary server started by `parent`, once it answers."""
+    import httpx
+
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) != parent or b"prefect.server.api.server:create_app" not in cmd:
+            continue
+        port = int(cmd[cmd.index(b"--port") + 1])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                return int(stat.parent.name), port
+        except httpx.HTTPError:
+            return None
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
+    """`lion run` without PREFECT_API_URL starts Prefect's temporary server; kill -9 on the CLI
+    (no atexit handler runs) must not leave that server running."""
+    import signal
+    import time
+
+    from test_round_flow import small_config
+
+    cfg_path = tmp_path / "slow.yaml"
+    small_config(tmp_path / "root", **{"offline.latency": 5.0}).to_yaml(cfg_path)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a fresh database, 2 cores
+    exe = str(Path(sys.executable).parent / "lion")
+    with (tmp_path / "lion.err").open("w") as err:
+        cli = subprocess.Popen([exe, "run", "-c", str(cfg_path)], env=env, stderr=err,
+                               stdout=subprocess.DEVNULL)  # fmt: skip
+    server = None
+    try:
+        deadline = time.monotonic() + 180
+        while server is None and time.monotonic() < deadline and cli.poll() is None:
+            server = _temporary_server(cli.pid)
+            time.sleep(0.5)
+        assert server is not None, (tmp_path / "lion.err").read_text()[-3000:]
+        cli.send_signal(signal.SIGKILL)
+        cli.wait()
+        deadline = time.monotonic() + 15
+        while _alive(server[0]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server[0]), f"the temporary server {server} outlived the CLI"
+    finally:
+        cli.kill()
+        if server and _alive(server[0]):
+            os.kill(server[0], signal.SIGKILL)
+
+
+def _seed_file(path: Path, rows: int = 24) -> Path:
+    lines = [
+        {"instruction": f"Add {i} and {i + 1}.", "output": str(2 * i + 1)} for i in range(rows)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.mark.slow
+def test_a_run_that_committed_nothing_takes_a_corrected_config(prefect_harness, tmp_path):
+    """A run that fails before anything is committed (its initial data is missing) leaves the
+    root free: pointed at the corrected file, it runs. Once a snapshot is committed, the root
+    is bound to its config."""
+    from prefect.settings import PREFECT_API_URL
+    from test_round_flow import small_config
+
+    from lion_core.errors import ConfigError
+    from lion_core.run import open_run, recorded_config
+    from lion_core.seeds import load_initial_data
+    from lion_core.store import RunStore
+
+    root, missing = tmp_path / "root", tmp_path / "seeds.jsonl"
+    cfg_path = tmp_path / "run.yaml"
+    small_config(root, **{"pools.initial_data": str(missing)}).to_yaml(cfg_path)
+    failed = lion("run", "-c", str(cfg_path), api_url=PREFECT_API_URL.value())
+    assert failed.returncode != 0 and str(missing) in failed.stderr, failed.stderr[-3000:]
+    assert (root / "run.json").exists()
+
+    fixed = _seed_file(tmp_path / "fixed.jsonl")
+    open_run(small_config(root, **{"pools.initial_data": str(fixed)}))
+    assert recorded_config(str(root)).pools.initial_data == str(fixed)
+
+    RunStore.open(str(root)).write_or_reuse(1, "train_pool", load_initial_data(str(fixed)).pool)
+    with pytest.raises(ConfigError, match=r"differ: pools\.initial_data"):
+        open_run(small_config(root, **{"pools.initial_data": str(missing)}))
+
+
+@pytest.mark.slow
+def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_path):
+    """A malformed initial data file fails the run's first task: the CLI prints one `error:`
+    line naming the file and row, no traceback (Prefect's included), and exits 2."""
+    from prefect.settings import PREFECT_API_URL
+    from test_round_flow import small_config
+
+    bad = _seed_file(tmp_path / "seeds.jsonl", rows=3)
+    with bad.open("a") as fh:
+        fh.write('{"instruction": "Add 3 and 4.", "output": \n')  # line 4: cut short
+    cfg_path = tmp_path / "run.yaml"
+    small_config(tmp_path / "root", **{"pools.initial_data": str(bad)}).to_yaml(cfg_path)
+    result = lion("run", "-c", str(cfg_path), api_url=PREFECT_API_URL.value())
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output[-3000:]
+    assert f"file {bad}, row 4" in errors[0], errors
+    assert "Traceback" not in output, output[-3000:]
+
+    # The run's logs in Prefect (what the UI shows) keep the traceback.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterLevel
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(level=LogFilterLevel(ge_=40)), limit=200)
+    assert any("Traceback" in log.message and str(bad) in log.message for log in logs)

@@ -134,12 +134,15 @@ def test_configuration_doc_is_current():
 
 
 def test_run_root_is_bound_to_its_config(tmp_path):
+    from lion_core.offline.world import seed_pool
     from lion_core.run import open_run, recorded_config
 
     cfg = LionConfig().with_overrides({"storage.root": str(tmp_path / "run")})
-    open_run(cfg)
+    store = open_run(cfg)
+    # Bound from the first committed snapshot on.
+    store.write_or_reuse(1, "train_pool", seed_pool(4, cfg.seed, cfg.offline.max_difficulty))
     # operational changes are fine: more rounds, other concurrency, fault injection
     open_run(cfg.with_overrides({"rounds": 7, "teacher.concurrency": 64}))
-    with pytest.raises(ConfigError, match=r"discrimination\.tau"):
+    with pytest.raises(ConfigError, match=r"discrimination\.tau.*holds round=1"):
         open_run(cfg.with_overrides({"discrimination.tau": 2.0}))
     assert recorded_config(str(tmp_path / "run")) == cfg

@@ -99,7 +99,7 @@ def test_run_button_path_completes_on_the_worker_with_pools_in_s3(prefect_stack,
     assert run_info["config"]["name"] == "e2e-run-button"
 
     # Every task result, and the round's result, is a record in the run root's prefect-results
-    # in S3, written through the RemoteFileSystem block the flow saved; the worker's local
+    # in S3, written through the RemoteResults block the flow saved; the worker's local
     # folder got only the top-level flow's own return value.
     results = f"{root}/prefect-results"
     fs = s3fs.S3FileSystem(**options)

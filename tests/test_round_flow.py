@@ -104,16 +104,27 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
     assert any(log.name == "lion_core.llm" and "teacher answers" in log.message for log in logs)
 
 
-def _task_states(flow_run_id) -> dict[str, str]:
-    """Task name (without its run suffix) -> state name, for one flow run."""
+def _task_states(flow_run_id, timeout: float = 60) -> dict[str, str]:
+    """Task name (without its run suffix) -> state name, for one finished flow run.
+
+    Task run states reach the API as events, recorded by the server after the flow returns:
+    wait until every task run has a final state (or `timeout` passes)."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            final = all(r.state is not None and r.state.is_final() for r in runs)
+            if final or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    return {r.name.rsplit("-", 1)[0]: r.state.name if r.state else "None" for r in runs}
 
 
 def test_resume_after_a_failure_repeats_nothing(prefect_harness, tmp_path, offline_server):

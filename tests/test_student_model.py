@@ -90,3 +90,36 @@ def test_tiny_student_on_s3(s3_root):
     model, tok = load_student(uri, cfg)  # downloaded to scratch
     assert model.config.vocab_size == len(tok)
     assert prepare_base_student(cfg, store, TEXTS) == uri
+
+
+def test_a_damaged_student_folder_is_a_lion_error_naming_the_file(tmp_path):
+    """Damaged weights (a truncated safetensors file), a tokenizer.json of the wrong shape, or
+    a config that does not fit the weights fail as ModelLoadError naming the folder or file,
+    not as SafetensorError / KeyError / RuntimeError tracebacks."""
+    import json
+
+    from lion_core.errors import LionError, ModelLoadError
+
+    cfg = _cfg()
+    uri = prepare_base_student(cfg, RunStore.open(str(tmp_path)), TEXTS)
+    folder = tmp_path / "round=0" / "student"
+    weights, tokenizer, config = (folder / n for n in ("model.safetensors", "tokenizer.json",
+                                                       "config.json"))  # fmt: skip
+    good = {p: p.read_bytes() for p in (weights, tokenizer, config)}
+
+    weights.write_bytes(good[weights][: len(good[weights]) // 2])
+    with pytest.raises(ModelLoadError, match="damaged") as err:
+        load_student(uri, cfg)
+    assert str(weights) in str(err.value)
+    weights.write_bytes(good[weights])
+
+    tokenizer.write_text(json.dumps({"version": "1.0"}))
+    with pytest.raises(LionError) as err:
+        load_student(uri, cfg)
+    assert str(folder) in str(err.value) and "tokenizer" in str(err.value)
+    tokenizer.write_bytes(good[tokenizer])
+
+    config.write_text(good[config].decode().replace('"hidden_size": 32', '"hidden_size": 64'))
+    with pytest.raises(LionError) as err:
+        load_student(uri, cfg)
+    assert str(folder) in str(err.value)

@@ -16,7 +16,7 @@ import torch
 
 from lion_core import layout
 from lion_core.config import LionConfig, TinyModelSpec
-from lion_core.errors import ConfigError
+from lion_core.errors import ConfigError, LionError, ModelLoadError
 from lion_core.store import RunStore
 from lion_core.student.checkpoints import (
     SOURCE,
@@ -128,6 +128,13 @@ def load_tokenizer(source: str, *, revision: str | None = None, trust_remote_cod
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"student.model: cannot load a tokenizer from {source!r}: {exc}") from exc
+    except LionError:
+        raise
+    except Exception as exc:  # a malformed tokenizer.json: KeyError, tokenizers' own Exception
+        raise ModelLoadError(
+            f"{source}: cannot load the tokenizer ({type(exc).__name__}: {exc}); its files "
+            "(tokenizer.json, tokenizer_config.json) are damaged or not a tokenizer's"
+        ) from exc
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -155,10 +162,32 @@ def load_model(
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"student.model: cannot load a model from {source!r}: {exc}") from exc
+    except LionError:
+        raise
+    except Exception as exc:  # SafetensorError, size mismatches (RuntimeError), ...
+        raise _load_error(source, exc) from exc
     model.config.use_cache = True  # generation needs the KV cache; training turns it off
     if device is not None:
         model.to(device)
     return model
+
+
+def _load_error(source: str, exc: Exception) -> ModelLoadError:
+    """What failed loading the model folder `source`: the damaged weight file if one does not
+    open, else the error as it came."""
+    damaged = []
+    if Path(source).is_dir():
+        from safetensors import safe_open
+
+        for path in sorted(Path(source).glob("*.safetensors")):
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except Exception as err:
+                damaged.append(f"{path} ({err})")
+    if damaged:
+        return ModelLoadError(f"{source}: cannot load the model: damaged {'; '.join(damaged)}")
+    return ModelLoadError(f"{source}: cannot load the model ({type(exc).__name__}: {exc})")
 
 
 def load_student(uri: str, cfg: LionConfig, *, dtype=torch.float32, device=None):
