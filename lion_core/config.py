@@ -729,6 +729,29 @@ def default_prices() -> dict[str, ModelPrice]:
     return {name: ModelPrice(**price) for name, price in DEFAULT_PRICES.items()}
 
 
+class PlacementConfig(Section):
+    """Where the GPU stages run. Empty: in the flow run itself (one machine, as `lion run`)."""
+
+    gpu_deployment: str | None = Field(
+        None,
+        pattern=r"^[^/\s]+/[^/\s]+$",
+        description="A Prefect deployment of the `lion-gpu-stage` flow ('flow/deployment', e.g. "
+        "lion-gpu-stage/gpu-pool) on a GPU work pool. Set: training the student and the "
+        "student's answers (Cache Pool, evaluation sets) run as flow runs of it, and this run "
+        "(teacher, referee, generator, Parquet) only waits for them, on a CPU work pool; the "
+        "results travel through the run's storage, so it must be shared (s3://). Empty: "
+        "everything runs in this flow run.",
+        json_schema_extra=OPERATIONAL,
+    )
+    poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="Seconds between two looks at a GPU-stage flow run this run waits for.",
+        json_schema_extra=OPERATIONAL,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The whole run
 # --------------------------------------------------------------------------------------------
@@ -800,6 +823,11 @@ class LionConfig(Section):
         "cache, priced by `pricing`). Before a stage sends anything, spent + the stage's "
         "estimate is checked against it; over it, the run stops with BudgetExceeded, nothing "
         "sent. Raise it and `lion resume`. Empty: no cap.",
+        json_schema_extra=OPERATIONAL,
+    )
+    placement: PlacementConfig = Field(
+        default_factory=PlacementConfig,
+        description="Where the GPU stages run (deployments on a GPU work pool).",
         json_schema_extra=OPERATIONAL,
     )
 

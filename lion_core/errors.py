@@ -127,3 +127,9 @@ class ResultRecordError(StorageError):
 class ModelLoadError(LionError, RuntimeError):
     """A model or tokenizer folder could not be loaded: damaged weights, a malformed
     tokenizer, a config that does not fit the weights. Names the folder (and file)."""
+
+
+class GpuStageError(LionError, RuntimeError):
+    """A GPU stage run as a flow run of `placement.gpu_deployment` did not complete (failed,
+    crashed or was cancelled), or its deployment cannot be used. The message names the flow
+    run; its own logs say why."""

@@ -24,6 +24,7 @@ from lion_core.records import Benchmarks, Evaluation, TeacherAnswers
 from lion_core.schemas import ArtifactRef
 from lion_core.student.answer import generate_answers
 from tasks.caching import lion_task
+from tasks.placement import run_on_gpu
 from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 
 
@@ -68,7 +69,13 @@ def teacher_eval_answers(
 def student_eval_answers(
     config: LionConfig, where: str, round: int | None, questions: ArtifactRef, student: str
 ) -> ArtifactRef:
-    """The student's answer to every question (batched generation, resumable)."""
+    """The student's answer to every question (batched generation, resumable); on the GPU
+    deployment when `placement.gpu_deployment` is set."""
+    if config.placement.gpu_deployment:
+        return run_on_gpu(
+            config, "student-eval-answers",
+            where=where, round=round, questions=questions, student=student,
+        )  # fmt: skip
     store = run_store(config)
     rows = question_rows(store.read_ref(questions))
     answers = generate_answers(config, store, student, rows, logger=get_run_logger())

@@ -10,6 +10,7 @@ from lion_core.student.answer import generate_answers
 from lion_core.student.launch import init_uri_for, train_student
 from lion_core.student.model import prepare_base_student
 from tasks.caching import lion_task
+from tasks.placement import run_on_gpu
 from tasks.runtime import run_store
 
 
@@ -27,7 +28,10 @@ def base_student(config: LionConfig, data: ArtifactRef) -> str:
 def trained_student(config: LionConfig, round: int, data: ArtifactRef, base: str) -> str:
     """The round's student, fine-tuned on the teacher's answers under DeepSpeed, from `base`
     (`training.init_from: base`) or from the previous round's student (`previous`). A retry
-    resumes from the latest checkpoint; a finished student is never retrained."""
+    resumes from the latest checkpoint; a finished student is never retrained. With
+    `placement.gpu_deployment` set it runs there (`tasks.placement`)."""
+    if config.placement.gpu_deployment:
+        return run_on_gpu(config, "student", round=round, data=data, base=base)
     store = run_store(config)
     init = init_uri_for(config, store, round) if config.training.init_from == "previous" else base
     if config.arm == "seed-only":  # as many examples as lion's pool would hold this round
@@ -41,7 +45,10 @@ def trained_student(config: LionConfig, round: int, data: ArtifactRef, base: str
 def student_answers(
     config: LionConfig, round: int, cache: ArtifactRef, student: str
 ) -> ArtifactRef:
-    """The student's answers to the Cache Pool (batched generation)."""
+    """The student's answers to the Cache Pool (batched generation); on the GPU deployment
+    when `placement.gpu_deployment` is set."""
+    if config.placement.gpu_deployment:
+        return run_on_gpu(config, "student-answers", round=round, cache=cache, student=student)
     store = run_store(config)
     rows = store.read_ref(cache)[["instruction_id", "instruction", "input"]]
     answers = generate_answers(config, store, student, rows, logger=get_run_logger())
