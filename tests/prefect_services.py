@@ -37,6 +37,8 @@ POOL_TEMPLATES = {
     "kubernetes": REPO / "infra/work-pools/kubernetes.json",
 }
 POOL_NAMES = {"process": "lion-gpu", "kubernetes": "lion-k8s"}
+# The CPU pools of the split (docs/deploy.md): the same templates under other names.
+CPU_POOL_NAMES = {"process": "lion-cpu", "kubernetes": "lion-k8s-cpu"}
 INSTALL_HINT = "install the dev extras: .venv/bin/pip install -e '.[dev]'"
 
 T = TypeVar("T")
@@ -207,9 +209,10 @@ def prefect_ok(env: dict[str, str], *args: str, timeout: float = 180) -> str:
     return proc.stdout
 
 
-def create_pool(env: dict[str, str], kind: str) -> str:
-    """The documented `prefect work-pool create` of POOL_NAMES[kind] from its template."""
-    name = POOL_NAMES[kind]
+def create_pool(env: dict[str, str], kind: str, name: str | None = None) -> str:
+    """The documented `prefect work-pool create` of POOL_NAMES[kind] (or `name`) from the
+    template of `kind`."""
+    name = name or POOL_NAMES[kind]
     template = str(POOL_TEMPLATES[kind].relative_to(REPO))
     prefect_ok(env, "work-pool", "create", name, "--type", kind, "--base-job-template", template)
     return name
@@ -261,6 +264,18 @@ API_KEY_ENV = "LION_TEST_API_KEY"
 FAKE_API_KEY = "sk-lion-env-" + secrets.token_hex(12)
 FAKE_AWS_SECRET = "lion-aws-secret-" + secrets.token_hex(12)
 GPU_BOX = ("lion-distill/gpu-box", "lion-round/gpu-box")
+SPLIT = ("lion-distill/cpu-pool", "lion-gpu-stage/gpu-pool")
+
+
+def worker_env() -> dict[str, str]:
+    """What an operator puts in a worker's environment: LION_HOME, S3 credentials, an API key."""
+    return {
+        "LION_HOME": str(REPO),
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+        "AWS_SECRET_ACCESS_KEY": FAKE_AWS_SECRET,
+        "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        API_KEY_ENV: FAKE_API_KEY,
+    }
 
 
 @dataclass
@@ -295,15 +310,20 @@ def deployment_stack(root: Path) -> Iterator[Stack]:
         pool = create_pool(server.env, "process")
         deploy(server.env, *GPU_BOX, LION_HOME=str(REPO))
         stack = Stack(server=server, worker_home=root / "worker")
-        worker_env = {
-            "LION_HOME": str(REPO),
-            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
-            "AWS_SECRET_ACCESS_KEY": FAKE_AWS_SECRET,
-            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-            API_KEY_ENV: FAKE_API_KEY,
-        }
-        with worker(server.env, pool, stack.worker_home, **worker_env):
+        with worker(server.env, pool, stack.worker_home, **worker_env()):
             yield stack
+
+
+@contextlib.contextmanager
+def split_stack(stack: Stack, home: Path) -> Iterator[Path]:
+    """The split of docs/deploy.md on `stack`: the `lion-cpu` process pool from the same
+    template, `prefect deploy` of lion-distill/cpu-pool (on it) and lion-gpu-stage/gpu-pool (on
+    the stack's `lion-gpu` pool, whose worker runs the GPU stages), and a worker on `lion-cpu`
+    with the same environment. Yields the CPU worker's log."""
+    pool = create_pool(stack.env, "process", CPU_POOL_NAMES["process"])
+    deploy(stack.env, *SPLIT, LION_HOME=str(REPO))
+    with worker(stack.env, pool, home, **worker_env()):
+        yield home / "worker.log"
 
 
 # ---- the API --------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from prefect_services import (
+    CPU_POOL_NAMES,
     INSTALL_HINT,
     POOL_NAMES,
     POOL_TEMPLATES,
@@ -175,7 +176,7 @@ def test_compose_file_passes_docker_compose_config():
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)
     services = cfg["services"]
-    assert set(services) == {"postgres", "server", "minio", "minio-init", "worker"}
+    assert set(services) == {"postgres", "server", "minio", "minio-init", "worker", "cpu-worker"}
 
     server, worker = services["server"], services["worker"]
     assert server["environment"]["PREFECT_SERVER_DATABASE_DRIVER"] == "postgresql+asyncpg"
@@ -195,6 +196,15 @@ def test_compose_file_passes_docker_compose_config():
     assert cmd[cmd.index("--type") + 1] == "process"
     template = cmd[cmd.index("--base-job-template") + 1]
     assert template == "/opt/lion/" + str(POOL_TEMPLATES["process"].relative_to(REPO))
+    # Beside it, the CPU pool's worker of the split: same image, template and credentials, no GPU.
+    cpu = services["cpu-worker"]
+    cmd = cpu["command"]
+    assert cmd[cmd.index("--pool") + 1] == CPU_POOL_NAMES["process"]
+    assert cmd[cmd.index("--base-job-template") + 1] == template
+    assert cpu["image"] == worker["image"] and "deploy" not in cpu
+    assert cpu["environment"]["CUDA_VISIBLE_DEVICES"] == ""
+    for name in ("PREFECT_API_URL", "AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL_S3", "OPENAI_API_KEY"):
+        assert cpu["environment"][name] == worker["environment"][name], name
     # Build context and Dockerfile exist (compose config does not check them).
     build = worker["build"]
     assert Path(build["context"]) == REPO and (REPO / build["dockerfile"]) == DOCKERFILE
@@ -287,6 +297,7 @@ def test_k8s_manifests_match_the_kubernetes_schemas_strictly(version):
     assert kinds == [
         "ConfigMap",
         "Deployment",
+        "Deployment",
         "Namespace",
         "Role",
         "RoleBinding",
@@ -324,6 +335,23 @@ def test_k8s_worker_matches_the_pool_and_its_rbac():
     assert config["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert "nvidia.com/gpu" not in json.dumps(pod)  # the worker itself needs no GPU
 
+    # The CPU pool's worker (the split): the same worker on the other pool; each watches its own.
+    cpu_pod = res["Deployment", "lion-cpu-worker"]["spec"]["template"]["spec"]
+    (cpu,) = cpu_pod["containers"]
+    assert cpu["image"] == worker["image"]
+    cpu_args = cpu["args"]
+    assert cpu_args[cpu_args.index("--pool") + 1] == CPU_POOL_NAMES["kubernetes"]
+    assert cpu_args[:3] == args[:3] and "--no-create-pool-if-not-found" in cpu_args
+    assert cpu_pod["serviceAccountName"] == "lion-worker"
+    assert cpu["envFrom"] == worker["envFrom"]
+    for container, pool in (
+        (worker, POOL_NAMES["kubernetes"]),
+        (cpu, CPU_POOL_NAMES["kubernetes"]),
+    ):
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        flt = env["PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_ADDITIONAL_LABEL_FILTERS"]
+        assert flt == f"prefect.io/work-pool-name={pool}"
+
     rules = res["Role", "lion-worker"]["rules"]
     job_rule = next(r for r in rules if "jobs" in r["resources"])
     assert {"create", "watch", "delete"} <= set(job_rule["verbs"])
@@ -346,9 +374,11 @@ def prefect_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pools(prefect_env):
-    """The two pools, created from the templates with the documented CLI command."""
+    """The pools, created from the templates with the documented CLI commands: the GPU pools,
+    and the split's CPU pools from the same templates."""
     for kind in POOL_TEMPLATES:
         create_pool(prefect_env, kind)
+        create_pool(prefect_env, kind, CPU_POOL_NAMES[kind])
     return prefect_env
 
 
@@ -414,6 +444,10 @@ def test_prefect_yaml_parses_with_prefects_own_models():
         ("flows/distill.py:lion_distill", "gpu-box", "lion-gpu"),
         ("flows/distill.py:lion_distill", "k8s", "lion-k8s"),
         ("flows/round.py:lion_round", "gpu-box", "lion-gpu"),
+        ("flows/distill.py:lion_distill", "cpu-pool", "lion-cpu"),
+        ("flows/gpu_stage.py:lion_gpu_stage", "gpu-pool", "lion-gpu"),
+        ("flows/distill.py:lion_distill", "k8s-cpu", "lion-k8s-cpu"),
+        ("flows/gpu_stage.py:lion_gpu_stage", "k8s", "lion-k8s"),
     ]
     scheduled = 0
     for c in configs:
@@ -449,6 +483,10 @@ def test_prefect_deploy_creates_the_deployments(deployed):
             "lion-distill/gpu-box",
             "lion-distill/k8s",
             "lion-round/gpu-box",
+            "lion-distill/cpu-pool",
+            "lion-gpu-stage/gpu-pool",
+            "lion-distill/k8s-cpu",
+            "lion-gpu-stage/k8s",
         }
         k8s = deployments["lion-distill/k8s"]
         assert k8s.work_pool_name == POOL_NAMES["kubernetes"]
@@ -566,3 +604,51 @@ def test_server_rejects_job_variables_that_break_the_pool_schema(deployed):
             )
 
     _api(deployed, check)
+
+
+def test_split_parents_name_gpu_stage_deployments_on_gpu_pools():
+    """Each split parent (placement.gpu_deployment set) runs on a CPU pool and names a
+    deployment of this file that runs lion_gpu_stage on the matching GPU pool."""
+    deployments = yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+    # The flows are named like their functions: lion_gpu_stage -> lion-gpu-stage.
+    by_name = {
+        f"{d['entrypoint'].rsplit(':', 1)[1].replace('_', '-')}/{d['name']}": d for d in deployments
+    }
+    parents = {
+        name: d
+        for name, d in by_name.items()
+        if d["parameters"]["config"].get("placement", {}).get("gpu_deployment")
+    }
+    assert set(parents) == {"lion-distill/cpu-pool", "lion-distill/k8s-cpu"}
+    gpu_pools = {CPU_POOL_NAMES[k]: POOL_NAMES[k] for k in CPU_POOL_NAMES}
+    for name, parent in parents.items():
+        child = by_name[parent["parameters"]["config"]["placement"]["gpu_deployment"]]
+        assert child["entrypoint"] == "flows/gpu_stage.py:lion_gpu_stage", name
+        assert child["work_pool"]["name"] == gpu_pools[parent["work_pool"]["name"]], name
+        assert parent["pull"] == child["pull"], "both find the code in the same place"
+
+
+def test_kubernetes_split_parent_renders_a_job_without_gpus(deployed):
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    async def render(client):
+        dep_id = await _deployment_id(client, "lion-distill/k8s-cpu")
+        run = await client.create_flow_run_from_deployment(dep_id)
+        pool = await client.read_work_pool(CPU_POOL_NAMES["kubernetes"])
+        assert pool.base_job_template == json.loads(POOL_TEMPLATES["kubernetes"].read_text())
+        return await KubernetesWorkerJobConfiguration.resolve_for_flow_run(
+            run, client=client, work_pool=pool, worker_name="infra-test"
+        )
+
+    job = _api(deployed, render).job_manifest
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 0
+    assert pod["tolerations"] == [] and pod["nodeSelector"] == {}
+    assert container["image"] == TEST_IMAGE
+    strict = json.loads(json.dumps(job))
+    for key in PREFECT_REQUIRED_POD_SPEC_EXTRAS:
+        strict["spec"]["template"]["spec"].pop(key)
+    strict["metadata"]["name"] = "lion-job"
+    for version in K8S_VERSIONS:
+        _k8s_validate(strict, version)
