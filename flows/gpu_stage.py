@@ -82,10 +82,13 @@ def bind_inputs(stage: str, inputs: dict[str, Any]) -> dict[str, Any]:
             )
             + f" (it takes {', '.join(p.name for p in params)})"
         )
-    try:
-        return {name: TypeAdapter(hints[name]).validate_python(v) for name, v in inputs.items()}
-    except ValidationError as exc:
-        raise ConfigError(f"lion-gpu-stage inputs of {stage!r}: {exc}") from None
+    out = {}
+    for name, value in inputs.items():
+        try:
+            out[name] = TypeAdapter(hints[name]).validate_python(value)
+        except ValidationError as exc:
+            raise ConfigError(f"lion-gpu-stage input {name!r} of {stage!r}: {exc}") from None
+    return out
 
 
 def check_parent_lease(config: LionConfig, owner: str) -> None:

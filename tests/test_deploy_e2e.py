@@ -21,13 +21,17 @@ import pytest
 import s3fs
 from prefect_services import (
     API_KEY_ENV,
+    CPU_POOL_NAMES,
     POOL_NAMES,
     api,
+    flow_run_logs,
     free_port,
+    paged,
     prefect,
     prefect_ok,
     process,
     run_deployment,
+    split_stack,
     subflow_runs,
     task_runs,
     wait_for_run,
@@ -128,8 +132,13 @@ class LoopbackGenerator:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._running: contextlib.ExitStack | None = None
 
-    def start(self) -> None:
+    def start(self, offline: dict | None = None) -> None:
+        """Serve; `offline` is an `offline` config section (e.g. faults) for this start only."""
         cmd = [str(Path(sys.executable).parent / "lion"), "serve-offline"]
+        if offline is not None:
+            config = self.log.with_suffix(".yaml")
+            config.write_text(json.dumps({"offline": offline}))  # JSON is YAML
+            cmd += ["-c", str(config)]
         self._running = contextlib.ExitStack()
         proc = self._running.enter_context(
             process([*cmd, "--port", str(self.port)], dict(os.environ), self.log)
@@ -243,3 +252,104 @@ def test_retry_cli_refuses_a_run_that_is_not_finished(prefect_stack):
         api(stack.env, lambda c: c.set_flow_run_state(run.id, Cancelled(), force=True))
     state = api(stack.env, lambda c: c.read_flow_run(run.id)).state
     assert state.type == StateType.CANCELLED
+
+
+def _flow_runs_of(stack, deployment: str) -> list:
+    """Every flow run of deployment `deployment` ("flow/deployment")."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    dep = api(stack.env, lambda c: c.read_deployment_by_name(deployment))
+    return paged(
+        stack.env,
+        "read_flow_runs",
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+    )
+
+
+def test_split_run_places_gpu_stages_on_the_gpu_pool_and_a_retry_does_not_retrain(
+    prefect_stack, s3_root, offline_server, generator, tmp_path
+):
+    """The split of docs/deploy.md with two process pools, a worker each: `lion-distill/cpu-pool`
+    runs two rounds on the `lion-cpu` pool; training the student and its answers to the Cache
+    Pool run as flow runs of `lion-gpu-stage/gpu-pool` on the `lion-gpu` pool, linked from the
+    parent's logs. The generator is down at first, so round 1 fails in generation, after its
+    GPU stages; the UI's Retry (`prefect flow-run retry`) finishes the run without training
+    round 1 again (the GPU deployment has exactly one run per stage and round) and without
+    sending any request twice. (The generator answers every request 500 at first, so the
+    failure costs no task retries; it then restarts without faults.)"""
+    stack = prefect_stack
+    root, options = s3_root
+    world = offline_server(judge_noise=0.0)
+    config = _params(
+        root,
+        options,
+        name="e2e-split",
+        rounds=2,
+        **{"teacher.base_url": world.base_url, "referee.base_url": world.base_url},
+        **{"generator.base_url": generator.base_url, "generator.retries": 0},
+        **{"evaluation.sets": [], "placement.gpu_deployment": "lion-gpu-stage/gpu-pool"},
+        **{"placement.poll_seconds": 1},
+    )
+    generator.start({"faults": {"rate_500": 1.0}})
+    with split_stack(stack, tmp_path / "cpu-worker") as cpu_log:
+        run = run_deployment(stack.env, "lion-distill/cpu-pool", parameters={"config": config})
+        run = wait_for_run(stack.env, run.id, timeout=300, log=cpu_log)
+        assert run.state.is_failed(), f"{run.state_name}: {run.state.message}"
+        (failed,) = subflow_runs(stack.env, run.id)
+        assert failed.parameters["round"] == 1 and failed.state.is_failed()
+        states = _task_states(stack, failed.id)
+        assert states["student"] == ["Completed"] and states["student-answers"] == ["Completed"]
+        assert "Failed" in states["candidates"]  # generation, after the GPU stages
+        gpu_round_1 = _flow_runs_of(stack, "lion-gpu-stage/gpu-pool")
+        assert sorted(r.parameters["stage"] for r in gpu_round_1) == ["student", "student-answers"]
+
+        generator.stop()
+        generator.start()
+        out = prefect_ok(stack.env, "flow-run", "retry", str(run.id))
+        assert "scheduled for retry" in out, out
+        run = wait_for_run(stack.env, run.id, timeout=400, log=cpu_log)
+        assert run.state.is_completed(), f"{run.state_name}: {run.state.message}"
+        assert run.run_count == 2
+
+    # The parent ran on the CPU pool; every GPU stage on the GPU pool, once per stage and round.
+    assert run.work_pool_name == CPU_POOL_NAMES["process"]
+    gpu = _flow_runs_of(stack, "lion-gpu-stage/gpu-pool")
+    placed = sorted((r.parameters["stage"], r.parameters["inputs"]["round"]) for r in gpu)
+    assert placed == [
+        ("student", 1),
+        ("student", 2),
+        ("student-answers", 1),
+        ("student-answers", 2),
+    ]
+    assert {r.id for r in gpu_round_1} <= {r.id for r in gpu}
+    for r in gpu:
+        assert r.state.is_completed() and r.run_count == 1, (r.name, r.state_name, r.run_count)
+        assert r.work_pool_name == POOL_NAMES["process"]
+        assert r.parameters["lease_owner"] == str(run.id)
+        # The work itself happened there: its task ran (not a cache hit).
+        assert _task_states(stack, r.id) == {r.parameters["stage"]: ["Completed"]}
+
+    # In the parent: every other task, and the GPU tasks as the links to the GPU runs (round 1's
+    # found Cached on the retry, so not started again).
+    rounds = subflow_runs(stack.env, run.id)
+    assert sorted(r.parameters["round"] for r in rounds) == [1, 1, 2]
+    (again,) = [r for r in rounds if r.parameters["round"] == 1 and r.id != failed.id]
+    states = _task_states(stack, again.id)
+    assert states["student"] == ["Cached"] and states["student-answers"] == ["Cached"]
+    assert {"teacher-answers", "training-data", "referee-reviews", "candidates"} <= set(states)
+    (round_2,) = [r for r in rounds if r.parameters["round"] == 2]
+    assert {c.id for c in subflow_runs(stack.env, failed.id)} == {r.id for r in gpu_round_1}
+    children = {c.id: c for c in subflow_runs(stack.env, round_2.id)}
+    assert set(children) == {r.id for r in gpu} - {r.id for r in gpu_round_1}
+    logs = " ".join(line.message for line in flow_run_logs(stack.env, [failed.id, round_2.id]))
+    for r in gpu:
+        assert str(r.id) in logs, f"the parent's logs do not link to {r.name}"
+
+    # No request was answered twice, across the failure, the retry and the split.
+    stats = {**world.stats(), "generator": generator.stats()["generator"]}
+    for role in ("teacher", "referee", "generator"):
+        assert stats[role]["requests"] > 0, (role, stats[role])
+        assert stats[role]["answered_twice"] == 0, (role, stats[role])
+    assert stats["generator"]["requests"] == stats["generator"]["distinct_bodies"]
+    store = RunStore.open(root, options)
+    assert store.exists(3, "train_pool") and store.exists(2, "student_answers")
