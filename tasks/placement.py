@@ -56,7 +56,7 @@ def run_on_gpu(config: LionConfig, stage: str, **inputs: Any) -> Any:
     which returns what this returns."""
     context = TaskRunContext.get()
     if context is None or context.task.name != stage:
-        raise RuntimeError(f"run_on_gpu({stage!r}) is called from inside the task {stage!r}")
+        raise RuntimeError(f"run_on_gpu({stage!r}) must be called from inside the task {stage!r}")
     deployment = config.placement.gpu_deployment
     if not deployment:
         raise RuntimeError("run_on_gpu needs placement.gpu_deployment")

@@ -288,7 +288,7 @@ def test_split_run_places_gpu_stages_on_the_gpu_pool_and_a_retry_does_not_retrai
         **{"teacher.base_url": world.base_url, "referee.base_url": world.base_url},
         **{"generator.base_url": generator.base_url, "generator.retries": 0},
         **{"evaluation.sets": [], "placement.gpu_deployment": "lion-gpu-stage/gpu-pool"},
-        **{"placement.poll_seconds": 1},
+        **{"placement.poll_seconds": 1, "training.max_steps": 4},  # one checkpoint, less time
     )
     generator.start({"faults": {"rate_500": 1.0}})
     with split_stack(stack, tmp_path / "cpu-worker") as cpu_log:
