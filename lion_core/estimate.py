@@ -28,25 +28,9 @@ from lion_core.prompts import (
     referee_messages,
     teacher_messages,
 )
+from lion_core.seeds import initial_pool
 
 ROLES = ("teacher", "referee", "generator")
-
-
-def initial_pool(config: LionConfig) -> pd.DataFrame:
-    """Round 1's pool as the run builds it: the initial data, or the offline world's seeds."""
-    if config.pools.initial_data:
-        from lion_core.seeds import load_initial_data
-
-        return load_initial_data(
-            config.pools.initial_data,
-            config.storage.options,
-            limit=config.pools.limit,
-            max_instruction_chars=config.pools.max_instruction_chars,
-        ).pool
-    from lion_core.offline.world import seed_pool
-
-    seeds = seed_pool(config.pools.offline_seeds, config.seed, config.offline.max_difficulty)
-    return seeds.head(config.pools.limit) if config.pools.limit else seeds
 
 
 @dataclass

@@ -75,24 +75,10 @@ _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.]*\d)")
 
 
 def seed_instructions(config: LionConfig) -> pd.DataFrame:
-    """The run's seed pool (POOL_SCHEMA): `pools.initial_data`, or the offline world's seeds
-    when there is none — what round 1 of the run would start from."""
-    if config.pools.initial_data:
-        from lion_core.seeds import load_initial_data
+    """The run's seed pool (POOL_SCHEMA): what round 1 of the run would start from."""
+    from lion_core.seeds import initial_pool
 
-        seeds = load_initial_data(
-            config.pools.initial_data,
-            config.storage.options,
-            limit=config.pools.limit,
-            max_instruction_chars=config.pools.max_instruction_chars,
-        ).pool
-    else:
-        from lion_core.offline.world import seed_pool
-
-        seeds = seed_pool(config.pools.offline_seeds, config.seed, config.offline.max_difficulty)
-        if config.pools.limit:
-            seeds = seeds.head(config.pools.limit)
-    return seeds
+    return initial_pool(config)
 
 
 def sample_instructions(pool: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

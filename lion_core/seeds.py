@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lion_core.config import DATA_FORMATS, PoolsConfig
+from lion_core.config import DATA_FORMATS, LionConfig, PoolsConfig
 from lion_core.errors import DataError
 from lion_core.schemas import pool_frame, seed_row
 
@@ -190,3 +190,19 @@ def _to_seeds(
             path, len(rows), duplicates, oversize, max_chars,
         )  # fmt: skip
     return Seeds(pool_frame(rows), duplicates, oversize)
+
+
+def initial_pool(config: LionConfig) -> pd.DataFrame:
+    """Round 1's pool as the run builds it: `pools.initial_data`, or the offline world's seeds
+    when there is none (first `pools.limit` rows either way)."""
+    if config.pools.initial_data:
+        return load_initial_data(
+            config.pools.initial_data,
+            config.storage.options,
+            limit=config.pools.limit,
+            max_instruction_chars=config.pools.max_instruction_chars,
+        ).pool
+    from lion_core.offline.world import seed_pool
+
+    seeds = seed_pool(config.pools.offline_seeds, config.seed, config.offline.max_difficulty)
+    return seeds.head(config.pools.limit) if config.pools.limit else seeds

@@ -7,7 +7,7 @@ import pandas as pd
 from lion_core.config import LionConfig
 from lion_core.instructions import new_pool_rows
 from lion_core.records import NewInstructions, Pools
-from lion_core.seeds import load_initial_data
+from lion_core.seeds import initial_pool
 from tasks.caching import lion_task
 from tasks.runtime import run_store
 
@@ -16,19 +16,7 @@ from tasks.runtime import run_store
 def seed_pools(config: LionConfig) -> Pools:
     """Round 1's Train and Cache Pools: the seed instructions (both pools start equal)."""
     store = run_store(config)
-    if config.pools.initial_data:
-        seeds = load_initial_data(
-            config.pools.initial_data,
-            config.storage.options,
-            limit=config.pools.limit,
-            max_instruction_chars=config.pools.max_instruction_chars,
-        ).pool
-    else:
-        from lion_core.offline.world import seed_pool
-
-        seeds = seed_pool(config.pools.offline_seeds, config.seed, config.offline.max_difficulty)
-        if config.pools.limit:
-            seeds = seeds.head(config.pools.limit)
+    seeds = initial_pool(config)
     return Pools(
         train=store.write_or_reuse(1, "train_pool", seeds),
         cache=store.write_or_reuse(1, "cache_pool", seeds),
