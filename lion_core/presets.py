@@ -27,7 +27,12 @@ def demo_config(root: str = "lion-runs/demo", rounds: int = 3) -> LionConfig:
             "training.learning_rate": 1e-3,
             "training.epochs": 20,
             "training.max_length": 256,
-            "training.micro_batch_size": 16,
+            # Small batches: more optimizer steps for the same compute (a tiny student on CPU
+            # learns per step, and the response is a few tokens of each example).
+            "training.micro_batch_size": 4,
+            # Each round continues from the last round's student (cumulative learning within
+            # the demo's minutes) on the whole Train Pool.
+            "training.init_from": "previous",
             "training.warmup_ratio": 0.05,
             "training.save_steps": 100,
             "training.num_gpus": 1,
