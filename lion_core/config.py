@@ -335,7 +335,7 @@ class StudentServerConfig(Section):
     concurrency: int = Field(
         64,
         ge=1,
-        le=4096,
+        le=1024,
         description="Requests in flight at once (the server batches them).",
         json_schema_extra=OPERATIONAL,
     )

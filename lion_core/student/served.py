@@ -39,6 +39,7 @@ import httpx
 import pandas as pd
 
 from lion_core.config import EndpointConfig, LionConfig, StudentServerConfig
+from lion_core.costs import FREE
 from lion_core.errors import ConfigError, GenerationError, LionError
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
@@ -176,14 +177,8 @@ def served_student(
     `base_url`. The group is gone when the block ends, however it ends."""
     logger = logger or log
     server = cfg.student.generation.server
-    headers = None
-    if server.api_key_env:
-        key = os.environ.get(server.api_key_env)
-        if not key:
-            raise ConfigError(
-                f"student.generation.server.api_key_env: {server.api_key_env} is not set"
-            )
-        headers = {"Authorization": f"Bearer {key}"}
+    key = server_api_key(server)
+    headers = {"Authorization": f"Bearer {key}"} if key else None
     if server.base_url:
         base = server.base_url.rstrip("/")
         wait_ready(base, server.name, min(server.ready_timeout, 60.0), headers=headers)
@@ -226,6 +221,19 @@ def served_student(
         _log_stats(base, headers, logger)
 
 
+def server_api_key(server: StudentServerConfig) -> str | None:
+    """The served student's API key (vLLM --api-key) from `server.api_key_env`, or None."""
+    if not server.api_key_env:
+        return None
+    key = os.environ.get(server.api_key_env)
+    if not key:
+        raise ConfigError(
+            f"student.generation.server.api_key_env: the environment variable "
+            f"{server.api_key_env} is not set"
+        )
+    return key
+
+
 def _log_stats(base: str, headers: dict[str, str] | None, logger) -> None:
     """The server's own counters, when it has them (`lion serve-student`'s /stats)."""
     root = base[: -len("/v1")] if base.endswith("/v1") else base
@@ -244,20 +252,21 @@ def _log_stats(base: str, headers: dict[str, str] | None, logger) -> None:
 
 def student_client(
     cfg: LionConfig,
-    storage: Storage,
+    cache: ResponseCache,
     base_url: str,
     *,
     digest: str,
     stop: list[int],
 ) -> LLMClient:
     """The LLM client of the served student: the generation settings as sampling parameters,
-    the model's stop ids as `stop_token_ids`, the checkpoint's digest in every cache key."""
+    the model's stop ids as `stop_token_ids`, the checkpoint's digest in every cache key (the
+    base URL is not in the key: a client on a placeholder URL computes the same keys). Its
+    answers cost nothing (our own server)."""
     gen = cfg.student.generation
     server = gen.server
     endpoint = EndpointConfig(
         base_url=base_url,
         model=server.name,
-        api_key_env=server.api_key_env,
         temperature=gen.temperature if gen.do_sample else 0.0,
         top_p=gen.top_p if gen.do_sample else 1.0,
         max_tokens=gen.max_new_tokens,
@@ -268,8 +277,10 @@ def student_client(
     return LLMClient(
         endpoint,
         role=ROLE,
-        cache=ResponseCache(storage, ROLE),
+        cache=cache,
         base_url=base_url,
+        api_key=server_api_key(server) if base_url != NOT_STARTED else None,
+        pricing={server.name: FREE},
         extra_body={"stop_token_ids": stop, "skip_special_tokens": True},
         key_scope={"checkpoint": digest},
         allow_empty=True,  # a student that stops at once answered "", as with engine: hf
@@ -299,13 +310,14 @@ def answer_served(
         )
         for iid, p in zip(ids, prompts.ids, strict=True)
     ]
-    client = student_client(cfg, storage, NOT_STARTED, digest=digest, stop=prompts.stop)
-    if all(client.cache.get(client.key(r)) is not None for r in requests):
+    cache = ResponseCache(storage, ROLE)
+    client = student_client(cfg, cache, NOT_STARTED, digest=digest, stop=prompts.stop)
+    if all(cache.get(client.key(r)) is not None for r in requests):
         results = client.run(requests)  # all answered before: no server to start
     else:
         log_dir = scratch_for(storage.uri(rel), "server")
         with served_student(cfg, source, log_dir=log_dir, logger=logger) as (base_url, _):
-            client.base_url = base_url
+            client = student_client(cfg, cache, base_url, digest=digest, stop=prompts.stop)
             results = client.run(requests, desc="student answers")
     usage = client.usage
     logger.info(
