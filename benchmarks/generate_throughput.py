@@ -7,9 +7,10 @@ config; bf16 on GPU, fp32 on CPU), greedy, with the same prompts (Alpaca templat
   length, left-padded, batches filling the token budget;
 - served (`engine: server` with lion serve-student): the same model behind
   lion_core.student.server (OpenAI API on loopback, batches formed from the requests in flight),
-  the prompts sent as token ids through the LLM client (`--concurrency` in flight), as
-  lion_core.student.served does. The server runs in a thread of this process (so the same
-  model and end-of-answer rule serve both); the client's HTTP and JSON work shares its GIL;
+  in its own process as `engine: server` runs it (this script started again with --serve-port,
+  building the same model, tokenizer and end-of-answer rule from the same seed), the prompts
+  sent as token ids through the LLM client (`--concurrency` in flight), as
+  lion_core.student.served does;
 - one at a time (the original code's way): `model.generate` on each prompt alone.
 
 An untrained model would never stop (or stop at random), which misrepresents both. So every answer
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -58,7 +60,12 @@ from lion_core.llm.types import ChatRequest  # noqa: E402
 from lion_core.student.answer import BatchedGenerator  # noqa: E402
 from lion_core.student.attention import sdpa_kernels  # noqa: E402
 from lion_core.student.data import encode_prompt  # noqa: E402
-from lion_core.student.server import ServiceThread, StudentService  # noqa: E402
+from lion_core.student.served import wait_ready  # noqa: E402
+from lion_core.student.server import StudentService, serve  # noqa: E402
+from lion_core.supervise import ProcessGroup, free_port  # noqa: E402
+
+_QUIET = logging.getLogger("benchmark.server")  # the server's output: only on failure
+_QUIET.setLevel(logging.WARNING)
 
 
 def _key(tokens: list[int]) -> str:
@@ -128,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--token-budget", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=None, help="served: requests in flight")
     parser.add_argument("--no-served", action="store_true", help="skip the served path")
+    parser.add_argument("--serve-port", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=1, help="best of N (a busy machine)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -184,12 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
             "input": frame["input"],
         }
     )
-    # warm-up (kernels, allocator) on a few prompts, both paths
-    list(gen.answer(rows.head(4)))
-    one_at_a_time(model, tok, prompts[:2], args.max_new_tokens, processor)
-
-    serving = None
-    if not args.no_served:
+    if args.serve_port:  # the served path's server process
         service = StudentService(
             model,
             tok,
@@ -198,11 +201,26 @@ def main(argv: list[str] | None = None) -> dict:
             max_new_tokens=args.max_new_tokens,
             generate_kwargs={"logits_processor": LogitsProcessorList([processor])},
         )
-        serving = ServiceThread(service).__enter__()
+        serve(service, port=args.serve_port)
+        return {}
+    # warm-up (kernels, allocator) on a few prompts, both paths
+    list(gen.answer(rows.head(4)))
+    one_at_a_time(model, tok, prompts[:2], args.max_new_tokens, processor)
+
+    serving = None
+    if not args.no_served:
+        port = free_port()
+        cmd = [sys.executable, __file__, "--device", args.device, "--model-size",
+               args.model_size, "--prompts", str(args.prompts), "--max-new-tokens",
+               str(args.max_new_tokens), "--token-budget", str(args.token_budget),
+               "--serve-port", str(port)]  # fmt: skip
+        serving = ProcessGroup(cmd, logger=_QUIET).__enter__()
+        base_url = f"http://127.0.0.1:{port}/v1"
+        wait_ready(base_url, "student", 600, group=serving)
         client = LLMClient(
             EndpointConfig(
-                base_url=serving.base_url,
-                model=service.name,
+                base_url=base_url,
+                model="student",
                 temperature=0.0,
                 max_tokens=args.max_new_tokens,
                 concurrency=args.concurrency,
@@ -235,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
             _sync(args.device)
             served_s = min(served_s, time.perf_counter() - t)
     if serving is not None:
-        serving.__exit__(None, None, None)
+        serving.stop()
     batched_tokens = sum(a.completion_tokens for a in answers)
     by_id = {a.instruction_id: a.answer for a in answers}
     same = sum(by_id[str(i)] == s for i, s in enumerate(single))

@@ -483,41 +483,6 @@ def serve(service: StudentService, host: str = "127.0.0.1", port: int = 8000) ->
               f"{s.batches} batches", flush=True)  # fmt: skip
 
 
-class ServiceThread:
-    """A `StudentService` served from a background thread of this process (benchmarks)."""
-
-    def __init__(self, service: StudentService, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.service = service
-        self.host, self.port = host, port
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"{url_of(self.host, self.port)}/v1"
-
-    def __enter__(self) -> ServiceThread:
-        sock = bind(self.host, self.port)
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn_server(self.service.app, self.host, self.port)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="lion-student", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the student server did not start on {self.base_url}")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=15)
-        self.service.close()
-
-
 def main(argv: list[str] | None = None) -> None:
     """`python -m lion_core.student.server MODEL ...`: the same as `lion serve-student`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
