@@ -12,11 +12,11 @@ chatting with a round's student from any OpenAI client. Endpoints (starlette on 
 - `GET /stats`: requests, prompts and batches answered so far; `GET /health`.
 
 Requests that arrive together are answered together: one worker thread takes every waiting
-prompt, groups them by sampling settings and answers each group with `BatchedGenerator`
-(length-sorted batches under the token budget); requests arriving meanwhile wait for the next
-round. With greedy decoding an answer does not depend on its batch, so the answers equal the
-`hf` engine's. Token ids sent as the prompt are used as they are: `student.served` sends the
-exact ids training rendered.
+prompt (after waiting up to 0.1 s while more keep arriving), groups them by sampling settings and
+answers each group with `BatchedGenerator` (length-sorted batches under the token budget);
+requests arriving meanwhile wait for the next round. With greedy decoding an answer does not
+depend on its batch, so the answers equal the `hf` engine's. Token ids sent as the prompt are
+used as they are: `student.served` sends the exact ids training rendered.
 """
 
 from __future__ import annotations
@@ -48,7 +48,10 @@ from lion_core.student.data import encode_prompt
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "student"
-LINGER_S = 0.005  # after the first waiting request, wait this long for its companions
+# After the first waiting request, wait for its companions while they keep arriving: in steps of
+# LINGER_S, as long as the queue grew in the last step, at most LINGER_MAX_S in all.
+LINGER_S = 0.005
+LINGER_MAX_S = 0.1
 LOG_INTERVAL_S = 10.0
 
 
@@ -144,7 +147,11 @@ class StudentService:
             job = self._queue.get()
             if job is None:
                 return
-            time.sleep(LINGER_S)
+            waited, seen = 0.0, -1
+            while waited < LINGER_MAX_S and self._queue.qsize() != seen:
+                seen = self._queue.qsize()
+                time.sleep(LINGER_S)
+                waited += LINGER_S
             jobs = [job]
             while True:
                 try:
