@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.token_budget = args.token_budget or (
         131072 if gpu else StudentGenerationConfig().token_budget
     )
-    args.concurrency = args.concurrency or (512 if gpu else 64)
+    args.concurrency = args.concurrency or (512 if gpu else 256)
     torch.manual_seed(0)
 
     frame = load_records(limit=max(args.prompts, 2000))

@@ -333,10 +333,11 @@ class StudentServerConfig(Section):
         json_schema_extra=OPERATIONAL,
     )
     concurrency: int = Field(
-        64,
+        256,
         ge=1,
         le=1024,
-        description="Requests in flight at once (the server batches them).",
+        description="Requests in flight at once: the server batches them, so enough to fill "
+        "its batches (vLLM's --max-num-seqs is 256 by default; times the data-parallel size).",
         json_schema_extra=OPERATIONAL,
     )
     timeout: float = Field(
