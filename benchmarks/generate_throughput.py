@@ -55,6 +55,7 @@ from train_throughput import (  # noqa: E402
 )
 
 from lion_core.config import EndpointConfig, StudentGenerationConfig  # noqa: E402
+from lion_core.costs import FREE  # noqa: E402
 from lion_core.llm.client import LLMClient  # noqa: E402
 from lion_core.llm.types import ChatRequest  # noqa: E402
 from lion_core.student.answer import BatchedGenerator  # noqa: E402
@@ -228,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
             ),
             role="student",
             cache=None,
+            pricing={"student": FREE},
             extra_body={"stop_token_ids": [tok.eos_token_id]},
             allow_empty=True,
         )
