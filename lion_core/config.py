@@ -346,8 +346,9 @@ class StudentServerConfig(Section):
     batch_size: int = Field(
         256,
         ge=1,
-        description="Answers per flush of the response cache: a killed task re-sends at most "
-        "this many answered requests.",
+        description="Answers per Parquet shard of the response cache. Every answer is kept as "
+        "it arrives (a journal on local storage; on object stores a flush every few seconds), so "
+        "a killed task re-sends only the requests that were in flight.",
         json_schema_extra=OPERATIONAL,
     )
     api_key_env: str | None = Field(
