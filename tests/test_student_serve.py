@@ -24,7 +24,7 @@ import torch
 
 from lion_core import layout
 from lion_core.config import LionConfig
-from lion_core.errors import ConfigError, GenerationError
+from lion_core.errors import ConfigError, GenerationError, MissingAPIKeyError
 from lion_core.llm.cache import ResponseCache
 from lion_core.schemas import instruction_id
 from lion_core.storage import Storage
@@ -406,3 +406,14 @@ def test_server_command_placeholders():
     assert default[:3] == [sys.executable, "-m", "lion_core.student.server"]
     with pytest.raises(ConfigError, match="modle"):
         LionConfig.from_dict({"student": {"generation": {"server": {"command": "x {modle}"}}}})
+
+
+def test_server_api_key_through_the_endpoint_key_resolver(monkeypatch):
+    server = LionConfig().student.generation.server
+    assert served_mod.server_api_key(server) is None  # lion serve-student, vLLM without a key
+    keyed = server.model_copy(update={"api_key_env": "LION_TEST_SERVED_KEY"})
+    monkeypatch.delenv("LION_TEST_SERVED_KEY", raising=False)
+    with pytest.raises(MissingAPIKeyError, match=r"student\.generation\.server\.api_key_env"):
+        served_mod.server_api_key(keyed)
+    monkeypatch.setenv("LION_TEST_SERVED_KEY", "k-123")
+    assert served_mod.server_api_key(keyed) == "k-123"

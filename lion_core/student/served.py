@@ -43,6 +43,7 @@ from lion_core.costs import FREE
 from lion_core.errors import ConfigError, GenerationError, LionError
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
+from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.types import ChatRequest
 from lion_core.storage import Storage
 from lion_core.student.answer import Answer, _batch_seed, commit, fit_prompt, stop_token_ids
@@ -53,6 +54,7 @@ from lion_core.supervise import ProcessGroup, free_port
 log = logging.getLogger(__name__)
 
 ROLE = "student"  # the response cache's role folder
+FIELD = "student.generation.server"  # what errors name
 NOT_STARTED = "http://server-not-started.invalid/v1"  # the client's URL until a server is up
 POLL_S = 0.5
 
@@ -222,16 +224,14 @@ def served_student(
 
 
 def server_api_key(server: StudentServerConfig) -> str | None:
-    """The served student's API key (vLLM --api-key) from `server.api_key_env`, or None."""
-    if not server.api_key_env:
-        return None
-    key = os.environ.get(server.api_key_env)
-    if not key:
-        raise ConfigError(
-            f"student.generation.server.api_key_env: the environment variable "
-            f"{server.api_key_env} is not set"
-        )
-    return key
+    """The served student's API key (vLLM --api-key) from `server.api_key_env`, or None,
+    through the one key resolver of every endpoint (`MissingAPIKeyError` naming the field when
+    the variable is not set)."""
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    endpoint = EndpointConfig(
+        base_url=server.base_url or f"http://{host}", api_key_env=server.api_key_env
+    )
+    return resolve_api_key(endpoint, FIELD)
 
 
 def _log_stats(base: str, headers: dict[str, str] | None, logger) -> None:
