@@ -20,7 +20,7 @@ import functools
 import logging
 import math
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -89,6 +89,10 @@ class TokenCounter:
             total += TOKENS_PER_MESSAGE + self.text(m["content"]) + self.text(m["role"])
         return total
 
+    def prompt(self, prompt: Sequence[int] | str) -> int:
+        """Prompt tokens of a completion request: its token ids, or its text's tokens."""
+        return self.text(prompt) if isinstance(prompt, str) else len(prompt)
+
 
 @functools.cache
 def token_counter(model: str) -> TokenCounter:
@@ -144,13 +148,18 @@ def estimate(
     endpoint: EndpointConfig,
     pricing: Mapping[str, ModelPrice],
     requests: Iterable[list[dict[str, str]]],
+    prompts: Iterable[Sequence[int] | str] = (),
 ) -> Estimate:
-    """The estimate of `requests` (each a list of chat messages) on `endpoint`."""
+    """The estimate of `requests` (each a list of chat messages) and of completion `prompts`
+    (token ids or text) on `endpoint`."""
     counter = token_counter(endpoint.model)
     n = prompt = 0
     for messages in requests:
         n += 1
         prompt += counter.messages(messages)
+    for completion in prompts:
+        n += 1
+        prompt += counter.prompt(completion)
     return priced(endpoint, pricing, n, prompt, n * completion_tokens(endpoint))
 
 

@@ -202,3 +202,108 @@ def _terminate_on_sigterm() -> Callable[[], None]:
 
     signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+class ProcessGroup:
+    """One command running in the background in its own process group (a model server), with
+    the same supervision as `run_process_group`: its output streamed line by line to `logger`
+    and `log_file` (the last lines kept for errors), SIGTERM to it if the caller dies
+    (PR_SET_PDEATHSIG), and the whole group killed by `stop()` — which `with` calls on success,
+    on any exception and on KeyboardInterrupt (SIGTERM in the caller's main thread becomes an
+    exception meanwhile, so it is covered too).
+
+    >>> with ProcessGroup(["vllm", "serve", path], logger=log) as server:
+    ...     ...  # server.alive(), server.tail()
+    """
+
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        log_file: Path | None = None,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
+        prefix: str = "",
+    ) -> None:
+        self.cmd = list(cmd)
+        self.env, self.cwd, self.log_file = env, cwd, log_file
+        self.logger = logger or log
+        self.prefix = prefix
+        self.proc: subprocess.Popen | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._pump: threading.Thread | None = None
+        self._restore: Callable[[], None] = lambda: None
+
+    def start(self) -> ProcessGroup:
+        if self.proc is not None:
+            return self
+        self._restore = _terminate_on_sigterm()
+        try:
+            self.proc = subprocess.Popen(
+                self.cmd,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                text=True,
+                errors="replace",
+                bufsize=1,
+            )
+        except BaseException:
+            self._restore()
+            raise
+        self._pump = threading.Thread(target=self._stream, name="lion-group-log", daemon=True)
+        self._pump.start()
+        return self
+
+    def _stream(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        sink = open(self.log_file, "a", encoding="utf-8") if self.log_file else None  # noqa: SIM115
+        try:
+            for line in self.proc.stdout:
+                text = self.prefix + line.rstrip("\n")
+                self._tail.append(text)
+                self.logger.info("%s", text)
+                if sink:
+                    sink.write(text + "\n")
+                    sink.flush()
+        finally:
+            if sink:
+                sink.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
+    def tail(self) -> list[str]:
+        return list(self._tail)
+
+    def stop(self) -> None:
+        """Kill the group (SIGTERM, SIGKILL after a grace) and finish streaming its output."""
+        if self.proc is None:
+            return
+        try:
+            if self.proc.poll() is None or _group_alive(self.proc.pid):
+                kill_group(self.proc)
+            if self._pump is not None:
+                self._pump.join(timeout=5)
+        finally:
+            self._restore()
+            self._restore = lambda: None
+
+    def __enter__(self) -> ProcessGroup:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -20,7 +20,7 @@ import pytest
 
 from lion_core import prompts
 from lion_core.config import EndpointConfig, RefereeConfig, TeacherConfig
-from lion_core.errors import EndpointUnreachableError, MissingAPIKeyError
+from lion_core.errors import EndpointUnreachableError, LLMError, MissingAPIKeyError
 from lion_core.llm import ChatRequest, LLMClient, ResponseCache
 from lion_core.llm import client as client_module
 from lion_core.offline import roles
@@ -405,3 +405,67 @@ def test_cache_shards_are_readable_parquet(offline_server, tmp_path):
     assert set(frame["key"]) == {client.key(r) for r in reqs}
     first = json.loads(frame["request"].iloc[0])
     assert set(first) == {"model", "messages", "params"}
+
+
+def test_completion_requests_render_to_completions_with_their_prompt_in_the_key(tmp_path):
+    """A chat request keeps the key it always had (sha256 of model, messages and parameters);
+    a completion sends `prompt` to /completions and keys it; `extra_body` goes into body and
+    key, `key_scope` into the key only; completions are refused in batch mode."""
+    import hashlib
+
+    endpoint = TeacherConfig()
+    chat = ChatRequest.of(prompts.teacher_messages("What is 2 + 3?"), tag="c")
+    plain = LLMClient(endpoint, role="teacher", cache=None, base_url="http://127.0.0.1:9/v1")
+    rendered = plain.render(chat)
+    preimage = {
+        "model": endpoint.model,
+        "messages": chat.message_dicts(),
+        "params": {
+            "temperature": endpoint.temperature,
+            "top_p": endpoint.top_p,
+            "max_tokens": endpoint.max_tokens,
+        },
+    }
+    canonical = json.dumps(preimage, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert rendered.key == hashlib.sha256(canonical.encode()).hexdigest()
+    assert rendered.payload == preimage and rendered.path == "/chat/completions"
+    assert "prompt" not in rendered.body
+
+    scoped = LLMClient(
+        endpoint,
+        role="teacher",
+        cache=None,
+        base_url="http://127.0.0.1:9/v1",
+        extra_body={"stop_token_ids": [2]},
+        key_scope={"checkpoint": "abc"},
+    )
+    ids = ChatRequest.completion([5, 6, 7], tag="i")
+    job = scoped.render(ids)
+    assert job.path == "/completions"
+    assert job.body["prompt"] == [5, 6, 7] and "messages" not in job.body
+    assert job.body["stop_token_ids"] == [2] and "checkpoint" not in json.dumps(job.body)
+    assert job.payload["scope"] == {"checkpoint": "abc"}
+    assert job.payload["params"]["stop_token_ids"] == [2]
+    # every part of the key matters
+    text = scoped.render(ChatRequest.completion("5 6 7"))
+    other_digest = LLMClient(
+        endpoint,
+        role="teacher",
+        cache=None,
+        base_url="http://127.0.0.1:9/v1",
+        extra_body={"stop_token_ids": [2]},
+        key_scope={"checkpoint": "abd"},
+    ).render(ids)
+    keys = {job.key, text.key, other_digest.key, plain.render(ids).key, scoped.render(chat).key}
+    assert len(keys) == 5
+    assert scoped.render(ChatRequest.completion((5, 6, 7), tag="other")).key == job.key
+
+    batch = endpoint.model_copy(update={"mode": "batch"})
+    client = LLMClient(
+        batch,
+        role="teacher",
+        cache=ResponseCache(Storage(str(tmp_path)), "teacher"),
+        base_url="http://127.0.0.1:9/v1",
+    )
+    with pytest.raises(LLMError, match="'ids-1' is a completion"):
+        client.run([ChatRequest.completion([1, 2], tag="ids-1")])

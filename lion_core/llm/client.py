@@ -24,6 +24,9 @@
   (`batch.BatchRun`); answers land in the same cache, so the modes are interchangeable.
 - Every answer carries its cost (config `pricing`); with a `Budget`, a call whose estimate does
   not fit what is left raises `BudgetExceeded` before anything is sent.
+- A request with a `prompt` (`ChatRequest.completion`) goes to `/completions` instead: the
+  served student answers its training prompt as token ids. `extra_body` adds fields to every
+  body (and key), `key_scope` adds fields to every key only (e.g. the checkpoint's digest).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from typing import Any, TypeVar
 
 import openai
 from openai._constants import RAW_RESPONSE_HEADER
+from openai.types import Completion
 from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
@@ -124,8 +128,18 @@ class LLMClient:
         pricing: Mapping[str, ModelPrice] | None = None,
         budget: Budget | None = None,
         on_batch_progress: Callable[[str, str, int, int, int], None] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        key_scope: Mapping[str, Any] | None = None,
+        allow_empty: bool = False,
     ) -> None:
+        """`extra_body`: fields added to every request body and key (engine extensions such
+        as vLLM's `stop_token_ids`). `key_scope`: fields added to every key but never sent
+        (what the answers depend on that the body does not say, e.g. the served checkpoint's
+        digest). `allow_empty`: an empty answer is an answer, not a failure."""
         self.endpoint = endpoint
+        self.extra_body = dict(extra_body or {})
+        self.key_scope = dict(key_scope or {})
+        self.allow_empty = allow_empty
         self.role = role
         self.cache = cache
         self.base_url = base_url or endpoint.base_url
@@ -158,10 +172,13 @@ class LLMClient:
 
     def render(self, request: ChatRequest) -> RenderedRequest:
         """The request's HTTP body, cache payload and key on this endpoint."""
-        return render_request(self.endpoint, request)
+        return render_request(
+            self.endpoint, request, extra_body=self.extra_body, key_scope=self.key_scope
+        )
 
     def key(self, request: ChatRequest) -> str:
-        """The request's cache key: sha256 of (model, messages, sampling parameters)."""
+        """The request's cache key: sha256 of (model, messages, sampling parameters[, prompt]
+        [, key scope])."""
         return self.render(request).key
 
     def open_api(self, concurrency: int) -> openai.AsyncOpenAI:
@@ -261,7 +278,13 @@ class LLMClient:
 
     def estimate(self, jobs: Mapping[str, RenderedRequest]):
         """What sending `jobs` is expected to cost (lion_core.costs.Estimate)."""
-        return estimate(self.endpoint, self.pricing, (j.body["messages"] for j in jobs.values()))
+        bodies = [j.body for j in jobs.values()]
+        return estimate(
+            self.endpoint,
+            self.pricing,
+            (b["messages"] for b in bodies if "messages" in b),
+            prompts=(b["prompt"] for b in bodies if "prompt" in b),
+        )
 
     @contextlib.contextmanager
     def _reserved(self, jobs: Mapping[str, RenderedRequest], desc: str):
@@ -295,6 +318,12 @@ class LLMClient:
         cache = self.cache
         if cache is None:
             raise LLMError(f"{self.role}: mode 'batch' needs a response cache to keep its batches")
+        completion = next((j for j in jobs.values() if j.request.is_completion), None)
+        if completion is not None:
+            raise LLMError(
+                f"{self.role}: mode 'batch' sends chat requests only; request "
+                f"{completion.request.tag!r} is a completion (set {self.role}.mode: sync)"
+            )
         todo = dict(jobs)
         while todo:
             mine: dict[str, RenderedRequest] = {}
@@ -515,9 +544,8 @@ class _Batch:
             # transform, which costs ~1 ms of CPU per request and does nothing for a plain JSON
             # body like ours; errors, timeouts and response parsing are the same. The raw
             # response gives the headers too.
-            raw = await api.post(
-                "/chat/completions", body=job.body, cast_to=ChatCompletion, options=_RAW
-            )
+            cast = Completion if job.request.is_completion else ChatCompletion
+            raw = await api.post(job.path, body=job.body, cast_to=cast, options=_RAW)
             headers = raw.headers
             return raw.parse()
         except openai.APIStatusError as exc:
@@ -546,9 +574,12 @@ class _Batch:
         )
 
     def answer(self, job: RenderedRequest, response: Any, attempts: int) -> ChatResult:
-        """The result of a 200: ok with its text, or failed when the text is empty."""
+        """The result of a 200: ok with its text, or failed when the text is empty (unless the
+        client allows empty answers)."""
         choice = response.choices[0] if response.choices else None
-        text = choice.message.content if choice is not None else None
+        text = None
+        if choice is not None:
+            text = choice.text if job.request.is_completion else choice.message.content
         finish = choice.finish_reason if choice is not None else None
         usage = response.usage
         prompt_tokens = (usage.prompt_tokens if usage else 0) or 0
@@ -557,7 +588,7 @@ class _Batch:
         self.usage.add(
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost
         )
-        if not text or not text.strip():
+        if text is None or (not self.client.allow_empty and not text.strip()):
             failed = self.failed(job, f"empty answer (finish_reason={finish})", attempts)
             return replace(failed, cost_usd=cost)
         return ChatResult(

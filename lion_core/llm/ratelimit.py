@@ -32,17 +32,23 @@ CHARS_PER_TOKEN = 4.0
 
 
 def limiter_tokens(body: Mapping[str, Any]) -> int:
-    """Tokens a chat request counts against a TPM limit before it is answered: its messages'
-    characters / 4 plus max_tokens (the offline world counts them the same way)."""
-    chars = 0
+    """Tokens a request counts against a TPM limit before it is answered: its messages'
+    characters / 4 (a completion's prompt: its token ids, or its characters / 4) plus
+    max_tokens (the offline world counts them the same way)."""
+    chars = ids = 0
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        chars += len(prompt)
+    elif isinstance(prompt, list):
+        ids += len(prompt)
     for m in body.get("messages") or ():
         content = m.get("content") if isinstance(m, Mapping) else None
         if isinstance(content, str):
             chars += len(content)
         elif isinstance(content, list):
             chars += sum(len(p.get("text", "")) for p in content if isinstance(p, Mapping))
-    prompt = math.ceil(chars / CHARS_PER_TOKEN)
-    return prompt + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+    tokens = ids + math.ceil(chars / CHARS_PER_TOKEN)
+    return tokens + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")

@@ -3,13 +3,17 @@
 A request's key is the sha256 of (model, messages, sampling parameters). Two requests with the
 same key are the same question: asked once, answered once, cached forever in the run's storage.
 `sample` tells apart deliberate repeats of one prompt (several candidates from one seed).
+
+A request with a `prompt` (token ids or text) is a plain completion (`POST /completions`)
+instead of a chat: the served student gets exactly the prompt its training rendered. The prompt
+is part of its key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -28,6 +32,7 @@ class ChatRequest:
     tag: str = ""
     sample: int = 0
     response_format: str | None = None  # None or "json_object"
+    prompt: tuple[int, ...] | str | None = None  # set: a completion, not a chat (no messages)
 
     @classmethod
     def of(
@@ -43,6 +48,29 @@ class ChatRequest:
             sample=sample,
             response_format=response_format,
         )
+
+    @classmethod
+    def completion(
+        cls, prompt: list[int] | tuple[int, ...] | str, tag: str = "", sample: int = 0
+    ) -> ChatRequest:
+        """A completion request: `prompt` as token ids (sent as is, no tokenizer in between)
+        or text."""
+        return cls(
+            messages=(),
+            tag=tag,
+            sample=sample,
+            prompt=prompt if isinstance(prompt, str) else tuple(int(t) for t in prompt),
+        )
+
+    @property
+    def is_completion(self) -> bool:
+        return self.prompt is not None
+
+    def prompt_value(self) -> list[int] | str | None:
+        """The prompt as sent (a list of token ids, or text)."""
+        if self.prompt is None or isinstance(self.prompt, str):
+            return self.prompt
+        return list(self.prompt)
 
     def message_dicts(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
@@ -90,10 +118,23 @@ def sampling_params(
     return params
 
 
-def request_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-    """sha256 over the canonical JSON of (model, messages, params)."""
+def request_key(
+    model: str,
+    messages: list[dict[str, str]],
+    params: dict[str, Any],
+    prompt: list[int] | str | None = None,
+    scope: dict[str, Any] | None = None,
+) -> str:
+    """sha256 over the canonical JSON of (model, messages, params), plus the completion
+    `prompt` and the client's key `scope` when given (a chat request without them keeps its
+    key)."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "params": params}
+    if prompt is not None:
+        body["prompt"] = prompt
+    if scope:
+        body["scope"] = scope
     payload = json.dumps(
-        {"model": model, "messages": messages, "params": params},
+        body,
         sort_keys=True,
         ensure_ascii=False,
         separators=(",", ":"),
@@ -107,17 +148,34 @@ class RenderedRequest:
     `render_request` so the two can never disagree."""
 
     request: ChatRequest
-    body: dict[str, Any]  # the HTTP body of POST /chat/completions
-    payload: dict[str, Any]  # {model, messages, params}: the key's preimage, stored in the cache
+    body: dict[str, Any]  # the HTTP body of POST /chat/completions (or /completions)
+    # {model, messages, params[, prompt][, scope]}: the key's preimage, stored in the cache
+    payload: dict[str, Any]
     key: str  # request_key(**payload)
 
+    @property
+    def path(self) -> str:
+        """Where the body is POSTed, relative to the base URL."""
+        return "/completions" if self.request.is_completion else "/chat/completions"
 
-def render_request(endpoint: EndpointConfig, request: ChatRequest) -> RenderedRequest:
+
+def render_request(
+    endpoint: EndpointConfig,
+    request: ChatRequest,
+    *,
+    extra_body: Mapping[str, Any] | None = None,
+    key_scope: Mapping[str, Any] | None = None,
+) -> RenderedRequest:
     """The body, the cache payload and the key of `request` on `endpoint`.
 
     A sample k != 0 is `seed=k` in the body (distinct samples are distinct bodies) and
     `sample=k` in the key's parameters; `response_format="json_object"` is
-    `{"type": "json_object"}` in the body.
+    `{"type": "json_object"}` in the body. A completion request sends `prompt` (token ids or
+    text) instead of `messages`, and its prompt is in the key. `extra_body`: fields added to
+    the body and to the key's parameters (engine extensions such as vLLM's `stop_token_ids`).
+    `key_scope`: fields in the key only, never sent (what the answers depend on that the body
+    does not say, e.g. the served checkpoint's digest). A chat request without either keeps
+    the key it always had.
     """
     params = sampling_params(
         temperature=endpoint.temperature,
@@ -126,20 +184,33 @@ def render_request(endpoint: EndpointConfig, request: ChatRequest) -> RenderedRe
         sample=request.sample,
         response_format=request.response_format,
     )
-    body: dict[str, Any] = {
-        "model": endpoint.model,
-        "messages": request.message_dicts(),
-        "temperature": endpoint.temperature,
-        "top_p": endpoint.top_p,
-        "max_tokens": endpoint.max_tokens,
-    }
+    if extra_body:
+        params.update(extra_body)
+    body: dict[str, Any] = {"model": endpoint.model}
+    if request.is_completion:
+        body["prompt"] = request.prompt_value()
+    else:
+        body["messages"] = request.message_dicts()
+    body.update(
+        temperature=endpoint.temperature, top_p=endpoint.top_p, max_tokens=endpoint.max_tokens
+    )
+    if extra_body:
+        body.update(extra_body)
     if request.sample:
         body["seed"] = request.sample
     if request.response_format == "json_object":
         body["response_format"] = {"type": "json_object"}
     elif request.response_format:
         raise ValueError(f"unsupported response_format {request.response_format!r}")
-    payload = {"model": endpoint.model, "messages": request.message_dicts(), "params": params}
+    payload: dict[str, Any] = {
+        "model": endpoint.model,
+        "messages": request.message_dicts(),
+        "params": params,
+    }
+    if request.is_completion:
+        payload["prompt"] = request.prompt_value()
+    if key_scope:
+        payload["scope"] = dict(key_scope)
     return RenderedRequest(request=request, body=body, payload=payload, key=request_key(**payload))
 
 

@@ -5,5 +5,7 @@ Entry points (import them from their modules; this package imports nothing heavy
     model.prepare_base_student   the round-0 checkpoint
     launch.train_student         fine-tune a round in a DeepSpeed/python subprocess
     launch.init_uri_for          the model a round starts from (base or previous)
-    answer.generate_answers      the student's batched answers, resumable
+    answer.generate_answers      the student's batched answers, resumable (engine hf or server)
+    served.answer_served         the answers through a served engine (vLLM, SGLang, ...)
+    server.main                  `lion serve-student`: an OpenAI-compatible server of a student
 """

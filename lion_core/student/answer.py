@@ -8,10 +8,14 @@ same rows; a single prompt that still does not fit is recorded as failed, and th
 
 Answered rows are never lost: every batch is committed to the run's storage at once, under
     <root>/generation/<key>/part-<shard>-<n>-<uuid>.parquet
-where <key> hashes the student URI, the generation settings that shape an answer (not the
-operational token budget or GPU count), the prompt template and the seed. A second
-call with the same student skips the rows already answered there. On several GPUs, one worker
-process per GPU answers its shard of the rows and commits its own parts.
+where <key> hashes the student URI and content digest, the generation settings that shape an
+answer (not the operational token budget, GPU count or engine), the prompt template and the seed.
+A second call with the same student skips the rows already answered there. On several GPUs, one
+worker process per GPU answers its shard of the rows and commits its own parts.
+
+With `student.generation.engine: server` the same rows go instead through a served engine
+(vLLM, SGLang, `lion serve-student`) over the OpenAI protocol (`lion_core.student.served`); its
+answers are committed to the same folder, in the same schema.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from lion_core.schemas import ANSWER_SCHEMA, conform
 from lion_core.storage import Storage
 from lion_core.store import RunStore
 from lion_core.student.attention import sdpa_kernels
-from lion_core.student.checkpoints import materialize, scratch_for
+from lion_core.student.checkpoints import content_digest, materialize, scratch_for
 from lion_core.student.data import encode_prompt
 from lion_core.supervise import cpu_threads, run_process_groups
 
@@ -50,9 +54,10 @@ ROW_COLUMNS = ("instruction_id", "instruction", "input")
 def progress_rel(student_uri: str, cfg: LionConfig) -> str:
     """Folder (relative to the run's root) holding the answers generated so far.
 
-    Keyed on what the answers depend on: the student, the prompt template, the seed and the
-    generation fields not marked operational, so a changed token budget or GPU count resumes in
-    the same folder."""
+    Keyed on what the answers depend on: the student (its URI and content digest, so a
+    student retrained at the same place starts afresh), the prompt template, the seed and the
+    generation fields not marked operational, so a changed token budget, GPU count or engine
+    resumes in the same folder."""
     generation = {
         name: value
         for name, value in cfg.student.generation.model_dump(mode="json").items()
@@ -61,6 +66,7 @@ def progress_rel(student_uri: str, cfg: LionConfig) -> str:
     payload = json.dumps(
         {
             "student": student_uri,
+            "checkpoint": content_digest(student_uri, cfg.storage.options),
             "generation": generation,
             "template": cfg.student.prompt_template,
             "seed": cfg.seed,
@@ -84,6 +90,25 @@ class Answer:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    request_key: str | None = None  # the served engine's request (its response-cache key)
+
+
+def fit_prompt(ids: list[int], max_positions: int | None, max_new_tokens: int) -> list[int]:
+    """An over-long prompt keeps its end, where the question is, so that prompt and answer fit
+    in the model's positions (both engines send the same ids)."""
+    if max_positions:
+        keep = max(1, max_positions - max_new_tokens)
+        return ids[-keep:]
+    return ids
+
+
+def stop_token_ids(generation_config, tokenizer) -> list[int]:
+    """The token ids that end an answer: the model's generation config's EOS (one or several),
+    else the tokenizer's."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return sorted(set(eos if isinstance(eos, list) else [eos]))
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -114,10 +139,7 @@ class BatchedGenerator:
         self.template = template
         self.seed = seed
         self.budget = gen.token_budget
-        eos = model.generation_config.eos_token_id
-        if eos is None:
-            eos = tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = set(stop_token_ids(model.generation_config, tokenizer))
         self.pad_id = tokenizer.pad_token_id
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self.oom_events = 0
@@ -128,17 +150,17 @@ class BatchedGenerator:
 
     def encode(self, instruction: str, input: str | None) -> list[int]:
         ids = encode_prompt(self.tok, instruction, input or "", self.template)
-        if self.max_positions:
-            keep = max(1, self.max_positions - self.gen.max_new_tokens)
-            ids = ids[-keep:]  # an over-long prompt keeps its end, where the question is
-        return ids
+        return fit_prompt(ids, self.max_positions, self.gen.max_new_tokens)
 
     def answer(self, rows: pd.DataFrame) -> Iterator[list[Answer]]:
         """Yield the answers batch by batch (each batch can be committed at once)."""
         prompts = [
             self.encode(i, x) for i, x in zip(rows["instruction"], rows["input"], strict=True)
         ]
-        ids = list(rows["instruction_id"])
+        yield from self.answer_prompts(list(rows["instruction_id"]), prompts)
+
+    def answer_prompts(self, ids: list[str], prompts: list[list[int]]) -> Iterator[list[Answer]]:
+        """`answer` for prompts already encoded (token ids), labelled by `ids`."""
         order = sorted(range(len(prompts)), key=lambda j: -len(prompts[j]))
         at = 0
         while at < len(order):
@@ -245,7 +267,7 @@ def commit(storage: Storage, rel: str, shard: int, seq: int, answers: list[Answe
                     "error": a.error,
                     "finish_reason": a.finish_reason,
                     "model": model,
-                    "request_key": None,
+                    "request_key": a.request_key,
                     "prompt_tokens": a.prompt_tokens,
                     "completion_tokens": a.completion_tokens,
                 }
@@ -311,7 +333,8 @@ def generate_answers(
     columns, one row per distinct instruction_id, in the order of `rows`.
 
     `workers`: processes to answer in parallel, one per GPU (default: student.generation.
-    num_gpus, else every visible GPU; 1 on the CPU).
+    num_gpus, else every visible GPU; 1 on the CPU). With `student.generation.engine: server`,
+    the rows go through a served engine instead (`served.answer_served`).
     """
     logger = logger or log
     missing = [c for c in ROW_COLUMNS if c not in rows.columns]
@@ -327,7 +350,12 @@ def generate_answers(
         "student answers: %d rows, %d already answered under %s",
         len(rows), len(rows) - len(todo), storage.uri(rel),
     )  # fmt: skip
-    if len(todo):
+    if len(todo) and cfg.student.generation.engine == "server":
+        from lion_core.student.served import answer_served
+
+        answer_served(cfg, storage, rel, student_uri, todo, logger=logger)
+        have = answered(storage, rel)
+    elif len(todo):
         n = workers or cfg.student.generation.num_gpus or max(1, torch.cuda.device_count())
         n = min(n, len(todo))
         if n == 1:

@@ -99,6 +99,41 @@ def resolve_model(uri: str, options: dict | None = None) -> tuple[str, str | Non
     return str(local), None
 
 
+DIGEST_SAMPLE = 1 << 20  # bytes read from each end of a large file without a marker
+
+
+def content_digest(uri: str, options: dict | None = None) -> str:
+    """A digest of what model folder `uri` holds, cheap at any size (the served student's
+    answers are cached under it, so a retrained student never reuses an older one's answers).
+
+    A committed folder: its `_COMPLETE` marker (written once per save, with the time) and its
+    `source.json`; a folder without a marker (a user's own model): every file's name and size,
+    the content of files up to 2 MiB (configs, tokenizer) and the first and last MiB of larger
+    ones (weights); a hub id: the id."""
+    h = hashlib.sha256()
+    if "://" not in uri and not os.path.isdir(uri):
+        h.update(json.dumps({"hub": uri}).encode())
+        return h.hexdigest()
+    storage, rel = storage_and_rel(uri, options)
+    if storage.exists(f"{rel}/{COMPLETE}"):
+        for name in (COMPLETE, SOURCE):
+            if storage.exists(f"{rel}/{name}"):
+                h.update(name.encode() + b"\0" + storage.read_bytes(f"{rel}/{name}") + b"\0")
+        return h.hexdigest()
+    local = Path(materialize(uri, options))
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        h.update(f"{path.relative_to(local)}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            if size <= 2 * DIGEST_SAMPLE:
+                h.update(f.read())
+            else:
+                h.update(f.read(DIGEST_SAMPLE))
+                f.seek(size - DIGEST_SAMPLE)
+                h.update(f.read(DIGEST_SAMPLE))
+    return h.hexdigest()
+
+
 def materialize(uri: str, options: dict | None = None) -> str:
     """What `from_pretrained` loads for model folder `uri` (`resolve_model` without revision)."""
     return resolve_model(uri, options)[0]
