@@ -511,13 +511,13 @@ class _Batch:
                 return self.failed(job, f"{type(exc).__name__}: {exc}", attempt + 1)
             except json.JSONDecodeError as exc:  # a 200 saying it is JSON, but it is not
                 self.responded = True
-                return self.failed(job, _not_a_completion(exc.doc), attempt + 1)
+                return self.failed(job, _not_a_completion(exc.doc, job.path), attempt + 1)
             else:
                 self.responded = True
                 if not isinstance(getattr(response, "choices", None), list):
                     # A 200 that is no chat completion (a proxy's page, another API's JSON): the
                     # SDK hands back the text, or a model without choices.
-                    return self.failed(job, _not_a_completion(response), attempt + 1)
+                    return self.failed(job, _not_a_completion(response, job.path), attempt + 1)
                 return self.answer(job, response, attempt + 1)
             if attempt < retries:
                 if delay is None:
@@ -768,13 +768,14 @@ def _no_answer(exc: openai.APIConnectionError, timeout: float) -> str:
     return f"no answer: {type(root).__name__}: {text}"
 
 
-def _not_a_completion(body: object) -> str:
-    """The error of a 200 whose body is not a chat completion, with the body's first bytes."""
+def _not_a_completion(body: object, path: str = "/chat/completions") -> str:
+    """The error of a 200 whose body is not a (chat) completion, with the body's first bytes."""
     if isinstance(body, openai.BaseModel):
         body = json.dumps(body.to_dict(mode="json"), ensure_ascii=False)
     text = body if isinstance(body, str) else repr(body)
     more = f"... ({len(text)} characters)" if len(text) > _BODY_PREVIEW else ""
-    return f"HTTP 200 but not a chat completion: {text[:_BODY_PREVIEW]!r}{more}"
+    kind = "completion" if path == "/completions" else "chat completion"
+    return f"HTTP 200 but not a {kind}: {text[:_BODY_PREVIEW]!r}{more}"
 
 
 def _error_message(exc: openai.APIStatusError) -> str:
