@@ -160,8 +160,12 @@ def run(
 def demo(
     rounds: Annotated[int, typer.Option(help="Lion rounds to run.")] = 3,
     data_dir: Annotated[
-        str, typer.Option(help="The run's root (a folder, or s3://bucket/prefix).")
-    ] = "lion-runs/demo",
+        str | None,
+        typer.Option(
+            help="The run's root (a folder, or s3://bucket/prefix). Default: lion-runs/demo; "
+            "with --write-config, lion-runs/<the file's name>, a root of its own."
+        ),
+    ] = None,
     write_config: Annotated[
         Path | None,
         typer.Option(help="Only write the demo's full config as YAML here, to start from."),
@@ -172,12 +176,19 @@ def demo(
     ephemeral Prefect."""
     from lion_core.presets import demo_config
 
+    if data_dir is None:
+        # a written config is for a new experiment: it must not reuse the demo's root (bound to
+        # the demo's config by run.json, so any edit would be refused there)
+        data_dir = f"lion-runs/{write_config.stem}" if write_config else "lion-runs/demo"
     cfg = demo_config(root=data_dir, rounds=rounds)
     if set_:
         cfg = cfg.with_overrides(_parse_sets(set_))
     if write_config:
         cfg.to_yaml(write_config)
-        typer.echo(f"wrote {write_config}; run it with: lion run -c {write_config}")
+        typer.echo(
+            f"wrote {write_config} (storage.root {cfg.storage.root}); run it with: "
+            f"lion run -c {write_config}"
+        )
         return
     _run_flow(cfg)
 
@@ -370,13 +381,13 @@ def referee_check(
     known order, positional consistency, the positional bias, ties and unscored pairs."""
     import json
 
-    from flows.report import aligned
     from lion_core.referee_check import (
         MT_BENCH_REFERENCE,
         TABLE_HEADER,
         run_referee_check,
         table_rows,
     )
+    from lion_core.scoreboard import aligned
     from tasks.runtime import api_key
 
     if role not in ("referee", "judge"):

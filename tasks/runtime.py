@@ -40,8 +40,13 @@ def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMCli
         role=role,
         cache=ResponseCache(cache_storage(config), role),
         base_url=offline_url if endpoint.is_offline else None,
-        api_key=resolve_api_key(endpoint, role, secret_loader=_secret),
+        api_key=api_key(config, role),
     )
+
+
+def api_key(config: LionConfig, role: str) -> str | None:
+    """`role`'s API key: its environment variable, else its Prefect Secret block, else None."""
+    return resolve_api_key(config.endpoints()[role], role, secret_loader=_secret)
 
 
 def _secret(name: str) -> str:

@@ -40,6 +40,15 @@ def test_demo_writes_its_full_config(tmp_path):
     assert cfg.student.tiny is not None
 
 
+def test_demo_written_config_has_a_root_of_its_own(tmp_path, monkeypatch):
+    """Not the demo's root: that one is bound to the demo's config, so an edited copy run
+    there would be refused (the README tour edits it with --set)."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("demo", "--write-config", "my-run.yaml")
+    assert result.exit_code == 0, result.output
+    assert LionConfig.from_yaml(tmp_path / "my-run.yaml").storage.root == "lion-runs/my-run"
+
+
 def test_pools_on_a_missing_root_fails_clearly(tmp_path):
     result = runner.invoke(app, ["pools", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "no rounds" in result.output
