@@ -336,6 +336,13 @@ class TrainingConfig(Section):
         "'previous': continue from the last round's student.",
     )
     save_steps: int = Field(200, ge=1, description="Checkpoint every N optimizer steps.")
+    keep_checkpoints: bool = Field(
+        False,
+        description="Keep the round's last training checkpoint (weights and optimizer state, "
+        "for resuming that training) once its student is committed. Off: the round's "
+        "checkpoints are deleted then (a 7B student's are ~100 GB a round).",
+        json_schema_extra=OPERATIONAL,
+    )
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
     max_steps: int | None = Field(None, ge=1, description="Stop after N steps (overrides epochs).")
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")

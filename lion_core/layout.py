@@ -7,7 +7,7 @@
     <root>/round=<k>/summary.json                   what round k reports (RoundSummary)
     <root>/round=0/student/                         the base student (round-0 checkpoint)
     <root>/round=<k>/student/                       the student trained in round k
-    <root>/round=<k>/checkpoints/checkpoint-<step>/ mid-run training checkpoints
+    <root>/round=<k>/checkpoints/checkpoint-<step>/ mid-run training checkpoints (until committed)
     <root>/round=<k>/logs/                          training logs, one file per attempt
     <root>/evaluation/<set>/{questions,teacher_answers}.parquet   a question set, once per run
     <root>/round=<k>/evaluation/<set>/{student_answers,judged,by_category}.parquet
