@@ -8,7 +8,7 @@ from prefect.runtime import flow_run
 
 from flows.common import offline_world, use_run_storage
 from flows.evaluate import lion_evaluate
-from flows.report import publish_run, publish_scoreboard, summary_table
+from flows.report import publish_run, publish_scoreboard, summary_line
 from flows.round import DEFAULT_CONFIG, lion_round
 from lion_core import layout
 from lion_core.config import LionConfig
@@ -51,7 +51,7 @@ def lion_distill(config: LionConfig = DEFAULT_CONFIG) -> RunSummary:
                 rounds.append(summary)
         publish_run(config, rounds)
         plot = publish_scoreboard(config)
-    log.info("run finished; pools and students under %s\n%s", store.uri(), summary_table(rounds))
+    log.info("run finished: %s; pools and students under %s", summary_line(rounds), store.uri())
     if plot:
         log.info("relative score per round: %s", plot)
     return RunSummary(root=store.uri(), rounds=rounds)

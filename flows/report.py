@@ -128,22 +128,39 @@ def _quote(text: Any, limit: int = 600) -> str:
     return text.replace("\n", " ")
 
 
-SUMMARY_COLUMNS = (
-    "round",
-    "train_pool",
-    "cache_pool",
-    "hard",
-    "easy",
-    "unscored",
-    "teacher_score",
-    "student_score",
-    "student_to_teacher",
-    "relative_score",
-    "new_instructions",
-    "teacher_requests",
-    "referee_requests",
-    "generator_requests",
+# The per-round summary as three tables of one row per round, each under 100 columns wide:
+# pools and scores; what the round produced and the evaluation; requests per role (sent to the
+# endpoint, answered from the cache).
+SUMMARY_TABLES = (
+    (
+        "round",
+        "train_pool",
+        "cache_pool",
+        "hard",
+        "easy",
+        "teacher_score",
+        "student_score",
+        "student_to_teacher",
+    ),
+    (
+        "round",
+        "unscored",
+        "new_instructions",
+        "next_train_pool",
+        "relative_score",
+        "student_exact_match",
+    ),
+    (
+        "round",
+        "teacher_sent",
+        "teacher_cached",
+        "referee_sent",
+        "referee_cached",
+        "generator_sent",
+        "generator_cached",
+    ),
 )
+SUMMARY_COLUMNS = tuple(dict.fromkeys(c for table in SUMMARY_TABLES for c in table))
 
 
 def _columns(summary: RoundSummary) -> dict[str, str]:
@@ -152,8 +169,31 @@ def _columns(summary: RoundSummary) -> dict[str, str]:
 
 
 def summary_table(rounds: Sequence[RoundSummary]) -> str:
-    """The per-round table the CLI prints."""
-    return scoreboard.aligned(SUMMARY_COLUMNS, [list(_columns(r).values()) for r in rounds])
+    """The per-round tables the CLI prints, a blank line apart."""
+    cells = [_columns(r) for r in rounds]
+    return "\n\n".join(
+        scoreboard.aligned(columns, [[row[c] for c in columns] for row in cells])
+        for columns in SUMMARY_TABLES
+    )
+
+
+def summary_line(rounds: Sequence[RoundSummary]) -> str:
+    """The run in one line, labelled and rounded (what the flow logs; the CLI prints the
+    tables)."""
+    if not rounds:
+        return "no rounds"
+    last = rounds[-1]
+    sent = {
+        role: sum(r.usage[role].requests for r in rounds if role in r.usage) for role in last.usage
+    }
+    cell = scoreboard.cell
+    parts = [
+        f"{len(rounds)} round(s)",
+        f"round {last.round}: student_to_teacher {cell(last.student_to_teacher)}",
+        f"relative_score {cell(last.relative_score)}",
+        "requests sent " + ", ".join(f"{role} {n}" for role, n in sent.items()),
+    ]
+    return "; ".join(parts)
 
 
 def publish_run(config: LionConfig, rounds: Sequence[RoundSummary]) -> None:

@@ -130,9 +130,10 @@ class RoundSummary(Record):
     diversity: Diversity | None = None
 
     def flat(self) -> dict[str, Any]:
-        """One level deep: `<role>_<counter>` and `<stage>_seconds` columns (`<role>_failures`:
-        requests that failed and were tolerated, `<role>.max_failed_share`), and a few
-        diversity rows (the whole of it is in summary.json)."""
+        """One level deep: `<role>_<counter>` and `<stage>_seconds` columns (`<role>_sent`:
+        requests sent to the endpoint; `<role>_cached`: answered from the run's response cache;
+        `<role>_failures`: requests that failed and were tolerated, `<role>.max_failed_share`),
+        and a few diversity rows (the whole of it is in summary.json)."""
         row = self.model_dump(exclude={"usage", "seconds", "diversity"})
         if self.diversity is not None:
             d = self.diversity
@@ -142,7 +143,9 @@ class RoundSummary(Record):
             row["top_category"] = d.top_category and f"{d.top_category} ({d.category_basis})"
             row["top_category_share"] = d.top_category_share
         for role, usage in self.usage.items():
-            for field in ("requests", "failures", "prompt_tokens", "completion_tokens"):
+            row[f"{role}_sent"] = usage.requests
+            row[f"{role}_cached"] = usage.cache_hits
+            for field in ("failures", "prompt_tokens", "completion_tokens"):
                 row[f"{role}_{field}"] = getattr(usage, field)
         for stage, secs in self.seconds.items():
             row[f"{stage}_seconds"] = secs

@@ -40,7 +40,7 @@ from lion_core.student.checkpoints import (
     scratch_for,
 )
 from lion_core.student.data import check_train_frame
-from lion_core.supervise import cpu_threads, free_port, run_process_group
+from lion_core.supervise import cpu_threads, free_port, is_deepspeed_chatter, run_process_group
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,7 @@ def train_student(
             timeout=cfg.training.timeout,
             should_stop=should_stop,
             error=TrainingError,
+            quiet=is_deepspeed_chatter,  # in the log file (and an error's tail) only
         )
     finally:
         _upload_log(storage, round, log_file)
