@@ -39,9 +39,12 @@ def round_summary(
     found: Sequence[Candidates],
     new: NewInstructions | None,
     seconds: dict[str, float],
+    run: str | None = None,
 ) -> RoundSummary:
     """The round's summary, from the records its tasks returned (an ablation arm returns no
-    reviews, and `seed-only` no split or new instructions)."""
+    reviews, and `seed-only` no split or new instructions). `run`: this round's flow run id;
+    requests of task results cached from another run count as answered from cache, not
+    sent."""
     stats = split.stats if split is not None else None
     return RoundSummary(
         round=round,
@@ -60,9 +63,9 @@ def round_summary(
         student=student,
         diversity=new.diversity if new else None,
         usage={
-            "teacher": teacher.usage,
-            "referee": sum((r.usage for r in reviews), Usage()),
-            "generator": sum((c.usage for c in found), Usage()),
+            "teacher": teacher.usage.seen_from(run),
+            "referee": sum((r.usage.seen_from(run) for r in reviews), Usage(run=run)),
+            "generator": sum((c.usage.seen_from(run) for c in found), Usage(run=run)),
         },
         seconds=seconds,
     )
@@ -175,6 +178,12 @@ def summary_table(rounds: Sequence[RoundSummary]) -> str:
         scoreboard.aligned(columns, [[row[c] for c in columns] for row in cells])
         for columns in SUMMARY_TABLES
     )
+
+
+def requests_line(summary: RoundSummary) -> str:
+    """'requests sent (answered from cache): teacher 16 (0), referee 32 (0), generator 18 (0)'"""
+    usage = ", ".join(f"{role} {u.requests} ({u.cache_hits})" for role, u in summary.usage.items())
+    return f"requests sent (answered from cache): {usage}"
 
 
 def summary_line(rounds: Sequence[RoundSummary]) -> str:

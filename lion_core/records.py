@@ -22,7 +22,10 @@ class Record(BaseModel):
 
 
 class Usage(Record):
-    """What one role's client did (lion_core.llm.client.Usage, as a record)."""
+    """What one role's client did (lion_core.llm.client.Usage, as a record): `requests` sent to
+    the endpoint, `cache_hits` answered from the run's response cache. `run`: the flow run whose
+    task did it — a task result cached by Prefect and returned to a later run carries the
+    earlier run's id, so the later run can tell that it sent nothing (`seen_from`)."""
 
     requests: int = 0
     cache_hits: int = 0
@@ -31,9 +34,20 @@ class Usage(Record):
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    run: str | None = None
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(**{k: v + getattr(other, k) for k, v in self})
+        counts = {k: v + getattr(other, k) for k, v in self if k != "run"}
+        return Usage(**counts, run=self.run if self.run == other.run else None)
+
+    def seen_from(self, run: str | None) -> Usage:
+        """This usage as run `run` saw it: itself if `run` did the work (or either id is
+        unknown), else nothing sent — the task's result came from an earlier run, so every
+        request it answered counts as answered from cache."""
+        if self.run is None or run is None or self.run == run:
+            return self
+        answered = self.requests - self.failures + self.cache_hits
+        return Usage(cache_hits=answered, run=run)
 
 
 class Pools(Record):

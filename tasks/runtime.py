@@ -81,8 +81,11 @@ def attach_library_logging() -> None:
 
 
 def usage_record(client: LLMClient) -> Usage:
-    """The client's counters (requests sent, cache hits, failures, tokens) as a record."""
-    return Usage(**client.usage.as_dict())
+    """The client's counters (requests sent, cache hits, failures, tokens) as a record, with
+    the flow run they were spent in (see `Usage.seen_from`)."""
+    from prefect.runtime import flow_run
+
+    return Usage(**client.usage.as_dict(), run=flow_run.id)
 
 
 def retry_unless_requests_failed(task: Any, task_run: Any, state: Any) -> bool:

@@ -116,6 +116,12 @@ def test_run_then_pools_then_resume(prefect_harness, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert table_rows(resumed.stdout) == table
     assert "Cached" in resumed.stderr + resumed.stdout
+    # nothing was sent: every task's result is the first run's, every request counted cached
+    (again,) = table_dicts(resumed.stdout, "teacher_sent")
+    for role in ("teacher", "referee", "generator"):
+        assert again[f"{role}_sent"] == "0"
+        answered = int(requests[f"{role}_sent"]) + int(requests[f"{role}_cached"])
+        assert int(again[f"{role}_cached"]) == answered
 
     # another experiment on the same root is refused, naming the field
     refused = lion("run", "-c", str(cfg_path), "--set", "discrimination.tau=3", api_url=api_url)

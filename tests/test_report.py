@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.report import SUMMARY_TABLES, summary_line, summary_table
+from flows.report import SUMMARY_TABLES, requests_line, summary_line, summary_table
 from lion_core.records import RoundSummary, Usage
 
 
@@ -47,3 +47,17 @@ def test_one_line_for_the_log():
     assert "\n" not in line and len(line) < 200
     assert "2 round(s)" in line and "round 2: student_to_teacher 0.689" in line
     assert "relative_score 0.912" in line and "requests sent teacher 32, referee 64" in line
+    assert requests_line(_round(1, usage)) == (
+        "requests sent (answered from cache): teacher 16 (0), referee 32 (4)"
+    )
+
+
+def test_a_result_cached_from_another_run_sent_nothing():
+    spent = Usage(requests=20, cache_hits=5, failures=2, prompt_tokens=900, run="run-a")
+    assert spent.seen_from("run-a") == spent  # the run that sent them
+    again = spent.seen_from("run-b")  # a later run handed the task's cached result
+    assert again.requests == 0 and again.prompt_tokens == 0 and again.failures == 0
+    assert again.cache_hits == 20 - 2 + 5
+    assert Usage(requests=3).seen_from("run-b").requests == 3  # older records: no run known
+    total = spent.seen_from("run-b") + Usage(requests=4, run="run-b")
+    assert total.requests == 4 and total.run == "run-b"

@@ -144,6 +144,11 @@ def test_resume_after_a_failure_repeats_nothing(prefect_harness, tmp_path, offli
     redone = {"candidates", "novel-instructions", "next-round-pools"}
     assert {n for n, s in states.items() if s != "Cached"} <= redone, states
     assert {p.name: p.stat().st_mtime_ns for p in student_dir.iterdir()} == before
+    # honest counters: the cached tasks' requests were sent by the failed run, not this one
+    usage = resumed.result().usage
+    assert usage["teacher"].requests == 0 and usage["teacher"].cache_hits == 24
+    assert usage["referee"].requests == 0 and usage["referee"].cache_hits >= 48
+    assert usage["generator"].requests > 0  # the stage that failed was run (and sent) again
 
     stats = world.stats()
     for role in ("teacher", "referee", "generator"):
