@@ -28,8 +28,15 @@ from tasks.runtime import attach_library_logging
 DEFAULT_CONFIG = LionConfig()
 
 
+def evaluation_run_name() -> str:
+    """`evaluate-round-2`, or `evaluate-model` for a model outside the run's rounds."""
+    round = flow_run.parameters.get("round")
+    return "evaluate-model" if round is None else f"evaluate-round-{round}"
+
+
 @flow(
     name="lion-evaluate",
+    flow_run_name=evaluation_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     persist_result=True,
 )

@@ -22,7 +22,12 @@ from tasks.student import base_student, student_answers, trained_student
 DEFAULT_CONFIG = LionConfig()
 
 
-@flow(name="lion-round", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+@flow(
+    name="lion-round",
+    flow_run_name="round-{round}",
+    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    persist_result=True,
+)
 def lion_round(
     config: LionConfig = DEFAULT_CONFIG, round: int = 1, offline_url: str | None = None
 ) -> RoundSummary:

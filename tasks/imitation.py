@@ -13,7 +13,12 @@ from tasks.caching import lion_task
 from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 
 
-@lion_task("teacher-answers", retries=2, retry_condition_fn=retry_unless_requests_failed)
+@lion_task(
+    "teacher-answers",
+    task_run_name="teacher-answers-round-{round}",
+    retries=2,
+    retry_condition_fn=retry_unless_requests_failed,
+)
 def teacher_answers(
     config: LionConfig, round: int, pools: Pools, offline_url: str | None = None
 ) -> TeacherAnswers:

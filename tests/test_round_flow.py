@@ -50,7 +50,8 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
     from flows.round import lion_round
 
     cfg = small_config(tmp_path / "run")
-    summary = lion_round(cfg, 1)
+    state = lion_round(cfg, 1, return_state=True)
+    summary = state.result()
 
     store = RunStore.open(cfg.storage.root)
     for name in (
@@ -103,9 +104,30 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
         logs = client.read_logs(limit=200)
     assert any(log.name == "lion_core.llm" and "teacher answers" in log.message for log in logs)
 
+    # Runs named for what they do (the UI and the console show these names).
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run_id).name == "round-1"
+    names = set(_task_states(run_id, by="run name"))
+    expected = {"referee-order-1", "referee-order-2", "candidates-hard", "candidates-easy"}
+    assert expected | {"student-round-1", "teacher-answers-round-1"} <= names, names
 
-def _task_states(flow_run_id) -> dict[str, str]:
-    """Task name (without its run suffix) -> state name, for one flow run."""
+
+def task_name(task_run) -> str:
+    """The name of the task a task run ran (`candidates`), whatever the run is called
+    (`candidates-hard`): looked up by the run's `task_key`."""
+    from prefect import Task
+
+    from tasks import discrimination, evaluation, generation, imitation, pools, student
+
+    modules = (discrimination, evaluation, generation, imitation, pools, student)
+    names = {t.task_key: t.name for m in modules for t in vars(m).values() if isinstance(t, Task)}
+    return names[task_run.task_key]
+
+
+def _task_states(flow_run_id, by: str = "task name") -> dict[str, str]:
+    """Task name -> state name, for one flow run; with `by="run name"`, task run name -> state
+    name."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -113,7 +135,9 @@ def _task_states(flow_run_id) -> dict[str, str]:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
-    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+    if by == "run name":
+        return {r.name: r.state.name for r in runs}
+    return {task_name(r): r.state.name for r in runs}
 
 
 def test_resume_after_a_failure_repeats_nothing(prefect_harness, tmp_path, offline_server):
