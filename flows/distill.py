@@ -8,6 +8,7 @@ from prefect.runtime import flow_run
 
 from flows.common import offline_world, use_run_storage
 from flows.evaluate import lion_evaluate
+from flows.names import descriptive, run_name
 from flows.report import publish_run, publish_scoreboard, summary_line
 from flows.round import DEFAULT_CONFIG, lion_round
 from lion_core import layout
@@ -18,15 +19,7 @@ from lion_core.run import open_run
 from tasks.runtime import attach_library_logging
 
 
-def distill_run_name() -> str:
-    """The run's `name` (an ablation arm's: `<name>-<arm>-s<seed>`)."""
-    config = flow_run.parameters.get("config")
-    if isinstance(config, LionConfig):
-        return config.name
-    return str((config or {}).get("name") or "lion")
-
-
-@flow(name="lion-distill", flow_run_name=distill_run_name, persist_result=True)
+@flow(name="lion-distill", flow_run_name=descriptive(run_name), persist_result=True)
 def lion_distill(config: LionConfig = DEFAULT_CONFIG) -> RunSummary:
     """Distil the teacher into the student over `config.rounds` Lion rounds, evaluating round
     0's and every round's student (`evaluation.every_round`; else round 0's and the last).

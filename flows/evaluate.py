@@ -9,6 +9,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import offline_world, use_run_storage
+from flows.names import descriptive, evaluation_name
 from flows.report import publish_evaluation
 from lion_core import layout
 from lion_core.config import LionConfig
@@ -28,15 +29,9 @@ from tasks.runtime import attach_library_logging
 DEFAULT_CONFIG = LionConfig()
 
 
-def evaluation_run_name() -> str:
-    """`evaluate-round-2`, or `evaluate-model` for a model outside the run's rounds."""
-    round = flow_run.parameters.get("round")
-    return "evaluate-model" if round is None else f"evaluate-round-{round}"
-
-
 @flow(
     name="lion-evaluate",
-    flow_run_name=evaluation_run_name,
+    flow_run_name=descriptive(evaluation_name),
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     persist_result=True,
 )

@@ -7,6 +7,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import StageClock, committed_pools, offline_world, use_run_storage
+from flows.names import descriptive, round_name
 from flows.report import publish_round, requests_line, round_summary
 from lion_core.config import LionConfig
 from lion_core.lease import run_lease
@@ -24,7 +25,7 @@ DEFAULT_CONFIG = LionConfig()
 
 @flow(
     name="lion-round",
-    flow_run_name="round-{round}",
+    flow_run_name=descriptive(round_name),
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     persist_result=True,
 )
