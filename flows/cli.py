@@ -99,6 +99,15 @@ def _parse_sets(sets: list[str] | None) -> dict[str, object]:
 
 
 def _run_flow(cfg: LionConfig) -> None:
+    from lion_core.preflight import preflight
+    from tasks.runtime import secret_value
+
+    # keys, endpoints, storage, initial data: in seconds, before Prefect (and torch) load
+    report = preflight(cfg, secret_loader=secret_value)
+    for warning in report.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    report.raise_for_problems()
+
     from flows.distill import lion_distill
     from flows.report import summary_table
     from lion_core.run import open_run

@@ -14,9 +14,10 @@ from flows.round import DEFAULT_CONFIG, lion_round
 from lion_core import layout
 from lion_core.config import LionConfig
 from lion_core.lease import run_lease
+from lion_core.preflight import preflight
 from lion_core.records import RoundSummary, RunSummary, StudentEvaluation
 from lion_core.run import open_run
-from tasks.runtime import attach_library_logging
+from tasks.runtime import attach_library_logging, secret_value
 
 
 @flow(name="lion-distill", flow_run_name=descriptive(run_name), persist_result=True)
@@ -31,10 +32,17 @@ def lion_distill(config: LionConfig = DEFAULT_CONFIG) -> RunSummary:
 
     The run holds the root's lease (`lion_core.lease`) from start to end, its rounds and
     evaluations sharing it: a second run started on the root meanwhile fails at once.
+
+    It starts with the preflight (`lion_core.preflight`: keys, endpoints, storage, initial
+    data): a problem there fails the run in seconds, before anything is built or trained.
     """
     use_run_storage(config)
     attach_library_logging()
     log = get_run_logger()
+    report = preflight(config, secret_loader=secret_value)
+    for warning in report.warnings:
+        log.warning("preflight: %s", warning)
+    report.raise_for_problems()
     with run_lease(config, flow_run.id) as lease:
         store = open_run(config)
         evaluate = bool(config.evaluation.sets or config.evaluation.lm_eval_tasks)

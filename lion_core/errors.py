@@ -71,6 +71,11 @@ class MissingAPIKeyError(LLMError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class PreflightError(LionError):
+    """The checks before a run found problems (keys, endpoints, storage, initial data); the
+    message lists each, naming the field to fix."""
+
+
 class TrainingError(LionError, RuntimeError):
     """Student training failed; the message carries the tail of the training log."""
 

@@ -1,6 +1,7 @@
 """The run's layout: every path under a run's root, relative to it, in one place.
 
     <root>/run.json                                 the config the root is bound to
+    <root>/.preflight-<token>                       the preflight's write probe, deleted at once
     <root>/lease.json                               the run holding the root now (lion_core.lease)
     <root>/lease.lock                               local roots: serializes lease updates (flock)
     <root>/round=<k>/<artifact>.parquet             k = 1..rounds (+1 for the final pools)
@@ -27,6 +28,7 @@ from __future__ import annotations
 import re
 
 RUN_INFO = "run.json"
+PREFLIGHT_PREFIX = ".preflight-"
 LEASE = "lease.json"
 LEASE_LOCK = "lease.lock"
 RESULTS = "prefect-results"
@@ -34,6 +36,11 @@ LLM_CACHE = "llm_cache"
 GENERATION = "generation"
 
 _ROUND_DIR = re.compile(r"^round=(\d+)$")
+
+
+def preflight_probe(token: str) -> str:
+    """The file the preflight writes and deletes at once, to prove the root takes writes."""
+    return f"{PREFLIGHT_PREFIX}{token}"
 
 
 def round_dir(k: int) -> str:

@@ -46,10 +46,10 @@ def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMCli
 
 def api_key(config: LionConfig, role: str) -> str | None:
     """`role`'s API key: its environment variable, else its Prefect Secret block, else None."""
-    return resolve_api_key(config.endpoints()[role], role, secret_loader=_secret)
+    return resolve_api_key(config.endpoints()[role], role, secret_loader=secret_value)
 
 
-def _secret(name: str) -> str:
+def secret_value(name: str) -> str:
     """The value of Prefect Secret block `name` (endpoints' `api_key_secret`)."""
     from prefect.blocks.system import Secret
 
