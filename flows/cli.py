@@ -70,6 +70,30 @@ def pools(
     typer.echo(aligned(header, rows))
 
 
+@app.command("export")
+def export(
+    root: RootArgument,
+    round: Annotated[int, typer.Option("--round", min=1, help="The round whose data to export.")],
+    format: Annotated[
+        str, typer.Option("--format", help="alpaca (JSON), sharegpt (JSON) or parquet.")
+    ] = "alpaca",
+    out: Annotated[
+        str | None,
+        typer.Option(help="Where to write (path or URI); default round=<k>/export/ in the run."),
+    ] = None,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Write what round k's student was trained on — instruction, input and the teacher's
+    answer as output — for other training tools."""
+    from lion_core.export import FORMATS, export_round
+    from lion_core.store import RunStore
+
+    if format not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    store = RunStore.open(root, {"endpoint_url": endpoint_url} if endpoint_url else {})
+    typer.echo(export_round(store, round, format, out))  # type: ignore[arg-type]
+
+
 @app.command("config")
 def config_cmd(
     path: Annotated[Path | None, typer.Argument(help="Config to validate.")] = None,

@@ -10,6 +10,7 @@
     <root>/round=<k>/student/                       the student trained in round k
     <root>/round=<k>/checkpoints/checkpoint-<step>/ mid-run training checkpoints (until committed)
     <root>/round=<k>/logs/                          training logs, one file per attempt
+    <root>/round=<k>/export/train.<format>.<ext>    training data for other tools (lion export)
     <root>/evaluation/<set>/{questions,teacher_answers}.parquet   a question set, once per run
     <root>/round=<k>/evaluation/<set>/{student_answers,judged,by_category}.parquet
     <root>/round=<k>/evaluation/lm_eval.parquet     lm-evaluation-harness accuracy
@@ -73,6 +74,14 @@ def checkpoints(k: int) -> str:
 
 def logs(k: int) -> str:
     return f"{round_dir(k)}/logs"
+
+
+EXPORT_EXTENSIONS = {"alpaca": "json", "sharegpt": "json", "parquet": "parquet"}
+
+
+def export(k: int, fmt: str) -> str:
+    """Round k's training data exported for other tools (`lion export`)."""
+    return f"{round_dir(k)}/export/train.{fmt}.{EXPORT_EXTENSIONS[fmt]}"
 
 
 EVALUATION = "evaluation"

@@ -235,6 +235,9 @@ def answered(storage: Storage, rel: str) -> pd.DataFrame:
 
 
 def commit(storage: Storage, rel: str, shard: int, seq: int, answers: list[Answer], model: str):
+    """Commit one batch of answers under `rel`. `model`: the student's URI, recorded relative to
+    the run's root when it is inside it (`round=2/student`: the same wherever the run is)."""
+    model = storage.relative(model) or model
     table = conform(
         pd.DataFrame(
             [
