@@ -62,6 +62,7 @@ def round_summary(
         next_train_pool=next_pools.train.rows,
         student=student,
         diversity=new.diversity if new else None,
+        teacher_health=teacher.health,
         usage={
             "teacher": teacher.usage.seen_from(run),
             "referee": sum((r.usage.seen_from(run) for r in reviews), Usage(run=run)),
@@ -104,12 +105,23 @@ def publish_round(
     hard_rows = store.read_ref(hard).sort_values("gap", ascending=False).head(sample)
     reviews = store.read_ref(referee).set_index("instruction_id")
     parts = [f"# Round {round}: hardest instructions\n"]
+    health = summary.teacher_health
+    if health is not None:
+        problems = health.problems(config.data_health.warn_share)
+        parts.append(
+            f"Teacher answers: {health.answers}; refusals {health.share(health.refusals):.0%}, "
+            f"identical {health.share(health.identical):.0%}, empty "
+            f"{health.share(health.empty):.0%}"
+            + ("".join(f"\n- **warning:** {p}" for p in problems) if problems else "")
+            + "\n"
+        )
     if hard_rows.empty:
         parts.append("No hard instructions this round.\n")
     for row in hard_rows.itertuples(index=False):
         review = reviews.loc[row.instruction_id] if row.instruction_id in reviews.index else None
+        given = f"> {_quote(row.input)}\n\n" if isinstance(row.input, str) and row.input else ""
         parts.append(
-            f"## {row.instruction[:120]}\n\n"
+            f"## {_heading(row.instruction)}\n\n{given}"
             f"**Teacher** ({row.teacher_score:.1f}): {_quote(row.teacher_answer)}\n\n"
             f"**Student** ({row.student_score:.1f}): {_quote(row.student_answer)}\n\n"
         )
@@ -123,6 +135,15 @@ def publish_round(
         key=artifact_key(config, f"round-{round}-hard-sample"),
         description=f"Lion round {round}: a sample of hard instructions",
     )
+
+
+def _heading(text: str, limit: int = 120) -> str:
+    """`text` on one line, cut at a word boundary when longer than `limit`."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return f"{cut or text[:limit]} …"
 
 
 def _quote(text: Any, limit: int = 600) -> str:

@@ -35,6 +35,11 @@ class DataError(LionError, ValueError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class DataHealthError(LionError, ValueError):
+    """The teacher's answers are degenerate (refusals, one repeated answer, empty answers): the
+    round stops before the student learns them. The message names the cause and the counts."""
+
+
 class StorageError(LionError, OSError):
     """Reading or writing the run's storage failed."""
 

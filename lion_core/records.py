@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lion_core.diversity import Diversity, RougeQuantiles
 from lion_core.evaluate import EvalSummary
+from lion_core.health import AnswerHealth
 from lion_core.schemas import ArtifactRef
 
 
@@ -61,6 +62,7 @@ class TeacherAnswers(Record):
     answers: ArtifactRef
     failed: int
     usage: Usage
+    health: AnswerHealth | None = None  # None in results written before it existed
 
 
 class RefereeReviews(Record):
@@ -142,13 +144,20 @@ class RoundSummary(Record):
     student_exact_match: float | None = None
     # The novelty stage's diversity statistics (lion_core.diversity).
     diversity: Diversity | None = None
+    # Refusals, identical and empty teacher answers (lion_core.health).
+    teacher_health: AnswerHealth | None = None
 
     def flat(self) -> dict[str, Any]:
         """One level deep: `<role>_<counter>` and `<stage>_seconds` columns (`<role>_sent`:
         requests sent to the endpoint; `<role>_cached`: answered from the run's response cache;
         `<role>_failures`: requests that failed and were tolerated, `<role>.max_failed_share`),
         and a few diversity rows (the whole of it is in summary.json)."""
-        row = self.model_dump(exclude={"usage", "seconds", "diversity"})
+        row = self.model_dump(exclude={"usage", "seconds", "diversity", "teacher_health"})
+        if self.teacher_health is not None:
+            h = self.teacher_health
+            row["teacher_refusal_share"] = h.share(h.refusals)
+            row["teacher_identical_share"] = h.share(h.identical)
+            row["teacher_empty_share"] = h.share(h.empty)
         if self.diversity is not None:
             d = self.diversity
             row["novelty_dropped_share"] = d.dropped_share

@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from lion_core.config import LionConfig
-from lion_core.errors import LLMError, RequestsFailedError
+from lion_core.errors import DataHealthError, LLMError, RequestsFailedError
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
 from lion_core.llm.keys import resolve_api_key
@@ -90,11 +90,12 @@ def usage_record(client: LLMClient) -> Usage:
 
 def retry_unless_requests_failed(task: Any, task_run: Any, state: Any) -> bool:
     """A retry_condition_fn: retry a failed task, except when its requests failed
-    (`RequestsFailedError`). The client already retried each transient failure with backoff;
-    a task retry would only send the permanent ones (401, 400) again. The next run re-asks
-    them, after the endpoint is fixed."""
+    (`RequestsFailedError`) or its answers are degenerate (`DataHealthError`: the same answers
+    would come back from the response cache). The client already retried each transient
+    failure with backoff; a task retry would only send the permanent ones (401, 400) again.
+    The next run re-asks them, after the endpoint is fixed."""
     try:
         error = state.result(raise_on_failure=False)
     except Exception:  # the result cannot be read: retry, as without a condition
         return True
-    return not isinstance(error, RequestsFailedError)
+    return not isinstance(error, RequestsFailedError | DataHealthError)

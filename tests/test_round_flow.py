@@ -95,6 +95,9 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
     assert {"flow-test-round-1", "flow-test-round-1-hard-sample"} <= keys
     table = next(a for a in artifacts if a.key == "flow-test-round-1").data
     assert "novelty_dropped_share" in str(table) and "kept_max_rouge_l" in str(table)
+    assert "teacher_refusal_share" in str(table)  # data health, in the round's artifact
+    assert summary.teacher_health is not None and summary.teacher_health.answers == 24
+    assert summary.teacher_health.refusals == 0
 
     # The library's progress lines (lion_core.llm) are in the run's logs, not only the console.
     from prefect.logging.handlers import APILogWorker
