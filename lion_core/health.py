@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 SEARCHED_CHARS = 300  # refusal patterns are searched at the start of an answer
 QUOTE_CHARS = 100
+# Short answers repeat by nature ("14", "yes"): identical answers count from this length, and
+# from this many copies.
+IDENTICAL_MIN_CHARS = 10
+IDENTICAL_MIN_COPIES = 3
 
 
 class AnswerHealth(BaseModel):
@@ -34,7 +38,7 @@ class AnswerHealth(BaseModel):
     answers: int  # status ok
     refusals: int
     empty: int  # empty or whitespace only
-    identical: int  # answers equal to the most frequent one (0 when every answer differs)
+    identical: int  # copies of the most frequent answer (long enough and repeated enough; else 0)
     top_answer: str | None  # the most frequent answer (its start), when repeated
     refusal_example: str | None
 
@@ -50,7 +54,7 @@ class AnswerHealth(BaseModel):
                 f"{self.refusals} of {n} teacher answers ({self.share(self.refusals):.0%}) are "
                 f"refusals, e.g. {self.refusal_example!r}"
             )
-        if n and self.identical > 1 and self.share(self.identical) >= threshold:
+        if n and self.identical and self.share(self.identical) >= threshold:
             found.append(
                 f"{self.identical} of {n} teacher answers ({self.share(self.identical):.0%}) are "
                 f"the same text: {self.top_answer!r}"
@@ -74,9 +78,9 @@ def answer_health(answers: pd.DataFrame, refusal_patterns: Sequence[str]) -> Ans
         if refusal_patterns
         else pd.Series(False, index=stripped.index)
     )
-    counts = stripped[stripped != ""].value_counts()
+    counts = stripped[stripped.str.len() >= IDENTICAL_MIN_CHARS].value_counts()
     top_count = int(counts.iloc[0]) if len(counts) else 0
-    identical = top_count if top_count > 1 else 0
+    identical = top_count if top_count >= IDENTICAL_MIN_COPIES else 0
     return AnswerHealth(
         answers=len(ok),
         refusals=int(refused.sum()),

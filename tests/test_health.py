@@ -24,6 +24,7 @@ def test_counts():
     texts = [
         "I'm sorry, but I can only help with arithmetic.",
         "I'm sorry, but I can only help with arithmetic.",
+        "I'm sorry, but I can only help with arithmetic.",
         "As an AI language model, I have no opinion.",
         "Sure. I can't stress this enough: 4.",  # "I can't" + not help/assist: an answer
         "  ",
@@ -32,16 +33,19 @@ def test_counts():
         "I cannot answer that question.",
     ]
     health = answer_health(_answers(texts, failed=3), PATTERNS)
-    assert health.answers == 8 and health.empty == 1
-    assert health.refusals == 4 and health.identical == 2
+    assert health.answers == 9 and health.empty == 1
+    assert health.refusals == 5 and health.identical == 3
     assert health.top_answer == "I'm sorry, but I can only help with arithmetic."
     assert health.refusal_example.startswith("I'm sorry")
-    assert health.share(health.refusals) == 0.5
+    assert health.share(health.refusals) == 5 / 9
     problems = health.problems(0.5)
     assert len(problems) == 1 and problems[0].startswith(
-        "4 of 8 teacher answers (50%) are refusals"
+        "5 of 9 teacher answers (56%) are refusals"
     )
-    assert answer_health(_answers(["a", "b", "c"]), PATTERNS).identical == 0  # no repeats
+    # short answers repeat by nature, and two copies are no pattern
+    assert answer_health(_answers(["14", "14", "14", "9"]), PATTERNS).identical == 0
+    twice = "The answer is forty-two."
+    assert answer_health(_answers([twice, twice, "x" * 12]), PATTERNS).identical == 0
 
 
 def test_degenerate_stops_unless_allowed(caplog):
