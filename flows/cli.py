@@ -156,13 +156,13 @@ def _print_scoreboard(root: str, options: dict | None, plot: bool = False) -> bo
     if frame.empty:
         return False
     typer.echo("\nrelative score (student ÷ teacher judge scores; 1.0 = teacher level):")
-    typer.echo(scoreboard.text_table(scoreboard.overall(frame), scoreboard.OVERALL_COLUMNS))
+    typer.echo(scoreboard.printed(scoreboard.overall(frame)))
     last = frame[(frame["round"] == frame["round"].max()) & (frame["level"] == "category")]
-    if len(last):
-        typer.echo(f"\nround {int(last['round'].iloc[0])} by category:")
-        columns = ("set", "category", "relative_score", "wins", "ties", "losses", "unscored",
-                   "student_exact_match")  # fmt: skip
-        typer.echo(scoreboard.text_table(last, columns))
+    columns = ("category", "relative_score", "wins", "ties", "losses", "unscored",
+               "student_exact_match")  # fmt: skip
+    for name, group in last.groupby("set", sort=False):
+        typer.echo(f"\nround {int(group['round'].iloc[0])} by category, {name}:")
+        typer.echo(scoreboard.text_table(group, columns))
     if plot:
         uri, _ = scoreboard.write_plot(store, title=root)
         typer.echo(f"\nplot: {uri}")

@@ -61,3 +61,25 @@ def test_a_result_cached_from_another_run_sent_nothing():
     assert Usage(requests=3).seen_from("run-b").requests == 3  # older records: no run known
     total = spent.seen_from("run-b") + Usage(requests=4, run="run-b")
     assert total.requests == 4 and total.run == "run-b"
+
+
+def test_the_printed_scoreboard_fits_100_columns():
+    import pandas as pd
+
+    from lion_core import scoreboard
+
+    rows = pd.DataFrame(
+        {
+            "round": [0, 1], "set": ["vicuna_bench_questions", "offline"],
+            "relative_score": [0.61234, None], "interval_low": [0.5512, None],
+            "interval_high": [0.6799, None], "wins": [12, 0], "ties": [3, 0],
+            "losses": [65, 0], "unscored": [0, 80], "questions": [80, 80],
+            "student_exact_match": [None, 0.25], "teacher_exact_match": [None, 1.0],
+        }
+    )  # fmt: skip
+    text = scoreboard.printed(scoreboard.overall(rows.assign(level="overall", category=None)))
+    assert max(len(line) for line in text.splitlines()) <= 100
+    first, second = (t.splitlines() for t in text.split("\n\n"))
+    assert first[0] == "vicuna_bench_questions:" and second[0] == "offline:"
+    assert first[1].split() == list(scoreboard.PRINTED_COLUMNS)
+    assert "0.551-0.680" in first[2] and second[2].split()[2] == "-"
