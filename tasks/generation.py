@@ -13,7 +13,12 @@ from tasks.caching import lion_task
 from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 
 
-@lion_task("candidates", retries=2, retry_condition_fn=retry_unless_requests_failed)
+@lion_task(
+    "candidates",
+    task_run_name="candidates-{kind}",
+    retries=2,
+    retry_condition_fn=retry_unless_requests_failed,
+)
 def candidates(
     config: LionConfig,
     round: int,

@@ -12,7 +12,13 @@ from typing import Any
 
 from lion_core.config import LionConfig
 from lion_core.costs import Budget
-from lion_core.errors import BatchError, BudgetExceeded, LLMError, RequestsFailedError
+from lion_core.errors import (
+    BatchError,
+    BudgetExceeded,
+    DataHealthError,
+    LLMError,
+    RequestsFailedError,
+)
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
 from lion_core.llm.keys import resolve_api_key
@@ -104,11 +110,11 @@ def batch_progress_artifact() -> Callable[[str, str, int, int, int], None]:
 
 
 def api_key(config: LionConfig, role: str) -> str | None:
-    """`role`'s API key: its environment variable, else its Prefect Secret block."""
-    return resolve_api_key(config.endpoints()[role], role, secret_loader=_secret)
+    """`role`'s API key: its environment variable, else its Prefect Secret block, else None."""
+    return resolve_api_key(config.endpoints()[role], role, secret_loader=secret_value)
 
 
-def _secret(name: str) -> str:
+def secret_value(name: str) -> str:
     """The value of Prefect Secret block `name` (endpoints' `api_key_secret`)."""
     from prefect.blocks.system import Secret
 
@@ -140,18 +146,24 @@ def attach_library_logging() -> None:
 
 
 def usage_record(client: LLMClient) -> Usage:
-    """The client's counters (requests sent, cache hits, failures, tokens) as a record."""
-    return Usage(**client.usage.as_dict())
+    """The client's counters (requests sent, cache hits, failures, tokens) as a record, with
+    the flow run they were spent in (see `Usage.seen_from`)."""
+    from prefect.runtime import flow_run
+
+    return Usage(**client.usage.as_dict(), run=flow_run.id)
 
 
 def retry_unless_requests_failed(task: Any, task_run: Any, state: Any) -> bool:
     """A retry_condition_fn: retry a failed task, except when its requests failed
-    (`RequestsFailedError`), the budget stopped it (`BudgetExceeded`) or the provider refused a
-    batch (`BatchError`): retrying cannot help those. The client already retried each
-    transient failure with backoff; a task retry would only send the permanent ones (401, 400)
-    again. The next run re-asks them, after the endpoint is fixed."""
+    (`RequestsFailedError`), its answers are degenerate (`DataHealthError`: the same answers
+    would come back from the response cache), the budget stopped it (`BudgetExceeded`) or the
+    provider refused a batch (`BatchError`): retrying cannot help those. The client already
+    retried each transient failure with backoff; a task retry would only send the permanent ones
+    (401, 400) again. The next run re-asks them, after the endpoint is fixed."""
     try:
         error = state.result(raise_on_failure=False)
     except Exception:  # the result cannot be read: retry, as without a condition
         return True
-    return not isinstance(error, RequestsFailedError | BudgetExceeded | BatchError)
+    return not isinstance(
+        error, RequestsFailedError | DataHealthError | BudgetExceeded | BatchError
+    )

@@ -24,7 +24,7 @@ def base_student(config: LionConfig, data: ArtifactRef) -> str:
     return prepare_base_student(config, store, texts)
 
 
-@lion_task("student", retries=1, retry_delay_seconds=5)
+@lion_task("student", task_run_name="student-round-{round}", retries=1, retry_delay_seconds=5)
 def trained_student(config: LionConfig, round: int, data: ArtifactRef, base: str) -> str:
     """The round's student, fine-tuned on the teacher's answers under DeepSpeed, from `base`
     (`training.init_from: base`) or from the previous round's student (`previous`). A retry
@@ -41,7 +41,12 @@ def trained_student(config: LionConfig, round: int, data: ArtifactRef, base: str
     return train_student(config, store, round, data.uri, init, logger=get_run_logger())
 
 
-@lion_task("student-answers", retries=1, retry_delay_seconds=5)
+@lion_task(
+    "student-answers",
+    task_run_name="student-answers-round-{round}",
+    retries=1,
+    retry_delay_seconds=5,
+)
 def student_answers(
     config: LionConfig, round: int, cache: ArtifactRef, student: str
 ) -> ArtifactRef:

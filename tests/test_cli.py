@@ -41,6 +41,15 @@ def test_demo_writes_its_full_config(tmp_path):
     assert cfg.student.tiny is not None
 
 
+def test_demo_written_config_has_a_root_of_its_own(tmp_path, monkeypatch):
+    """Not the demo's root: that one is bound to the demo's config, so an edited copy run
+    there would be refused (the README tour edits it with --set)."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("demo", "--write-config", "my-run.yaml")
+    assert result.exit_code == 0, result.output
+    assert LionConfig.from_yaml(tmp_path / "my-run.yaml").storage.root == "lion-runs/my-run"
+
+
 def test_pools_on_a_missing_root_fails_clearly(tmp_path):
     result = runner.invoke(app, ["pools", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "no rounds" in result.output
@@ -53,11 +62,27 @@ def lion(*args: str, api_url: str) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
-def table_rows(output: str) -> list[list[str]]:
-    """The per-round table `lion run` prints last: its header and rows."""
+def table_lines(output: str, header: str) -> list[str]:
+    """The last table in `output` whose header starts `round <header>`: its header and rows (up
+    to the next blank line), as printed."""
     lines = output.strip().splitlines()
-    start = max(i for i, line in enumerate(lines) if line.split()[:2] == ["round", "train_pool"])
-    return [line.split() for line in lines[start:] if line.strip() and line.split()[0] != "pools"]
+    start = max(i for i, line in enumerate(lines) if line.split()[:2] == ["round", header])
+    rows = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rows.append(line)
+    return rows
+
+
+def table_rows(output: str, header: str = "train_pool") -> list[list[str]]:
+    """The per-round table `lion run` prints (first of three): its header and rows."""
+    return [line.split() for line in table_lines(output, header)]
+
+
+def table_dicts(output: str, header: str) -> list[dict[str, str]]:
+    head, *rows = table_rows(output, header)
+    return [dict(zip(head, row, strict=True)) for row in rows]
 
 
 @pytest.mark.slow
@@ -73,6 +98,12 @@ def test_run_then_pools_then_resume(prefect_harness, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     table = table_rows(run.stdout)
     assert "student_to_teacher" in table[0] and table[1][:3] == ["1", "24", "24"]
+    for header in ("train_pool", "unscored", "teacher_sent"):  # three narrow tables
+        assert max(len(line) for line in table_lines(run.stdout, header)) <= 100
+    (requests,) = table_dicts(run.stdout, "teacher_sent")
+    assert requests["teacher_sent"] == "24" and requests["teacher_cached"] == "0"
+    assert int(requests["referee_sent"]) >= 48 and int(requests["generator_sent"]) > 0
+    assert "round  train_pool" not in run.stderr  # the flow logs one line, not the table
 
     pools = lion("pools", str(root), api_url=api_url)
     assert pools.returncode == 0, pools.stderr
@@ -86,6 +117,12 @@ def test_run_then_pools_then_resume(prefect_harness, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert table_rows(resumed.stdout) == table
     assert "Cached" in resumed.stderr + resumed.stdout
+    # nothing was sent: every task's result is the first run's, every request counted cached
+    (again,) = table_dicts(resumed.stdout, "teacher_sent")
+    for role in ("teacher", "referee", "generator"):
+        assert again[f"{role}_sent"] == "0"
+        answered = int(requests[f"{role}_sent"]) + int(requests[f"{role}_cached"])
+        assert int(again[f"{role}_cached"]) == answered
 
     # another experiment on the same root is refused, naming the field
     refused = lion("run", "-c", str(cfg_path), "--set", "discrimination.tau=3", api_url=api_url)

@@ -40,7 +40,7 @@ from lion_core.store import RunStore
 from lion_core.student.attention import sdpa_kernels
 from lion_core.student.checkpoints import materialize, scratch_for
 from lion_core.student.data import encode_prompt
-from lion_core.supervise import cpu_threads, run_process_groups
+from lion_core.supervise import cpu_threads, is_deepspeed_chatter, run_process_groups
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,9 @@ def answered(storage: Storage, rel: str) -> pd.DataFrame:
 
 
 def commit(storage: Storage, rel: str, shard: int, seq: int, answers: list[Answer], model: str):
+    """Commit one batch of answers under `rel`. `model`: the student's URI, recorded relative to
+    the run's root when it is inside it (`round=2/student`: the same wherever the run is)."""
+    model = storage.relative(model) or model
     table = conform(
         pd.DataFrame(
             [
@@ -373,7 +376,9 @@ def _run_workers(cfg, store, rel, student_uri, todo, n, logger) -> None:
             env.setdefault("OMP_NUM_THREADS", cpu_threads(n))
         cmd = [sys.executable, "-m", "lion_core.student.answer", "--spec", str(spec_file)]
         jobs.append(([*cmd, "--shard", str(shard)], env))
-    codes, tail = run_process_groups(jobs, logger=logger, prefix=True, error=GenerationError)
+    codes, tail = run_process_groups(
+        jobs, logger=logger, prefix=True, error=GenerationError, quiet=is_deepspeed_chatter
+    )
     failed = [i for i, rc in enumerate(codes) if rc != 0]
     if failed:
         raise GenerationError(

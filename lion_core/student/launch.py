@@ -29,6 +29,7 @@ import pandas as pd
 from lion_core import layout
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, TrainingError
+from lion_core.storage import Storage
 from lion_core.store import RunStore
 from lion_core.student.checkpoints import (
     COMPLETE,
@@ -39,7 +40,7 @@ from lion_core.student.checkpoints import (
     scratch_for,
 )
 from lion_core.student.data import check_train_frame
-from lion_core.supervise import cpu_threads, free_port, run_process_group
+from lion_core.supervise import cpu_threads, free_port, is_deepspeed_chatter, run_process_group
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def train_student(
     upload_earlier_logs(storage, round, work)
     if is_complete(storage, final_rel):
         logger.info("round %d student already trained: %s", round, storage.uri(final_rel))
+        prune_checkpoints(storage, round, keep_last=cfg.training.keep_checkpoints)
         return storage.uri(final_rel)
 
     options = cfg.storage.options
@@ -143,6 +145,7 @@ def train_student(
             timeout=cfg.training.timeout,
             should_stop=should_stop,
             error=TrainingError,
+            quiet=is_deepspeed_chatter,  # in the log file (and an error's tail) only
         )
     finally:
         _upload_log(storage, round, log_file)
@@ -156,9 +159,26 @@ def train_student(
             f"round {round} training exited cleanly but {storage.uri(final_rel)} has no "
             f"{COMPLETE} marker; last lines of the log:\n" + "\n".join(tail)
         )
+    prune_checkpoints(storage, round, keep_last=cfg.training.keep_checkpoints)
     if not storage.is_local:
         shutil.rmtree(work, ignore_errors=True)
     return storage.uri(final_rel)
+
+
+def prune_checkpoints(storage: Storage, round: int, *, keep_last: bool) -> None:
+    """Once round `round`'s student is committed its checkpoints only serve to resume a training
+    that is over: delete them all, or all but the last committed one (`keep_last`). Called
+    after the commit, so a crash before it leaves the checkpoints a retry resumes from, and
+    again by a call that finds the student committed (a crash between commit and pruning)."""
+    ckpt_rel = layout.checkpoints(round)
+    if not storage.exists(ckpt_rel):
+        return
+    if not keep_last:
+        storage.delete(ckpt_rel, recursive=True)
+        return
+    steps, incomplete = scan_checkpoints(storage, round)
+    for name in [*incomplete, *(f"checkpoint-{s}" for s in steps[:-1])]:
+        storage.delete(f"{ckpt_rel}/{name}", recursive=True)
 
 
 def init_uri_for(cfg: LionConfig, store: RunStore, round: int) -> str:
