@@ -1,6 +1,7 @@
 """No data traps: `lion export` writes what the student was trained on (the teacher's answers,
-not the pools' reference `output`) and round-trips through pandas; the DuckDB example of
-docs/storage.md keeps the files' own `round`; the student's `model` is run-relative."""
+not the pools' `reference`, the seed's own answer) and round-trips through pandas; the DuckDB
+example of docs/storage.md keeps the files' own `round`; the student's `model` is
+run-relative."""
 
 from __future__ import annotations
 
@@ -23,16 +24,16 @@ runner = CliRunner()
 
 
 def _round_1(root: Path) -> tuple[RunStore, pd.DataFrame]:
-    """A round 1 as the imitation stage leaves it: a pool whose `output` is the seed data's
-    reference (null for a generated row), the teacher's answers (one failed), the training
+    """A round 1 as the imitation stage leaves it: a pool whose `reference` is the seed data's
+    own answer (null for a generated row), the teacher's answers (one failed), the training
     data."""
     store = RunStore.open(str(root))
     generated = {**seed_row("Write a haiku about rain."), "source": "hard", "round": 1,
                  "parent_id": "p"}  # fmt: skip
     pool = pool_frame(
         [
-            seed_row("Add the numbers.", "12, 30", output="42 (reference)"),
-            seed_row("Translate to French: «bonjour, ça va ?»", output="(reference)"),
+            seed_row("Add the numbers.", "12, 30", reference="42 (reference)"),
+            seed_row("Translate to French: «bonjour, ça va ?»", reference="(reference)"),
             generated,
             seed_row("This one failed."),
         ]
