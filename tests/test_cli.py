@@ -207,7 +207,8 @@ def _seed_file(path: Path, rows: int = 24) -> Path:
 
 @pytest.mark.slow
 def test_a_run_that_committed_nothing_takes_a_corrected_config(prefect_harness, tmp_path):
-    """A run that fails before anything is committed (its initial data is missing) leaves the
+    """A run whose initial data is missing stops at the preflight, naming the file, before it
+    records anything; one that got further (run.json written) but committed nothing leaves the
     root free: pointed at the corrected file, it runs. Once a snapshot is committed, the root
     is bound to its config."""
     from prefect.settings import PREFECT_API_URL
@@ -222,7 +223,9 @@ def test_a_run_that_committed_nothing_takes_a_corrected_config(prefect_harness, 
     cfg_path = tmp_path / "run.yaml"
     small_config(root, **{"pools.initial_data": str(missing)}).to_yaml(cfg_path)
     failed = lion("run", "-c", str(cfg_path), api_url=PREFECT_API_URL.value())
-    assert failed.returncode != 0 and str(missing) in failed.stderr, failed.stderr[-3000:]
+    assert failed.returncode == 2 and str(missing) in failed.stderr, failed.stderr[-3000:]
+    assert "preflight" in failed.stderr and not (root / "run.json").exists()
+    open_run(small_config(root, **{"pools.initial_data": str(missing)}))  # a run past its checks
     assert (root / "run.json").exists()
 
     fixed = _seed_file(tmp_path / "fixed.jsonl")
@@ -235,9 +238,12 @@ def test_a_run_that_committed_nothing_takes_a_corrected_config(prefect_harness, 
 
 
 @pytest.mark.slow
-def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_path):
-    """A malformed initial data file fails the run's first task: the CLI prints one `error:`
-    line naming the file and row, no traceback (Prefect's included), and exits 2."""
+def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_path, shared_data):
+    """A LionError inside a flow (degenerate teacher answers: GSM8K seeds, the offline world
+    as teacher, DataHealthError in the teacher-answers task) fails the run: the CLI prints one
+    `error:` line naming the cause, no traceback (Prefect's included), and exits 2. A malformed
+    initial data file is caught earlier, by the preflight: the file and row, exit 2, no
+    traceback."""
     from prefect.settings import PREFECT_API_URL
     from test_round_flow import small_config
 
@@ -248,10 +254,19 @@ def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_
     small_config(tmp_path / "root", **{"pools.initial_data": str(bad)}).to_yaml(cfg_path)
     result = lion("run", "-c", str(cfg_path), api_url=PREFECT_API_URL.value())
     output = result.stdout + result.stderr
+    assert result.returncode == 2 and f"file {bad}, row 4" in result.stderr, output[-3000:]
+    assert "preflight" in result.stderr and "Traceback" not in output, output[-3000:]
+
+    gsm8k = str(shared_data / "gsm8k_train_alpaca_format.json")
+    small_config(tmp_path / "root-2", **{"pools.initial_data": gsm8k, "pools.limit": 12}).to_yaml(
+        cfg_path
+    )
+    result = lion("run", "-c", str(cfg_path), api_url=PREFECT_API_URL.value())
+    output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, output[-3000:]
-    assert f"file {bad}, row 4" in errors[0], errors
+    assert "the teacher's answers are degenerate" in errors[0], errors
     assert "Traceback" not in output, output[-3000:]
 
     # The run's logs in Prefect (what the UI shows) keep the traceback.
@@ -260,4 +275,4 @@ def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_
 
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(level=LogFilterLevel(ge_=40)), limit=200)
-    assert any("Traceback" in log.message and str(bad) in log.message for log in logs)
+    assert any("Traceback" in log.message and "DataHealthError" in log.message for log in logs)
