@@ -63,6 +63,7 @@ def round_summary(
         student=student,
         diversity=new.diversity if new else None,
         teacher_health=teacher.health,
+        generated_health=new.domain if new else None,
         usage={
             "teacher": teacher.usage.seen_from(run),
             "referee": sum((r.usage.seen_from(run) for r in reviews), Usage(run=run)),
@@ -113,6 +114,15 @@ def publish_round(
             f"identical {health.share(health.identical):.0%}, empty "
             f"{health.share(health.empty):.0%}"
             + ("".join(f"\n- **warning:** {p}" for p in problems) if problems else "")
+            + "\n"
+        )
+    domain = summary.generated_health
+    if domain is not None:
+        problems = domain.problems(config.data_health.far_warn_share)
+        parts.append(
+            f"New instructions: {domain.new}; far from every seed's domain "
+            f"{domain.far_share:.0%} (ROUGE-L F1 at most {domain.threshold:g})"
+            + "".join(f"\n- **warning:** {p}" for p in problems)
             + "\n"
         )
     if hard_rows.empty:

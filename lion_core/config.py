@@ -483,7 +483,8 @@ DEFAULT_REFUSALS = [
 
 class DataHealthConfig(Section):
     """Checks of the teacher's answers each round: refusals, identical answers and empty ones
-    are logged as warnings, and degenerate answers stop the run before a student learns them."""
+    are logged as warnings, and degenerate answers stop the run before a student learns them;
+    and of the new instructions: the share far from every seed's domain is a warning."""
 
     refusal_patterns: list[str] = Field(
         default_factory=lambda: list(DEFAULT_REFUSALS),
@@ -510,6 +511,23 @@ class DataHealthConfig(Section):
     allow_degenerate: bool = Field(
         False,
         description="Go on with degenerate teacher answers (a warning instead of an error).",
+        json_schema_extra=OPERATIONAL,
+    )
+    far_rouge_l: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="A new instruction whose ROUGE-L F1 with every seed instruction is at most "
+        "this is far from the seeds' domain (instructions of one domain score about 0.2 and "
+        "more against each other).",
+        json_schema_extra=OPERATIONAL,
+    )
+    far_warn_share: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Warn when this share of a round's new instructions or more is far from "
+        "the seeds' domain (generation drifting away from the initial data).",
         json_schema_extra=OPERATIONAL,
     )
 

@@ -1,4 +1,5 @@
-"""Data health of the teacher's answers: refusals, identical answers, empty answers.
+"""Data health of the teacher's answers (refusals, identical answers, empty answers) and of the
+generated instructions (how many are far from every seed's domain).
 
 A teacher that cannot answer the instructions — the offline world asked GSM8K questions, a
 provider's safety filter, a wrong model — still returns `status: ok`; the student would learn
@@ -6,6 +7,10 @@ its refusals, the referee would score refusal against copied refusal, and the ru
 look fine. Each round counts them; a share at or above `data_health.warn_share` is a warning,
 one above `data_health.max_share` is degenerate and stops the round (`DataHealthError`) unless
 `data_health.allow_degenerate`.
+
+Generation can drift too: new instructions that share almost nothing with any seed instruction
+(ROUGE-L F1 with every seed at most `data_health.far_rouge_l`) are off the domain the user gave;
+at `data_health.far_warn_share` of a round's new instructions or more, that is a warning.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lion_core.config import DataHealthConfig
 from lion_core.errors import DataHealthError
+from lion_core.novelty import near_pool
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,55 @@ def check_answers(health: AnswerHealth, config: DataHealthConfig, round: int) ->
             "anyway."
         )
     warnings = [f"round {round}: {p}" for p in health.problems(config.warn_share)]
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
+
+
+class DomainHealth(BaseModel):
+    """How many of a round's new instructions are far from every seed instruction."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    new: int  # new instructions checked (the round's kept ones)
+    seeds: int  # seed instructions they were compared with
+    far: int  # ROUGE-L F1 with every seed at most `threshold`
+    threshold: float
+    far_example: str | None
+
+    @property
+    def far_share(self) -> float:
+        return self.far / self.new if self.new else 0.0
+
+    def problems(self, threshold: float) -> list[str]:
+        """The drift warning when the far share reaches `threshold` (empty otherwise)."""
+        if not self.new or not self.far or self.far_share < threshold:
+            return []
+        return [
+            f"{self.far} of {self.new} new instructions ({self.far_share:.0%}) are far from "
+            f"every seed's domain (ROUGE-L F1 at most {self.threshold:g} with each of the "
+            f"{self.seeds} seed instructions), e.g. {self.far_example!r}"
+        ]
+
+
+def domain_health(new: Sequence[str], seeds: Sequence[str], threshold: float) -> DomainHealth:
+    """Count the instructions of `new` whose ROUGE-L F1 with every instruction of `seeds` is at
+    most `threshold` (lion_core.novelty's exact ROUGE-L)."""
+    new, seeds = [str(t) for t in new], [str(t) for t in seeds]
+    near = near_pool(new, seeds, threshold)
+    far = [t for t, is_near in zip(new, near, strict=True) if not is_near]
+    return DomainHealth(
+        new=len(new),
+        seeds=len(seeds),
+        far=len(far) if seeds else 0,
+        threshold=threshold,
+        far_example=_quote(far[0]) if far and seeds else None,
+    )
+
+
+def check_domain(health: DomainHealth, config: DataHealthConfig, round: int) -> list[str]:
+    """Log the drift warning of `health`, if any; returns the warnings."""
+    warnings = [f"round {round}: {p}" for p in health.problems(config.far_warn_share)]
     for warning in warnings:
         log.warning("%s", warning)
     return warnings

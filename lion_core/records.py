@@ -22,7 +22,7 @@ from lion_core import errors
 from lion_core.diversity import Diversity, RougeQuantiles
 from lion_core.errors import LionError, ResultRecordError
 from lion_core.evaluate import EvalSummary
-from lion_core.health import AnswerHealth
+from lion_core.health import AnswerHealth, DomainHealth
 from lion_core.schemas import ArtifactRef
 
 
@@ -123,6 +123,8 @@ class NewInstructions(Record):
     generated: ArtifactRef
     statuses: dict[str, int]
     diversity: Diversity | None = None
+    # The kept instructions far from every seed's domain (lion_core.health).
+    domain: DomainHealth | None = None
 
     @property
     def kept(self) -> int:
@@ -155,6 +157,8 @@ class RoundSummary(Record):
     diversity: Diversity | None = None
     # Refusals, identical and empty teacher answers (lion_core.health).
     teacher_health: AnswerHealth | None = None
+    # New instructions far from every seed's domain (lion_core.health).
+    generated_health: DomainHealth | None = None
 
     def flat(self) -> dict[str, Any]:
         """One level deep: `<role>_<counter>`, `cost_usd` (all roles) and `<stage>_seconds`
@@ -162,12 +166,16 @@ class RoundSummary(Record):
         run's response cache; `<role>_failures`: requests that failed and were tolerated,
         `<role>.max_failed_share`), and a few diversity rows (the whole of it is in
         summary.json)."""
-        row = self.model_dump(exclude={"usage", "seconds", "diversity", "teacher_health"})
+        row = self.model_dump(
+            exclude={"usage", "seconds", "diversity", "teacher_health", "generated_health"}
+        )
         if self.teacher_health is not None:
             h = self.teacher_health
             row["teacher_refusal_share"] = h.share(h.refusals)
             row["teacher_identical_share"] = h.share(h.identical)
             row["teacher_empty_share"] = h.share(h.empty)
+        if self.generated_health is not None:
+            row["far_from_seeds_share"] = self.generated_health.far_share
         if self.diversity is not None:
             d = self.diversity
             row["novelty_dropped_share"] = d.dropped_share

@@ -1,6 +1,8 @@
 """Data health: refusals, identical and empty teacher answers are counted; degenerate answers stop
 the round before the student learns them (GSM8K seeds with the offline world as the teacher);
-the offline world's own tasks are healthy."""
+the offline world's own tasks are healthy; new instructions far from every seed's domain are a
+warning (offline-world instructions against GSM8K seeds), those of the seeds' own domain are
+not."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 
 from lion_core.config import DataHealthConfig, LionConfig
 from lion_core.errors import DataHealthError
-from lion_core.health import answer_health, check_answers
+from lion_core.health import answer_health, check_answers, check_domain, domain_health
 
 PATTERNS = DataHealthConfig().refusal_patterns
 
@@ -63,6 +65,42 @@ def test_degenerate_stops_unless_allowed(caplog):
         warnings = check_answers(health, DataHealthConfig(allow_degenerate=True), 3)
     assert len(warnings) == 2 and all(w.startswith("round 3: 9 of 10") for w in warnings)
     assert [r.getMessage() for r in caplog.records] == warnings
+
+
+def test_new_instructions_far_from_the_seeds_domain_are_a_warning(caplog, shared_data):
+    """The drift of the issue: GSM8K seeds, the offline world as generator. Its templated
+    arithmetic shares almost nothing with the word problems: most are far from every seed and
+    the round warns. The offline world's own seeds, and GSM8K against GSM8K, do not warn."""
+    import json
+    import random
+
+    from lion_core.novelty import max_rouge_l
+    from lion_core.offline.world import seed_pool
+
+    cfg = DataHealthConfig()
+    rows = json.loads((shared_data / "gsm8k_train_alpaca_format.json").read_text())
+    sample = random.Random(0).sample([r["instruction"] for r in rows], 240)
+    gsm8k_seeds, gsm8k_new = sample[:160], sample[160:]
+    world_seeds = seed_pool(160, 0, 4)["instruction"].tolist()
+    world_new = seed_pool(80, 7, 4)["instruction"].tolist()
+
+    drift = domain_health(world_new, gsm8k_seeds, cfg.far_rouge_l)
+    assert drift.new == 80 and drift.seeds == 160
+    best = max_rouge_l(world_new, gsm8k_seeds)  # the exact maxima agree with the count
+    assert drift.far == sum(b <= cfg.far_rouge_l for b in best)
+    assert drift.far_share >= 0.5 and drift.far_example in world_new
+    with caplog.at_level("WARNING", logger="lion_core.health"):
+        warnings = check_domain(drift, cfg, 2)
+    (warning,) = warnings
+    assert warning.startswith(f"round 2: {drift.far} of 80 new instructions")
+    assert "far from every seed's domain" in warning and "160 seed instructions" in warning
+    assert [r.getMessage() for r in caplog.records] == warnings
+
+    for new, seeds in ((world_new, world_seeds), (gsm8k_new, gsm8k_seeds)):
+        health = domain_health(new, seeds, cfg.far_rouge_l)
+        assert health.far_share < cfg.far_warn_share / 2, health
+        assert check_domain(health, cfg, 2) == []
+    assert domain_health(world_new, [], cfg.far_rouge_l).far == 0  # no seeds: nothing to say
 
 
 def test_a_bad_pattern_is_a_config_error():

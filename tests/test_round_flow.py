@@ -98,6 +98,11 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
     assert "teacher_refusal_share" in str(table)  # data health, in the round's artifact
     assert summary.teacher_health is not None and summary.teacher_health.answers == 24
     assert summary.teacher_health.refusals == 0
+    # ... and the new instructions' distance from the seeds' domain (the offline world's own)
+    assert "far_from_seeds_share" in str(table)
+    domain = summary.generated_health
+    assert domain is not None and domain.new == summary.new_instructions > 0
+    assert domain.seeds == 24 and domain.far_share < cfg.data_health.far_warn_share
 
     # The library's progress lines (lion_core.llm) are in the run's logs, not only the console.
     from prefect.logging.handlers import APILogWorker
