@@ -420,6 +420,14 @@ class TrainingConfig(Section):
         json_schema_extra=OPERATIONAL,
     )
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Where the Trainer also logs the loss and learning rate every "
+        "logging_steps: tensorboard (event files in round=<k>/tensorboard of the run's "
+        "storage; needs the tensorboard package), wandb, mlflow (configured by their own "
+        "environment variables, e.g. WANDB_PROJECT, MLFLOW_TRACKING_URI). Empty: nowhere.",
+        json_schema_extra=OPERATIONAL,
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after N steps (overrides epochs).")
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
     timeout: float | None = Field(

@@ -78,6 +78,11 @@ def logs(k: int) -> str:
     return f"{round_dir(k)}/logs"
 
 
+def tensorboard(k: int) -> str:
+    """Round k's TensorBoard event files (`training.report_to: [tensorboard]`)."""
+    return f"{round_dir(k)}/tensorboard"
+
+
 EXPORT_EXTENSIONS = {"alpaca": "json", "sharegpt": "json", "parquet": "parquet"}
 
 

@@ -93,6 +93,7 @@ def preflight(
     report.problems += check_storage(config)
     report.problems += check_initial_data(config)
     report.warnings += coherence_warnings(config)
+    report.warnings += tracking_warnings(config)
     report.seconds = round(time.monotonic() - started, 2)
     return report
 
@@ -232,6 +233,27 @@ def coherence_warnings(config: LionConfig) -> list[str]:
             "offline world only answers its own task families; other instructions get refusals"
         )
     return warnings
+
+
+# training.report_to -> the modules transformers' callback imports (any one of them will do)
+TRACKING_MODULES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+}
+
+
+def tracking_warnings(config: LionConfig) -> list[str]:
+    """`training.report_to` integrations whose package is not installed here (where the
+    training runs, unless GPU stages run elsewhere): the Trainer would fail to start."""
+    import importlib.util
+
+    return [
+        f"training.report_to {name}: the {TRACKING_MODULES[name][0]} package is not installed "
+        f"(pip install {TRACKING_MODULES[name][0]}); training would fail to start"
+        for name in config.training.report_to
+        if not any(importlib.util.find_spec(m) for m in TRACKING_MODULES[name])
+    ]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -297,6 +297,48 @@ def test_checkpoints_are_deleted_once_the_student_is_committed(small_run):
     assert not store.storage.exists("round=1/checkpoints")
 
 
+def test_report_to_tensorboard_writes_the_loss_curve(small_run):
+    """training.report_to: [tensorboard] -> event files in round=1/tensorboard of the run's
+    storage holding the training loss at every logging step (read back with TensorBoard's own
+    reader). Needs the tensorboard package (pip install tensorboard)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, store, base, data = small_run
+    cfg = cfg.with_overrides({"training.report_to": ["tensorboard"], "training.logging_steps": 2})
+    train_student(cfg, store, 1, data, base)
+    events = [n for n in store.storage.listdir("round=1/tensorboard") if "tfevents" in n]
+    assert events, store.storage.listdir("round=1/tensorboard")
+    acc = EventAccumulator(store.storage.path("round=1/tensorboard"))
+    acc.Reload()
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [2, 4, 6]  # max_steps 6, a point every 2 steps
+    assert all(e.value > 0 for e in loss)
+
+
+def test_report_to_is_off_by_default_and_checked_before_the_run(small_run, monkeypatch):
+    """No tracking by default (no tensorboard folder); a report_to whose package is missing is
+    a preflight warning naming the field."""
+    import importlib.util
+
+    from lion_core.preflight import tracking_warnings
+
+    cfg, store, base, data = small_run
+    assert cfg.training.report_to == [] and tracking_warnings(cfg) == []
+    train_student(cfg, store, 1, data, base)
+    assert not store.storage.exists("round=1/tensorboard")
+
+    wanted = cfg.with_overrides({"training.report_to": ["tensorboard", "mlflow"]})
+    missing = {"tensorboard", "tensorboardX", "mlflow"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a)
+    )
+    warnings = tracking_warnings(wanted)
+    assert len(warnings) == 2 and warnings[0].startswith("training.report_to tensorboard:")
+    assert "pip install mlflow" in warnings[1]
+
+
 def test_a_failing_run_raises_with_the_log_tail(small_run, tmp_path):
     cfg, store, _, data = small_run
     empty = tmp_path / "not-a-model"

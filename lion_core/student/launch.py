@@ -94,11 +94,13 @@ def train_student(
         storage.delete(f"{ckpt_rel}/{name}", recursive=True)
     if storage.exists(final_rel):  # a final save that was killed half-way
         storage.delete(final_rel, recursive=True)
+    tb_rel = layout.tensorboard(round)
     if storage.is_local:
         output_dir = Path(storage.path(ckpt_rel))
         final_dir = Path(storage.path(final_rel))
+        tb_dir = Path(storage.path(tb_rel))
     else:
-        output_dir, final_dir = work / "checkpoints", work / "final"
+        output_dir, final_dir, tb_dir = work / "checkpoints", work / "final", work / "tensorboard"
     output_dir.mkdir(parents=True, exist_ok=True)
 
     resume = None
@@ -122,6 +124,7 @@ def train_student(
         "revision": revision,
         "output_dir": str(output_dir),
         "final_dir": str(final_dir),
+        "tensorboard_dir": str(tb_dir),
         "resume": str(resume) if resume else None,
         "storage_root": storage.uri(),
         "storage_options": options,
@@ -149,6 +152,8 @@ def train_student(
         )
     finally:
         _upload_log(storage, round, log_file)
+        if not storage.is_local and tb_dir.is_dir():  # each attempt's event files
+            storage.put_dir(tb_dir, tb_rel)
     if rc != 0:
         raise TrainingError(
             f"round {round} training failed (exit code {rc}); last lines of the log:\n"
