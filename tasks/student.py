@@ -11,7 +11,7 @@ from lion_core.student.launch import init_uri_for, train_student
 from lion_core.student.model import prepare_base_student
 from tasks.caching import lion_task
 from tasks.placement import run_on_gpu
-from tasks.runtime import run_store
+from tasks.runtime import progress_artifacts, run_store
 
 
 @lion_task("base-student")
@@ -56,5 +56,7 @@ def student_answers(
         return run_on_gpu(config, "student-answers", round=round, cache=cache, student=student)
     store = run_store(config)
     rows = store.read_ref(cache)[["instruction_id", "instruction", "input"]]
-    answers = generate_answers(config, store, student, rows, logger=get_run_logger())
+    answers = generate_answers(
+        config, store, student, rows, logger=get_run_logger(), on_progress=progress_artifacts()
+    )
     return store.write_or_reuse(round, "student_answers", answers)

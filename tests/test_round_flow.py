@@ -120,6 +120,26 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
     expected = {"referee-order-1", "referee-order-2", "candidates-hard", "candidates-easy"}
     assert expected | {"student-round-1", "teacher-answers-round-1"} <= names, names
 
+    # Long stages showed their progress as Prefect progress artifacts, one per stage, each at
+    # 100% in the end: the teacher's, both referee orders', the generator's, the student's.
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+    )
+
+    progress = ArtifactFilter(
+        type=ArtifactFilterType(any_=["progress"]),
+        flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+    )
+    with get_client(sync_client=True) as client:
+        shown = client.read_artifacts(artifact_filter=progress)
+    stages = {a.description.split(":")[0] for a in shown}
+    assert {"teacher", "referee", "generator", "student"} <= stages, [a.description for a in shown]
+    assert all(float(a.data) == 100.0 for a in shown), [(a.description, a.data) for a in shown]
+    assert any(a.description.startswith("student: answers: 24 to answer") for a in shown)
+    assert sum(a.description.startswith("referee:") for a in shown) >= 2  # an order each, re-asks
+
 
 def task_name(task_run) -> str:
     """The name of the task a task run ran (`candidates`), whatever the run is called

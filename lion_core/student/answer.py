@@ -24,7 +24,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from lion_core.supervise import cpu_threads, is_deepspeed_chatter, run_process_g
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("instruction_id", "instruction", "input")
+PROGRESS_LABEL = "student: answers"  # the label generate_answers reports progress under
 
 
 def progress_rel(student_uri: str, cfg: LionConfig) -> str:
@@ -271,9 +272,11 @@ def answer_rows(
     shard: int = 0,
     shards: int = 1,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> int:
     """Answer `rows` in this process, committing each batch; return the number answered.
-    With `shards` > 1, only this worker's share of them (`shard_rows`)."""
+    With `shards` > 1, only this worker's share of them (`shard_rows`). `on_batch(done)`:
+    after each committed batch."""
     from lion_core.student.model import load_student
 
     logger = logger or log
@@ -289,6 +292,8 @@ def answer_rows(
     for seq, answers in enumerate(gen.answer(rows)):
         commit(storage, rel, shard, seq, answers, student_uri)
         done += len(answers)
+        if on_batch is not None:
+            on_batch(done)
         logger.info(
             "shard %d: %d/%d answered (batch of %d, %.1f answers/s)",
             shard, done, len(rows), len(answers), done / max(time.time() - t0, 1e-9),
@@ -309,12 +314,14 @@ def generate_answers(
     *,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
     workers: int | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> pd.DataFrame:
     """The student's answers to `rows` (instruction_id, instruction, input), in ANSWER_SCHEMA
     columns, one row per distinct instruction_id, in the order of `rows`.
 
     `workers`: processes to answer in parallel, one per GPU (default: student.generation.
-    num_gpus, else every visible GPU; 1 on the CPU).
+    num_gpus, else every visible GPU; 1 on the CPU). `on_progress(label, done, total)`: after
+    each batch answered in this process (with workers: at the end only), and at the end.
     """
     logger = logger or log
     missing = [c for c in ROW_COLUMNS if c not in rows.columns]
@@ -333,11 +340,19 @@ def generate_answers(
     if len(todo):
         n = workers or cfg.student.generation.num_gpus or max(1, torch.cuda.device_count())
         n = min(n, len(todo))
+        before = len(rows) - len(todo)
+
+        def batch_done(done: int) -> None:
+            if on_progress is not None:
+                on_progress(PROGRESS_LABEL, before + done, len(rows))
+
         if n == 1:
-            answer_rows(cfg, storage, rel, student_uri, todo, logger=logger)
+            answer_rows(cfg, storage, rel, student_uri, todo, logger=logger, on_batch=batch_done)
         else:
             _run_workers(cfg, store, rel, student_uri, todo, n, logger)
         have = answered(storage, rel)
+    if on_progress is not None:
+        on_progress(PROGRESS_LABEL, len(rows), len(rows))
     out = rows[["instruction_id"]].merge(have, on="instruction_id", how="left")
     lost = out["status"].isna()
     if lost.any():
