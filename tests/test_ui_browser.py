@@ -285,6 +285,16 @@ def test_the_short_form_has_few_fields_and_runs(
     deployment = api(stack.env, lambda c: c.read_deployment(run.deployment_id))
     assert deployment.name == "gpu-box"
     assert len(deployment.parameter_openapi_schema["properties"]) <= 15
+    # Its lion-distill subflow is named for the run (the form's name), its round `round-1`.
+    from prefect.client.schemas.filters import FlowRunFilterParentFlowRunId
+
+    def children(parent):
+        only = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent]))
+        return api(stack.env, lambda c: c.read_flow_runs(flow_run_filter=only))
+
+    (distill,) = children(run.id)
+    assert distill.name == "ui-form" and distill.state.is_completed()
+    assert [r.name for r in children(distill.id)] == ["round-1"]
     # The run did the work where the form said: round 1's pools and round 2's committed.
     options = small_form_defaults["options"]
     seeds = pd.read_parquet(f"{root}/round=1/train_pool.parquet", storage_options=options)
