@@ -71,6 +71,30 @@ def pools(
     typer.echo(aligned(header, rows))
 
 
+@app.command("export")
+def export(
+    root: RootArgument,
+    round: Annotated[int, typer.Option("--round", min=1, help="The round whose data to export.")],
+    format: Annotated[
+        str, typer.Option("--format", help="alpaca (JSON), sharegpt (JSON) or parquet.")
+    ] = "alpaca",
+    out: Annotated[
+        str | None,
+        typer.Option(help="Where to write (path or URI); default round=<k>/export/ in the run."),
+    ] = None,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Write what round k's student was trained on — instruction, input and the teacher's
+    answer as output — for other training tools."""
+    from lion_core.export import FORMATS, export_round
+    from lion_core.store import RunStore
+
+    if format not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    store = RunStore.open(root, {"endpoint_url": endpoint_url} if endpoint_url else {})
+    typer.echo(export_round(store, round, format, out))  # type: ignore[arg-type]
+
+
 @app.command("config")
 def config_cmd(
     path: Annotated[Path | None, typer.Argument(help="Config to validate.")] = None,
@@ -133,6 +157,15 @@ def _use_prefect() -> None:
 
 
 def _run_flow(cfg: LionConfig) -> None:
+    from lion_core.preflight import preflight
+    from tasks.runtime import secret_value
+
+    # keys, endpoints, storage, initial data: in seconds, before Prefect (and torch) load
+    report = preflight(cfg, secret_loader=secret_value)
+    for warning in report.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    report.raise_for_problems()
+
     from flows.distill import lion_distill
     from flows.report import summary_table
     from lion_core.run import open_run
@@ -158,13 +191,13 @@ def _print_scoreboard(root: str, options: dict | None, plot: bool = False) -> bo
     if frame.empty:
         return False
     typer.echo("\nrelative score (student ÷ teacher judge scores; 1.0 = teacher level):")
-    typer.echo(scoreboard.text_table(scoreboard.overall(frame), scoreboard.OVERALL_COLUMNS))
+    typer.echo(scoreboard.printed(scoreboard.overall(frame)))
     last = frame[(frame["round"] == frame["round"].max()) & (frame["level"] == "category")]
-    if len(last):
-        typer.echo(f"\nround {int(last['round'].iloc[0])} by category:")
-        columns = ("set", "category", "relative_score", "wins", "ties", "losses", "unscored",
-                   "student_exact_match")  # fmt: skip
-        typer.echo(scoreboard.text_table(last, columns))
+    columns = ("category", "relative_score", "wins", "ties", "losses", "unscored",
+               "student_exact_match")  # fmt: skip
+    for name, group in last.groupby("set", sort=False):
+        typer.echo(f"\nround {int(group['round'].iloc[0])} by category, {name}:")
+        typer.echo(scoreboard.text_table(group, columns))
     if plot:
         uri, _ = scoreboard.write_plot(store, title=root)
         typer.echo(f"\nplot: {uri}")
@@ -195,8 +228,12 @@ def run(
 def demo(
     rounds: Annotated[int, typer.Option(help="Lion rounds to run.")] = 3,
     data_dir: Annotated[
-        str, typer.Option(help="The run's root (a folder, or s3://bucket/prefix).")
-    ] = "lion-runs/demo",
+        str | None,
+        typer.Option(
+            help="The run's root (a folder, or s3://bucket/prefix). Default: lion-runs/demo; "
+            "with --write-config, lion-runs/<the file's name>, a root of its own."
+        ),
+    ] = None,
     write_config: Annotated[
         Path | None,
         typer.Option(help="Only write the demo's full config as YAML here, to start from."),
@@ -207,12 +244,19 @@ def demo(
     ephemeral Prefect."""
     from lion_core.presets import demo_config
 
+    if data_dir is None:
+        # a written config is for a new experiment: it must not reuse the demo's root (bound to
+        # the demo's config by run.json, so any edit would be refused there)
+        data_dir = f"lion-runs/{write_config.stem}" if write_config else "lion-runs/demo"
     cfg = demo_config(root=data_dir, rounds=rounds)
     if set_:
         cfg = cfg.with_overrides(_parse_sets(set_))
     if write_config:
         cfg.to_yaml(write_config)
-        typer.echo(f"wrote {write_config}; run it with: lion run -c {write_config}")
+        typer.echo(
+            f"wrote {write_config} (storage.root {cfg.storage.root}); run it with: "
+            f"lion run -c {write_config}"
+        )
         return
     _run_flow(cfg)
 

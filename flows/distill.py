@@ -8,17 +8,24 @@ from prefect.runtime import flow_run
 
 from flows.common import offline_world, use_run_storage
 from flows.evaluate import lion_evaluate
-from flows.report import publish_run, publish_scoreboard, summary_table
+from flows.names import descriptive, run_name
+from flows.report import publish_run, publish_scoreboard, summary_line
 from flows.round import DEFAULT_CONFIG, lion_round
 from lion_core import layout
 from lion_core.config import LionConfig
 from lion_core.lease import run_lease
+from lion_core.preflight import preflight
 from lion_core.records import RoundSummary, RunSummary, StudentEvaluation
 from lion_core.run import open_run
-from tasks.runtime import attach_library_logging, cancel_batches_hook
+from tasks.runtime import attach_library_logging, cancel_batches_hook, secret_value
 
 
-@flow(name="lion-distill", on_cancellation=[cancel_batches_hook], persist_result=True)
+@flow(
+    name="lion-distill",
+    flow_run_name=descriptive(run_name),
+    on_cancellation=[cancel_batches_hook],
+    persist_result=True,
+)
 def lion_distill(config: LionConfig = DEFAULT_CONFIG) -> RunSummary:
     """Distil the teacher into the student over `config.rounds` Lion rounds, evaluating round
     0's and every round's student (`evaluation.every_round`; else round 0's and the last).
@@ -30,10 +37,17 @@ def lion_distill(config: LionConfig = DEFAULT_CONFIG) -> RunSummary:
 
     The run holds the root's lease (`lion_core.lease`) from start to end, its rounds and
     evaluations sharing it: a second run started on the root meanwhile fails at once.
+
+    It starts with the preflight (`lion_core.preflight`: keys, endpoints, storage, initial
+    data): a problem there fails the run in seconds, before anything is built or trained.
     """
     use_run_storage(config)
     attach_library_logging()
     log = get_run_logger()
+    report = preflight(config, secret_loader=secret_value)
+    for warning in report.warnings:
+        log.warning("preflight: %s", warning)
+    report.raise_for_problems()
     with run_lease(config, flow_run.id) as lease:
         store = open_run(config)
         evaluate = bool(config.evaluation.sets or config.evaluation.lm_eval_tasks)
@@ -51,7 +65,7 @@ def lion_distill(config: LionConfig = DEFAULT_CONFIG) -> RunSummary:
                 rounds.append(summary)
         publish_run(config, rounds)
         plot = publish_scoreboard(config)
-    log.info("run finished; pools and students under %s\n%s", store.uri(), summary_table(rounds))
+    log.info("run finished: %s; pools and students under %s", summary_line(rounds), store.uri())
     if plot:
         log.info("relative score per round: %s", plot)
     return RunSummary(root=store.uri(), rounds=rounds)

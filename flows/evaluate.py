@@ -9,6 +9,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import offline_world, use_run_storage
+from flows.names import descriptive, evaluation_name
 from flows.report import publish_evaluation
 from lion_core import layout
 from lion_core.config import LionConfig
@@ -30,6 +31,7 @@ DEFAULT_CONFIG = LionConfig()
 
 @flow(
     name="lion-evaluate",
+    flow_run_name=descriptive(evaluation_name),
     on_cancellation=[cancel_batches_hook],
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     persist_result=True,

@@ -39,9 +39,12 @@ def round_summary(
     found: Sequence[Candidates],
     new: NewInstructions | None,
     seconds: dict[str, float],
+    run: str | None = None,
 ) -> RoundSummary:
     """The round's summary, from the records its tasks returned (an ablation arm returns no
-    reviews, and `seed-only` no split or new instructions)."""
+    reviews, and `seed-only` no split or new instructions). `run`: this round's flow run id;
+    requests of task results cached from another run count as answered from cache, not
+    sent."""
     stats = split.stats if split is not None else None
     return RoundSummary(
         round=round,
@@ -59,10 +62,12 @@ def round_summary(
         next_train_pool=next_pools.train.rows,
         student=student,
         diversity=new.diversity if new else None,
+        teacher_health=teacher.health,
+        generated_health=new.domain if new else None,
         usage={
-            "teacher": teacher.usage,
-            "referee": sum((r.usage for r in reviews), Usage()),
-            "generator": sum((c.usage for c in found), Usage()),
+            "teacher": teacher.usage.seen_from(run),
+            "referee": sum((r.usage.seen_from(run) for r in reviews), Usage(run=run)),
+            "generator": sum((c.usage.seen_from(run) for c in found), Usage(run=run)),
         },
         seconds=seconds,
     )
@@ -101,12 +106,32 @@ def publish_round(
     hard_rows = store.read_ref(hard).sort_values("gap", ascending=False).head(sample)
     reviews = store.read_ref(referee).set_index("instruction_id")
     parts = [f"# Round {round}: hardest instructions\n"]
+    health = summary.teacher_health
+    if health is not None:
+        problems = health.problems(config.data_health.warn_share)
+        parts.append(
+            f"Teacher answers: {health.answers}; refusals {health.share(health.refusals):.0%}, "
+            f"identical {health.share(health.identical):.0%}, empty "
+            f"{health.share(health.empty):.0%}"
+            + ("".join(f"\n- **warning:** {p}" for p in problems) if problems else "")
+            + "\n"
+        )
+    domain = summary.generated_health
+    if domain is not None:
+        problems = domain.problems(config.data_health.far_warn_share)
+        parts.append(
+            f"New instructions: {domain.new}; far from every seed's domain "
+            f"{domain.far_share:.0%} (ROUGE-L F1 at most {domain.threshold:g})"
+            + "".join(f"\n- **warning:** {p}" for p in problems)
+            + "\n"
+        )
     if hard_rows.empty:
         parts.append("No hard instructions this round.\n")
     for row in hard_rows.itertuples(index=False):
         review = reviews.loc[row.instruction_id] if row.instruction_id in reviews.index else None
+        given = f"> {_quote(row.input)}\n\n" if isinstance(row.input, str) and row.input else ""
         parts.append(
-            f"## {row.instruction[:120]}\n\n"
+            f"## {_heading(row.instruction)}\n\n{given}"
             f"**Teacher** ({row.teacher_score:.1f}): {_quote(row.teacher_answer)}\n\n"
             f"**Student** ({row.student_score:.1f}): {_quote(row.student_answer)}\n\n"
         )
@@ -122,29 +147,55 @@ def publish_round(
     )
 
 
+def _heading(text: str, limit: int = 120) -> str:
+    """`text` on one line, cut at a word boundary when longer than `limit`."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return f"{cut or text[:limit]} …"
+
+
 def _quote(text: Any, limit: int = 600) -> str:
     text = "" if text is None else str(text)
     text = text if len(text) <= limit else text[:limit] + " …"
     return text.replace("\n", " ")
 
 
-SUMMARY_COLUMNS = (
-    "round",
-    "train_pool",
-    "cache_pool",
-    "hard",
-    "easy",
-    "unscored",
-    "teacher_score",
-    "student_score",
-    "student_to_teacher",
-    "relative_score",
-    "new_instructions",
-    "teacher_requests",
-    "referee_requests",
-    "generator_requests",
-    "cost_usd",
+# The per-round summary as three tables of one row per round, each under 100 columns wide:
+# pools and scores; what the round produced, the evaluation and what it cost; requests per role
+# (sent to the endpoint, answered from the cache).
+SUMMARY_TABLES = (
+    (
+        "round",
+        "train_pool",
+        "cache_pool",
+        "hard",
+        "easy",
+        "teacher_score",
+        "student_score",
+        "student_to_teacher",
+    ),
+    (
+        "round",
+        "unscored",
+        "new_instructions",
+        "next_train_pool",
+        "relative_score",
+        "student_exact_match",
+        "cost_usd",
+    ),
+    (
+        "round",
+        "teacher_sent",
+        "teacher_cached",
+        "referee_sent",
+        "referee_cached",
+        "generator_sent",
+        "generator_cached",
+    ),
 )
+SUMMARY_COLUMNS = tuple(dict.fromkeys(c for table in SUMMARY_TABLES for c in table))
 
 
 def _columns(summary: RoundSummary) -> dict[str, str]:
@@ -153,8 +204,37 @@ def _columns(summary: RoundSummary) -> dict[str, str]:
 
 
 def summary_table(rounds: Sequence[RoundSummary]) -> str:
-    """The per-round table the CLI prints."""
-    return scoreboard.aligned(SUMMARY_COLUMNS, [list(_columns(r).values()) for r in rounds])
+    """The per-round tables the CLI prints, a blank line apart."""
+    cells = [_columns(r) for r in rounds]
+    return "\n\n".join(
+        scoreboard.aligned(columns, [[row[c] for c in columns] for row in cells])
+        for columns in SUMMARY_TABLES
+    )
+
+
+def requests_line(summary: RoundSummary) -> str:
+    """'requests sent (answered from cache): teacher 16 (0), referee 32 (0), generator 18 (0)'"""
+    usage = ", ".join(f"{role} {u.requests} ({u.cache_hits})" for role, u in summary.usage.items())
+    return f"requests sent (answered from cache): {usage}"
+
+
+def summary_line(rounds: Sequence[RoundSummary]) -> str:
+    """The run in one line, labelled and rounded (what the flow logs; the CLI prints the
+    tables)."""
+    if not rounds:
+        return "no rounds"
+    last = rounds[-1]
+    sent = {
+        role: sum(r.usage[role].requests for r in rounds if role in r.usage) for role in last.usage
+    }
+    cell = scoreboard.cell
+    parts = [
+        f"{len(rounds)} round(s)",
+        f"round {last.round}: student_to_teacher {cell(last.student_to_teacher)}",
+        f"relative_score {cell(last.relative_score)}",
+        "requests sent " + ", ".join(f"{role} {n}" for role, n in sent.items()),
+    ]
+    return "; ".join(parts)
 
 
 def publish_run(config: LionConfig, rounds: Sequence[RoundSummary]) -> None:

@@ -7,7 +7,8 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import StageClock, committed_pools, offline_world, use_run_storage
-from flows.report import publish_round, round_summary
+from flows.names import descriptive, round_name
+from flows.report import publish_round, requests_line, round_summary
 from lion_core.config import LionConfig
 from lion_core.lease import run_lease
 from lion_core.records import RoundSummary
@@ -24,6 +25,7 @@ DEFAULT_CONFIG = LionConfig()
 
 @flow(
     name="lion-round",
+    flow_run_name=descriptive(round_name),
     on_cancellation=[cancel_batches_hook],
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     persist_result=True,
@@ -105,7 +107,9 @@ def lion_round(
             found=found,
             new=new,
             seconds=clock.seconds,
+            run=flow_run.id,
         )
+        log.info("round %d: %s", round, requests_line(summary))
         publish_round(config, summary, split.hard if referee else None, referee)
         return summary
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -514,7 +515,22 @@ class TrainingConfig(Section):
         "'previous': continue from the last round's student.",
     )
     save_steps: int = Field(200, ge=1, description="Checkpoint every N optimizer steps.")
+    keep_checkpoints: bool = Field(
+        False,
+        description="Keep the round's last training checkpoint (weights and optimizer state, "
+        "for resuming that training) once its student is committed. Off: the round's "
+        "checkpoints are deleted then (a 7B student's are ~100 GB a round).",
+        json_schema_extra=OPERATIONAL,
+    )
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Where the Trainer also logs the loss and learning rate every "
+        "logging_steps: tensorboard (event files in round=<k>/tensorboard of the run's "
+        "storage; needs the tensorboard package), wandb, mlflow (configured by their own "
+        "environment variables, e.g. WANDB_PROJECT, MLFLOW_TRACKING_URI). Empty: nowhere.",
+        json_schema_extra=OPERATIONAL,
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after N steps (overrides epochs).")
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
     timeout: float | None = Field(
@@ -567,6 +583,74 @@ class DiscriminationConfig(Section):
     tau: float = Field(
         1.0, ge=0.0, le=9.0, description="Hard if teacher score - student score >= tau (paper 1.0)."
     )
+
+
+DEFAULT_REFUSALS = [
+    r"^\W*(I'?m|I am) sorry",
+    r"\bI (can(no|')t|am unable to|'m unable to|won'?t be able to) (help|assist|answer|do|provide)",
+    r"\bas an AI\b",
+]
+
+
+class DataHealthConfig(Section):
+    """Checks of the teacher's answers each round: refusals, identical answers and empty ones
+    are logged as warnings, and degenerate answers stop the run before a student learns them;
+    and of the new instructions: the share far from every seed's domain is a warning."""
+
+    refusal_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSALS),
+        description="Regular expressions (case-insensitive, searched in the first 300 "
+        "characters of each answer) that mark a refusal.",
+        json_schema_extra=OPERATIONAL,
+    )
+    warn_share: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Warn when this share of the teacher's answers or more are refusals, "
+        "identical to each other, or empty.",
+        json_schema_extra=OPERATIONAL,
+    )
+    max_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Above this share of refusals, identical or empty answers, the teacher's "
+        "answers are degenerate: the round stops before the student trains on them.",
+        json_schema_extra=OPERATIONAL,
+    )
+    allow_degenerate: bool = Field(
+        False,
+        description="Go on with degenerate teacher answers (a warning instead of an error).",
+        json_schema_extra=OPERATIONAL,
+    )
+    far_rouge_l: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="A new instruction whose ROUGE-L F1 with every seed instruction is at most "
+        "this is far from the seeds' domain (instructions of one domain score about 0.2 and "
+        "more against each other).",
+        json_schema_extra=OPERATIONAL,
+    )
+    far_warn_share: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Warn when this share of a round's new instructions or more is far from "
+        "the seeds' domain (generation drifting away from the initial data).",
+        json_schema_extra=OPERATIONAL,
+    )
+
+    @field_validator("refusal_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {pattern!r} ({exc})") from None
+        return patterns
 
 
 class NoveltyConfig(Section):
@@ -901,6 +985,11 @@ class LionConfig(Section):
     )
     discrimination: DiscriminationConfig = Field(
         default_factory=DiscriminationConfig, description="Hard/easy split."
+    )
+    data_health: DataHealthConfig = Field(
+        default_factory=DataHealthConfig,
+        description="Refusals, identical and empty teacher answers: warnings, and a stop.",
+        json_schema_extra=OPERATIONAL,  # checks what is produced; changes none of it
     )
     novelty: NoveltyConfig = Field(
         default_factory=NoveltyConfig, description="ROUGE-L novelty filter."

@@ -31,7 +31,7 @@ def render() -> str:
     out = [HEADER]
     defaults = LionConfig().model_dump(mode="json")
 
-    def section(model: type[BaseModel], path: str, values: dict) -> None:
+    def section(model: type[BaseModel], path: str, values: dict, optional: bool = False) -> None:
         rows, subs = [], []
         for name, field in model.model_fields.items():
             sub = section_model(field.annotation)
@@ -41,24 +41,29 @@ def render() -> str:
                 entry_defaults = {
                     n: None if f.is_required() else f.default for n, f in sub.model_fields.items()
                 }
-                subs.append((sub, f"{dotted}.<name>", entry_defaults))
+                subs.append((sub, f"{dotted}.<name>", entry_defaults, False))
             elif sub is not None and isinstance(values.get(name), dict):
-                subs.append((sub, dotted, values[name]))
+                subs.append((sub, dotted, values[name], False))
                 continue
+            if sub is not None and values.get(name) is None:
+                # an optional section, off by default: its own fields, with their defaults
+                # when it is set (`training.lora: {}`), get a section too
+                subs.append((sub, dotted, sub().model_dump(mode="json"), True))
             default = json.dumps(values.get(name))
             rows.append(
                 f"| `{dotted}` | `{_type_name(field.annotation)}` | `{default}` | "
                 f"{field.description} |"
             )
         if rows:
-            out.append(f"## `{path or 'top level'}`\n")
+            title = f"`{path}` (when set)" if optional else f"`{path or 'top level'}`"
+            out.append(f"## {title}\n")
             if model.__doc__ and path:
                 out.append(model.__doc__.strip().splitlines()[0] + "\n")
             out.append("| field | type | default | description |\n|---|---|---|---|")
             out.extend(rows)
             out.append("")
-        for sub, dotted, sub_values in subs:
-            section(sub, dotted, sub_values)
+        for sub, dotted, sub_values, sub_optional in subs:
+            section(sub, dotted, sub_values, sub_optional)
 
     section(LionConfig, "", defaults)
     return "\n".join(out).rstrip() + "\n"

@@ -35,6 +35,11 @@ class DataError(LionError, ValueError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class DataHealthError(LionError, ValueError):
+    """The teacher's answers are degenerate (refusals, one repeated answer, empty answers): the
+    round stops before the student learns them. The message names the cause and the counts."""
+
+
 class StorageError(LionError, OSError):
     """Reading or writing the run's storage failed."""
 
@@ -81,6 +86,11 @@ class MissingAPIKeyError(LLMError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class PreflightError(LionError):
+    """The checks before a run found problems (keys, endpoints, storage, initial data); the
+    message lists each, naming the field to fix."""
 
 
 class TrainingError(LionError, RuntimeError):

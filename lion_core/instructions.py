@@ -196,7 +196,7 @@ def _candidate_row(result: ChatResult, kind: Kind, round: int, cfg: GeneratorCon
         "instruction_id": None,
         "instruction": None,
         "input": "",
-        "output": None,
+        "reference": None,
         "source": kind,
         "parent_id": result.tag,
         "round": round,

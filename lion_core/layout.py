@@ -1,14 +1,16 @@
 """The run's layout: every path under a run's root, relative to it, in one place.
 
     <root>/run.json                                 the config the root is bound to
+    <root>/.preflight-<token>                       the preflight's write probe, deleted at once
     <root>/lease.json                               the run holding the root now (lion_core.lease)
     <root>/lease.lock                               local roots: serializes lease updates (flock)
     <root>/round=<k>/<artifact>.parquet             k = 1..rounds (+1 for the final pools)
     <root>/round=<k>/summary.json                   what round k reports (RoundSummary)
     <root>/round=0/student/                         the base student (round-0 checkpoint)
     <root>/round=<k>/student/                       the student trained in round k
-    <root>/round=<k>/checkpoints/checkpoint-<step>/ mid-run training checkpoints
+    <root>/round=<k>/checkpoints/checkpoint-<step>/ mid-run training checkpoints (until committed)
     <root>/round=<k>/logs/                          training logs, one file per attempt
+    <root>/round=<k>/export/train.<format>.<ext>    training data for other tools (lion export)
     <root>/evaluation/<set>/{questions,teacher_answers}.parquet   a question set, once per run
     <root>/round=<k>/evaluation/<set>/{student_answers,judged,by_category}.parquet
     <root>/round=<k>/evaluation/lm_eval.parquet     lm-evaluation-harness accuracy
@@ -28,6 +30,7 @@ from __future__ import annotations
 import re
 
 RUN_INFO = "run.json"
+PREFLIGHT_PREFIX = ".preflight-"
 LEASE = "lease.json"
 LEASE_LOCK = "lease.lock"
 RESULTS = "prefect-results"
@@ -36,6 +39,11 @@ LLM_BATCHES = "llm_batches"
 GENERATION = "generation"
 
 _ROUND_DIR = re.compile(r"^round=(\d+)$")
+
+
+def preflight_probe(token: str) -> str:
+    """The file the preflight writes and deletes at once, to prove the root takes writes."""
+    return f"{PREFLIGHT_PREFIX}{token}"
 
 
 def round_dir(k: int) -> str:
@@ -68,6 +76,19 @@ def checkpoints(k: int) -> str:
 
 def logs(k: int) -> str:
     return f"{round_dir(k)}/logs"
+
+
+def tensorboard(k: int) -> str:
+    """Round k's TensorBoard event files (`training.report_to: [tensorboard]`)."""
+    return f"{round_dir(k)}/tensorboard"
+
+
+EXPORT_EXTENSIONS = {"alpaca": "json", "sharegpt": "json", "parquet": "parquet"}
+
+
+def export(k: int, fmt: str) -> str:
+    """Round k's training data exported for other tools (`lion export`)."""
+    return f"{round_dir(k)}/export/train.{fmt}.{EXPORT_EXTENSIONS[fmt]}"
 
 
 EVALUATION = "evaluation"

@@ -32,7 +32,14 @@ import numpy as np
 
 from lion_core.errors import ConfigError, DataError
 
-__all__ = ["NoveltyStats", "filter_novel", "max_rouge_l", "rouge_l_f1", "tokenize"]
+__all__ = [
+    "NoveltyStats",
+    "filter_novel",
+    "max_rouge_l",
+    "near_pool",
+    "rouge_l_f1",
+    "tokenize",
+]
 
 # rouge_score.tokenize: lowercase, replace [^a-z0-9]+ by a space, split on whitespace, keep the
 # tokens matching ^[a-z0-9]+$. After the replacement only [a-z0-9] and spaces are left, so the
@@ -163,6 +170,22 @@ def filter_novel(
     st.pairs = int(n * len(pool) + kept_before.sum())
     st.seconds = time.perf_counter() - started
     return keep.tolist()
+
+
+def near_pool(candidates: list[str], pool: list[str], threshold: float) -> list[bool]:
+    """One flag per candidate: True when its ROUGE-L F1 with some pool text is strictly greater
+    than `threshold` (the first stage of `filter_novel` alone: candidates are not compared with
+    each other). Each candidate stops at its first hit, so this is far cheaper than
+    `max_rouge_l` when most candidates are near the pool."""
+    _check_texts(candidates, pool)
+    if not candidates or not pool:
+        return [False] * len(candidates)
+    corpus = _Corpus(list(candidates) + list(pool))
+    n = len(candidates)
+    hits = _hits_any(
+        corpus, np.arange(n), np.arange(n, n + len(pool)), float(threshold), NoveltyStats()
+    )
+    return hits.tolist()
 
 
 def _check_texts(candidates: list[str], pool: list[str]) -> None:

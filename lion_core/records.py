@@ -22,6 +22,7 @@ from lion_core import errors
 from lion_core.diversity import Diversity, RougeQuantiles
 from lion_core.errors import LionError, ResultRecordError
 from lion_core.evaluate import EvalSummary
+from lion_core.health import AnswerHealth, DomainHealth
 from lion_core.schemas import ArtifactRef
 
 
@@ -30,7 +31,10 @@ class Record(BaseModel):
 
 
 class Usage(Record):
-    """What one role's client did (lion_core.llm.client.Usage, as a record)."""
+    """What one role's client did (lion_core.llm.client.Usage, as a record): `requests` sent to
+    the endpoint, `cache_hits` answered from the run's response cache. `run`: the flow run whose
+    task did it — a task result cached by Prefect and returned to a later run carries the
+    earlier run's id, so the later run can tell that it sent nothing (`seen_from`)."""
 
     requests: int = 0
     cache_hits: int = 0
@@ -40,9 +44,20 @@ class Usage(Record):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0  # USD of the answers received (config `pricing`)
+    run: str | None = None
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(**{k: v + getattr(other, k) for k, v in self})
+        counts = {k: v + getattr(other, k) for k, v in self if k != "run"}
+        return Usage(**counts, run=self.run if self.run == other.run else None)
+
+    def seen_from(self, run: str | None) -> Usage:
+        """This usage as run `run` saw it: itself if `run` did the work (or either id is
+        unknown), else nothing sent — the task's result came from an earlier run, so every
+        request it answered counts as answered from cache."""
+        if self.run is None or run is None or self.run == run:
+            return self
+        answered = self.requests - self.failures + self.cache_hits
+        return Usage(cache_hits=answered, run=run)
 
 
 class Pools(Record):
@@ -56,6 +71,7 @@ class TeacherAnswers(Record):
     answers: ArtifactRef
     failed: int
     usage: Usage
+    health: AnswerHealth | None = None  # None in results written before it existed
 
 
 class RefereeReviews(Record):
@@ -107,6 +123,8 @@ class NewInstructions(Record):
     generated: ArtifactRef
     statuses: dict[str, int]
     diversity: Diversity | None = None
+    # The kept instructions far from every seed's domain (lion_core.health).
+    domain: DomainHealth | None = None
 
     @property
     def kept(self) -> int:
@@ -137,13 +155,27 @@ class RoundSummary(Record):
     student_exact_match: float | None = None
     # The novelty stage's diversity statistics (lion_core.diversity).
     diversity: Diversity | None = None
+    # Refusals, identical and empty teacher answers (lion_core.health).
+    teacher_health: AnswerHealth | None = None
+    # New instructions far from every seed's domain (lion_core.health).
+    generated_health: DomainHealth | None = None
 
     def flat(self) -> dict[str, Any]:
         """One level deep: `<role>_<counter>`, `cost_usd` (all roles) and `<stage>_seconds`
-        columns (`<role>_failures`: requests that failed and were tolerated,
+        columns (`<role>_sent`: requests sent to the endpoint; `<role>_cached`: answered from the
+        run's response cache; `<role>_failures`: requests that failed and were tolerated,
         `<role>.max_failed_share`), and a few diversity rows (the whole of it is in
         summary.json)."""
-        row = self.model_dump(exclude={"usage", "seconds", "diversity"})
+        row = self.model_dump(
+            exclude={"usage", "seconds", "diversity", "teacher_health", "generated_health"}
+        )
+        if self.teacher_health is not None:
+            h = self.teacher_health
+            row["teacher_refusal_share"] = h.share(h.refusals)
+            row["teacher_identical_share"] = h.share(h.identical)
+            row["teacher_empty_share"] = h.share(h.empty)
+        if self.generated_health is not None:
+            row["far_from_seeds_share"] = self.generated_health.far_share
         if self.diversity is not None:
             d = self.diversity
             row["novelty_dropped_share"] = d.dropped_share
@@ -152,7 +184,9 @@ class RoundSummary(Record):
             row["top_category"] = d.top_category and f"{d.top_category} ({d.category_basis})"
             row["top_category_share"] = d.top_category_share
         for role, usage in self.usage.items():
-            for field in ("requests", "failures", "prompt_tokens", "completion_tokens", "cost_usd"):
+            row[f"{role}_sent"] = usage.requests
+            row[f"{role}_cached"] = usage.cache_hits
+            for field in ("failures", "prompt_tokens", "completion_tokens", "cost_usd"):
                 row[f"{role}_{field}"] = getattr(usage, field)
         row["cost_usd"] = sum(usage.cost_usd for usage in self.usage.values())
         for stage, secs in self.seconds.items():

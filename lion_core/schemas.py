@@ -22,7 +22,9 @@ POOL_SCHEMA = pa.schema(
         ("instruction_id", pa.string()),
         ("instruction", pa.string()),
         ("input", pa.string()),
-        ("output", pa.string()),  # reference output from the seed data, if any
+        # the seed data's own answer (its `output`), null for generated instructions: NOT the
+        # training target, which is the teacher's answer (train_data.answer)
+        ("reference", pa.string()),
         ("source", pa.string()),  # seed | hard | easy
         ("parent_id", pa.string()),  # the seed it was generated from (null for seeds)
         ("round", pa.int32()),  # the round that added it (0 for seeds)
@@ -207,13 +209,14 @@ def instruction_id(instruction: str, input: str | None = "") -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
-def seed_row(instruction: str, input: str = "", output: str | None = None) -> dict[str, Any]:
-    """A Train Pool row (POOL_SCHEMA) for a seed instruction: round 0, no parent."""
+def seed_row(instruction: str, input: str = "", reference: str | None = None) -> dict[str, Any]:
+    """A Train Pool row (POOL_SCHEMA) for a seed instruction: round 0, no parent; `reference`:
+    the seed data's own answer (its `output` field), if any."""
     return {
         "instruction_id": instruction_id(instruction, input),
         "instruction": instruction,
         "input": input,
-        "output": output,
+        "reference": reference,
         "source": "seed",
         "parent_id": None,
         "round": 0,
@@ -229,6 +232,23 @@ class ArtifactRef(BaseModel, frozen=True):
     round: int
     rows: int
     sha256: str
+
+
+# Columns renamed since runs were first written: old name -> new name. Artifacts written before
+# the rename are read with the new names (`renamed`), so old runs still resume and report.
+RENAMED_COLUMNS = {"output": "reference"}  # pools: the seed's answer is not the training target
+
+
+def renamed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with the old names of `schema`'s columns (RENAMED_COLUMNS) replaced by the new
+    ones, where the table has the old column and not the new one."""
+    names = table.column_names
+    mapping = {
+        old: new
+        for old, new in RENAMED_COLUMNS.items()
+        if old in names and new not in names and new in schema.names
+    }
+    return table.rename_columns([mapping.get(n, n) for n in names]) if mapping else table
 
 
 def conform(df: pd.DataFrame | pa.Table, schema: pa.Schema, what: str) -> pa.Table:

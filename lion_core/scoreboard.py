@@ -32,6 +32,37 @@ OVERALL_COLUMNS = (
 )
 
 
+# What a terminal shows of `overall`, one table per question set: the 95% interval in one
+# column, under 100 columns wide.
+PRINTED_COLUMNS = (
+    "round",
+    "relative_score",
+    "interval",
+    "wins",
+    "ties",
+    "losses",
+    "unscored",
+    "student_exact_match",
+)
+
+
+def printed(overall_rows: pd.DataFrame) -> str:
+    """`overall(frame)` as text under 100 columns: a table per question set (headed `<set>:`),
+    the interval as `low-high`; the teacher's exact match and the question count are left to
+    the artifacts and `lion eval --json`."""
+    rows = overall_rows.assign(
+        interval=[
+            "-" if pd.isna(lo) or pd.isna(hi) else f"{lo:.3f}-{hi:.3f}"
+            for lo, hi in zip(overall_rows["interval_low"], overall_rows["interval_high"],
+                              strict=True)
+        ]
+    )  # fmt: skip
+    return "\n\n".join(
+        f"{name}:\n{text_table(group, PRINTED_COLUMNS)}"
+        for name, group in rows.groupby("set", sort=False)
+    )
+
+
 def evaluations(store: RunStore) -> pd.DataFrame:
     """One row per (round, set, level, category) of every committed evaluation, rounds
     ascending (EVAL_SUMMARY_SCHEMA columns plus `round` and `set`)."""

@@ -169,7 +169,7 @@ def _to_seeds(
         if max_chars is not None and len(instruction) + len(inp) > max_chars:
             oversize += 1
             continue
-        row = seed_row(instruction, inp, rec.get("output"))
+        row = seed_row(instruction, inp, reference=rec.get("output"))
         if row["instruction_id"] in seen:
             duplicates += 1
             continue

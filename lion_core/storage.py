@@ -56,6 +56,16 @@ class Storage:
         """The filesystem path (no protocol) of `rel`."""
         return posixpath.join(self.root_path, rel) if rel else self.root_path
 
+    def relative(self, uri: str) -> str | None:
+        """`uri` (a path or URI) relative to the root, if it is under it, else None."""
+        root = self.uri().rstrip("/")
+        if "://" not in uri and self.is_local:
+            uri = str(Path(uri).expanduser().resolve())
+        uri = uri.rstrip("/")
+        if uri == root:
+            return ""
+        return uri[len(root) + 1 :] if uri.startswith(root + "/") else None
+
     def uri(self, rel: str = "") -> str:
         """The full URI of `rel` (a plain path for local storage)."""
         if self.is_local:

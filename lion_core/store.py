@@ -16,7 +16,13 @@ import pyarrow.parquet as pq
 
 from lion_core import layout
 from lion_core.errors import SchemaError, StorageError
-from lion_core.schemas import ARTIFACT_SCHEMAS, EVALUATION_SCHEMAS, ArtifactRef, conform
+from lion_core.schemas import (
+    ARTIFACT_SCHEMAS,
+    EVALUATION_SCHEMAS,
+    ArtifactRef,
+    conform,
+    renamed,
+)
 from lion_core.storage import Storage, parquet_bytes
 
 
@@ -69,8 +75,14 @@ class RunStore:
         return self.storage.exists(layout.artifact(k, name))
 
     def read_table(self, k: int, name: str, at: str | None = None) -> pa.Table:
+        """The artifact with its schema's columns; one written before a column was renamed
+        (`schemas.RENAMED_COLUMNS`: pools' `output` is now `reference`) reads with the new
+        name."""
         rel = at or layout.artifact(k, name)
-        return self.storage.read_parquet(rel, schema=_schema(name, at))
+        schema = _schema(name, at)
+        table = self.storage.read_parquet(rel)
+        uri = self.storage.uri(rel)
+        return conform(renamed(table, schema), schema, uri)
 
     def read(self, k: int, name: str, at: str | None = None) -> pd.DataFrame:
         return self.read_table(k, name, at).to_pandas()

@@ -13,6 +13,7 @@ import ctypes
 import logging
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +29,41 @@ log = logging.getLogger(__name__)
 
 TAIL_LINES = 60
 KILL_GRACE_S = 10.0
+
+# DeepSpeed's own log lines: `[2025-01-01 12:00:00,000] [INFO] [launch.py:152:main] ...`
+_DEEPSPEED_LINE = re.compile(
+    r"^\[\d{4}-\d\d-\d\d [\d:,.]+\] \[(?P<level>[A-Z]+)\] \[(?P<file>[\w.]+\.py):\d+:"
+)
+_LAUNCHER_FILES = {"runner.py", "launch.py", "launcher_helper.py", "real_accelerator.py"}
+
+
+def is_deepspeed_chatter(line: str) -> bool:
+    """Whether `line` is DeepSpeed talking about itself: its INFO/DEBUG lines, and the
+    launcher's and accelerator detection's warnings ("Unable to find hostfile", "Setting
+    accelerator to CPU"). Its errors and every other line are not."""
+    m = _DEEPSPEED_LINE.match(line)
+    if m is None:
+        return False
+    level = m.group("level")
+    return level in ("DEBUG", "INFO") or (level == "WARNING" and m.group("file") in _LAUNCHER_FILES)
+
+
+class _DeepSpeedChatter(logging.Filter):
+    """`is_deepspeed_chatter` for records of DeepSpeed's own logger, in this process."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        return record.levelno == logging.WARNING and record.filename not in _LAUNCHER_FILES
+
+
+def quiet_deepspeed_logger() -> None:
+    """Drop DeepSpeed's chatter in this process (transformers imports DeepSpeed when it saves a
+    model, which warns "Setting accelerator to CPU" on stdout). DeepSpeed sets its logger's
+    level and handler when it is imported; a filter on the logger survives that."""
+    logger = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _DeepSpeedChatter) for f in logger.filters):
+        logger.addFilter(_DeepSpeedChatter())
 
 
 def cpu_threads(processes: int) -> str:
@@ -61,8 +97,12 @@ def run_process_group(
     timeout: float | None = None,
     should_stop: Callable[[], bool] | None = None,
     error: type[LionError] = SupervisionError,
+    quiet: Callable[[str], bool] | None = None,
 ) -> tuple[int, list[str]]:
     """Run `cmd` in a new process group, streaming its output; return (exit code, last lines).
+
+    Every line goes to `log_file` and the returned tail; lines for which `quiet(line)` is True
+    (e.g. `is_deepspeed_chatter`) do not go to `logger`.
 
     The group (the launcher and every rank it started) is killed (SIGTERM, then SIGKILL after
     a grace period) on timeout, when `should_stop()` turns True, and on any exception or
@@ -76,6 +116,7 @@ def run_process_group(
         timeout=timeout,
         should_stop=should_stop,
         error=error,
+        quiet=quiet,
     )
     return codes[0], tail
 
@@ -90,6 +131,7 @@ def run_process_groups(
     should_stop: Callable[[], bool] | None = None,
     prefix: bool = False,
     error: type[LionError] = SupervisionError,
+    quiet: Callable[[str], bool] | None = None,
 ) -> tuple[list[int], list[str]]:
     """`run_process_group` for several commands at once (e.g. one generation worker per GPU),
     each in its own process group; all are killed if the caller fails or any check trips.
@@ -129,7 +171,8 @@ def run_process_groups(
             elif line:
                 text = f"[{i}] {line}" if prefix else line
                 tail.append(text)
-                logger.info("%s", text)
+                if quiet is None or not quiet(line):
+                    logger.info("%s", text)
                 if sink:
                     sink.write(text + "\n")
                     sink.flush()

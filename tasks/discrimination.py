@@ -11,7 +11,12 @@ from tasks.caching import lion_task
 from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 
 
-@lion_task("referee-reviews", retries=2, retry_condition_fn=retry_unless_requests_failed)
+@lion_task(
+    "referee-reviews",
+    task_run_name="referee-order-{order}",
+    retries=2,
+    retry_condition_fn=retry_unless_requests_failed,
+)
 def referee_reviews(
     config: LionConfig,
     round: int,

@@ -25,7 +25,13 @@ from lion_core.schemas import ArtifactRef
 from lion_core.student.answer import generate_answers
 from tasks.caching import lion_task
 from tasks.placement import run_on_gpu
-from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
+from tasks.runtime import (
+    llm_client,
+    progress_artifacts,
+    retry_unless_requests_failed,
+    run_store,
+    usage_record,
+)
 
 
 @lion_task("evaluation-questions")
@@ -78,7 +84,9 @@ def student_eval_answers(
         )  # fmt: skip
     store = run_store(config)
     rows = question_rows(store.read_ref(questions))
-    answers = generate_answers(config, store, student, rows, logger=get_run_logger())
+    answers = generate_answers(
+        config, store, student, rows, logger=get_run_logger(), on_progress=progress_artifacts()
+    )
     at = layout.evaluation(where, _set_of(questions), "student_answers")
     return store.write_or_reuse(round or 0, "student_answers", answers, at)
 

@@ -6,6 +6,7 @@ import pandas as pd
 
 from lion_core.config import LionConfig
 from lion_core.diversity import diversity, log_warnings
+from lion_core.health import check_domain, domain_health
 from lion_core.instructions import generate_candidates, plan_seeds, select_novel, wanted_counts
 from lion_core.records import Candidates, NewInstructions, Split
 from lion_core.schemas import ArtifactRef
@@ -13,7 +14,12 @@ from tasks.caching import lion_task
 from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 
 
-@lion_task("candidates", retries=2, retry_condition_fn=retry_unless_requests_failed)
+@lion_task(
+    "candidates",
+    task_run_name="candidates-{kind}",
+    retries=2,
+    retry_condition_fn=retry_unless_requests_failed,
+)
 def candidates(
     config: LionConfig,
     round: int,
@@ -64,8 +70,14 @@ def novel_instructions(
     # Stagnating or collapsing onto one domain? (the offline world's families name categories)
     stats = diversity(generated, train_pool, offline_families=config.generator.is_offline)
     log_warnings(stats, round)
+    # Drifting off the user's domain? (the kept instructions against the seed instructions)
+    seeds = train_pool.loc[train_pool["source"] == "seed", "instruction"].tolist()
+    kept = generated.loc[generated["status"] == "kept", "instruction"].tolist()
+    domain = domain_health(kept, seeds, config.data_health.far_rouge_l)
+    check_domain(domain, config.data_health, round)
     return NewInstructions(
         generated=store.write_or_reuse(round, "generated", generated),
         statuses={str(k): int(v) for k, v in counts.items()},
         diversity=stats,
+        domain=domain,
     )

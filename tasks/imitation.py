@@ -6,6 +6,7 @@ import pandas as pd
 
 from lion_core.config import LionConfig
 from lion_core.errors import DataError
+from lion_core.health import answer_health, check_answers
 from lion_core.imitation import answer_instructions, training_set
 from lion_core.records import Pools, TeacherAnswers
 from lion_core.schemas import ArtifactRef
@@ -13,7 +14,12 @@ from tasks.caching import lion_task
 from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 
 
-@lion_task("teacher-answers", retries=2, retry_condition_fn=retry_unless_requests_failed)
+@lion_task(
+    "teacher-answers",
+    task_run_name="teacher-answers-round-{round}",
+    retries=2,
+    retry_condition_fn=retry_unless_requests_failed,
+)
 def teacher_answers(
     config: LionConfig, round: int, pools: Pools, offline_url: str | None = None
 ) -> TeacherAnswers:
@@ -22,16 +28,21 @@ def teacher_answers(
     Answers already in the run's response cache are reused, so only new instructions cost
     requests; the cache is flushed batch by batch, so a crash loses at most one batch. More
     failed requests than `teacher.max_failed_share` fail the task with nothing committed.
+    Degenerate answers (refusals, one repeated answer, empty ones: `data_health`) fail it too,
+    before they are committed (`DataHealthError`).
     """
     store = run_store(config)
     pool = pd.concat([store.read_ref(pools.train), store.read_ref(pools.cache)])
     client = llm_client(config, "teacher", offline_url)
     answers = answer_instructions(pool, client, config.teacher.model)
     client.raise_for_failures()
+    health = answer_health(answers, config.data_health.refusal_patterns)
+    check_answers(health, config.data_health, round)
     return TeacherAnswers(
         answers=store.write_or_reuse(round, "teacher_answers", answers),
         failed=int((answers["status"] != "ok").sum()),
         usage=usage_record(client),
+        health=health,
     )
 
 

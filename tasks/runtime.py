@@ -12,7 +12,13 @@ from typing import Any
 
 from lion_core.config import LionConfig
 from lion_core.costs import Budget
-from lion_core.errors import BatchError, BudgetExceeded, LLMError, RequestsFailedError
+from lion_core.errors import (
+    BatchError,
+    BudgetExceeded,
+    DataHealthError,
+    LLMError,
+    RequestsFailedError,
+)
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
 from lion_core.llm.keys import resolve_api_key
@@ -47,6 +53,7 @@ def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMCli
         pricing=config.pricing,
         budget=Budget(config.budget_usd, storage) if config.budget_usd else None,
         on_batch_progress=batch_progress_artifact(),
+        on_progress=progress_artifacts(),
     )
 
 
@@ -103,12 +110,63 @@ def batch_progress_artifact() -> Callable[[str, str, int, int, int], None]:
     return report
 
 
+PROGRESS_INTERVAL = 2.0  # seconds between updates of one progress artifact (and at 100%)
+FINAL = float("inf")  # a label whose artifact shows 100%
+
+
+def progress_artifacts() -> Callable[[str, int, int], None] | None:
+    """A progress callback `(label, done, total)` for long stages (the teacher's, referee's and
+    generator's answers, the student's answers): one Prefect progress artifact per label in the
+    task run that made the callback, created at the first report, updated at most every
+    PROGRESS_INTERVAL seconds and when done reaches total. None outside a run. Reports may come
+    from any thread (the client's event loop): they run in the task's captured context."""
+    import contextvars
+    import threading
+    import time
+
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        return None
+    context = contextvars.copy_context()
+    ids: dict[str, Any] = {}
+    last: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def publish(label: str, percent: float, total: int) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        if label not in ids:
+            ids[label] = create_progress_artifact(
+                percent, description=f"{label}: {total} to answer", _sync=True
+            )
+        else:
+            update_progress_artifact(ids[label], percent, _sync=True)
+
+    def report(label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        with lock:
+            final, shown = done >= total, last.get(label)
+            if final and shown == FINAL:
+                return  # 100% already shown
+            if not final and shown not in (None, FINAL) and now - shown < PROGRESS_INTERVAL:
+                return
+            last[label] = FINAL if final else now
+            percent = 100.0 * min(done, total) / max(total, 1)
+            try:
+                context.copy().run(publish, label, percent, total)
+            except Exception as exc:  # progress is a courtesy: never fail the stage for it
+                logging.getLogger("lion_core").debug("progress artifact %s: %s", label, exc)
+
+    return report
+
+
 def api_key(config: LionConfig, role: str) -> str | None:
-    """`role`'s API key: its environment variable, else its Prefect Secret block."""
-    return resolve_api_key(config.endpoints()[role], role, secret_loader=_secret)
+    """`role`'s API key: its environment variable, else its Prefect Secret block, else None."""
+    return resolve_api_key(config.endpoints()[role], role, secret_loader=secret_value)
 
 
-def _secret(name: str) -> str:
+def secret_value(name: str) -> str:
     """The value of Prefect Secret block `name` (endpoints' `api_key_secret`)."""
     from prefect.blocks.system import Secret
 
@@ -140,18 +198,24 @@ def attach_library_logging() -> None:
 
 
 def usage_record(client: LLMClient) -> Usage:
-    """The client's counters (requests sent, cache hits, failures, tokens) as a record."""
-    return Usage(**client.usage.as_dict())
+    """The client's counters (requests sent, cache hits, failures, tokens) as a record, with
+    the flow run they were spent in (see `Usage.seen_from`)."""
+    from prefect.runtime import flow_run
+
+    return Usage(**client.usage.as_dict(), run=flow_run.id)
 
 
 def retry_unless_requests_failed(task: Any, task_run: Any, state: Any) -> bool:
     """A retry_condition_fn: retry a failed task, except when its requests failed
-    (`RequestsFailedError`), the budget stopped it (`BudgetExceeded`) or the provider refused a
-    batch (`BatchError`): retrying cannot help those. The client already retried each
-    transient failure with backoff; a task retry would only send the permanent ones (401, 400)
-    again. The next run re-asks them, after the endpoint is fixed."""
+    (`RequestsFailedError`), its answers are degenerate (`DataHealthError`: the same answers
+    would come back from the response cache), the budget stopped it (`BudgetExceeded`) or the
+    provider refused a batch (`BatchError`): retrying cannot help those. The client already
+    retried each transient failure with backoff; a task retry would only send the permanent ones
+    (401, 400) again. The next run re-asks them, after the endpoint is fixed."""
     try:
         error = state.result(raise_on_failure=False)
     except Exception:  # the result cannot be read: retry, as without a condition
         return True
-    return not isinstance(error, RequestsFailedError | BudgetExceeded | BatchError)
+    return not isinstance(
+        error, RequestsFailedError | DataHealthError | BudgetExceeded | BatchError
+    )

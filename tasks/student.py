@@ -11,7 +11,7 @@ from lion_core.student.launch import init_uri_for, train_student
 from lion_core.student.model import prepare_base_student
 from tasks.caching import lion_task
 from tasks.placement import run_on_gpu
-from tasks.runtime import run_store
+from tasks.runtime import progress_artifacts, run_store
 
 
 @lion_task("base-student")
@@ -24,7 +24,7 @@ def base_student(config: LionConfig, data: ArtifactRef) -> str:
     return prepare_base_student(config, store, texts)
 
 
-@lion_task("student", retries=1, retry_delay_seconds=5)
+@lion_task("student", task_run_name="student-round-{round}", retries=1, retry_delay_seconds=5)
 def trained_student(config: LionConfig, round: int, data: ArtifactRef, base: str) -> str:
     """The round's student, fine-tuned on the teacher's answers under DeepSpeed, from `base`
     (`training.init_from: base`) or from the previous round's student (`previous`). A retry
@@ -41,7 +41,12 @@ def trained_student(config: LionConfig, round: int, data: ArtifactRef, base: str
     return train_student(config, store, round, data.uri, init, logger=get_run_logger())
 
 
-@lion_task("student-answers", retries=1, retry_delay_seconds=5)
+@lion_task(
+    "student-answers",
+    task_run_name="student-answers-round-{round}",
+    retries=1,
+    retry_delay_seconds=5,
+)
 def student_answers(
     config: LionConfig, round: int, cache: ArtifactRef, student: str
 ) -> ArtifactRef:
@@ -51,5 +56,7 @@ def student_answers(
         return run_on_gpu(config, "student-answers", round=round, cache=cache, student=student)
     store = run_store(config)
     rows = store.read_ref(cache)[["instruction_id", "instruction", "input"]]
-    answers = generate_answers(config, store, student, rows, logger=get_run_logger())
+    answers = generate_answers(
+        config, store, student, rows, logger=get_run_logger(), on_progress=progress_artifacts()
+    )
     return store.write_or_reuse(round, "student_answers", answers)

@@ -263,7 +263,7 @@ def worker(
 API_KEY_ENV = "LION_TEST_API_KEY"
 FAKE_API_KEY = "sk-lion-env-" + secrets.token_hex(12)
 FAKE_AWS_SECRET = "lion-aws-secret-" + secrets.token_hex(12)
-GPU_BOX = ("lion-distill/gpu-box", "lion-round/gpu-box")
+GPU_BOX = ("lion-run/gpu-box", "lion-distill/gpu-box", "lion-round/gpu-box")
 SPLIT = ("lion-distill/cpu-pool", "lion-gpu-stage/gpu-pool")
 
 

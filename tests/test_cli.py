@@ -41,6 +41,15 @@ def test_demo_writes_its_full_config(tmp_path):
     assert cfg.student.tiny is not None
 
 
+def test_demo_written_config_has_a_root_of_its_own(tmp_path, monkeypatch):
+    """Not the demo's root: that one is bound to the demo's config, so an edited copy run
+    there would be refused (the README tour edits it with --set)."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("demo", "--write-config", "my-run.yaml")
+    assert result.exit_code == 0, result.output
+    assert LionConfig.from_yaml(tmp_path / "my-run.yaml").storage.root == "lion-runs/my-run"
+
+
 def test_pools_on_a_missing_root_fails_clearly(tmp_path):
     result = runner.invoke(app, ["pools", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "no rounds" in result.output
@@ -53,11 +62,27 @@ def lion(*args: str, api_url: str) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
-def table_rows(output: str) -> list[list[str]]:
-    """The per-round table `lion run` prints last: its header and rows."""
+def table_lines(output: str, header: str) -> list[str]:
+    """The last table in `output` whose header starts `round <header>`: its header and rows (up
+    to the next blank line), as printed."""
     lines = output.strip().splitlines()
-    start = max(i for i, line in enumerate(lines) if line.split()[:2] == ["round", "train_pool"])
-    return [line.split() for line in lines[start:] if line.strip() and line.split()[0] != "pools"]
+    start = max(i for i, line in enumerate(lines) if line.split()[:2] == ["round", header])
+    rows = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rows.append(line)
+    return rows
+
+
+def table_rows(output: str, header: str = "train_pool") -> list[list[str]]:
+    """The per-round table `lion run` prints (first of three): its header and rows."""
+    return [line.split() for line in table_lines(output, header)]
+
+
+def table_dicts(output: str, header: str) -> list[dict[str, str]]:
+    head, *rows = table_rows(output, header)
+    return [dict(zip(head, row, strict=True)) for row in rows]
 
 
 @pytest.mark.slow
@@ -73,6 +98,12 @@ def test_run_then_pools_then_resume(prefect_harness, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     table = table_rows(run.stdout)
     assert "student_to_teacher" in table[0] and table[1][:3] == ["1", "24", "24"]
+    for header in ("train_pool", "unscored", "teacher_sent"):  # three narrow tables
+        assert max(len(line) for line in table_lines(run.stdout, header)) <= 100
+    (requests,) = table_dicts(run.stdout, "teacher_sent")
+    assert requests["teacher_sent"] == "24" and requests["teacher_cached"] == "0"
+    assert int(requests["referee_sent"]) >= 48 and int(requests["generator_sent"]) > 0
+    assert "round  train_pool" not in run.stderr  # the flow logs one line, not the table
 
     pools = lion("pools", str(root), api_url=api_url)
     assert pools.returncode == 0, pools.stderr
@@ -86,6 +117,12 @@ def test_run_then_pools_then_resume(prefect_harness, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert table_rows(resumed.stdout) == table
     assert "Cached" in resumed.stderr + resumed.stdout
+    # nothing was sent: every task's result is the first run's, every request counted cached
+    (again,) = table_dicts(resumed.stdout, "teacher_sent")
+    for role in ("teacher", "referee", "generator"):
+        assert again[f"{role}_sent"] == "0"
+        answered = int(requests[f"{role}_sent"]) + int(requests[f"{role}_cached"])
+        assert int(again[f"{role}_cached"]) == answered
 
     # another experiment on the same root is refused, naming the field
     refused = lion("run", "-c", str(cfg_path), "--set", "discrimination.tau=3", api_url=api_url)
@@ -170,7 +207,8 @@ def _seed_file(path: Path, rows: int = 24) -> Path:
 
 @pytest.mark.slow
 def test_a_run_that_committed_nothing_takes_a_corrected_config(prefect_harness, tmp_path):
-    """A run that fails before anything is committed (its initial data is missing) leaves the
+    """A run whose initial data is missing stops at the preflight, naming the file, before it
+    records anything; one that got further (run.json written) but committed nothing leaves the
     root free: pointed at the corrected file, it runs. Once a snapshot is committed, the root
     is bound to its config."""
     from prefect.settings import PREFECT_API_URL
@@ -185,7 +223,9 @@ def test_a_run_that_committed_nothing_takes_a_corrected_config(prefect_harness, 
     cfg_path = tmp_path / "run.yaml"
     small_config(root, **{"pools.initial_data": str(missing)}).to_yaml(cfg_path)
     failed = lion("run", "-c", str(cfg_path), api_url=PREFECT_API_URL.value())
-    assert failed.returncode != 0 and str(missing) in failed.stderr, failed.stderr[-3000:]
+    assert failed.returncode == 2 and str(missing) in failed.stderr, failed.stderr[-3000:]
+    assert "preflight" in failed.stderr and not (root / "run.json").exists()
+    open_run(small_config(root, **{"pools.initial_data": str(missing)}))  # a run past its checks
     assert (root / "run.json").exists()
 
     fixed = _seed_file(tmp_path / "fixed.jsonl")
@@ -198,9 +238,12 @@ def test_a_run_that_committed_nothing_takes_a_corrected_config(prefect_harness, 
 
 
 @pytest.mark.slow
-def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_path):
-    """A malformed initial data file fails the run's first task: the CLI prints one `error:`
-    line naming the file and row, no traceback (Prefect's included), and exits 2."""
+def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_path, shared_data):
+    """A LionError inside a flow (degenerate teacher answers: GSM8K seeds, the offline world
+    as teacher, DataHealthError in the teacher-answers task) fails the run: the CLI prints one
+    `error:` line naming the cause, no traceback (Prefect's included), and exits 2. A malformed
+    initial data file is caught earlier, by the preflight: the file and row, exit 2, no
+    traceback."""
     from prefect.settings import PREFECT_API_URL
     from test_round_flow import small_config
 
@@ -211,10 +254,19 @@ def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_
     small_config(tmp_path / "root", **{"pools.initial_data": str(bad)}).to_yaml(cfg_path)
     result = lion("run", "-c", str(cfg_path), api_url=PREFECT_API_URL.value())
     output = result.stdout + result.stderr
+    assert result.returncode == 2 and f"file {bad}, row 4" in result.stderr, output[-3000:]
+    assert "preflight" in result.stderr and "Traceback" not in output, output[-3000:]
+
+    gsm8k = str(shared_data / "gsm8k_train_alpaca_format.json")
+    small_config(tmp_path / "root-2", **{"pools.initial_data": gsm8k, "pools.limit": 12}).to_yaml(
+        cfg_path
+    )
+    result = lion("run", "-c", str(cfg_path), api_url=PREFECT_API_URL.value())
+    output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, output[-3000:]
-    assert f"file {bad}, row 4" in errors[0], errors
+    assert "the teacher's answers are degenerate" in errors[0], errors
     assert "Traceback" not in output, output[-3000:]
 
     # The run's logs in Prefect (what the UI shows) keep the traceback.
@@ -223,4 +275,4 @@ def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_
 
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(level=LogFilterLevel(ge_=40)), limit=200)
-    assert any("Traceback" in log.message and str(bad) in log.message for log in logs)
+    assert any("Traceback" in log.message and "DataHealthError" in log.message for log in logs)

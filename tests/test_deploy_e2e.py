@@ -37,7 +37,7 @@ from prefect_services import (
     wait_for_run,
     wait_for_url,
 )
-from test_round_flow import small_config
+from test_round_flow import small_config, task_name
 
 from lion_core.store import RunStore
 
@@ -55,10 +55,10 @@ def _params(root: str, options: dict, **overrides) -> dict:
 
 
 def _task_states(stack, flow_run_id) -> dict[str, list[str]]:
-    """Task name (without its run suffix) -> the states of its runs in one flow run."""
+    """Task name (whatever its runs are called) -> the states of its runs in one flow run."""
     states: dict[str, list[str]] = {}
     for r in task_runs(stack.env, [flow_run_id]):
-        states.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name)
+        states.setdefault(task_name(r), []).append(r.state.name)
     return {name: sorted(s) for name, s in states.items()}
 
 

@@ -27,7 +27,7 @@ def _generated_row(text: str, status: str, parent: str, source: str = "hard") ->
         "instruction_id": instruction_id(text, ""),
         "instruction": text,
         "input": "",
-        "output": None,
+        "reference": None,
         "source": source,
         "parent_id": parent,
         "round": 2,

@@ -442,6 +442,7 @@ def test_prefect_yaml_parses_with_prefects_own_models():
     names = [(c["entrypoint"], c["name"], c["work_pool"]["name"]) for c in configs]
     assert names == [
         ("flows/distill.py:lion_distill", "gpu-box", "lion-gpu"),
+        ("flows/form.py:lion_run", "gpu-box", "lion-gpu"),
         ("flows/distill.py:lion_distill", "k8s", "lion-k8s"),
         ("flows/round.py:lion_round", "gpu-box", "lion-gpu"),
         ("flows/distill.py:lion_distill", "cpu-pool", "lion-cpu"),
@@ -464,13 +465,45 @@ def test_prefect_yaml_parameters_fit_the_flows_and_lion_config():
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate
 
-    from lion_core.config import LionConfig
-
     for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]:
         flow = load_flow_from_entrypoint(str(REPO / d["entrypoint"]))
         schema = parameter_schema(flow).model_dump_for_openapi()
         validate(d["parameters"], schema, raise_on_error=True, preprocess=True)
-        LionConfig.from_dict(d["parameters"]["config"], source=f"{d['name']} parameters")
+        deployment_config(d)
+
+
+def deployment_config(d: dict):
+    """The config a run of deployment `d` gets from its default parameters: LionConfig from
+    `config`, or the short form's (`lion-run`) from its fields."""
+    from lion_core.config import LionConfig
+    from lion_core.presets import form_config
+
+    params = dict(d["parameters"])
+    if d["entrypoint"] == "flows/form.py:lion_run":
+        endpoints = {
+            role: (params.pop(f"{role}_base_url", ""), params.pop(f"{role}_model", ""))
+            for role in ("teacher", "referee", "generator")
+        }
+        return form_config(**params, endpoints=endpoints)
+    return LionConfig.from_dict(params["config"], source=f"{d['name']} parameters")
+
+
+def test_deployment_defaults_are_coherent():
+    """A run started with a deployment's defaults trains a sensible student: no coherence
+    warning (a tiny student never gets a 7B student's learning rate), whatever the flow. The
+    GPU-stage deployments are skipped: their runs always carry the parent's whole config."""
+    from lion_core.preflight import coherence_warnings
+
+    checked = []
+    for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]:
+        if d["entrypoint"].startswith("flows/gpu_stage.py"):
+            continue
+        cfg = deployment_config(d)
+        assert coherence_warnings(cfg) == [], (d["name"], d["entrypoint"])
+        if cfg.student.tiny is not None:
+            assert cfg.training.learning_rate >= 1e-4, d["name"]
+        checked.append(d["entrypoint"])
+    assert "flows/form.py:lion_run" in checked and len(checked) >= 5
 
 
 def test_prefect_deploy_creates_the_deployments(deployed):
@@ -481,6 +514,7 @@ def test_prefect_deploy_creates_the_deployments(deployed):
         }
         assert set(deployments) == {
             "lion-distill/gpu-box",
+            "lion-run/gpu-box",
             "lion-distill/k8s",
             "lion-round/gpu-box",
             "lion-distill/cpu-pool",
@@ -617,7 +651,7 @@ def test_split_parents_name_gpu_stage_deployments_on_gpu_pools():
     parents = {
         name: d
         for name, d in by_name.items()
-        if d["parameters"]["config"].get("placement", {}).get("gpu_deployment")
+        if d["parameters"].get("config", {}).get("placement", {}).get("gpu_deployment")
     }
     assert set(parents) == {"lion-distill/cpu-pool", "lion-distill/k8s-cpu"}
     gpu_pools = {CPU_POOL_NAMES[k]: POOL_NAMES[k] for k in CPU_POOL_NAMES}

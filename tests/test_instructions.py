@@ -231,7 +231,7 @@ def _candidates(texts: dict[str, list[str | None]]) -> pd.DataFrame:
                     "instruction_id": instruction_id(text) if text else None,
                     "instruction": text,
                     "input": "",
-                    "output": None,
+                    "reference": None,
                     "source": kind,
                     "parent_id": f"{kind}-seed-{k % 2}",
                     "round": 1,

@@ -91,7 +91,7 @@ def test_seed_pool_has_the_pool_schema():
     assert pool["parent_id"].isna().all()
     for row in pool.itertuples():
         assert row.instruction_id == instruction_id(row.instruction, row.input)
-        assert solve(row.instruction, row.input).answer == row.output
+        assert solve(row.instruction, row.input).answer == row.reference
     assert pool.equals(seed_pool(30, seed=1, max_difficulty=4))
 
 

@@ -27,7 +27,7 @@ def _pool(n: int = 50) -> pd.DataFrame:
                 "instruction_id": instruction_id(instr, inp),
                 "instruction": instr,
                 "input": inp,
-                "output": None if i % 2 else str(i * 8),
+                "reference": None if i % 2 else str(i * 8),
                 "source": "seed" if i < 40 else "hard",
                 "parent_id": None if i < 40 else instruction_id("Add 0 and 0.", ""),
                 "round": 0 if i < 40 else 1,
@@ -58,6 +58,45 @@ def test_round_trip_is_identical(store):
         assert ref.uri.endswith("round=1/train_pool.parquet")
     else:
         assert ref.uri.startswith("s3://")
+
+
+def test_pools_written_with_the_old_output_column_still_load(store):
+    """A run written before the rename (the seed's own answer was the pools' `output` column)
+    reads with `reference` holding that answer: pools and the tables built on them (hard
+    examples, generated candidates); a pool with both columns keeps its `reference`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lion_core import layout
+
+    def old(table: pa.Table) -> bytes:
+        names = ["output" if n == "reference" else n for n in table.column_names]
+        sink = pa.BufferOutputStream()
+        pq.write_table(table.rename_columns(names), sink)
+        return sink.getvalue().to_pybytes()
+
+    df = _pool(6)
+    written = store.write(1, "train_pool", df)
+    assert written.rows == 6
+    store.storage.write_bytes(
+        layout.artifact(2, "train_pool"), old(store.read_table(1, "train_pool"))
+    )
+    back = store.read(2, "train_pool")
+    assert "output" not in back and list(back.columns) == ARTIFACT_SCHEMAS["train_pool"].names
+    assert back["reference"].tolist() == df["reference"].tolist()
+    assert back["reference"].notna().sum() == 3  # the seeds' answers survived the rename
+
+    hard = df.assign(teacher_answer="t", student_answer="s", teacher_score=8.0,
+                     student_score=3.0, gap=5.0)  # fmt: skip
+    table = pa.Table.from_pandas(hard, schema=ARTIFACT_SCHEMAS["hard"], preserve_index=False)
+    store.storage.write_bytes(layout.artifact(2, "hard"), old(table))
+    assert store.read(2, "hard")["reference"].tolist() == df["reference"].tolist()
+
+    both = pa.Table.from_pandas(df.assign(output="stale"), preserve_index=False)
+    sink = pa.BufferOutputStream()
+    pq.write_table(both, sink)
+    store.storage.write_bytes(layout.artifact(3, "train_pool"), sink.getvalue().to_pybytes())
+    assert store.read(3, "train_pool")["reference"].tolist() == df["reference"].tolist()
 
 
 def test_committed_snapshot_is_never_overwritten(store):

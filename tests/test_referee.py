@@ -244,7 +244,7 @@ def test_failed_request_is_unscored_and_not_reasked():
 
 def test_missing_answer_is_unscored_without_asking():
     pool = _pairs(3)[["instruction_id", "instruction", "input"]].assign(
-        output=None, source="seed", parent_id=None, round=0
+        reference=None, source="seed", parent_id=None, round=0
     )
     ids = pool["instruction_id"].tolist()
 

@@ -50,7 +50,8 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
     from flows.round import lion_round
 
     cfg = small_config(tmp_path / "run")
-    summary = lion_round(cfg, 1)
+    state = lion_round(cfg, 1, return_state=True)
+    summary = state.result()
 
     store = RunStore.open(cfg.storage.root)
     for name in (
@@ -94,6 +95,14 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
     assert {"flow-test-round-1", "flow-test-round-1-hard-sample"} <= keys
     table = next(a for a in artifacts if a.key == "flow-test-round-1").data
     assert "novelty_dropped_share" in str(table) and "kept_max_rouge_l" in str(table)
+    assert "teacher_refusal_share" in str(table)  # data health, in the round's artifact
+    assert summary.teacher_health is not None and summary.teacher_health.answers == 24
+    assert summary.teacher_health.refusals == 0
+    # ... and the new instructions' distance from the seeds' domain (the offline world's own)
+    assert "far_from_seeds_share" in str(table)
+    domain = summary.generated_health
+    assert domain is not None and domain.new == summary.new_instructions > 0
+    assert domain.seeds == 24 and domain.far_share < cfg.data_health.far_warn_share
 
     # The library's progress lines (lion_core.llm) are in the run's logs, not only the console.
     from prefect.logging.handlers import APILogWorker
@@ -103,9 +112,51 @@ def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
         logs = client.read_logs(limit=200)
     assert any(log.name == "lion_core.llm" and "teacher answers" in log.message for log in logs)
 
+    # Runs named for what they do (the UI and the console show these names).
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run_id).name == "round-1"
+    names = set(_task_states(run_id, by="run name"))
+    expected = {"referee-order-1", "referee-order-2", "candidates-hard", "candidates-easy"}
+    assert expected | {"student-round-1", "teacher-answers-round-1"} <= names, names
 
-def _task_states(flow_run_id, timeout: float = 60) -> dict[str, str]:
-    """Task name (without its run suffix) -> state name, for one finished flow run.
+    # Long stages showed their progress as Prefect progress artifacts, one per stage, each at
+    # 100% in the end: the teacher's, both referee orders', the generator's, the student's.
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+    )
+
+    progress = ArtifactFilter(
+        type=ArtifactFilterType(any_=["progress"]),
+        flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+    )
+    with get_client(sync_client=True) as client:
+        shown = client.read_artifacts(artifact_filter=progress)
+    stages = {a.description.split(":")[0] for a in shown}
+    assert {"teacher", "referee", "generator", "student"} <= stages, [a.description for a in shown]
+    assert all(float(a.data) == 100.0 for a in shown), [(a.description, a.data) for a in shown]
+    assert any(a.description.startswith("student: answers: 24 to answer") for a in shown)
+    assert sum(a.description.startswith("referee:") for a in shown) >= 2  # an order each, re-asks
+
+
+def task_name(task_run) -> str:
+    """The name of the task a task run ran (`candidates`), whatever the run is called
+    (`candidates-hard`): looked up by the run's `task_key`; a task run of no lion task (the
+    `run_deployment` of a GPU stage) by its task_key."""
+    from prefect import Task
+
+    from tasks import discrimination, evaluation, generation, imitation, pools, student
+
+    modules = (discrimination, evaluation, generation, imitation, pools, student)
+    names = {t.task_key: t.name for m in modules for t in vars(m).values() if isinstance(t, Task)}
+    return names.get(task_run.task_key, task_run.task_key)
+
+
+def _task_states(flow_run_id, by: str = "task name", timeout: float = 60) -> dict[str, str]:
+    """Task name -> state name, for one finished flow run; with `by="run name"`, task run
+    name -> state name.
 
     Task run states reach the API as events, recorded by the server after the flow returns:
     wait until every task run has a final state (or `timeout` passes)."""
@@ -124,7 +175,10 @@ def _task_states(flow_run_id, timeout: float = 60) -> dict[str, str]:
             if final or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-    return {r.name.rsplit("-", 1)[0]: r.state.name if r.state else "None" for r in runs}
+    state = {r.id: r.state.name if r.state else "None" for r in runs}
+    if by == "run name":
+        return {r.name: state[r.id] for r in runs}
+    return {task_name(r): state[r.id] for r in runs}
 
 
 def test_resume_after_a_failure_repeats_nothing(prefect_harness, tmp_path, offline_server):
@@ -155,6 +209,11 @@ def test_resume_after_a_failure_repeats_nothing(prefect_harness, tmp_path, offli
     redone = {"candidates", "novel-instructions", "next-round-pools"}
     assert {n for n, s in states.items() if s != "Cached"} <= redone, states
     assert {p.name: p.stat().st_mtime_ns for p in student_dir.iterdir()} == before
+    # honest counters: the cached tasks' requests were sent by the failed run, not this one
+    usage = resumed.result().usage
+    assert usage["teacher"].requests == 0 and usage["teacher"].cache_hits == 24
+    assert usage["referee"].requests == 0 and usage["referee"].cache_hits >= 48
+    assert usage["generator"].requests > 0  # the stage that failed was run (and sent) again
 
     stats = world.stats()
     for role in ("teacher", "referee", "generator"):

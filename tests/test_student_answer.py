@@ -123,7 +123,8 @@ def test_answers_stop_at_eos_without_the_prompt(student):
     out = generate_answers(cfg, store, uri, rows)
     assert list(out.columns) == ANSWER_SCHEMA.names
     assert list(out["instruction_id"]) == list(rows["instruction_id"])
-    assert set(out["status"]) == {"ok"} and set(out["model"]) == {uri}
+    assert set(out["status"]) == {"ok"}
+    assert set(out["model"]) == {"trained"}  # the folder under the root: the root may move
     assert out["request_key"].isna().all()
     assert not out["answer"].str.contains("Response|Instruction|Echo").any()
     stopped = out[out["finish_reason"] == "stop"]

@@ -28,6 +28,7 @@ from lion_core.student.answer import BatchedGenerator
 from lion_core.student.checkpoints import (
     COMPLETE,
     complete_checkpoints,
+    is_complete,
     mark_complete,
     materialize,
     scratch_for,
@@ -114,7 +115,9 @@ def _exact_match(uri: str, cfg: LionConfig, instances) -> float:
 @pytest.fixture(scope="module")
 def zero2_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("zero2")
-    cfg = _cfg(str(root), zero_stage=2, num_gpus=1, max_steps=200, save_steps=50)
+    cfg = _cfg(
+        str(root), zero_stage=2, num_gpus=1, max_steps=200, save_steps=50, keep_checkpoints=True
+    )
     store = RunStore.open(str(root))
     train = _addition(300, seed=1)
     held_out = _addition(
@@ -169,8 +172,9 @@ def test_killed_run_resumes_from_its_latest_checkpoint(zero2_run):
     assert result["zero_stage"] == 2 and result["world_size"] == 1
     assert result["layout"] == "packed" and result["bf16"] is False  # fp32 on the CPU
     assert result["data"]["examples"] == 300 and result["data"]["truncated"] == 0
-    ckpts = complete_checkpoints(run["store"].storage, 1)
-    assert ckpts[-1] == 200 and len(ckpts) <= 2  # older checkpoints pruned
+    # keep_checkpoints: the last one stays once the student is committed, the rest go
+    assert run["store"].storage.listdir("round=1/checkpoints") == ["checkpoint-200"]
+    assert complete_checkpoints(run["store"].storage, 1) == [200]
 
 
 @pytest.mark.slow
@@ -219,7 +223,7 @@ def test_zero3_two_ranks_on_s3(s3_root, tmp_path):
     assert uri == f"{root}/round=1/student"
     s = store.storage
     assert s.exists(f"round=1/student/{COMPLETE}") and s.exists("round=1/student/model.safetensors")
-    assert complete_checkpoints(s, 1) == [6, 12]
+    assert not s.exists("round=1/checkpoints")  # committed student: its checkpoints are gone
     assert s.listdir("round=1/logs")
     result = json.loads(s.read_bytes("round=1/student/train_result.json"))
     assert result["world_size"] == 2 and result["zero_stage"] == 3
@@ -268,6 +272,71 @@ def test_lora_adapters_are_merged_into_a_plain_model(small_run):
     layer, layer0 = trained.model.layers[0], untrained.model.layers[0]
     assert not torch.equal(layer.self_attn.q_proj.weight, layer0.self_attn.q_proj.weight)
     assert torch.equal(layer.mlp.up_proj.weight, layer0.mlp.up_proj.weight)  # not targeted
+
+
+def test_checkpoints_are_deleted_once_the_student_is_committed(small_run):
+    cfg, store, base, data = small_run
+    cfg = cfg.with_overrides({"training.save_steps": 2})
+    uri = train_student(cfg, store, 1, data, base)
+    (log_name,) = store.storage.listdir("round=1/logs")
+    training_log = store.storage.read_bytes(f"round=1/logs/{log_name}").decode()
+    assert "checkpoint checkpoint-6 committed" in training_log  # they existed while it ran
+    assert is_complete(store.storage, "round=1/student")
+    assert not store.storage.exists("round=1/checkpoints")
+    assert Path(uri, "model.safetensors").is_file()
+
+    # a crash between the commit and the deletion: the next call finds the student committed
+    # and deletes what is left (keep_checkpoints: all but the last committed one)
+    for step in (2, 4):
+        mark_complete(store.storage, f"round=1/checkpoints/checkpoint-{step}")
+    store.storage.write_bytes("round=1/checkpoints/checkpoint-6/partial.bin", b"x")
+    kept = cfg.with_overrides({"training.keep_checkpoints": True})
+    assert train_student(kept, store, 1, data, base) == uri
+    assert store.storage.listdir("round=1/checkpoints") == ["checkpoint-4"]
+    assert train_student(cfg, store, 1, data, base) == uri
+    assert not store.storage.exists("round=1/checkpoints")
+
+
+def test_report_to_tensorboard_writes_the_loss_curve(small_run):
+    """training.report_to: [tensorboard] -> event files in round=1/tensorboard of the run's
+    storage holding the training loss at every logging step (read back with TensorBoard's own
+    reader). Needs the tensorboard package (pip install tensorboard)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, store, base, data = small_run
+    cfg = cfg.with_overrides({"training.report_to": ["tensorboard"], "training.logging_steps": 2})
+    train_student(cfg, store, 1, data, base)
+    events = [n for n in store.storage.listdir("round=1/tensorboard") if "tfevents" in n]
+    assert events, store.storage.listdir("round=1/tensorboard")
+    acc = EventAccumulator(store.storage.path("round=1/tensorboard"))
+    acc.Reload()
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [2, 4, 6]  # max_steps 6, a point every 2 steps
+    assert all(e.value > 0 for e in loss)
+
+
+def test_report_to_is_off_by_default_and_checked_before_the_run(small_run, monkeypatch):
+    """No tracking by default (no tensorboard folder); a report_to whose package is missing is
+    a preflight warning naming the field."""
+    import importlib.util
+
+    from lion_core.preflight import tracking_warnings
+
+    cfg, store, base, data = small_run
+    assert cfg.training.report_to == [] and tracking_warnings(cfg) == []
+    train_student(cfg, store, 1, data, base)
+    assert not store.storage.exists("round=1/tensorboard")
+
+    wanted = cfg.with_overrides({"training.report_to": ["tensorboard", "mlflow"]})
+    missing = {"tensorboard", "tensorboardX", "mlflow"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a)
+    )
+    warnings = tracking_warnings(wanted)
+    assert len(warnings) == 2 and warnings[0].startswith("training.report_to tensorboard:")
+    assert "pip install mlflow" in warnings[1]
 
 
 def test_a_failing_run_raises_with_the_log_tail(small_run, tmp_path):

@@ -131,6 +131,7 @@ class LLMClient:
         extra_body: Mapping[str, Any] | None = None,
         key_scope: Mapping[str, Any] | None = None,
         allow_empty: bool = False,
+        on_progress: Callable[[str, int, int], None] | None = None,
     ) -> None:
         """`extra_body`: fields added to every request body and key (engine extensions such
         as vLLM's `stop_token_ids`). `key_scope`: fields added to every key but never sent
@@ -155,6 +156,8 @@ class LLMClient:
         self.price = price_of(self.pricing, endpoint.model)
         self.budget = budget
         self.on_batch_progress = on_batch_progress
+        # (label 'role: desc', done, total) as requests are answered, and once at the end
+        self.on_progress = on_progress
         self.limiter = RateLimiter.shared(
             (self.base_url, endpoint.model), endpoint.rpm, endpoint.tpm
         )
@@ -403,7 +406,11 @@ class _Batch:
         self.failure_warnings = 0
         waiting = sum(len(idx) for idx in groups.values())
         self.progress = _Progress(
-            client.role, desc, total=len(requests), initial=len(requests) - waiting
+            client.role,
+            desc,
+            total=len(requests),
+            initial=len(requests) - waiting,
+            report=client.on_progress,
         )
 
     async def run(self) -> None:
@@ -676,10 +683,20 @@ class _Batch:
 
 
 class _Progress:
-    """A tqdm bar on stderr (hidden off a TTY) and a log line at most every LOG_INTERVAL s."""
+    """A tqdm bar on stderr (hidden off a TTY), a log line at most every LOG_INTERVAL s, and
+    `report(label, done, total)` at every update and at the end, if given."""
 
-    def __init__(self, role: str, desc: str, *, total: int, initial: int) -> None:
+    def __init__(
+        self,
+        role: str,
+        desc: str,
+        *,
+        total: int,
+        initial: int,
+        report: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         self.label = f"{role}: {desc}" if desc else role
+        self.report = report
         self.total = total
         self.done = self.cached = initial
         self.failed = 0
@@ -700,6 +717,8 @@ class _Progress:
         self.failed += failed
         self.sent += sent
         self.bar.update(n)
+        if self.report is not None:
+            self.report(self.label, self.done, self.total)
         now = time.monotonic()
         if now - self.last_log >= LOG_INTERVAL:
             self.last_log = now
@@ -714,6 +733,8 @@ class _Progress:
 
     def log_final(self) -> None:
         log.info(self.line(time.monotonic()))
+        if self.report is not None:
+            self.report(self.label, self.done, self.total)
 
     def close(self) -> None:
         self.bar.close()

@@ -563,9 +563,9 @@ def seed_instances(n: int, seed: int, max_difficulty: int) -> list[Instance]:
 
 def seed_pool(n: int, seed: int, max_difficulty: int) -> pd.DataFrame:
     """`seed_instances` as a Train Pool (lion_core.schemas.POOL_SCHEMA): source 'seed', round 0,
-    and the exact answer as the reference output."""
+    and the exact answer as the reference."""
     rows = [
-        seed_row(inst.instruction, inst.input, inst.answer)
+        seed_row(inst.instruction, inst.input, reference=inst.answer)
         for inst in seed_instances(n, seed, max_difficulty)
     ]
     frame = pool_frame(rows)

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +44,12 @@ from lion_core.store import RunStore
 from lion_core.student.attention import sdpa_kernels
 from lion_core.student.checkpoints import content_digest, materialize, scratch_for
 from lion_core.student.data import encode_prompt
-from lion_core.supervise import cpu_threads, run_process_groups
+from lion_core.supervise import cpu_threads, is_deepspeed_chatter, run_process_groups
 
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("instruction_id", "instruction", "input")
+PROGRESS_LABEL = "student: answers"  # the label generate_answers reports progress under
 
 
 def progress_rel(student_uri: str, cfg: LionConfig) -> str:
@@ -257,6 +258,9 @@ def answered(storage: Storage, rel: str) -> pd.DataFrame:
 
 
 def commit(storage: Storage, rel: str, shard: int, seq: int, answers: list[Answer], model: str):
+    """Commit one batch of answers under `rel`. `model`: the student's URI, recorded relative to
+    the run's root when it is inside it (`round=2/student`: the same wherever the run is)."""
+    model = storage.relative(model) or model
     table = conform(
         pd.DataFrame(
             [
@@ -290,9 +294,11 @@ def answer_rows(
     shard: int = 0,
     shards: int = 1,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> int:
     """Answer `rows` in this process, committing each batch; return the number answered.
-    With `shards` > 1, only this worker's share of them (`shard_rows`)."""
+    With `shards` > 1, only this worker's share of them (`shard_rows`). `on_batch(done)`:
+    after each committed batch."""
     from lion_core.student.model import load_student
 
     logger = logger or log
@@ -308,6 +314,8 @@ def answer_rows(
     for seq, answers in enumerate(gen.answer(rows)):
         commit(storage, rel, shard, seq, answers, student_uri)
         done += len(answers)
+        if on_batch is not None:
+            on_batch(done)
         logger.info(
             "shard %d: %d/%d answered (batch of %d, %.1f answers/s)",
             shard, done, len(rows), len(answers), done / max(time.time() - t0, 1e-9),
@@ -328,13 +336,16 @@ def generate_answers(
     *,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
     workers: int | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> pd.DataFrame:
     """The student's answers to `rows` (instruction_id, instruction, input), in ANSWER_SCHEMA
     columns, one row per distinct instruction_id, in the order of `rows`.
 
     `workers`: processes to answer in parallel, one per GPU (default: student.generation.
     num_gpus, else every visible GPU; 1 on the CPU). With `student.generation.engine: server`,
-    the rows go through a served engine instead (`served.answer_served`).
+    the rows go through a served engine instead (`served.answer_served`). `on_progress(label,
+    done, total)`: after each batch answered in this process (with workers or a served
+    engine: at the end only), and at the end.
     """
     logger = logger or log
     missing = [c for c in ROW_COLUMNS if c not in rows.columns]
@@ -358,11 +369,19 @@ def generate_answers(
     elif len(todo):
         n = workers or cfg.student.generation.num_gpus or max(1, torch.cuda.device_count())
         n = min(n, len(todo))
+        before = len(rows) - len(todo)
+
+        def batch_done(done: int) -> None:
+            if on_progress is not None:
+                on_progress(PROGRESS_LABEL, before + done, len(rows))
+
         if n == 1:
-            answer_rows(cfg, storage, rel, student_uri, todo, logger=logger)
+            answer_rows(cfg, storage, rel, student_uri, todo, logger=logger, on_batch=batch_done)
         else:
             _run_workers(cfg, store, rel, student_uri, todo, n, logger)
         have = answered(storage, rel)
+    if on_progress is not None:
+        on_progress(PROGRESS_LABEL, len(rows), len(rows))
     out = rows[["instruction_id"]].merge(have, on="instruction_id", how="left")
     lost = out["status"].isna()
     if lost.any():
@@ -401,7 +420,9 @@ def _run_workers(cfg, store, rel, student_uri, todo, n, logger) -> None:
             env.setdefault("OMP_NUM_THREADS", cpu_threads(n))
         cmd = [sys.executable, "-m", "lion_core.student.answer", "--spec", str(spec_file)]
         jobs.append(([*cmd, "--shard", str(shard)], env))
-    codes, tail = run_process_groups(jobs, logger=logger, prefix=True, error=GenerationError)
+    codes, tail = run_process_groups(
+        jobs, logger=logger, prefix=True, error=GenerationError, quiet=is_deepspeed_chatter
+    )
     failed = [i for i, rc in enumerate(codes) if rc != 0]
     if failed:
         raise GenerationError(

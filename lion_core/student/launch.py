@@ -29,6 +29,7 @@ import pandas as pd
 from lion_core import layout
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, TrainingError
+from lion_core.storage import Storage
 from lion_core.store import RunStore
 from lion_core.student.checkpoints import (
     COMPLETE,
@@ -39,7 +40,7 @@ from lion_core.student.checkpoints import (
     scratch_for,
 )
 from lion_core.student.data import check_train_frame
-from lion_core.supervise import cpu_threads, free_port, run_process_group
+from lion_core.supervise import cpu_threads, free_port, is_deepspeed_chatter, run_process_group
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def train_student(
     upload_earlier_logs(storage, round, work)
     if is_complete(storage, final_rel):
         logger.info("round %d student already trained: %s", round, storage.uri(final_rel))
+        prune_checkpoints(storage, round, keep_last=cfg.training.keep_checkpoints)
         return storage.uri(final_rel)
 
     options = cfg.storage.options
@@ -92,11 +94,13 @@ def train_student(
         storage.delete(f"{ckpt_rel}/{name}", recursive=True)
     if storage.exists(final_rel):  # a final save that was killed half-way
         storage.delete(final_rel, recursive=True)
+    tb_rel = layout.tensorboard(round)
     if storage.is_local:
         output_dir = Path(storage.path(ckpt_rel))
         final_dir = Path(storage.path(final_rel))
+        tb_dir = Path(storage.path(tb_rel))
     else:
-        output_dir, final_dir = work / "checkpoints", work / "final"
+        output_dir, final_dir, tb_dir = work / "checkpoints", work / "final", work / "tensorboard"
     output_dir.mkdir(parents=True, exist_ok=True)
 
     resume = None
@@ -120,6 +124,7 @@ def train_student(
         "revision": revision,
         "output_dir": str(output_dir),
         "final_dir": str(final_dir),
+        "tensorboard_dir": str(tb_dir),
         "resume": str(resume) if resume else None,
         "storage_root": storage.uri(),
         "storage_options": options,
@@ -143,9 +148,12 @@ def train_student(
             timeout=cfg.training.timeout,
             should_stop=should_stop,
             error=TrainingError,
+            quiet=is_deepspeed_chatter,  # in the log file (and an error's tail) only
         )
     finally:
         _upload_log(storage, round, log_file)
+        if not storage.is_local and tb_dir.is_dir():  # each attempt's event files
+            storage.put_dir(tb_dir, tb_rel)
     if rc != 0:
         raise TrainingError(
             f"round {round} training failed (exit code {rc}); last lines of the log:\n"
@@ -156,9 +164,26 @@ def train_student(
             f"round {round} training exited cleanly but {storage.uri(final_rel)} has no "
             f"{COMPLETE} marker; last lines of the log:\n" + "\n".join(tail)
         )
+    prune_checkpoints(storage, round, keep_last=cfg.training.keep_checkpoints)
     if not storage.is_local:
         shutil.rmtree(work, ignore_errors=True)
     return storage.uri(final_rel)
+
+
+def prune_checkpoints(storage: Storage, round: int, *, keep_last: bool) -> None:
+    """Once round `round`'s student is committed its checkpoints only serve to resume a training
+    that is over: delete them all, or all but the last committed one (`keep_last`). Called
+    after the commit, so a crash before it leaves the checkpoints a retry resumes from, and
+    again by a call that finds the student committed (a crash between commit and pruning)."""
+    ckpt_rel = layout.checkpoints(round)
+    if not storage.exists(ckpt_rel):
+        return
+    if not keep_last:
+        storage.delete(ckpt_rel, recursive=True)
+        return
+    steps, incomplete = scan_checkpoints(storage, round)
+    for name in [*incomplete, *(f"checkpoint-{s}" for s in steps[:-1])]:
+        storage.delete(f"{ckpt_rel}/{name}", recursive=True)
 
 
 def init_uri_for(cfg: LionConfig, store: RunStore, round: int) -> str:

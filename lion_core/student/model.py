@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from lion_core import layout
 from lion_core.config import LionConfig, TinyModelSpec
@@ -25,8 +26,11 @@ from lion_core.student.checkpoints import (
     resolve_model,
     scratch_for,
 )
+from lion_core.supervise import quiet_deepspeed_logger
 
 log = logging.getLogger(__name__)
+quiet_deepspeed_logger()  # saving and loading models imports DeepSpeed, which talks
+hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 

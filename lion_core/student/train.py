@@ -14,6 +14,7 @@ The job spec (JSON, written by the launcher):
     revision          hub revision of `init`, if a hub id
     output_dir        local folder where the Trainer writes checkpoint-<step>/
     final_dir         local folder for the final model
+    tensorboard_dir   local folder for TensorBoard event files (training.report_to)
     resume            local checkpoint folder to resume from, or null
     storage_root      the run's root URI, storage_options its fsspec options
     checkpoints_rel   where checkpoints go in the run's storage (round=<k>/checkpoints)
@@ -172,7 +173,7 @@ def training_arguments(spec: dict[str, Any], cfg, *, n_rows: int, on_gpu: bool, 
         activation_checkpointing=t.gradient_checkpointing,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to="none",
+        report_to=list(t.report_to) or "none",
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -246,6 +247,9 @@ def run(spec: dict[str, Any]) -> None:
             ),
         )
 
+    if "tensorboard" in t.report_to and spec.get("tensorboard_dir"):
+        # transformers' TensorBoardCallback reads its folder from the environment
+        os.environ["TENSORBOARD_LOGGING_DIR"] = spec["tensorboard_dir"]
     args = training_arguments(spec, cfg, n_rows=len(dataset), on_gpu=on_gpu, bf16=bf16)
     progress, commit = make_callbacks(spec)
     trainer = Trainer(
