@@ -8,10 +8,14 @@ bootstrap:
 demo: bootstrap
 	.venv/bin/lion demo $(ARGS)
 
-# The whole suite but the browser test, which needs Chromium (make test-browser).
+# The whole suite but the browser test, which needs Chromium (make test-browser). Test files are
+# spread over TEST_WORKERS processes (pytest-xdist; a file's tests stay together, so each file's
+# module fixtures, e.g. one Prefect stack, are built once): most tests wait on servers and
+# subprocesses, so 2 workers help even on 2 cores. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: bootstrap
 	.venv/bin/python -m ruff check .
-	.venv/bin/python -m pytest -q -m "not browser" $(ARGS)
+	.venv/bin/python -m pytest -q -m "not browser" -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # The Prefect UI driven by Debian's headless Chromium (tests/test_ui_browser.py); installs
 # Chromium with apt-get when it is missing (needs root). Playwright never downloads a browser.
