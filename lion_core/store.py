@@ -77,12 +77,15 @@ class RunStore:
     def read_table(self, k: int, name: str, at: str | None = None) -> pa.Table:
         """The artifact with its schema's columns; one written before a column was renamed
         (`schemas.RENAMED_COLUMNS`: pools' `output` is now `reference`) reads with the new
-        name."""
+        name, and one written before a nullable column was added reads it as nulls (a run
+        written by an older version still resumes), as pyarrow's schema-driven read did."""
         rel = at or layout.artifact(k, name)
         schema = _schema(name, at)
-        table = self.storage.read_parquet(rel)
-        uri = self.storage.uri(rel)
-        return conform(renamed(table, schema), schema, uri)
+        table = renamed(self.storage.read_parquet(rel), schema)
+        for field in schema:
+            if field.nullable and field.name not in table.column_names:
+                table = table.append_column(field, pa.nulls(len(table), field.type))
+        return conform(table, schema, self.storage.uri(rel))
 
     def read(self, k: int, name: str, at: str | None = None) -> pd.DataFrame:
         return self.read_table(k, name, at).to_pandas()

@@ -99,6 +99,29 @@ def test_pools_written_with_the_old_output_column_still_load(store):
     assert store.read(3, "train_pool")["reference"].tolist() == df["reference"].tolist()
 
 
+def test_an_artifact_written_before_a_nullable_column_was_added_reads_it_as_nulls(store):
+    """An older run's pool without a column the schema has since gained still loads (resume
+    and reports keep working), the new column null, as pyarrow's schema-driven read used to."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lion_core import layout
+
+    schema = ARTIFACT_SCHEMAS["train_pool"]
+    table = pa.Table.from_pandas(_pool(4), schema=schema, preserve_index=False)
+    nullable = "parent_id"
+
+    def write(k: int, t: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(t, sink)
+        store.storage.write_bytes(layout.artifact(k, "train_pool"), sink.getvalue().to_pybytes())
+
+    write(1, table.drop_columns([nullable]))
+    back = store.read(1, "train_pool")
+    assert list(back.columns) == schema.names and back[nullable].isna().all()
+    assert back["instruction"].tolist() == table.column("instruction").to_pylist()
+
+
 def test_committed_snapshot_is_never_overwritten(store):
     store.write(1, "train_pool", _pool(5))
     with pytest.raises(SnapshotExistsError):
