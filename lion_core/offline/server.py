@@ -33,7 +33,6 @@ import hashlib
 import json
 import math
 import random
-import socket
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from lion_core.config import OfflineWorldConfig
+from lion_core.http_server import bind, url_of, uvicorn_server
 from lion_core.llm.ratelimit import RateLimiter, limiter_tokens
 from lion_core.offline import roles
 from lion_core.prompts import role_of
@@ -662,53 +662,20 @@ class OfflineWorld:
 # ---- running it ----------------------------------------------------------------------------
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
-    # and without it every keep-alive answer waits ~40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
-
-
-def _uvicorn(world: OfflineWorld, host: str, port: int) -> uvicorn.Server:
-    config = uvicorn.Config(
-        world.app,
-        host=host,
-        port=port,
-        # No logging config of uvicorn's own: its dictConfig would close every handler of the
-        # process (Prefect's API log handler too, which can deadlock mid-flow-run).
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        backlog=4096,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=2,
-    )
-    return uvicorn.Server(config)
-
-
-def _url(host: str, port: int) -> str:
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
-
-
 def serve(cfg: OfflineWorldConfig, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Serve the offline world until interrupted (`lion serve-offline`). Port 0 = a free port;
     the first line printed is the base URL."""
     world = OfflineWorld(cfg)
-    sock = _bind(host, port)
+    sock = bind(host, port)
     port = sock.getsockname()[1]
-    print(f"offline world listening on {_url(host, port)}/v1", flush=True)
+    print(f"offline world listening on {url_of(host, port)}/v1", flush=True)
     print(
         f"  seed={cfg.seed} latency={cfg.latency}s judge_noise={cfg.judge_noise} "
-        f"positional_bias={cfg.positional_bias}; stats at {_url(host, port)}/stats",
+        f"positional_bias={cfg.positional_bias}; stats at {url_of(host, port)}/stats",
         file=sys.stderr,
         flush=True,
     )
-    _uvicorn(world, host, port).run(sockets=[sock])
+    uvicorn_server(world.app, host, port).run(sockets=[sock])
 
 
 class OfflineServer:
@@ -733,7 +700,7 @@ class OfflineServer:
     @property
     def url(self) -> str:
         """The server's root URL (stats live here)."""
-        return _url(self.host, self.port)
+        return url_of(self.host, self.port)
 
     @property
     def base_url(self) -> str:
@@ -743,9 +710,9 @@ class OfflineServer:
     def start(self, timeout: float = 15.0) -> OfflineServer:
         if self._thread is not None:
             return self
-        sock = _bind(self.host, self.port)
+        sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]
-        self._server = _uvicorn(self.world, self.host, self.port)
+        self._server = uvicorn_server(self.world.app, self.host, self.port)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="lion-offline", daemon=True
         )

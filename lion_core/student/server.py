@@ -27,7 +27,6 @@ import concurrent.futures
 import json
 import logging
 import queue
-import socket
 import sys
 import threading
 import time
@@ -35,13 +34,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from lion_core.config import LionConfig, StudentGenerationConfig
+from lion_core.http_server import bind, url_of, uvicorn_server
 from lion_core.student.answer import Answer, BatchedGenerator, fit_prompt
 from lion_core.student.data import encode_prompt
 
@@ -438,40 +437,6 @@ def load_service(
         token_budget=gen.token_budget,
         max_new_tokens=gen.max_new_tokens,
     )
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket (port 0: a free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP
-    # (without it each keep-alive answer waits ~40 ms for a delayed ACK).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
-
-
-def url_of(host: str, port: int) -> str:
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
-
-
-def uvicorn_server(app, host: str, port: int) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        # No logging config of uvicorn's own: its dictConfig closes every handler of the
-        # process (Prefect's API log handler too).
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        backlog=4096,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=2,
-    )
-    return uvicorn.Server(config)
 
 
 def serve(service: StudentService, host: str = "127.0.0.1", port: int = 8000) -> None:
