@@ -55,15 +55,15 @@ from train_throughput import (  # noqa: E402
 )
 
 from lion_core.config import EndpointConfig, StudentGenerationConfig  # noqa: E402
-from lion_core.costs import FREE  # noqa: E402
 from lion_core.llm.client import LLMClient  # noqa: E402
+from lion_core.llm.costs import FREE  # noqa: E402
 from lion_core.llm.types import ChatRequest  # noqa: E402
+from lion_core.ops.supervise import ProcessGroup, free_port  # noqa: E402
 from lion_core.student.answer import BatchedGenerator  # noqa: E402
 from lion_core.student.attention import sdpa_kernels  # noqa: E402
 from lion_core.student.data import encode_prompt  # noqa: E402
 from lion_core.student.served import wait_ready  # noqa: E402
 from lion_core.student.server import StudentService, serve  # noqa: E402
-from lion_core.supervise import ProcessGroup, free_port  # noqa: E402
 
 _QUIET = logging.getLogger("benchmark.server")  # the server's output: only on failure
 _QUIET.setLevel(logging.WARNING)

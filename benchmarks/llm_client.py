@@ -34,9 +34,9 @@ import yaml
 
 from lion_core.config import TeacherConfig
 from lion_core.llm import ChatRequest, LLMClient, ResponseCache
+from lion_core.method.prompts import teacher_messages
 from lion_core.offline.world import seed_instances
-from lion_core.prompts import teacher_messages
-from lion_core.storage import Storage
+from lion_core.run.storage import Storage
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 from rouge_score import rouge_scorer
 
-from lion_core.novelty import NoveltyStats, filter_novel
-from lion_core.reference_data import DATA_DIR, instruction_texts, near_duplicate
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, from anywhere
+
+from benchmarks.reference_data import DATA_DIR, instruction_texts, near_duplicate
+from lion_core.method.novelty import NoveltyStats, filter_novel
 
 
 def build_workload(

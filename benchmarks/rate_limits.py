@@ -39,8 +39,8 @@ import yaml
 from lion_core.config import TeacherConfig
 from lion_core.llm import ChatRequest, LLMClient
 from lion_core.llm.ratelimit import limiter_tokens
+from lion_core.method.prompts import teacher_messages
 from lion_core.offline.world import seed_instances
-from lion_core.prompts import teacher_messages
 
 REPO = Path(__file__).resolve().parent.parent
 WARMUP = 60.0  # the first minute: the bucket's initial allowance is spent in a burst

@@ -43,8 +43,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.reference_data import DATA_DIR as DATA  # noqa: E402
 from lion_core.config import TinyModelSpec, TrainingConfig  # noqa: E402
-from lion_core.reference_data import DATA_DIR as DATA  # noqa: E402
+from lion_core.ops.supervise import free_port  # noqa: E402
 from lion_core.student.attention import (  # noqa: E402
     _segments,
     sdpa_kernels,
@@ -53,7 +54,6 @@ from lion_core.student.attention import (  # noqa: E402
 from lion_core.student.data import build_dataset, tokenize_frame  # noqa: E402
 from lion_core.student.ds_config import deepspeed_config  # noqa: E402
 from lion_core.student.model import build_tiny, for_training, train_tokenizer  # noqa: E402
-from lion_core.supervise import free_port  # noqa: E402
 
 # Llama-shaped students built from config: "tiny" is the default TinyModelSpec (the offline
 # demo's student), "1b" has TinyLlama-1.1B's shape.

@@ -11,9 +11,10 @@ from prefect.artifacts import create_markdown_artifact
 from flows.common import use_run_storage
 from flows.distill import lion_distill
 from flows.report import artifact_key
-from lion_core import ablation, layout
 from lion_core.config import LionConfig
-from lion_core.storage import Storage
+from lion_core.evaluation import ablation
+from lion_core.run import layout
+from lion_core.run.storage import Storage
 
 DEFAULT_CONFIG = LionConfig()
 

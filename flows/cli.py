@@ -54,9 +54,9 @@ def pools(
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Print per-round row counts of every artifact of a run."""
-    from lion_core.schemas import ARTIFACT_SCHEMAS
-    from lion_core.scoreboard import aligned
-    from lion_core.store import RunStore
+    from lion_core.evaluation.scoreboard import aligned
+    from lion_core.run.schemas import ARTIFACT_SCHEMAS
+    from lion_core.run.store import RunStore
 
     options = {"endpoint_url": endpoint_url} if endpoint_url else {}
     store = RunStore.open(root, options)
@@ -86,8 +86,8 @@ def export(
 ) -> None:
     """Write what round k's student was trained on — instruction, input and the teacher's
     answer as output — for other training tools."""
-    from lion_core.export import FORMATS, export_round
-    from lion_core.store import RunStore
+    from lion_core.run.export import FORMATS, export_round
+    from lion_core.run.store import RunStore
 
     if format not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -157,7 +157,7 @@ def _use_prefect() -> None:
 
 
 def _run_flow(cfg: LionConfig) -> None:
-    from lion_core.preflight import preflight
+    from lion_core.ops.preflight import preflight
     from tasks.runtime import secret_value
 
     # keys, endpoints, storage, initial data: in seconds, before Prefect (and torch) load
@@ -168,7 +168,7 @@ def _run_flow(cfg: LionConfig) -> None:
 
     from flows.distill import lion_distill
     from flows.report import summary_table
-    from lion_core.run import open_run
+    from lion_core.run.identity import open_run
 
     open_run(cfg)  # a root bound to another config is refused here, before any flow starts
     _use_prefect()
@@ -183,8 +183,9 @@ def _run_flow(cfg: LionConfig) -> None:
 def _print_scoreboard(root: str, options: dict | None, plot: bool = False) -> bool:
     """The relative score of every evaluated round (overall per set), and the last round's
     categories; with `plot`, (re)draw `<root>/evaluation.png`. False if nothing was evaluated."""
-    from lion_core import layout, scoreboard
-    from lion_core.store import RunStore
+    from lion_core.evaluation import scoreboard
+    from lion_core.run import layout
+    from lion_core.run.store import RunStore
 
     store = RunStore.open(root, options)
     frame = scoreboard.evaluations(store)
@@ -242,7 +243,7 @@ def demo(
 ) -> None:
     """Run the embedded default end to end: offline world, tiny student, local storage,
     ephemeral Prefect."""
-    from lion_core.presets import demo_config
+    from lion_core.config.presets import demo_config
 
     if data_dir is None:
         # a written config is for a new experiment: it must not reuse the demo's root (bound to
@@ -310,9 +311,9 @@ def eval_cmd(
     import json
 
     from flows.evaluate import lion_evaluate
-    from lion_core import layout
-    from lion_core.run import recorded_config
-    from lion_core.store import RunStore
+    from lion_core.run import layout
+    from lion_core.run.identity import recorded_config
+    from lion_core.run.store import RunStore
     from lion_core.student.checkpoints import is_complete
 
     if (root is None) == (config is None):
@@ -349,7 +350,7 @@ def eval_cmd(
         store = RunStore.open(cfg.storage.root, cfg.storage.options)
         typer.echo(json.dumps(_eval_json(result, store)))
         return
-    from lion_core import scoreboard
+    from lion_core.evaluation import scoreboard
 
     for evaluation in result.sets:
         typer.echo(f"{student} on {evaluation.set}:")
@@ -389,7 +390,7 @@ def ablate(
     """Lion against its ablations at equal budget: each arm and seed a normal run (sharing one
     response cache), then the table of relative score per arm and round over seeds."""
     from flows.ablate import lion_ablate
-    from lion_core.ablation import ARMS
+    from lion_core.evaluation.ablation import ARMS
 
     cfg = LionConfig.from_yaml(config)
     if set_:
@@ -408,7 +409,7 @@ def ablate(
 def _resume_config(target: str, options: dict[str, str] | None) -> LionConfig:
     import uuid
 
-    from lion_core.run import recorded_config
+    from lion_core.run.identity import recorded_config
 
     try:
         run_id = uuid.UUID(target)
@@ -452,13 +453,13 @@ def referee_check(
     known order, positional consistency, the positional bias, ties and unscored pairs."""
     import json
 
-    from lion_core.referee_check import (
+    from lion_core.evaluation.referee_check import (
         MT_BENCH_REFERENCE,
         TABLE_HEADER,
         run_referee_check,
         table_rows,
     )
-    from lion_core.scoreboard import aligned
+    from lion_core.evaluation.scoreboard import aligned
     from tasks.runtime import api_key
 
     if role not in ("referee", "judge"):
@@ -506,7 +507,7 @@ def estimate_cmd(
     exact in requests; later rounds projected; config `pricing`)."""
     import json
 
-    from lion_core.estimate import estimate_run, text_table
+    from lion_core.ops.estimate import estimate_run, text_table
 
     cfg = LionConfig.from_yaml(config)
     if set_:

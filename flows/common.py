@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from prefect.context import FlowRunContext
 
 from lion_core.config import LionConfig
-from lion_core.records import Pools
-from lion_core.store import RunStore
+from lion_core.run.records import Pools
+from lion_core.run.store import RunStore
 from tasks.results import run_result_store
 
 

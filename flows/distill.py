@@ -11,12 +11,12 @@ from flows.evaluate import lion_evaluate
 from flows.names import descriptive, run_name
 from flows.report import publish_run, publish_scoreboard, summary_line
 from flows.round import DEFAULT_CONFIG, lion_round
-from lion_core import layout
 from lion_core.config import LionConfig
-from lion_core.lease import run_lease
-from lion_core.preflight import preflight
-from lion_core.records import RoundSummary, RunSummary, StudentEvaluation
-from lion_core.run import open_run
+from lion_core.ops.preflight import preflight
+from lion_core.run import layout
+from lion_core.run.identity import open_run
+from lion_core.run.lease import run_lease
+from lion_core.run.records import RoundSummary, RunSummary, StudentEvaluation
 from tasks.runtime import attach_library_logging, cancel_batches_hook, secret_value
 
 
@@ -35,10 +35,10 @@ def lion_distill(config: LionConfig = DEFAULT_CONFIG) -> RunSummary:
     run's storage, like its tasks' results: a retry of this run on a fresh machine (a new
     Kubernetes pod) reuses finished rounds by reading it there.
 
-    The run holds the root's lease (`lion_core.lease`) from start to end, its rounds and
+    The run holds the root's lease (`lion_core.run.lease`) from start to end, its rounds and
     evaluations sharing it: a second run started on the root meanwhile fails at once.
 
-    It starts with the preflight (`lion_core.preflight`: keys, endpoints, storage, initial
+    It starts with the preflight (`lion_core.ops.preflight`: keys, endpoints, storage, initial
     data): a problem there fails the run in seconds, before anything is built or trained.
     """
     use_run_storage(config)

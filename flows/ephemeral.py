@@ -20,7 +20,7 @@ from typing import Any
 from prefect.server.api import server as prefect_server
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
 
-from lion_core.supervise import _die_with_parent
+from lion_core.ops.supervise import _die_with_parent
 
 
 class _SubprocessDyingWithParent(types.ModuleType):

@@ -11,12 +11,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import offline_world, use_run_storage
 from flows.names import descriptive, evaluation_name
 from flows.report import publish_evaluation
-from lion_core import layout
 from lion_core.config import LionConfig
-from lion_core.evaluate import set_name
-from lion_core.lease import run_lease
-from lion_core.records import StudentEvaluation
-from lion_core.run import open_run
+from lion_core.evaluation.evaluate import set_name
+from lion_core.run import layout
+from lion_core.run.identity import open_run
+from lion_core.run.lease import run_lease
+from lion_core.run.records import StudentEvaluation
 from tasks.evaluation import (
     benchmark_scores,
     evaluation_questions,

@@ -1,7 +1,8 @@
 """`lion-run`: a Lion distillation run from a short form — the fields a person changes per run,
 a preset, and the full config reachable as a YAML file and an `overrides` mapping — for the
-Prefect UI's run form (a `lion-distill` deployment's form shows all of LionConfig's ~110 fields).
-It builds the config (`lion_core.presets.form_config`) and runs `lion-distill` as a subflow."""
+Prefect UI's run form (a `lion-distill` deployment's form shows every field of LionConfig).
+It builds the config (`lion_core.config.presets.form_config`) and runs `lion-distill` as a
+subflow."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from prefect import flow
 
 from flows.distill import lion_distill
 from flows.names import descriptive
-from lion_core.presets import Preset, form_config
-from lion_core.records import RunSummary
+from lion_core.config.presets import Preset, form_config
+from lion_core.run.records import RunSummary
 
 
 def _form_run_name(parameters: dict[str, Any]) -> str:

@@ -21,8 +21,8 @@ from pydantic import TypeAdapter, ValidationError
 from flows.common import use_run_storage
 from lion_core.config import LionConfig
 from lion_core.errors import ConfigError, LeaseHeldError, LeaseLostError
-from lion_core.lease import read_holder, run_lease
-from lion_core.storage import Storage
+from lion_core.run.lease import read_holder, run_lease
+from lion_core.run.storage import Storage
 from tasks.evaluation import student_eval_answers
 from tasks.placement import lease_owner as owner_of
 from tasks.runtime import attach_library_logging

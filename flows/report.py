@@ -10,9 +10,9 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from lion_core import scoreboard
 from lion_core.config import LionConfig
-from lion_core.records import (
+from lion_core.evaluation import scoreboard
+from lion_core.run.records import (
     Candidates,
     NewInstructions,
     Pools,
@@ -23,7 +23,7 @@ from lion_core.records import (
     TeacherAnswers,
     Usage,
 )
-from lion_core.schemas import ArtifactRef
+from lion_core.run.schemas import ArtifactRef
 from tasks.runtime import run_store
 
 

@@ -10,9 +10,9 @@ from flows.common import StageClock, committed_pools, offline_world, use_run_sto
 from flows.names import descriptive, round_name
 from flows.report import publish_round, requests_line, round_summary
 from lion_core.config import LionConfig
-from lion_core.lease import run_lease
-from lion_core.records import RoundSummary
-from lion_core.run import open_run
+from lion_core.run.identity import open_run
+from lion_core.run.lease import run_lease
+from lion_core.run.records import RoundSummary
 from tasks.discrimination import hard_and_easy, referee_reviews, referee_scores, uniform_seeds
 from tasks.generation import candidates, novel_instructions
 from tasks.imitation import teacher_answers, training_data
@@ -39,7 +39,7 @@ def lion_round(
     finished; inside a half-finished task the LLM response cache and the training checkpoints
     skip finished work. Task results live in the run's storage (`use_run_storage`).
 
-    The round holds the root's lease (`lion_core.lease`) while it runs: started while another
+    The round holds the root's lease (`lion_core.run.lease`) while it runs: started while another
     run holds it, it fails at once; run by lion-distill, it shares lion-distill's.
     """
     use_run_storage(config)

@@ -24,7 +24,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from lion_core.config import LionConfig
-from lion_core.schemas import ArtifactRef
+from lion_core.run.schemas import ArtifactRef
 
 # Bump to invalidate every cached task result after a semantic change. 3: results are
 # 'lion-json' records (the pickles of version 2 are never looked up, so never refused).

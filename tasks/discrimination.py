@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from lion_core.config import LionConfig
-from lion_core.discriminate import split, uniform_split
-from lion_core.records import RefereeReviews, Split, SplitStats
-from lion_core.referee import combine, make_pairs, score_order
-from lion_core.schemas import ArtifactRef
+from lion_core.method.discriminate import split, uniform_split
+from lion_core.method.referee import combine, make_pairs, score_order
+from lion_core.run.records import RefereeReviews, Split, SplitStats
+from lion_core.run.schemas import ArtifactRef
 from tasks.caching import lion_task
 from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 

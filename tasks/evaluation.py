@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from lion_core import layout
 from lion_core.config import LionConfig
-from lion_core.evaluate import (
+from lion_core.evaluation.evaluate import (
     judge,
     load_questions,
     question_rows,
@@ -19,9 +18,10 @@ from lion_core.evaluate import (
     set_name,
     summarize,
 )
-from lion_core.imitation import answer_instructions
-from lion_core.records import Benchmarks, Evaluation, TeacherAnswers
-from lion_core.schemas import ArtifactRef
+from lion_core.method.imitation import answer_instructions
+from lion_core.run import layout
+from lion_core.run.records import Benchmarks, Evaluation, TeacherAnswers
+from lion_core.run.schemas import ArtifactRef
 from lion_core.student.answer import generate_answers
 from tasks.caching import lion_task
 from tasks.placement import run_on_gpu
@@ -134,7 +134,7 @@ def judge_scores(
 @lion_task("lm-eval")
 def benchmark_scores(config: LionConfig, where: str, round: int | None, student: str) -> Benchmarks:
     """lm-evaluation-harness accuracy of the student on `evaluation.lm_eval_tasks`."""
-    from lion_core.harness import run_lm_eval
+    from lion_core.evaluation.harness import run_lm_eval
 
     ev = config.evaluation
     table = run_lm_eval(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 
 from lion_core.config import LionConfig
-from lion_core.diversity import diversity, log_warnings
-from lion_core.health import check_domain, domain_health
-from lion_core.instructions import generate_candidates, plan_seeds, select_novel, wanted_counts
-from lion_core.records import Candidates, NewInstructions, Split
-from lion_core.schemas import ArtifactRef
+from lion_core.method.diversity import diversity, log_warnings
+from lion_core.method.generate import generate_candidates, plan_seeds, select_novel, wanted_counts
+from lion_core.method.health import check_domain, domain_health
+from lion_core.run.records import Candidates, NewInstructions, Split
+from lion_core.run.schemas import ArtifactRef
 from tasks.caching import lion_task
 from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 

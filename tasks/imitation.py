@@ -6,10 +6,10 @@ import pandas as pd
 
 from lion_core.config import LionConfig
 from lion_core.errors import DataError
-from lion_core.health import answer_health, check_answers
-from lion_core.imitation import answer_instructions, training_set
-from lion_core.records import Pools, TeacherAnswers
-from lion_core.schemas import ArtifactRef
+from lion_core.method.health import answer_health, check_answers
+from lion_core.method.imitation import answer_instructions, training_set
+from lion_core.run.records import Pools, TeacherAnswers
+from lion_core.run.schemas import ArtifactRef
 from tasks.caching import lion_task
 from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
 

@@ -40,7 +40,7 @@ from pydantic_core import to_jsonable_python
 
 from lion_core.config import LionConfig
 from lion_core.errors import GpuStageError
-from lion_core.lease import Holder, Lease, run_lease
+from lion_core.run.lease import Holder, Lease, run_lease
 from tasks.caching import task_key
 
 

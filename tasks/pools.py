@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 from lion_core.config import LionConfig
-from lion_core.instructions import new_pool_rows
-from lion_core.records import NewInstructions, Pools
-from lion_core.seeds import initial_pool
+from lion_core.method.generate import new_pool_rows
+from lion_core.method.seeds import initial_pool
+from lion_core.run.records import NewInstructions, Pools
 from tasks.caching import lion_task
 from tasks.runtime import run_store
 

@@ -5,7 +5,7 @@ Prefect persists each task's (and flow's) result as a record — `{"metadata": {
 pickle, so anyone who can write `<root>/prefect-results` (a shared bucket prefix) could plant a
 record that runs code on the machine that resumes the run. Here:
 
-- `LionJSONSerializer` ('lion-json', no settings) writes `lion_core.records.dump_result` JSON:
+- `LionJSONSerializer` ('lion-json', no settings) writes `lion_core.run.records.dump_result` JSON:
   our records, ArtifactRef, EvalSummary and plain JSON values only.
 - `LocalResults` / `RemoteResults` (a folder / an fsspec URI such as s3://) are the result
   storage: their `read_path` refuses, with a `ResultRecordError` naming the file, any record that
@@ -31,10 +31,10 @@ from prefect.results import ResultStore
 from prefect.serializers import Serializer
 from pydantic import Field
 
-from lion_core import layout
 from lion_core.config import LionConfig
 from lion_core.errors import ResultRecordError
-from lion_core.records import dump_result, load_result
+from lion_core.run import layout
+from lion_core.run.records import dump_result, load_result
 from tasks.runtime import run_store
 
 SERIALIZER = "lion-json"
@@ -48,7 +48,7 @@ DELETE_HINT = (
 
 
 class LionJSONSerializer(Serializer):
-    """Results as `lion_core.records.dump_result` JSON; loading refuses any other type."""
+    """Results as `lion_core.run.records.dump_result` JSON; loading refuses any other type."""
 
     type: Literal["lion-json"] = Field(default=SERIALIZER, frozen=True)
 

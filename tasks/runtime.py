@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 from lion_core.config import LionConfig
-from lion_core.costs import Budget
 from lion_core.errors import (
     BatchError,
     BudgetExceeded,
@@ -21,10 +20,11 @@ from lion_core.errors import (
 )
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
+from lion_core.llm.costs import Budget
 from lion_core.llm.keys import resolve_api_key
-from lion_core.records import Usage
-from lion_core.storage import Storage
-from lion_core.store import RunStore
+from lion_core.run.records import Usage
+from lion_core.run.storage import Storage
+from lion_core.run.store import RunStore
 
 
 def run_store(config: LionConfig) -> RunStore:

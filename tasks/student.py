@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from lion_core.config import LionConfig
-from lion_core.schemas import ArtifactRef
+from lion_core.run.schemas import ArtifactRef
 from lion_core.student.answer import generate_answers
 from lion_core.student.launch import init_uri_for, train_student
 from lion_core.student.model import prepare_base_student

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lion_core.reference_data import DATA_DIR
+from benchmarks.reference_data import DATA_DIR
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A private PREFECT_HOME for the whole session: never the user's ~/.prefect.
@@ -45,7 +45,7 @@ def s3_root(s3_endpoint):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (real instruction data); tests that need it skip when it is absent."""
-    if not DATA_DIR.is_dir():  # lion_core/reference_data.py: ../shared/data or LION_SHARED_DATA
+    if not DATA_DIR.is_dir():  # benchmarks/reference_data.py: ../shared/data or LION_SHARED_DATA
         pytest.skip(f"reference data folder {DATA_DIR} is absent")
     return DATA_DIR
 

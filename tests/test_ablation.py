@@ -8,9 +8,9 @@ import math
 import pandas as pd
 import pytest
 
-from lion_core import ablation
 from lion_core.config import LionConfig
-from lion_core.store import RunStore
+from lion_core.evaluation import ablation
+from lion_core.run.store import RunStore
 
 
 def test_the_table_averages_seeds_with_a_t_interval():

@@ -215,9 +215,9 @@ def test_a_run_that_committed_nothing_takes_a_corrected_config(prefect_harness, 
     from test_round_flow import small_config
 
     from lion_core.errors import ConfigError
-    from lion_core.run import open_run, recorded_config
-    from lion_core.seeds import load_initial_data
-    from lion_core.store import RunStore
+    from lion_core.method.seeds import load_initial_data
+    from lion_core.run.identity import open_run, recorded_config
+    from lion_core.run.store import RunStore
 
     root, missing = tmp_path / "root", tmp_path / "seeds.jsonl"
     cfg_path = tmp_path / "run.yaml"

@@ -127,15 +127,15 @@ def test_bad_yaml_names_the_file(tmp_path):
 
 
 def test_configuration_doc_is_current():
-    from lion_core.config_doc import render
+    from lion_core.config.doc import render
 
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
-    assert doc == render(), "regenerate: python -m lion_core.config_doc > docs/configuration.md"
+    assert doc == render(), "regenerate: python -m lion_core.config.doc > docs/configuration.md"
 
 
 def test_run_root_is_bound_to_its_config(tmp_path):
     from lion_core.offline.world import seed_pool
-    from lion_core.run import open_run, recorded_config
+    from lion_core.run.identity import open_run, recorded_config
 
     cfg = LionConfig().with_overrides({"storage.root": str(tmp_path / "run")})
     store = open_run(cfg)

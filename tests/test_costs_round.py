@@ -17,7 +17,7 @@ from test_round_flow import small_config
 from typer.testing import CliRunner
 
 from lion_core.errors import BudgetExceeded
-from lion_core.store import RunStore
+from lion_core.run.store import RunStore
 
 pytestmark = pytest.mark.slow
 ROLES = ("teacher", "referee", "generator")
@@ -72,7 +72,7 @@ def test_budget_stops_before_sending_and_resume_completes(
     prefect_harness, tmp_path, offline_server
 ):
     from flows.round import lion_round
-    from lion_core.estimate import estimate_run
+    from lion_core.ops.estimate import estimate_run
 
     world = offline_server(judge_noise=0.0)
     priced = {"pricing": {"offline-": {"input": 100.0, "output": 100.0}}}

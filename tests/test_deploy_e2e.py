@@ -39,7 +39,7 @@ from prefect_services import (
 )
 from test_round_flow import small_config, task_name
 
-from lion_core.store import RunStore
+from lion_core.run.store import RunStore
 
 pytestmark = pytest.mark.slow
 

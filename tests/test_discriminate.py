@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from lion_core.config import RefereeConfig
-from lion_core.discriminate import split
 from lion_core.llm.types import ChatResult
-from lion_core.referee import combine, make_pairs, score_order
-from lion_core.schemas import SPLIT_SCHEMA, conform, seed_row
+from lion_core.method.discriminate import split
+from lion_core.method.referee import combine, make_pairs, score_order
+from lion_core.run.schemas import SPLIT_SCHEMA, conform, seed_row
 
 
 def _pool(n: int) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from rouge_score import rouge_scorer
 
-from lion_core.diversity import (
+from lion_core.method.diversity import (
     CATEGORY_WARN,
     DROPPED_WARN,
     FAMILY,
@@ -18,8 +18,8 @@ from lion_core.diversity import (
     diversity,
     log_warnings,
 )
-from lion_core.records import NewInstructions, RoundSummary
-from lion_core.schemas import GENERATED_SCHEMA, instruction_id, pool_frame, seed_row
+from lion_core.run.records import NewInstructions, RoundSummary
+from lion_core.run.schemas import GENERATED_SCHEMA, instruction_id, pool_frame, seed_row
 
 
 def _generated_row(text: str, status: str, parent: str, source: str = "hard") -> dict:
@@ -116,7 +116,7 @@ def test_dropped_share_warning_fires_above_80_percent(caplog):
     assert at.dropped_share == pytest.approx(DROPPED_WARN) and at.warnings() == []
     above = diversity(_statuses(2, 9, balanced), POOL, offline_families=False)
     assert above.dropped_share == pytest.approx(9 / 11)
-    with caplog.at_level(logging.WARNING, logger="lion_core.diversity"):
+    with caplog.at_level(logging.WARNING, logger="lion_core.method.diversity"):
         messages = log_warnings(above, round=3)
     assert len(messages) == 1 and "stagnating" in messages[0] and "82%" in messages[0]
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
@@ -128,7 +128,7 @@ def test_category_warning_fires_above_50_percent(caplog):
     assert at.top_category_share == pytest.approx(CATEGORY_WARN) and at.warnings() == []
     above = diversity(_statuses(5, 0, [S1, G1, S1, S2, S2]), POOL, offline_families=False)
     assert above.top_category_share == pytest.approx(3 / 5)
-    with caplog.at_level(logging.WARNING, logger="lion_core.diversity"):
+    with caplog.at_level(logging.WARNING, logger="lion_core.method.diversity"):
         messages = log_warnings(above, round=1)
     assert len(messages) == 1 and "collapsing onto one domain" in messages[0]
     assert "60%" in messages[0] and caplog.records[0].levelno == logging.WARNING

@@ -15,7 +15,7 @@ import pytest
 
 from lion_core.config import FaultsConfig, LionConfig, OfflineWorldConfig, RefereeConfig
 from lion_core.errors import ConfigError, DataError
-from lion_core.evaluate import (
+from lion_core.evaluation.evaluate import (
     QUESTION_COLUMNS,
     exact_match,
     judge,
@@ -28,13 +28,13 @@ from lion_core.evaluate import (
     summarize,
 )
 from lion_core.llm.client import LLMClient
-from lion_core.novelty import NoveltyStats, filter_novel
+from lion_core.method.novelty import NoveltyStats, filter_novel
+from lion_core.method.prompts import generator_messages, instruction_text
+from lion_core.method.referee import score_order
 from lion_core.offline import OfflineServer, heldout_instances, heldout_questions, seed_pool
 from lion_core.offline.roles import GARBLED_TEXT, generator_answer
 from lion_core.offline.world import FAMILIES, make_instance, solve
-from lion_core.prompts import generator_messages, instruction_text
-from lion_core.referee import score_order
-from lion_core.schemas import EVAL_SCHEMA, EVAL_SUMMARY_SCHEMA, conform, instruction_id
+from lion_core.run.schemas import EVAL_SCHEMA, EVAL_SUMMARY_SCHEMA, conform, instruction_id
 
 # ------------------------------------------------------------------------------------------
 # Helpers: answer frames and judging through the offline world

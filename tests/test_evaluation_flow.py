@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from lion_core.config import LionConfig
-from lion_core.store import RunStore
+from lion_core.run.store import RunStore
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_distill_evaluates_round_0_and_every_round_on_the_held_out_set(prefect_h
     from test_round_flow import small_config
 
     from flows.distill import lion_distill
-    from lion_core import scoreboard
+    from lion_core.evaluation import scoreboard
 
     cfg = small_config(
         tmp_path / "run",

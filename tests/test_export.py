@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from lion_core.imitation import training_set
-from lion_core.schemas import instruction_id, pool_frame, seed_row
-from lion_core.storage import Storage
-from lion_core.store import RunStore
+from lion_core.method.imitation import training_set
+from lion_core.run.schemas import instruction_id, pool_frame, seed_row
+from lion_core.run.storage import Storage
+from lion_core.run.store import RunStore
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "storage.md"
 runner = CliRunner()

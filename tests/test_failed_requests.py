@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 from test_round_flow import small_config
 
-from lion_core import layout
 from lion_core.config import LionConfig, OfflineWorldConfig, TeacherConfig
 from lion_core.errors import RequestsFailedError
-from lion_core.imitation import answer_instructions
 from lion_core.llm import LLMClient, ResponseCache
+from lion_core.method.imitation import answer_instructions
 from lion_core.offline.world import seed_pool
-from lion_core.storage import Storage
-from lion_core.store import RunStore
+from lion_core.run import layout
+from lion_core.run.storage import Storage
+from lion_core.run.store import RunStore
 
 FAULTY = {"rate_500": 0.5}  # with retries 0: about half the requests fail, the rest answer
 

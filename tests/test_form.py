@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from flows.form import lion_run
+from lion_core.config.presets import PRESETS, demo_config, form_config, preset_config
 from lion_core.errors import ConfigError
-from lion_core.preflight import coherence_warnings
-from lion_core.presets import PRESETS, demo_config, form_config, preset_config
+from lion_core.ops.preflight import coherence_warnings
 
 
 def test_the_form_is_short_and_described():
@@ -88,7 +88,7 @@ def test_a_run_from_the_form_fields_only(prefect_harness, tmp_path):
     )
     assert [r.round for r in summary.rounds] == [1]
     assert summary.rounds[0].train_pool == 24 and summary.rounds[0].relative_score is not None
-    from lion_core.run import recorded_config
+    from lion_core.run.identity import recorded_config
 
     cfg = recorded_config(str(tmp_path / "root"))
     assert cfg.name == "form-run" and cfg.training.learning_rate == 1e-3  # the demo preset's

@@ -19,8 +19,8 @@ import yaml
 
 from lion_core.config import LionConfig
 from lion_core.errors import EvaluationError
-from lion_core.harness import COLUMNS, run_lm_eval
-from lion_core.store import RunStore
+from lion_core.evaluation.harness import COLUMNS, run_lm_eval
+from lion_core.run.store import RunStore
 from lion_core.student.model import prepare_base_student
 
 needs_lm_eval = pytest.mark.skipif(

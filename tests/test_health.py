@@ -11,7 +11,7 @@ import pytest
 
 from lion_core.config import DataHealthConfig, LionConfig
 from lion_core.errors import DataHealthError
-from lion_core.health import answer_health, check_answers, check_domain, domain_health
+from lion_core.method.health import answer_health, check_answers, check_domain, domain_health
 
 PATTERNS = DataHealthConfig().refusal_patterns
 
@@ -61,7 +61,7 @@ def test_degenerate_stops_unless_allowed(caplog):
     assert "9 of 10 teacher answers (90%) are the same text" in message
     assert "data_health.allow_degenerate" in message and "pools.initial_data" in message
 
-    with caplog.at_level("WARNING", logger="lion_core.health"):
+    with caplog.at_level("WARNING", logger="lion_core.method.health"):
         warnings = check_answers(health, DataHealthConfig(allow_degenerate=True), 3)
     assert len(warnings) == 2 and all(w.startswith("round 3: 9 of 10") for w in warnings)
     assert [r.getMessage() for r in caplog.records] == warnings
@@ -74,7 +74,7 @@ def test_new_instructions_far_from_the_seeds_domain_are_a_warning(caplog, shared
     import json
     import random
 
-    from lion_core.novelty import max_rouge_l
+    from lion_core.method.novelty import max_rouge_l
     from lion_core.offline.world import seed_pool
 
     cfg = DataHealthConfig()
@@ -89,7 +89,7 @@ def test_new_instructions_far_from_the_seeds_domain_are_a_warning(caplog, shared
     best = max_rouge_l(world_new, gsm8k_seeds)  # the exact maxima agree with the count
     assert drift.far == sum(b <= cfg.far_rouge_l for b in best)
     assert drift.far_share >= 0.5 and drift.far_example in world_new
-    with caplog.at_level("WARNING", logger="lion_core.health"):
+    with caplog.at_level("WARNING", logger="lion_core.method.health"):
         warnings = check_domain(drift, cfg, 2)
     (warning,) = warnings
     assert warning.startswith(f"round 2: {drift.far} of 80 new instructions")
@@ -111,8 +111,8 @@ def test_a_bad_pattern_is_a_config_error():
 
 
 def test_the_offline_worlds_own_tasks_are_healthy(offline_server):
-    from lion_core.imitation import answer_instructions
     from lion_core.llm.client import LLMClient
+    from lion_core.method.imitation import answer_instructions
     from lion_core.offline.world import seed_pool
 
     cfg = LionConfig()

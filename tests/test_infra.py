@@ -476,7 +476,7 @@ def deployment_config(d: dict):
     """The config a run of deployment `d` gets from its default parameters: LionConfig from
     `config`, or the short form's (`lion-run`) from its fields."""
     from lion_core.config import LionConfig
-    from lion_core.presets import form_config
+    from lion_core.config.presets import form_config
 
     params = dict(d["parameters"])
     if d["entrypoint"] == "flows/form.py:lion_run":
@@ -492,7 +492,7 @@ def test_deployment_defaults_are_coherent():
     """A run started with a deployment's defaults trains a sensible student: no coherence
     warning (a tiny student never gets a 7B student's learning rate), whatever the flow. The
     GPU-stage deployments are skipped: their runs always carry the parent's whole config."""
-    from lion_core.preflight import coherence_warnings
+    from lion_core.ops.preflight import coherence_warnings
 
     checked = []
     for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]:

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from lion_core.config import GeneratorConfig, PoolsConfig
-from lion_core.instructions import (
+from lion_core.llm.types import ChatRequest, ChatResult, request_key
+from lion_core.method.generate import (
     clean,
     generate_candidates,
     n_requests,
@@ -20,9 +21,8 @@ from lion_core.instructions import (
     status_counts,
     wanted_counts,
 )
-from lion_core.llm.types import ChatRequest, ChatResult, request_key
-from lion_core.prompts import CREATED_MARKER, EASY_MARKER, GIVEN_MARKER, HARD_MARKER
-from lion_core.schemas import GENERATED_SCHEMA, POOL_SCHEMA, conform, instruction_id, seed_row
+from lion_core.method.prompts import CREATED_MARKER, EASY_MARKER, GIVEN_MARKER, HARD_MARKER
+from lion_core.run.schemas import GENERATED_SCHEMA, POOL_SCHEMA, conform, instruction_id, seed_row
 
 
 def _set(n: int, tag: str) -> pd.DataFrame:
@@ -438,7 +438,7 @@ def test_generation_through_the_offline_world():
     # diversity: the new instructions' categories are the offline families they belong to
     from collections import Counter
 
-    from lion_core.diversity import diversity
+    from lion_core.method.diversity import diversity
 
     stats = diversity(generated, train, offline_families=True)
     kept = generated[generated["status"] == "kept"]

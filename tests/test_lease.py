@@ -1,4 +1,4 @@
-"""The run root's lease (lion_core.lease) on a local folder and on S3 (a moto server): a second
+"""The run root's lease (lion_core.run.lease) on a local folder and on S3 (a moto server): a second
 run is refused naming the holder, a stale lease (old heartbeat, dead process, the same flow run)
 is taken over, release frees it, racing runs get exactly one winner, and through Prefect a
 second lion-round on a held root fails at once while a subflow shares its parent's lease."""
@@ -16,10 +16,10 @@ from dataclasses import replace
 
 import pytest
 
-from lion_core import layout
 from lion_core.errors import LeaseHeldError, LeaseLostError, StorageError
-from lion_core.lease import Holder, Lease, read_holder
-from lion_core.storage import Storage
+from lion_core.run import layout
+from lion_core.run.lease import Holder, Lease, read_holder
+from lion_core.run.storage import Storage
 
 FAST = {"settle": 0.05}  # the object store's read-back wait, shortened
 
@@ -102,8 +102,8 @@ def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(storage, t
     script = textwrap.dedent(
         f"""
         import sys, time
-        from lion_core.lease import Lease
-        from lion_core.storage import Storage
+        from lion_core.run.lease import Lease
+        from lion_core.run.storage import Storage
         lease = Lease(Storage({storage.uri()!r}, {storage.options!r}), settle=0.05)
         lease._backend.conditional = {not getattr(storage, "unconditional", False)!r}
         lease.acquire()
@@ -182,7 +182,7 @@ def test_a_subflow_shares_its_parents_lease(prefect_harness, tmp_path):
     from prefect import flow
 
     from lion_core.config import LionConfig
-    from lion_core.lease import run_lease
+    from lion_core.run.lease import run_lease
 
     cfg = LionConfig().with_overrides({"storage.root": str(tmp_path / "run")})
 

@@ -24,16 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from lion_core import costs, prompts
 from lion_core.config import ModelPrice, TeacherConfig
-from lion_core.costs import Budget
 from lion_core.errors import BudgetExceeded
-from lion_core.llm import ChatRequest, LLMClient, ResponseCache
+from lion_core.llm import ChatRequest, LLMClient, ResponseCache, costs
 from lion_core.llm.batch import Ledger, cancel_open_batches
 from lion_core.llm.cache import spent_usd
+from lion_core.llm.costs import Budget
 from lion_core.llm.ratelimit import RateLimiter, parse_reset
+from lion_core.method import prompts
 from lion_core.offline.world import seed_instances
-from lion_core.storage import Storage
+from lion_core.run.storage import Storage
 
 POLL = {"batch_poll_seconds": 0.05, "batch_poll_max_seconds": 0.2}
 
@@ -109,11 +109,11 @@ def test_expired_lines_are_resubmitted(offline_server, tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from lion_core import prompts
+    from lion_core.method import prompts
     from lion_core.config import TeacherConfig
     from lion_core.llm import ChatRequest, LLMClient, ResponseCache
     from lion_core.offline.world import seed_instances
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
 
     base_url, root = sys.argv[1], sys.argv[2]
     reqs = [

@@ -18,14 +18,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from lion_core import prompts
 from lion_core.config import EndpointConfig, RefereeConfig, TeacherConfig
 from lion_core.errors import EndpointUnreachableError, LLMError, MissingAPIKeyError
 from lion_core.llm import ChatRequest, LLMClient, ResponseCache
 from lion_core.llm import client as client_module
+from lion_core.method import prompts
 from lion_core.offline import roles
 from lion_core.offline.world import seed_instances
-from lion_core.storage import Storage
+from lion_core.run.storage import Storage
 
 FAST = {"backoff_base": 0.005, "backoff_max": 0.05}
 
@@ -68,11 +68,11 @@ def test_faults_every_request_answered_exactly_once(offline_server, tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from lion_core import prompts
+    from lion_core.method import prompts
     from lion_core.config import TeacherConfig
     from lion_core.llm import ChatRequest, LLMClient, ResponseCache
     from lion_core.offline.world import seed_instances
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
 
     base_url, root = sys.argv[1], sys.argv[2]
     reqs = [
@@ -244,7 +244,7 @@ def test_cache_on_s3(offline_server, s3_root):
     import boto3
 
     from lion_core.llm.cache import CACHE_SCHEMA, shard_name
-    from lion_core.storage import parquet_bytes
+    from lion_core.run.storage import parquet_bytes
 
     row = {f.name: None for f in CACHE_SCHEMA}
     row.update(key="k-from-elsewhere", role="teacher", tag="x", status="ok", text="hello")

@@ -26,14 +26,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lion_core import prompts
 from lion_core.config import OfflineWorldConfig, RefereeConfig, TeacherConfig
 from lion_core.errors import EndpointRejectedError, LLMError
 from lion_core.llm import ChatRequest, ChatResult, LLMClient, ResponseCache
 from lion_core.llm.cache import SendAbandoned
+from lion_core.method import prompts
 from lion_core.offline.server import OfflineServer
 from lion_core.offline.world import seed_instances
-from lion_core.storage import Storage
+from lion_core.run.storage import Storage
 
 FAST = {"backoff_base": 0.005, "backoff_max": 0.05}
 N = 120
@@ -59,11 +59,11 @@ def sent_twice(stats: dict) -> int:
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from lion_core import prompts
+    from lion_core.method import prompts
     from lion_core.config import TeacherConfig
     from lion_core.llm import ChatRequest, LLMClient, ResponseCache
     from lion_core.offline.world import seed_instances
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
 
     base_url, root, n, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     # On an object store: its endpoint and the cache's flush interval.
@@ -183,7 +183,7 @@ WRITER_SCRIPT = textwrap.dedent(
     """
     import sys
     from lion_core.llm import ChatResult, ResponseCache
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
 
     cache = ResponseCache(Storage(sys.argv[1]), "teacher")
     results = [

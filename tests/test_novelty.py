@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
+from benchmarks.reference_data import instruction_texts, near_duplicate
 from lion_core.errors import ConfigError, DataError
-from lion_core.novelty import NoveltyStats, filter_novel, max_rouge_l, rouge_l_f1, tokenize
-from lion_core.reference_data import instruction_texts, near_duplicate
+from lion_core.method.novelty import NoveltyStats, filter_novel, max_rouge_l, rouge_l_f1, tokenize
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
@@ -205,7 +205,7 @@ def test_decisions_match_on_long_texts():
 
 def test_lcs_kernels_match_rouge_score():
     """Both LCS kernels (numpy over many pairs, Python ints for a few), 1-3 word bit vectors."""
-    from lion_core.novelty import _Corpus, _lcs_pairs
+    from lion_core.method.novelty import _Corpus, _lcs_pairs
 
     rng = random.Random(5)
     texts = [" ".join(rng.choice("abcde") for _ in range(rng.randint(0, 150))) for _ in range(60)]

@@ -11,7 +11,7 @@ import urllib.request
 import openai
 import pytest
 
-from lion_core import prompts
+from lion_core.method import prompts
 from lion_core.offline import roles
 from lion_core.offline.world import (
     FAMILIES,
@@ -20,7 +20,7 @@ from lion_core.offline.world import (
     seed_pool,
     solve,
 )
-from lion_core.schemas import POOL_SCHEMA, conform, instruction_id
+from lion_core.run.schemas import POOL_SCHEMA, conform, instruction_id
 
 SCORE_RE = re.compile(r"Score of the Assistant ([12]): ([0-9.]+)")
 

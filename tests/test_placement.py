@@ -15,9 +15,9 @@ from test_round_flow import small_config
 
 from lion_core.config import LionConfig
 from lion_core.errors import ConfigError, GpuStageError, LeaseHeldError, LeaseLostError
-from lion_core.lease import Lease
-from lion_core.schemas import ArtifactRef
-from lion_core.storage import Storage
+from lion_core.run.lease import Lease
+from lion_core.run.schemas import ArtifactRef
+from lion_core.run.storage import Storage
 
 
 def test_placement_is_operational_and_names_a_deployment():
@@ -119,8 +119,8 @@ def test_a_crashed_gpu_stage_is_scheduled_again_not_started_twice(gpu_deployment
 
     from flows.common import use_run_storage
     from flows.gpu_stage import lion_gpu_stage
-    from lion_core.lease import run_lease
-    from lion_core.store import RunStore
+    from lion_core.run.lease import run_lease
+    from lion_core.run.store import RunStore
     from lion_core.student.model import prepare_base_student
     from tasks.pools import seed_pools
     from tasks.student import student_answers

@@ -13,9 +13,9 @@ import pytest
 
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, SchemaError, SnapshotExistsError
-from lion_core.schemas import ARTIFACT_SCHEMAS, instruction_id
-from lion_core.seeds import load_initial_data
-from lion_core.store import RunStore
+from lion_core.method.seeds import load_initial_data
+from lion_core.run.schemas import ARTIFACT_SCHEMAS, instruction_id
+from lion_core.run.store import RunStore
 
 
 def _pool(n: int = 50) -> pd.DataFrame:
@@ -67,7 +67,7 @@ def test_pools_written_with_the_old_output_column_still_load(store):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lion_core import layout
+    from lion_core.run import layout
 
     def old(table: pa.Table) -> bytes:
         names = ["output" if n == "reference" else n for n in table.column_names]
@@ -105,7 +105,7 @@ def test_an_artifact_written_before_a_nullable_column_was_added_reads_it_as_null
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lion_core import layout
+    from lion_core.run import layout
 
     schema = ARTIFACT_SCHEMAS["train_pool"]
     table = pa.Table.from_pandas(_pool(4), schema=schema, preserve_index=False)
@@ -145,7 +145,7 @@ KILL_LOCAL = textwrap.dedent(
     """
     import os, signal, sys
     import pandas as pd
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
     st = Storage(sys.argv[1])
     real_fsync = os.fsync
     def die(fd):  # the process dies after the bytes hit the temp file, before commit
@@ -217,7 +217,7 @@ def test_initial_data_formats_agree(tmp_path, caplog):
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     pd.DataFrame(records).to_csv(tmp_path / "a.csv", index=False)
     pd.DataFrame(records).to_parquet(tmp_path / "a.parquet")
-    with caplog.at_level("WARNING", logger="lion_core.seeds"):
+    with caplog.at_level("WARNING", logger="lion_core.method.seeds"):
         loaded = [
             load_initial_data(str(tmp_path / f"a.{ext}"))
             for ext in ("json", "jsonl", "csv", "parquet")
@@ -323,7 +323,7 @@ def test_oversize_instructions_are_left_out_counted_and_reported(tmp_path, caplo
     ]
     path = tmp_path / "big.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    with caplog.at_level("WARNING", logger="lion_core.seeds"):
+    with caplog.at_level("WARNING", logger="lion_core.method.seeds"):
         seeds = load_initial_data(str(path))
     assert list(seeds.pool["instruction"]) == ["Short.", "x" * (limit - 10)]
     assert (seeds.oversize, seeds.duplicates) == (2, 0)
@@ -351,7 +351,7 @@ FULL_DISK = textwrap.dedent(
     """
     import json, resource, signal, sys
     from lion_core.errors import StorageError
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
     st = Storage(sys.argv[1])
     # A real write failure: past RLIMIT_FSIZE the kernel refuses the write (EFBIG), as a full
     # disk refuses it with ENOSPC; the same code path, and nothing real gets filled.
@@ -382,7 +382,7 @@ def test_a_failed_local_write_leaves_no_temporary_file(tmp_path):
 HANG_LOCAL = textwrap.dedent(
     """
     import os, sys, time
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
     st = Storage(sys.argv[1])
     def hang(fd):  # a writer still busy with its temporary file
         print("writing", flush=True)
@@ -397,7 +397,7 @@ def test_stale_temporary_files_are_removed_by_the_next_write(tmp_path):
     import os
     import time
 
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
 
     root = tmp_path / "run"
     folder = root / "round=1"
@@ -429,7 +429,7 @@ def test_stale_temporary_files_are_removed_by_the_next_write(tmp_path):
 
 def test_storage_failures_are_storage_errors_naming_the_file(tmp_path):
     from lion_core.errors import StorageError
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
 
     storage = Storage(str(tmp_path / "run"))
     loop: dict = {}

@@ -15,7 +15,7 @@ import pytest
 from lion_core.config import LionConfig
 from lion_core.errors import PreflightError
 from lion_core.offline.server import MODELS
-from lion_core.preflight import preflight, roles_in_use
+from lion_core.ops.preflight import preflight, roles_in_use
 
 REPO = Path(__file__).resolve().parent.parent
 MISSING = "LION_TEST_PREFLIGHT_NO_SUCH_KEY"
@@ -136,7 +136,7 @@ def test_coherence_warnings():
 
 
 def preflight_warnings(cfg: LionConfig) -> list[str]:
-    from lion_core.preflight import coherence_warnings
+    from lion_core.ops.preflight import coherence_warnings
 
     return coherence_warnings(cfg)
 

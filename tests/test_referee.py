@@ -12,8 +12,8 @@ import pytest
 
 from lion_core.config import RefereeConfig
 from lion_core.llm.types import ChatRequest, ChatResult, request_key
-from lion_core.prompts import REFEREE_REASK, REFEREE_REASK_JSON
-from lion_core.referee import (
+from lion_core.method.prompts import REFEREE_REASK, REFEREE_REASK_JSON
+from lion_core.method.referee import (
     combine,
     make_pairs,
     parse_review,
@@ -21,7 +21,7 @@ from lion_core.referee import (
     score_order,
     unscored_reason,
 )
-from lion_core.schemas import (
+from lion_core.run.schemas import (
     REFEREE_ORDER_SCHEMA,
     REFEREE_SCHEMA,
     conform,
@@ -350,7 +350,7 @@ def _offline_reviews(world, cfg: RefereeConfig, pairs: pd.DataFrame):
 
 def test_garbled_reviews_are_unscored_counted_and_recovered_by_a_reask():
     from lion_core.config import FaultsConfig, OfflineWorldConfig
-    from lion_core.discriminate import split
+    from lion_core.method.discriminate import split
     from lion_core.offline.roles import GARBLED_TEXT
 
     pool, teacher, student = _world_pairs()

@@ -12,8 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from lion_core.config import LionConfig
-from lion_core.referee import PAIR_COLUMNS
-from lion_core.referee_check import (
+from lion_core.evaluation.referee_check import (
     DEGRADATIONS,
     change_number,
     degrade,
@@ -22,7 +21,8 @@ from lion_core.referee_check import (
     sample_instructions,
     summarize,
 )
-from lion_core.schemas import ANSWER_SCHEMA, pool_frame, seed_row
+from lion_core.method.referee import PAIR_COLUMNS
+from lion_core.run.schemas import ANSWER_SCHEMA, pool_frame, seed_row
 
 # ---- degraded answers -------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flows.report import SUMMARY_TABLES, requests_line, summary_line, summary_table
-from lion_core.records import RoundSummary, Usage
+from lion_core.run.records import RoundSummary, Usage
 
 
 def _round(k: int, usage: dict[str, Usage]) -> RoundSummary:
@@ -66,7 +66,7 @@ def test_a_result_cached_from_another_run_sent_nothing():
 def test_the_printed_scoreboard_fits_100_columns():
     import pandas as pd
 
-    from lion_core import scoreboard
+    from lion_core.evaluation import scoreboard
 
     rows = pd.DataFrame(
         {

@@ -14,7 +14,7 @@ import pytest
 from prefect import flow
 
 from lion_core.config import LionConfig
-from lion_core.records import Usage
+from lion_core.run.records import Usage
 from tasks.caching import task_key
 
 
@@ -70,9 +70,9 @@ def test_a_planted_pickle_record_is_refused_not_run(prefect_harness, tmp_path):
 
 
 def test_every_record_type_round_trips_as_json():
-    from lion_core.evaluate import EvalSummary, Score
-    from lion_core.records import Pools, RoundSummary, Usage, result_types
-    from lion_core.schemas import ArtifactRef
+    from lion_core.evaluation.evaluate import EvalSummary, Score
+    from lion_core.run.records import Pools, RoundSummary, Usage, result_types
+    from lion_core.run.schemas import ArtifactRef
     from tasks.results import LionJSONSerializer
 
     ref = ArtifactRef(uri="/r/x", path="x", name="train_pool", round=1, rows=3, sha256="ab")
@@ -95,7 +95,8 @@ def test_every_record_type_round_trips_as_json():
         blob = serializer.dumps(value)
         assert b"pickle" not in blob
         assert serializer.loads(blob) == value
-    assert {"lion_core.records.Pools", "lion_core.schemas.ArtifactRef"} <= set(result_types())
+    expected = {"lion_core.run.records.Pools", "lion_core.run.schemas.ArtifactRef"}
+    assert expected <= set(result_types())
 
     # A failed task's exception is persisted too: as its class name and message.
     from lion_core.errors import DataError
@@ -150,9 +151,9 @@ REFUSED = {
     ),
     "an invalid record": (
         lambda m: json.dumps(
-            _lion_record({"$type": "lion_core.records.Pools", "value": {"train": 1}})
+            _lion_record({"$type": "lion_core.run.records.Pools", "value": {"train": 1}})
         ).encode(),
-        "not a valid lion_core.records.Pools",
+        "not a valid lion_core.run.records.Pools",
     ),
     "not JSON": (lambda m: b"\x80\x04garbage", "not JSON"),
 }
@@ -189,7 +190,7 @@ def test_a_record_lion_did_not_write_is_refused_on_s3(s3_root, tmp_path):
     from prefect.results import ResultStore
 
     from lion_core.errors import ResultRecordError
-    from lion_core.records import Usage
+    from lion_core.run.records import Usage
     from tasks.results import LionJSONSerializer, LionResultStore, RemoteResults
 
     root, options = s3_root
@@ -219,7 +220,7 @@ def test_a_subflow_result_loaded_by_its_metadata_is_checked(prefect_harness, tmp
     from test_round_flow import small_config
 
     from lion_core.errors import ResultRecordError
-    from lion_core.records import Usage
+    from lion_core.run.records import Usage
     from tasks.results import run_result_store
 
     store = run_result_store(ResultStore(), small_config(tmp_path / "run"))
@@ -248,7 +249,7 @@ def test_a_flows_own_result_and_failure_are_whole_checked_records(prefect_harnes
     from test_round_flow import small_config
 
     from lion_core.errors import DataError
-    from lion_core.records import Usage
+    from lion_core.run.records import Usage
     from tasks.results import checked_record
 
     cfg = small_config(tmp_path / "run")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lion_core.config import LionConfig
-from lion_core.store import RunStore
+from lion_core.run.store import RunStore
 
 pytestmark = pytest.mark.slow
 

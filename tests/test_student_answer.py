@@ -12,8 +12,8 @@ import torch
 
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, GenerationError
-from lion_core.schemas import ANSWER_SCHEMA, instruction_id
-from lion_core.store import RunStore
+from lion_core.run.schemas import ANSWER_SCHEMA, instruction_id
+from lion_core.run.store import RunStore
 from lion_core.student import answer as gen_mod
 from lion_core.student.answer import BatchedGenerator, generate_answers, progress_rel
 from lion_core.student.checkpoints import mark_complete

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lion_core.config import LionConfig
-from lion_core.store import RunStore
+from lion_core.run.store import RunStore
 from lion_core.student.checkpoints import COMPLETE, materialize
 from lion_core.student.model import load_student, prepare_base_student
 

@@ -22,13 +22,13 @@ import pandas as pd
 import pytest
 import torch
 
-from lion_core import layout
 from lion_core.config import LionConfig
 from lion_core.errors import ConfigError, GenerationError, MissingAPIKeyError
 from lion_core.llm.cache import ResponseCache
-from lion_core.schemas import instruction_id
-from lion_core.storage import Storage
-from lion_core.store import RunStore
+from lion_core.run import layout
+from lion_core.run.schemas import instruction_id
+from lion_core.run.storage import Storage
+from lion_core.run.store import RunStore
 from lion_core.student import served as served_mod
 from lion_core.student.answer import BatchedGenerator, generate_answers
 from lion_core.student.checkpoints import content_digest, mark_complete
@@ -248,7 +248,7 @@ KILLED_CHILD = """
 import json, sys
 import pandas as pd
 from lion_core.config import LionConfig
-from lion_core.store import RunStore
+from lion_core.run.store import RunStore
 from lion_core.student.answer import generate_answers
 spec = json.load(open(sys.argv[1]))
 cfg = LionConfig.model_validate(spec["config"])

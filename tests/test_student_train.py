@@ -22,8 +22,8 @@ import torch
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, TrainingError
 from lion_core.offline.world import make_instance
-from lion_core.schemas import instruction_id
-from lion_core.store import RunStore
+from lion_core.run.schemas import instruction_id
+from lion_core.run.store import RunStore
 from lion_core.student.answer import BatchedGenerator
 from lion_core.student.checkpoints import (
     COMPLETE,
@@ -321,7 +321,7 @@ def test_report_to_is_off_by_default_and_checked_before_the_run(small_run, monke
     a preflight warning naming the field."""
     import importlib.util
 
-    from lion_core.preflight import tracking_warnings
+    from lion_core.ops.preflight import tracking_warnings
 
     cfg, store, base, data = small_run
     assert cfg.training.report_to == [] and tracking_warnings(cfg) == []

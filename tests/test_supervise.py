@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from lion_core.supervise import is_deepspeed_chatter, run_process_group
+from lion_core.ops.supervise import is_deepspeed_chatter, run_process_group
 
 LAUNCHER = [
     "[2026-11-26 13:47:04,154] [WARNING] [real_accelerator.py:213:get_accelerator] Setting "

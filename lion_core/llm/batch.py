@@ -43,15 +43,15 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
-from lion_core import layout
-from lion_core.costs import cost_usd, price_of
 from lion_core.errors import BatchError, LLMError
+from lion_core.llm.costs import cost_usd, price_of
 from lion_core.llm.types import ChatResult, RenderedRequest
+from lion_core.run import layout
 
 if TYPE_CHECKING:
     from lion_core.llm.cache import ResponseCache
     from lion_core.llm.client import LLMClient
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
 
 log = logging.getLogger("lion_core.llm")
 

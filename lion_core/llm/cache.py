@@ -44,10 +44,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lion_core import layout
 from lion_core.errors import LLMError, SnapshotExistsError, StorageError
 from lion_core.llm.types import ChatResult
-from lion_core.storage import TMP_MARK, Storage
+from lion_core.run import layout
+from lion_core.run.storage import TMP_MARK, Storage
 
 CACHE_SCHEMA = pa.schema(
     [

@@ -52,7 +52,6 @@ from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
 from lion_core.config import EndpointConfig, ModelPrice, default_prices
-from lion_core.costs import Budget, cost_usd, estimate, price_of
 from lion_core.errors import (
     EndpointRejectedError,
     EndpointUnreachableError,
@@ -60,6 +59,7 @@ from lion_core.errors import (
     RequestsFailedError,
 )
 from lion_core.llm.cache import ResponseCache, SendAbandoned
+from lion_core.llm.costs import Budget, cost_usd, estimate, price_of
 from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.ratelimit import RateLimiter, limiter_tokens
 from lion_core.llm.types import ChatRequest, ChatResult, RenderedRequest, render_request
@@ -280,7 +280,7 @@ class LLMClient:
         return results  # type: ignore[return-value]
 
     def estimate(self, jobs: Mapping[str, RenderedRequest]):
-        """What sending `jobs` is expected to cost (lion_core.costs.Estimate)."""
+        """What sending `jobs` is expected to cost (lion_core.llm.costs.Estimate)."""
         bodies = [j.body for j in jobs.values()]
         return estimate(
             self.endpoint,

@@ -15,7 +15,7 @@ import random
 import re
 from difflib import SequenceMatcher
 
-from lion_core import prompts
+from lion_core.method import prompts
 from lion_core.offline.world import FAMILIES, make_instance, solve
 
 TEACHER_FALLBACK = (

@@ -47,10 +47,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from lion_core.config import OfflineWorldConfig
-from lion_core.http_server import bind, url_of, uvicorn_server
 from lion_core.llm.ratelimit import RateLimiter, limiter_tokens
+from lion_core.method.prompts import role_of
 from lion_core.offline import roles
-from lion_core.prompts import role_of
+from lion_core.ops.http_server import bind, url_of, uvicorn_server
 
 # Listed by /v1/models; any name is accepted, since the role comes from the prompt: the judge
 # ("offline-judge") sends the referee's prompt and is answered exactly like the referee.

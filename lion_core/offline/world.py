@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from lion_core.schemas import instruction_id, pool_frame, seed_row
+from lion_core.run.schemas import instruction_id, pool_frame, seed_row
 
 MAX_DIFFICULTY = 20
 
@@ -562,7 +562,7 @@ def seed_instances(n: int, seed: int, max_difficulty: int) -> list[Instance]:
 
 
 def seed_pool(n: int, seed: int, max_difficulty: int) -> pd.DataFrame:
-    """`seed_instances` as a Train Pool (lion_core.schemas.POOL_SCHEMA): source 'seed', round 0,
+    """`seed_instances` as a Train Pool (lion_core.run.schemas.POOL_SCHEMA): source 'seed', round 0,
     and the exact answer as the reference."""
     rows = [
         seed_row(inst.instruction, inst.input, reference=inst.answer)
@@ -617,7 +617,7 @@ def heldout_questions(
     per_cell: int = 2, max_difficulty: int = HELDOUT_MAX_DIFFICULTY
 ) -> pd.DataFrame:
     """`heldout_instances` as an evaluation question set (the columns of
-    `lion_core.evaluate.load_questions`): the family as category, the exact answer as
+    `lion_core.evaluation.evaluate.load_questions`): the family as category, the exact answer as
     reference, the instruction_id as question_id."""
     rows = [
         {

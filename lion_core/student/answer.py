@@ -35,16 +35,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lion_core import layout
 from lion_core.config import LionConfig, StudentGenerationConfig, is_operational
 from lion_core.errors import DataError, GenerationError
-from lion_core.schemas import ANSWER_SCHEMA, conform
-from lion_core.storage import Storage
-from lion_core.store import RunStore
+from lion_core.ops.supervise import cpu_threads, is_deepspeed_chatter, run_process_groups
+from lion_core.run import layout
+from lion_core.run.schemas import ANSWER_SCHEMA, conform
+from lion_core.run.storage import Storage
+from lion_core.run.store import RunStore
 from lion_core.student.attention import sdpa_kernels
 from lion_core.student.checkpoints import content_digest, materialize, scratch_for
 from lion_core.student.data import encode_prompt
-from lion_core.supervise import cpu_threads, is_deepspeed_chatter, run_process_groups
 
 log = logging.getLogger(__name__)
 

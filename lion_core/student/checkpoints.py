@@ -4,7 +4,7 @@ A model folder (a student, a training checkpoint) is trusted only once its `_COM
 written, and the marker is always written last. A crash half-way through an upload therefore
 leaves a folder nobody reads; the next attempt deletes it and writes it again.
 
-Where the folders are is `lion_core.layout`'s business (students, checkpoints, logs).
+Where the folders are is `lion_core.run.layout`'s business (students, checkpoints, logs).
 
 A model folder may also hold only `source.json` ({"model": <hub id or path>, "revision": ...})
 when the base model is used where it is (a hub id or a path outside the run) instead of copied.
@@ -22,8 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-from lion_core import layout
-from lion_core.storage import Storage
+from lion_core.run import layout
+from lion_core.run.storage import Storage
 
 COMPLETE = "_COMPLETE"
 SOURCE = "source.json"

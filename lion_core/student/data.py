@@ -54,7 +54,7 @@ def alpaca_prompt(instruction: str, input: str | None = "") -> str:
 
 
 def _user_turn(instruction: str, input: str | None) -> dict[str, str]:
-    from lion_core.prompts import instruction_text
+    from lion_core.method.prompts import instruction_text
 
     return {"role": "user", "content": instruction_text(instruction, input)}
 

@@ -2,7 +2,7 @@
 
 The training program (train.py) runs under the `deepspeed` launcher (several GPUs, several nodes
 through a hostfile, or CPU ranks) or as one plain `python` process, supervised as a process group
-(`lion_core.supervise`: output streamed to the caller's logger, the group killed on
+(`lion_core.ops.supervise`: output streamed to the caller's logger, the group killed on
 cancellation, timeout or the caller's death).
 
 Training happens in a local folder; checkpoints and the final model are committed to the run's
@@ -26,11 +26,12 @@ from pathlib import Path
 import fsspec
 import pandas as pd
 
-from lion_core import layout
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, TrainingError
-from lion_core.storage import Storage
-from lion_core.store import RunStore
+from lion_core.ops.supervise import cpu_threads, free_port, is_deepspeed_chatter, run_process_group
+from lion_core.run import layout
+from lion_core.run.storage import Storage
+from lion_core.run.store import RunStore
 from lion_core.student.checkpoints import (
     COMPLETE,
     download_dir,
@@ -40,7 +41,6 @@ from lion_core.student.checkpoints import (
     scratch_for,
 )
 from lion_core.student.data import check_train_frame
-from lion_core.supervise import cpu_threads, free_port, is_deepspeed_chatter, run_process_group
 
 log = logging.getLogger(__name__)
 

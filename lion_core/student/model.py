@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from lion_core import layout
 from lion_core.config import LionConfig, TinyModelSpec
 from lion_core.errors import ConfigError, LionError, ModelLoadError
-from lion_core.store import RunStore
+from lion_core.ops.supervise import quiet_deepspeed_logger
+from lion_core.run import layout
+from lion_core.run.store import RunStore
 from lion_core.student.checkpoints import (
     SOURCE,
     is_complete,
@@ -26,7 +27,6 @@ from lion_core.student.checkpoints import (
     resolve_model,
     scratch_for,
 )
-from lion_core.supervise import quiet_deepspeed_logger
 
 log = logging.getLogger(__name__)
 quiet_deepspeed_logger()  # saving and loading models imports DeepSpeed, which talks

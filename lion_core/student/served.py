@@ -39,17 +39,17 @@ import httpx
 import pandas as pd
 
 from lion_core.config import EndpointConfig, LionConfig, StudentServerConfig
-from lion_core.costs import FREE
 from lion_core.errors import ConfigError, GenerationError, LionError
 from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
+from lion_core.llm.costs import FREE
 from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.types import ChatRequest
-from lion_core.storage import Storage
+from lion_core.ops.supervise import ProcessGroup, free_port
+from lion_core.run.storage import Storage
 from lion_core.student.answer import Answer, _batch_seed, commit, fit_prompt, stop_token_ids
 from lion_core.student.checkpoints import content_digest, resolve_model, scratch_for
 from lion_core.student.data import encode_prompt
-from lion_core.supervise import ProcessGroup, free_port
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from lion_core.config import LionConfig, StudentGenerationConfig
-from lion_core.http_server import bind, url_of, uvicorn_server
+from lion_core.ops.http_server import bind, url_of, uvicorn_server
 from lion_core.student.answer import Answer, BatchedGenerator, fit_prompt
 from lion_core.student.data import encode_prompt
 

@@ -83,7 +83,7 @@ def make_callbacks(spec: dict[str, Any]):
     """Callbacks that log progress and commit each checkpoint to the run's storage."""
     from transformers import TrainerCallback
 
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
     from lion_core.student.checkpoints import complete_checkpoints, mark_complete
 
     storage = Storage(spec["storage_root"], spec.get("storage_options"))
@@ -187,7 +187,7 @@ def run(spec: dict[str, Any]) -> None:
     from transformers import PrinterCallback, Trainer, set_seed
 
     from lion_core.config import LionConfig
-    from lion_core.storage import Storage
+    from lion_core.run.storage import Storage
     from lion_core.student.attention import sdpa_kernels, training_attention
     from lion_core.student.checkpoints import mark_complete, write_json_file
     from lion_core.student.data import build_dataset, tokenize_frame

@@ -11,7 +11,7 @@ from lion_core.config import LionConfig, section_model
 
 HEADER = """# Configuration reference
 
-Generated from `lion_core/config.py` by `python -m lion_core.config_doc > docs/configuration.md`
+Generated from `lion_core/config/` by `python -m lion_core.config.doc > docs/configuration.md`
 (a test keeps it in step). One model, `LionConfig`, drives the CLI (`lion run -c FILE`,
 `--set a.b=c`), YAML files and the Prefect UI's run form. Unknown keys are errors; every error
 names the field's dotted path.

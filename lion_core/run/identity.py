@@ -17,10 +17,10 @@ import platform
 from datetime import UTC, datetime
 from typing import Any
 
-from lion_core import layout
 from lion_core.config import LionConfig, is_operational
 from lion_core.errors import ConfigError
-from lion_core.store import RunStore
+from lion_core.run import layout
+from lion_core.run.store import RunStore
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lion_core import errors
-from lion_core.diversity import Diversity, RougeQuantiles
 from lion_core.errors import LionError, ResultRecordError
-from lion_core.evaluate import EvalSummary
-from lion_core.health import AnswerHealth, DomainHealth
-from lion_core.schemas import ArtifactRef
+from lion_core.evaluation.evaluate import EvalSummary
+from lion_core.method.diversity import Diversity, RougeQuantiles
+from lion_core.method.health import AnswerHealth, DomainHealth
+from lion_core.run.schemas import ArtifactRef
 
 
 class Record(BaseModel):
@@ -123,7 +123,7 @@ class NewInstructions(Record):
     generated: ArtifactRef
     statuses: dict[str, int]
     diversity: Diversity | None = None
-    # The kept instructions far from every seed's domain (lion_core.health).
+    # The kept instructions far from every seed's domain (lion_core.method.health).
     domain: DomainHealth | None = None
 
     @property
@@ -153,11 +153,11 @@ class RoundSummary(Record):
     # The student's relative score on the first evaluation set (lion-distill fills them in).
     relative_score: float | None = None
     student_exact_match: float | None = None
-    # The novelty stage's diversity statistics (lion_core.diversity).
+    # The novelty stage's diversity statistics (lion_core.method.diversity).
     diversity: Diversity | None = None
-    # Refusals, identical and empty teacher answers (lion_core.health).
+    # Refusals, identical and empty teacher answers (lion_core.method.health).
     teacher_health: AnswerHealth | None = None
-    # New instructions far from every seed's domain (lion_core.health).
+    # New instructions far from every seed's domain (lion_core.method.health).
     generated_health: DomainHealth | None = None
 
     def flat(self) -> dict[str, Any]:
@@ -245,14 +245,28 @@ class StudentEvaluation(Record):
 # ---- persisted results ------------------------------------------------------------------------
 
 TYPE_KEY = "$type"
+# Where these models lived before lion_core was split into packages: results persisted then name
+# them so, and a run root written then must still resume with every task Cached.
+FORMER_MODULES = {
+    "lion_core.run.records": "lion_core.records",
+    "lion_core.run.schemas": "lion_core.schemas",
+    "lion_core.evaluation.evaluate": "lion_core.evaluate",
+}
 
 
-def result_types() -> dict[str, type[BaseModel]]:
+def result_types(*, former: bool = False) -> dict[str, type[BaseModel]]:
     """Every model a persisted result may name, by qualified name: the records of this module,
-    ArtifactRef and EvalSummary."""
+    ArtifactRef and EvalSummary; with `former`, also by the names older versions wrote."""
     models = [c for c in globals().values() if isinstance(c, type) and issubclass(c, Record)]
     models += [ArtifactRef, EvalSummary]
-    return {f"{c.__module__}.{c.__qualname__}": c for c in models if c is not Record}
+    names = {f"{c.__module__}.{c.__qualname__}": c for c in models if c is not Record}
+    if former:
+        names |= {
+            f"{FORMER_MODULES[c.__module__]}.{c.__qualname__}": c
+            for c in models
+            if c is not Record and c.__module__ in FORMER_MODULES
+        }
+    return names
 
 
 def _encode(value: Any) -> Any:
@@ -270,7 +284,7 @@ def _encode(value: Any) -> Any:
     name = f"{type(value).__module__}.{type(value).__qualname__}"
     if name not in result_types():
         raise TypeError(
-            f"a task result of type {name} cannot be persisted: return a lion_core.records "
+            f"a task result of type {name} cannot be persisted: return a lion_core.run.records "
             "record, an ArtifactRef, an EvalSummary or plain JSON values"
         )
     return {TYPE_KEY: name, "value": value.model_dump(mode="json")}
@@ -325,4 +339,4 @@ def load_result(blob: bytes, where: str) -> Any:
         data = json.loads(blob)
     except ValueError as exc:  # includes UnicodeDecodeError
         raise ResultRecordError(f"{where}: refused: the result is not JSON ({exc})") from None
-    return _decode(data, where, result_types())
+    return _decode(data, where, result_types(former=True))

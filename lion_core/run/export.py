@@ -18,10 +18,10 @@ from typing import Literal
 
 import pandas as pd
 
-from lion_core import layout
 from lion_core.errors import DataError
-from lion_core.storage import Storage
-from lion_core.store import RunStore
+from lion_core.run import layout
+from lion_core.run.storage import Storage
+from lion_core.run.store import RunStore
 
 Format = Literal["alpaca", "sharegpt", "parquet"]
 FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "parquet")

@@ -1,6 +1,6 @@
 """`RunStore`: a run's artifacts as immutable Parquet snapshots under its root.
 
-Where each file lives is `lion_core.layout`'s business; the store commits and reads them, checks
+Where each file lives is `lion_core.run.layout`'s business; the store commits and reads them, checks
 every table against its schema, and hands out `ArtifactRef`s.
 """
 
@@ -14,16 +14,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lion_core import layout
 from lion_core.errors import SchemaError, StorageError
-from lion_core.schemas import (
+from lion_core.run import layout
+from lion_core.run.schemas import (
     ARTIFACT_SCHEMAS,
     EVALUATION_SCHEMAS,
     ArtifactRef,
     conform,
     renamed,
 )
-from lion_core.storage import Storage, parquet_bytes
+from lion_core.run.storage import Storage, parquet_bytes
 
 
 class RunStore:

@@ -3,7 +3,7 @@
 Round 1 is exact in requests (the Lion arm, no referee re-asks): the teacher answers every seed,
 the referee reviews each in both orders, the generator is asked `ceil(wanted * oversample)`
 times per kind. Prompt tokens are counted on the real prompts (tiktoken for OpenAI model names,
-else characters / 4: `lion_core.costs`); the referee's prompt holds a teacher answer and a
+else characters / 4: `lion_core.llm.costs`); the referee's prompt holds a teacher answer and a
 student answer, counted as `expected_completion_tokens` (or `max_tokens`) of the teacher and
 `student.generation.max_new_tokens`. Completion tokens are each role's expected length.
 
@@ -20,15 +20,15 @@ from typing import Any
 import pandas as pd
 
 from lion_core.config import PRICES_AS_OF, EndpointConfig, LionConfig
-from lion_core.costs import Estimate, completion_tokens, priced, token_counter
-from lion_core.instructions import n_requests, wanted_counts
-from lion_core.prompts import (
+from lion_core.llm.costs import Estimate, completion_tokens, priced, token_counter
+from lion_core.method.generate import n_requests, wanted_counts
+from lion_core.method.prompts import (
     generator_messages,
     instruction_text,
     referee_messages,
     teacher_messages,
 )
-from lion_core.seeds import initial_pool
+from lion_core.method.seeds import initial_pool
 
 ROLES = ("teacher", "referee", "generator")
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from lion_core.config import EndpointConfig, ModelPrice
 from lion_core.errors import BudgetExceeded
 
-log = logging.getLogger("lion_core.costs")
+log = logging.getLogger("lion_core.llm.costs")
 
 CHARS_PER_TOKEN = 4.0  # the fallback token count: characters / 4
 TOKENS_PER_MESSAGE = 3  # OpenAI's chat format: <|start|>role ... <|end|> per message
@@ -203,7 +203,7 @@ class Budget:
     @contextlib.contextmanager
     def reserve(self, stage: str, needed: float) -> Iterator[None]:
         """Hold `needed` USD for `stage`, or raise BudgetExceeded if it does not fit."""
-        from lion_core import layout
+        from lion_core.run import layout
 
         key = self.storage.uri(layout.LLM_CACHE)
         spent = self.spent()

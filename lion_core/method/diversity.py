@@ -9,7 +9,7 @@ onto one domain (every new instruction from one kind of seed). Per round we reco
   and the dropped candidates;
 - the dropped share: (not_novel + duplicate) / (kept + not_novel + duplicate). Surplus candidates
   (novel, but their kind was already full) and those the post-filters dropped are not part of
-  it: the novelty stage did not judge them (see lion_core.instructions);
+  it: the novelty stage did not judge them (see lion_core.method.generate);
 - the share of each seed category among the kept instructions. A generated instruction's
   category is its parent seed's: the offline world's family (`offline.world.solve`) when the
   world wrote the instructions; otherwise user data has no categories, and we use the parent's
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from lion_core.novelty import max_rouge_l
+from lion_core.method.novelty import max_rouge_l
 
 log = logging.getLogger(__name__)
 

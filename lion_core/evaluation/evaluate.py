@@ -2,7 +2,8 @@
 
 A judge (GPT-4 in the paper; `LionConfig.judge_endpoint()` here) scores the teacher's and the
 student's answer to each question 1-10 with the referee's prompt, in both orders, and each
-assistant's two scores are averaged (`lion_core.referee` does the asking, parsing and re-asking).
+assistant's two scores are averaged (`lion_core.method.referee` does the asking, parsing and
+re-asking).
 The relative score is the sum of the student's scores over the sum of the teacher's, over the
 scored questions: 1.0 = teacher level. A question the judge could not score (unparsable after the
 re-ask, failed request, missing answer) is counted as unscored and left out, never a tie.
@@ -29,13 +30,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from lion_core.config import DATA_FORMATS, OFFLINE, RefereeConfig
-from lion_core.discriminate import EPS, positional_bias
 from lion_core.errors import DataError
 from lion_core.llm.types import Completer
+from lion_core.method.discriminate import EPS, positional_bias
+from lion_core.method.referee import combine, make_pairs, score_order
+from lion_core.method.seeds import read_records
 from lion_core.offline.world import HELDOUT_MAX_DIFFICULTY, heldout_questions
-from lion_core.referee import combine, make_pairs, score_order
-from lion_core.schemas import EVAL_SCHEMA, EVAL_SUMMARY_SCHEMA, instruction_id
-from lion_core.seeds import read_records
+from lion_core.run.schemas import EVAL_SCHEMA, EVAL_SUMMARY_SCHEMA, instruction_id
 
 QUESTION_COLUMNS = ["question_id", "category", "instruction", "input", "reference"]
 DEFAULT_CATEGORY = "general"

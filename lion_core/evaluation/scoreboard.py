@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from lion_core import layout
-from lion_core.store import RunStore
+from lion_core.run import layout
+from lion_core.run.store import RunStore
 
 OVERALL_COLUMNS = (
     "round",

@@ -2,7 +2,7 @@
 
     <root>/run.json                                 the config the root is bound to
     <root>/.preflight-<token>                       the preflight's write probe, deleted at once
-    <root>/lease.json                               the run holding the root now (lion_core.lease)
+    <root>/lease.json                               the run holding the root (lion_core.run.lease)
     <root>/lease.lock                               local roots: serializes lease updates (flock)
     <root>/round=<k>/<artifact>.parquet             k = 1..rounds (+1 for the final pools)
     <root>/round=<k>/summary.json                   what round k reports (RoundSummary)
@@ -61,7 +61,7 @@ def artifact(k: int, name: str) -> str:
 
 
 def round_summary(k: int) -> str:
-    """Round k's summary (lion_core.records.RoundSummary as JSON), rewritten by each run."""
+    """Round k's summary (lion_core.run.records.RoundSummary as JSON), rewritten by each run."""
     return f"{round_dir(k)}/summary.json"
 
 

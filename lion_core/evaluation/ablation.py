@@ -1,8 +1,9 @@
 """The ablation table: Lion's loop against its controls, over seeds, round by round.
 
 Each arm × seed is an ordinary run under its own root (`<root>/<arm>/seed=<i>`); this module
-only reads what their evaluations committed (`lion_core.scoreboard`) and aggregates: per arm,
-round and category, the mean over seeds and a 95% interval (Student's t over the seeds).
+only reads what their evaluations committed (`lion_core.evaluation.scoreboard`) and
+aggregates: per arm, round and category, the mean over seeds and a 95% interval (Student's t
+over the seeds).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import math
 
 import pandas as pd
 
-from lion_core import scoreboard
 from lion_core.config import LionConfig
-from lion_core.store import RunStore
+from lion_core.evaluation import scoreboard
+from lion_core.run.store import RunStore
 
 ARMS = ("lion", "uniform", "seed-only")
 

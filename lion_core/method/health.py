@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lion_core.config import DataHealthConfig
 from lion_core.errors import DataHealthError
-from lion_core.novelty import near_pool
+from lion_core.method.novelty import near_pool
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class DomainHealth(BaseModel):
 
 def domain_health(new: Sequence[str], seeds: Sequence[str], threshold: float) -> DomainHealth:
     """Count the instructions of `new` whose ROUGE-L F1 with every instruction of `seeds` is at
-    most `threshold` (lion_core.novelty's exact ROUGE-L)."""
+    most `threshold` (lion_core.method.novelty's exact ROUGE-L)."""
     new, seeds = [str(t) for t in new], [str(t) for t in seeds]
     near = near_pool(new, seeds, threshold)
     far = [t for t, is_near in zip(new, near, strict=True) if not is_near]

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import pandas as pd
 
 from lion_core.llm.types import ChatRequest, ChatResult, Completer
-from lion_core.prompts import teacher_messages
-from lion_core.schemas import ANSWER_SCHEMA, TRAIN_DATA_SCHEMA
+from lion_core.method.prompts import teacher_messages
+from lion_core.run.schemas import ANSWER_SCHEMA, TRAIN_DATA_SCHEMA
 
 
 def teacher_requests(pool: pd.DataFrame) -> list[ChatRequest]:

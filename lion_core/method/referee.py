@@ -26,13 +26,13 @@ import pandas as pd
 from lion_core.config import RefereeConfig
 from lion_core.errors import LLMError
 from lion_core.llm.types import ChatRequest, Completer
-from lion_core.prompts import (
+from lion_core.method.prompts import (
     REFEREE_REASK,
     REFEREE_REASK_JSON,
     instruction_text,
     referee_messages,
 )
-from lion_core.schemas import REFEREE_ORDER_SCHEMA, REFEREE_SCHEMA
+from lion_core.run.schemas import REFEREE_ORDER_SCHEMA, REFEREE_SCHEMA
 
 Order = Literal[1, 2]
 PAIR_COLUMNS = ["instruction_id", "instruction", "input", "teacher_answer", "student_answer"]
@@ -311,7 +311,7 @@ def score_order(
 
     `pairs` has PAIR_COLUMNS (see `make_pairs`); a pair with a missing answer is not sent to the
     referee. Scores are per assistant (teacher_score, student_score), whichever was shown first.
-    `who` names the asker in progress lines ("judge" when lion_core.evaluate asks).
+    `who` names the asker in progress lines ("judge" when lion_core.evaluation.evaluate asks).
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")

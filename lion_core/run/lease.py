@@ -51,7 +51,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from lion_core import layout
 from lion_core.config import LionConfig
 from lion_core.errors import (
     LeaseHeldError,
@@ -59,9 +58,10 @@ from lion_core.errors import (
     SnapshotExistsError,
     StorageError,
 )
-from lion_core.storage import Storage, host_tag, process_is_gone
+from lion_core.run import layout
+from lion_core.run.storage import Storage, host_tag, process_is_gone
 
-log = logging.getLogger("lion_core.lease")
+log = logging.getLogger("lion_core.run.lease")
 
 SETTLE_SECONDS = 1.0  # object stores: wait this long after writing, then read the lease back
 _ATTEMPTS = 3  # looks at a lease that keeps changing under us before giving up
@@ -505,7 +505,7 @@ class _ObjectStore:
         self.conditional = False
         log.warning(
             "%s: the object store does not support conditional writes (%s); the lease falls "
-            "back to write-then-read-back, which has a small race window (see lion_core.lease)",
+            "back to write-then-read-back, which has a small race window (see lion_core.run.lease)",
             self.uri,
             exc,
         )

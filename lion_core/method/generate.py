@@ -44,9 +44,9 @@ import pandas as pd
 from lion_core.config import GeneratorConfig, PoolsConfig
 from lion_core.errors import LLMError
 from lion_core.llm.types import ChatRequest, ChatResult, Completer
-from lion_core.novelty import filter_novel
-from lion_core.prompts import generator_messages, instruction_text
-from lion_core.schemas import GENERATED_SCHEMA, POOL_SCHEMA, instruction_id
+from lion_core.method.novelty import filter_novel
+from lion_core.method.prompts import generator_messages, instruction_text
+from lion_core.run.schemas import GENERATED_SCHEMA, POOL_SCHEMA, instruction_id
 
 Kind = Literal["hard", "easy"]
 KINDS: tuple[Kind, Kind] = ("hard", "easy")

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lion_core.referee import unscored_reason
-from lion_core.schemas import POOL_SCHEMA, REFEREE_SCHEMA, SPLIT_SCHEMA
+from lion_core.method.referee import unscored_reason
+from lion_core.run.schemas import POOL_SCHEMA, REFEREE_SCHEMA, SPLIT_SCHEMA
 
 REFEREE_COLUMNS = REFEREE_SCHEMA.names
 

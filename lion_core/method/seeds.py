@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from lion_core.config import DATA_FORMATS, LionConfig, PoolsConfig
 from lion_core.errors import DataError
-from lion_core.schemas import pool_frame, seed_row
+from lion_core.run.schemas import pool_frame, seed_row
 
 log = logging.getLogger(__name__)
 

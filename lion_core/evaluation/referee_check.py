@@ -50,11 +50,11 @@ import numpy as np
 import pandas as pd
 
 from lion_core.config import LionConfig, RefereeConfig
-from lion_core.discriminate import positional_bias
-from lion_core.imitation import answer_instructions
 from lion_core.llm.types import Completer
-from lion_core.referee import combine, make_pairs, score_order
-from lion_core.schemas import ANSWER_SCHEMA
+from lion_core.method.discriminate import positional_bias
+from lion_core.method.imitation import answer_instructions
+from lion_core.method.referee import combine, make_pairs, score_order
+from lion_core.run.schemas import ANSWER_SCHEMA
 
 DEGRADATIONS = ("truncated", "wrong_number", "empty", "other_answer", "false_claim")
 OVERALL = "overall"
@@ -76,7 +76,7 @@ _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.]*\d)")
 
 def seed_instructions(config: LionConfig) -> pd.DataFrame:
     """The run's seed pool (POOL_SCHEMA): what round 1 of the run would start from."""
-    from lion_core.seeds import initial_pool
+    from lion_core.method.seeds import initial_pool
 
     return initial_pool(config)
 
@@ -298,7 +298,7 @@ def check_referee(
 
 
 def _empty_order() -> pd.DataFrame:
-    from lion_core.schemas import REFEREE_ORDER_SCHEMA
+    from lion_core.run.schemas import REFEREE_ORDER_SCHEMA
 
     return pd.DataFrame(columns=REFEREE_ORDER_SCHEMA.names)
 
@@ -369,7 +369,7 @@ def run_referee_check(
     endpoint's `api_key_env` is read."""
     from lion_core.llm.cache import ResponseCache
     from lion_core.llm.client import LLMClient
-    from lion_core.store import RunStore
+    from lion_core.run.store import RunStore
 
     if role not in ("referee", "judge"):
         raise ValueError(f"role must be 'referee' or 'judge', got {role!r}")

@@ -106,7 +106,7 @@ REFEREE_ORDER_SCHEMA = pa.schema(
     ]
 )
 
-# Evaluation (lion_core.evaluate): one row per question of a set, judged in both orders.
+# Evaluation (lion_core.evaluation.evaluate): one row per question of a set, judged in both orders.
 EVAL_SCHEMA = pa.schema(
     [
         ("question_id", pa.string()),
@@ -155,7 +155,7 @@ QUESTION_SCHEMA = pa.schema(
     ]
 )
 
-# lm-evaluation-harness results (lion_core.harness.COLUMNS): one row per task and metric.
+# lm-evaluation-harness results (lion_core.evaluation.harness.COLUMNS): one row per task and metric.
 LM_EVAL_SCHEMA = pa.schema(
     [
         ("task", pa.string()),
@@ -173,7 +173,7 @@ LM_EVAL_SCHEMA = pa.schema(
     ]
 )
 
-# The artifacts of an evaluation (lion_core.layout.evaluation): per question set, the questions
+# The artifacts of an evaluation (lion_core.run.layout.evaluation): per question set, the questions
 # and the teacher's answers once per run, the student's answers and the judge's scores per round.
 EVALUATION_SCHEMAS: dict[str, pa.Schema] = {
     "questions": QUESTION_SCHEMA,
@@ -227,7 +227,7 @@ class ArtifactRef(BaseModel, frozen=True):
     """A committed artifact: what tasks hand to each other instead of dataframes."""
 
     uri: str
-    path: str  # relative to the run's root (lion_core.layout)
+    path: str  # relative to the run's root (lion_core.run.layout)
     name: str  # the artifact's name: its schema in ARTIFACT_SCHEMAS or EVALUATION_SCHEMAS
     round: int
     rows: int

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from lion_core import layout
 from lion_core.config import EndpointConfig, LionConfig
 from lion_core.errors import LionError, PreflightError
 from lion_core.llm.keys import resolve_api_key
-from lion_core.store import RunStore
+from lion_core.run import layout
+from lion_core.run.store import RunStore
 
 PROBE_TIMEOUT_S = 5.0  # per endpoint; endpoints are probed at once
 
@@ -197,7 +197,7 @@ def check_initial_data(config: LionConfig) -> list[str]:
     path = config.pools.initial_data
     if not path:
         return []
-    from lion_core.seeds import load_initial_data
+    from lion_core.method.seeds import load_initial_data
 
     try:
         seeds = load_initial_data(

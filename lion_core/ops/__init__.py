@@ -1,0 +1,3 @@
+"""Operating a run: checks before it starts, the cost estimate, process supervision and
+the local HTTP servers' plumbing.
+"""
