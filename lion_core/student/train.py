@@ -184,14 +184,12 @@ def training_arguments(spec: dict[str, Any], cfg, *, n_rows: int, on_gpu: bool, 
 
 
 def run(spec: dict[str, Any]) -> None:
+    """One training job, every rank: data, model, Trainer, then the final model committed."""
     from transformers import PrinterCallback, Trainer, set_seed
 
     from lion_core.config import LionConfig
-    from lion_core.run.storage import Storage
-    from lion_core.student.attention import sdpa_kernels, training_attention
-    from lion_core.student.checkpoints import mark_complete, write_json_file
-    from lion_core.student.data import build_dataset, tokenize_frame
-    from lion_core.student.model import for_training, load_tokenizer
+    from lion_core.student.attention import sdpa_kernels
+    from lion_core.student.model import load_tokenizer
 
     cfg = LionConfig.model_validate(spec["config"])
     t = cfg.training
@@ -207,45 +205,10 @@ def run(spec: dict[str, Any]) -> None:
     tok = load_tokenizer(
         spec["init"], revision=spec.get("revision"), trust_remote_code=cfg.student.trust_remote_code
     )
-    frame = pd.read_parquet(spec["train_data"])
-    data = tokenize_frame(frame, tok, cfg.student.prompt_template, t.max_length)
-    stats = data.stats()
-    say(
-        f"{stats['examples']} examples ({stats['tokens']} tokens, {stats['response_tokens']} "
-        f"trained on) from {stats['rows']} rows; {stats['truncated']} truncated at "
-        f"{t.max_length} tokens, {stats['dropped']} dropped (no answer token fits)"
-    )
-    if not data.examples:
-        raise SystemExit(f"no trainable examples in {spec['train_data']}")
-    dataset, collator = build_dataset(
-        data.examples,
-        packing=t.packing,
-        max_length=t.max_length,
-        pad_id=tok.pad_token_id,
-        attn_implementation=cfg.student.attn_implementation,
-        seed=cfg.seed,
-    )
+    dataset, collator, stats = training_rows(spec, cfg, tok)
     layout = "packed" if t.packing else "padded"
     say(f"{layout}: {len(dataset)} rows of at most {t.max_length} tokens; world size {world}")
-
-    model = load_init_model(spec, cfg)
-    for_training(model)  # no KV cache: packed examples must not see each other
-    attn = training_attention(cfg.student.attn_implementation, t.packing)
-    if attn != cfg.student.attn_implementation:
-        model.set_attn_implementation(attn)  # only the attention that is used (attention.py)
-    if t.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=t.lora.r,
-                lora_alpha=t.lora.alpha,
-                lora_dropout=t.lora.dropout,
-                target_modules=list(t.lora.target_modules),
-                task_type="CAUSAL_LM",
-            ),
-        )
+    model = trainable_model(spec, cfg)
 
     if "tensorboard" in t.report_to and spec.get("tensorboard_dir"):
         # transformers' TensorBoardCallback reads its folder from the environment
@@ -270,35 +233,98 @@ def run(spec: dict[str, Any]) -> None:
         f"trained to global step {trainer.state.global_step} "
         f"({progress.steps_this_attempt} steps in this attempt, resumed from {resumed_from})"
     )
+    info = {
+        "round": spec["round"],
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": resumed_from,
+        "steps_this_attempt": progress.steps_this_attempt,
+        "train_loss": result.training_loss,
+        "data": stats,
+        "layout": layout,
+        "world_size": world,
+        "zero_stage": t.zero_stage if spec["launcher"] == "deepspeed" else None,
+        "bf16": bf16,
+        "lora": t.lora is not None,
+        "log_history": trainer.state.log_history,
+    }
+    commit_final_model(spec, cfg, trainer, model, tok, info, rank)
 
-    # ---- the final model -----------------------------------------------------------
+
+def training_rows(spec: dict[str, Any], cfg, tok) -> tuple[Any, Any, dict[str, int]]:
+    """The job's training data, tokenized (loss on response tokens only) and packed or padded:
+    (dataset, collator, statistics); SystemExit when no example is trainable."""
+    from lion_core.student.data import build_dataset, tokenize_frame
+
+    t = cfg.training
+    frame = pd.read_parquet(spec["train_data"])
+    data = tokenize_frame(frame, tok, cfg.student.prompt_template, t.max_length)
+    stats = data.stats()
+    say(
+        f"{stats['examples']} examples ({stats['tokens']} tokens, {stats['response_tokens']} "
+        f"trained on) from {stats['rows']} rows; {stats['truncated']} truncated at "
+        f"{t.max_length} tokens, {stats['dropped']} dropped (no answer token fits)"
+    )
+    if not data.examples:
+        raise SystemExit(f"no trainable examples in {spec['train_data']}")
+    dataset, collator = build_dataset(
+        data.examples,
+        packing=t.packing,
+        max_length=t.max_length,
+        pad_id=tok.pad_token_id,
+        attn_implementation=cfg.student.attn_implementation,
+        seed=cfg.seed,
+    )
+    return dataset, collator, stats
+
+
+def trainable_model(spec: dict[str, Any], cfg):
+    """The model to train: the job's starting weights, without a KV cache (packed examples must
+    not see each other), with the attention that is used, wrapped in LoRA when configured."""
+    from lion_core.student.attention import training_attention
+    from lion_core.student.model import for_training
+
+    t = cfg.training
+    model = load_init_model(spec, cfg)
+    for_training(model)
+    attn = training_attention(cfg.student.attn_implementation, t.packing)
+    if attn != cfg.student.attn_implementation:
+        model.set_attn_implementation(attn)  # only the attention that is used (attention.py)
+    if t.lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=t.lora.r,
+            lora_alpha=t.lora.alpha,
+            lora_dropout=t.lora.dropout,
+            target_modules=list(t.lora.target_modules),
+            task_type="CAUSAL_LM",
+        ),
+    )
+
+
+def commit_final_model(spec: dict[str, Any], cfg, trainer, model, tok, info, rank: int) -> None:
+    """Save the trained model (LoRA merged into the base) with its tokenizer and
+    train_result.json, and commit it to the run's storage, marked complete last."""
+    from lion_core.run.storage import Storage
+    from lion_core.student.checkpoints import mark_complete, write_json_file
+
+    lora = cfg.training.lora is not None
     final = Path(spec["final_dir"])
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
         final.mkdir(parents=True, exist_ok=True)
     _barrier()
-    target = final / "adapter" if t.lora is not None else final
-    base_model = model.get_base_model() if t.lora is not None else model
+    target = final / "adapter" if lora else final
+    base_model = model.get_base_model() if lora else model
     base_model.config.use_cache = True  # the saved model is for generation
     trainer.save_model(str(target))  # every rank: ZeRO-3 gathers the weights to rank 0
     if rank == 0:
-        if t.lora is not None:
+        if lora:
             _merge_lora(spec, cfg, target, final)
         tok.save_pretrained(final)
-        info = {
-            "round": spec["round"],
-            "global_step": trainer.state.global_step,
-            "resumed_from_step": resumed_from,
-            "steps_this_attempt": progress.steps_this_attempt,
-            "train_loss": result.training_loss,
-            "data": stats,
-            "layout": layout,
-            "world_size": world,
-            "zero_stage": t.zero_stage if spec["launcher"] == "deepspeed" else None,
-            "bf16": bf16,
-            "lora": t.lora is not None,
-            "log_history": trainer.state.log_history,
-        }
         write_json_file(final / "train_result.json", info)
         storage = Storage(spec["storage_root"], spec.get("storage_options"))
         storage.put_dir(final, spec["student_rel"])
