@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import typing
 
 from pydantic import BaseModel
 
-from lion_core.config import LionConfig, section_model
+from lion_core.config.base import section_model
+from lion_core.config.model import LionConfig
 
 HEADER = """# Configuration reference
 
@@ -23,7 +25,7 @@ Start from a full file: `lion demo --write-config my-run.yaml` (the embedded def
 
 
 def _type_name(annotation: object) -> str:
-    text = str(annotation).replace("typing.", "").replace("lion_core.config.", "")
+    text = re.sub(r"lion_core\.config\.(\w+\.)*", "", str(annotation).replace("typing.", ""))
     return text.replace("<class '", "").replace("'>", "").replace("|", "\\|")
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import fsspec
 import yaml
 
-from lion_core.config import LionConfig
+from lion_core.config.model import LionConfig
 from lion_core.errors import ConfigError
 
 Preset = Literal["demo", "paper-7b", "gpu-1b"]
