@@ -3,12 +3,13 @@
 Defaults follow the Lion paper (Jiang et al., 2023) where it says something, and otherwise give the
 embedded default: the offline task world as teacher, referee and generator, a tiny student built
 from config, storage in a local folder. Every field carries a description, which Prefect shows in
-its run form. Unknown keys are rejected, so a typo never silently falls back to a default.
+its run form. Unknown keys are rejected, so a typo never silently falls back to a default; keys
+that were renamed still load, with a warning (legacy.py).
 
 One module per concern, every public name re-exported here:
 
 - base.py: `Section` (the base of every section), the operational mark, `OFFLINE`;
-- endpoints.py: the LLM endpoints (teacher, referee, judge, generator);
+- endpoints.py: the LLM endpoints (teacher, referee, judge, generator) and their Batch API;
 - student.py: the student, how it answers, the served engine;
 - training.py: fine-tuning the student;
 - method.py: the paper's stages: pools, hard/easy split, novelty, data health;
@@ -18,6 +19,7 @@ One module per concern, every public name re-exported here:
 - pricing.py: what requests cost;
 - placement.py: where the GPU stages run;
 - model.py: `LionConfig` itself: loading, overrides, the digest, operational paths;
+- legacy.py: renamed keys, and how a config that still has them loads;
 - presets.py, doc.py: the ready-made configs, the generated reference.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from lion_core.config.base import OFFLINE, OPERATIONAL, Section, section_model
 from lion_core.config.endpoints import (
+    BatchConfig,
     EndpointConfig,
     GeneratorConfig,
     JudgeConfig,
@@ -59,6 +62,7 @@ __all__ = [
     "OFFLINE",
     "OPERATIONAL",
     "PRICES_AS_OF",
+    "BatchConfig",
     "DataHealthConfig",
     "DiscriminationConfig",
     "EndpointConfig",

@@ -11,6 +11,47 @@ from pydantic.fields import FieldInfo
 from lion_core.config.base import OFFLINE, OPERATIONAL, Section
 
 
+class BatchConfig(Section):
+    """The provider's Batch API, used by a role in `mode: batch`.
+
+    How the role's requests are split into batches, how often a batch's status is polled, and
+    what becomes of failed lines and of batches in flight when the run is cancelled."""
+
+    max_requests: int = Field(
+        50_000,
+        ge=1,
+        description="Most requests in one batch (OpenAI: 50,000); more are split.",
+    )
+    max_bytes: int = Field(
+        200_000_000,
+        ge=1024,
+        description="Largest JSONL input file of one batch in bytes (OpenAI: 200 MB); more are "
+        "split.",
+    )
+    poll_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between the first status polls; the interval grows by half each "
+        "poll up to poll_max_seconds.",
+    )
+    poll_max_seconds: float = Field(
+        600.0, gt=0, description="Longest interval between two status polls."
+    )
+    resubmits: int = Field(
+        2,
+        ge=0,
+        le=20,
+        description="Times a failed or expired line is resubmitted, alone, in a following "
+        "batch (never the whole batch) before it counts as failed.",
+    )
+    cancel_on_cancel: bool = Field(
+        True,
+        description="Cancel this role's in-flight batches when the run is cancelled or "
+        "interrupted (lines already answered are kept and paid; the others are not). Off: they "
+        "finish at the provider, and a resumed run collects them.",
+    )
+
+
 class EndpointConfig(Section):
     """An OpenAI-compatible chat endpoint playing one role.
 
@@ -65,12 +106,12 @@ class EndpointConfig(Section):
         description="Retries of a transient failure (429, 5xx, timeout).",
         json_schema_extra=OPERATIONAL,
     )
-    batch_size: int = Field(
+    cache_shard_size: int = Field(
         256,
         ge=1,
-        description="Requests per Parquet shard of the response cache. Every answer is kept "
-        "as it arrives (a journal on local storage; on object stores a flush every few "
-        "seconds), so a killed process pays again only for requests in flight.",
+        description="Requests per Parquet shard of the response cache (formerly batch_size). "
+        "Every answer is kept as it arrives (a journal on local storage; on object stores a "
+        "flush every few seconds), so a killed process pays again only for requests in flight.",
         json_schema_extra=OPERATIONAL,
     )
     max_failed_share: float = Field(
@@ -90,49 +131,13 @@ class EndpointConfig(Section):
         "sync",
         description="'sync': one HTTP request per answer. 'batch': the requests not in the "
         "response cache go out through the provider's Batch API (OpenAI: half the price, "
-        "answers within 24 h); answers are the same and land in the same cache, so the two "
-        "modes are interchangeable on one run root.",
+        "answers within 24 h; see `batch`); answers are the same and land in the same cache, "
+        "so the two modes are interchangeable on one run root.",
         json_schema_extra=OPERATIONAL,
     )
-    batch_max_requests: int = Field(
-        50_000,
-        ge=1,
-        description="Batch mode: most requests in one batch (OpenAI: 50,000); more are split.",
-        json_schema_extra=OPERATIONAL,
-    )
-    batch_max_bytes: int = Field(
-        200_000_000,
-        ge=1024,
-        description="Batch mode: largest JSONL input file of one batch in bytes (OpenAI: "
-        "200 MB); more are split.",
-        json_schema_extra=OPERATIONAL,
-    )
-    batch_poll_seconds: float = Field(
-        30.0,
-        gt=0,
-        description="Batch mode: seconds between the first status polls; the interval grows "
-        "by half each poll up to batch_poll_max_seconds.",
-        json_schema_extra=OPERATIONAL,
-    )
-    batch_poll_max_seconds: float = Field(
-        600.0,
-        gt=0,
-        description="Batch mode: longest interval between two status polls.",
-        json_schema_extra=OPERATIONAL,
-    )
-    batch_resubmits: int = Field(
-        2,
-        ge=0,
-        le=20,
-        description="Batch mode: times a failed or expired line is resubmitted, alone, in a "
-        "following batch (never the whole batch) before it counts as failed.",
-        json_schema_extra=OPERATIONAL,
-    )
-    cancel_batches_on_cancel: bool = Field(
-        True,
-        description="Batch mode: cancel this role's in-flight batches when the run is "
-        "cancelled or interrupted (lines already answered are kept and paid; the others are "
-        "not). Off: they finish at the provider, and a resumed run collects them.",
+    batch: BatchConfig = Field(
+        default_factory=BatchConfig,
+        description="The Batch API in mode 'batch': batch sizes, polling, resubmits, cancelling.",
         json_schema_extra=OPERATIONAL,
     )
     rpm: int | None = Field(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from lion_core.config.base import OPERATIONAL, Section, section_model
 from lion_core.config.endpoints import (
@@ -21,6 +21,7 @@ from lion_core.config.endpoints import (
     TeacherConfig,
 )
 from lion_core.config.evaluation import EvaluationConfig
+from lion_core.config.legacy import upgrade_keys, upgrade_overrides
 from lion_core.config.method import (
     DataHealthConfig,
     DiscriminationConfig,
@@ -130,6 +131,13 @@ class LionConfig(Section):
 
     # ---- YAML --------------------------------------------------------------------------
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """Keys renamed since a config was written (a flow run's parameters, say) load in their
+        new places, with a warning (lion_core/config/legacy.py)."""
+        return upgrade_keys(data) if isinstance(data, dict) else data
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> LionConfig:
         path = Path(path)
@@ -145,8 +153,11 @@ class LionConfig(Section):
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> LionConfig:
+        """A config from a mapping (parsed YAML, run.json); errors name `source` and each
+        field's dotted path, and renamed keys load with a warning that names `source`."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+        data = upgrade_keys(data, source)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -161,7 +172,7 @@ class LionConfig(Section):
     def with_overrides(self, overrides: dict[str, Any]) -> LionConfig:
         """A copy with dotted-path overrides applied, e.g. {"training.epochs": 1}."""
         data = self.model_dump(mode="json")
-        for dotted, value in overrides.items():
+        for dotted, value in upgrade_overrides(overrides, "overrides").items():
             node = data
             *parents, leaf = dotted.split(".")
             for part in parents:

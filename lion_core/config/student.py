@@ -82,12 +82,13 @@ class StudentServerConfig(Section):
     timeout: float = Field(
         600.0, gt=0, description="Seconds to wait for one answer.", json_schema_extra=OPERATIONAL
     )
-    batch_size: int = Field(
+    cache_shard_size: int = Field(
         256,
         ge=1,
-        description="Answers per Parquet shard of the response cache. Every answer is kept as "
-        "it arrives (a journal on local storage; on object stores a flush every few seconds), so "
-        "a killed task re-sends only the requests that were in flight.",
+        description="Answers per Parquet shard of the response cache (formerly batch_size). "
+        "Every answer is kept as it arrives (a journal on local storage; on object stores a "
+        "flush every few seconds), so a killed task re-sends only the requests that were in "
+        "flight.",
         json_schema_extra=OPERATIONAL,
     )
     api_key_env: str | None = Field(
