@@ -276,3 +276,35 @@ def test_an_old_key_and_its_new_one_must_agree():
     # a typo is still an unknown key, not a rename
     with pytest.raises(ConfigError, match=r"teacher\.batch_sise: unknown key"):
         LionConfig.from_dict({"teacher": {"batch_sise": 9}})
+
+
+def test_one_yaml_loader_reads_s3(s3_root, monkeypatch):
+    """`lion run -c s3://bucket/cfg.yaml`: the CLI's -c, the run form's config_file and
+    LionConfig.from_yaml are one loader, and it reads s3:// URIs (moto on loopback)."""
+    import fsspec
+    import s3fs
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from lion_core.config.presets import form_config
+
+    root, options = s3_root
+    uri = f"{root.rsplit('/runs/', 1)[0]}/configs/cfg.yaml"
+    written = LionConfig().with_overrides({"rounds": 4, "training.epochs": 2.0})
+    with fsspec.open(uri, "w", **options) as fh:
+        fh.write(written.to_yaml())
+
+    assert LionConfig.from_yaml(uri, options) == written
+    with pytest.raises(ConfigError, match=r"config file: cannot read s3://.*/missing\.yaml"):
+        LionConfig.from_yaml(uri.replace("cfg.yaml", "missing.yaml"), options)
+
+    # without options, as the CLI and the form read it: the endpoint from the environment
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", options["endpoint_url"])
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        result = CliRunner().invoke(app, ["config", uri], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert LionConfig.from_dict(yaml.safe_load(result.output)) == written
+        assert form_config(config_file=uri).training.epochs == 2.0
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -1,5 +1,5 @@
 """`LionConfig`: the whole run's configuration — its sections, loading (YAML files, local or
-mappings; dotted-path overrides), the digest of what its products depend on, and which
+s3://; mappings; dotted-path overrides), the digest of what its products depend on, and which
 fields are operational."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import fsspec
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -139,17 +140,27 @@ class LionConfig(Section):
         return upgrade_keys(data) if isinstance(data, dict) else data
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> LionConfig:
-        path = Path(path)
+    def from_yaml(
+        cls,
+        uri: str | Path,
+        options: dict[str, Any] | None = None,
+        *,
+        what: str = "config file",
+    ) -> LionConfig:
+        """The one YAML loader: a config from a local path or a URI (s3://bucket/cfg.yaml, read
+        with fsspec `options`; without them s3fs takes the endpoint from AWS_ENDPOINT_URL and
+        credentials from the environment). `what` names the file in errors."""
+        uri = str(uri)
         try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+            with fsspec.open(uri, "r", **(options or {})) as fh:
+                text = fh.read()
+        except (OSError, ValueError, ImportError) as exc:
+            raise ConfigError(f"{what}: cannot read {uri}: {exc}") from exc
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        return cls.from_dict(data or {}, source=str(path))
+            raise ConfigError(f"{what} {uri}: not valid YAML: {exc}") from exc
+        return cls.from_dict(data or {}, source=uri)
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> LionConfig:
