@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
                 temperature=0.0,
                 max_tokens=args.max_new_tokens,
                 concurrency=args.concurrency,
-                batch_size=len(prompts),
+                cache_shard_size=len(prompts),
             ),
             role="student",
             cache=None,

@@ -69,7 +69,7 @@ def make_requests(n: int, salt: str) -> list[ChatRequest]:
 
 
 def bench_client(base_url: str, concurrency: int, requests: list[ChatRequest], root: str) -> float:
-    endpoint = TeacherConfig(concurrency=concurrency, batch_size=256, max_tokens=64)
+    endpoint = TeacherConfig(concurrency=concurrency, cache_shard_size=256, max_tokens=64)
     cache = ResponseCache(Storage(root), "teacher")
     client = LLMClient(endpoint, role="teacher", cache=cache, base_url=base_url)
     start = time.perf_counter()

@@ -38,7 +38,7 @@ def serve_offline(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8765,
     config: Annotated[
-        Path | None, typer.Option("-c", "--config", help="Take the `offline` section from here.")
+        str | None, typer.Option("-c", "--config", help="Take the `offline` section from here.")
     ] = None,
 ) -> None:
     """Run the offline task world: an OpenAI-compatible teacher, referee and generator."""
@@ -97,7 +97,7 @@ def export(
 
 @app.command("config")
 def config_cmd(
-    path: Annotated[Path | None, typer.Argument(help="Config to validate.")] = None,
+    path: Annotated[str | None, typer.Argument(help="Config to validate.")] = None,
     write: Annotated[
         Path | None, typer.Option("--write", help="Write the default config here.")
     ] = None,
@@ -215,7 +215,7 @@ SetOption = Annotated[
 
 @app.command("run")
 def run(
-    config: Annotated[Path, typer.Option("-c", "--config", help="The run's YAML config.")],
+    config: Annotated[str, typer.Option("-c", "--config", help="The run's YAML config.")],
     set_: SetOption = None,
 ) -> None:
     """Run `rounds` Lion rounds as a Prefect flow, with any config."""
@@ -293,7 +293,7 @@ def eval_cmd(
         typer.Argument(help="A run's root: evaluate every round's student on its sets."),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("-c", "--config", help="Config (endpoints, judge, storage).")
+        str | None, typer.Option("-c", "--config", help="Config (endpoints, judge, storage).")
     ] = None,
     student: Annotated[
         str | None, typer.Option(help="A model folder, URI or hub id to evaluate (with -c).")
@@ -377,7 +377,7 @@ def _eval_json(result, store) -> dict:
 
 @app.command("ablate")
 def ablate(
-    config: Annotated[Path, typer.Option("-c", "--config", help="The run's YAML config.")],
+    config: Annotated[str, typer.Option("-c", "--config", help="The run's YAML config.")],
     arms: Annotated[
         str, typer.Option(help="Comma-separated arms: lion, uniform, seed-only.")
     ] = "lion,uniform,seed-only",
@@ -428,7 +428,7 @@ def _resume_config(target: str, options: dict[str, str] | None) -> LionConfig:
 
 @app.command("referee-check")
 def referee_check(
-    config: Annotated[Path, typer.Option("-c", "--config", help="The run's YAML config.")],
+    config: Annotated[str, typer.Option("-c", "--config", help="The run's YAML config.")],
     pairs: Annotated[
         int,
         typer.Option(
@@ -499,7 +499,7 @@ def referee_check(
 
 @app.command("estimate")
 def estimate_cmd(
-    config: Annotated[Path, typer.Option("-c", "--config", help="The run's YAML config.")],
+    config: Annotated[str, typer.Option("-c", "--config", help="The run's YAML config.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     set_: SetOption = None,
 ) -> None:
@@ -527,7 +527,7 @@ def serve_student(
         str, typer.Option(help="The model name clients send.")
     ] = "student",
     config: Annotated[
-        Path | None,
+        str | None,
         typer.Option("-c", "--config", help="Take the student and storage sections from here."),
     ] = None,
     template: Annotated[

@@ -59,17 +59,13 @@ def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMCli
 
 def cancel_run_batches(config: LionConfig) -> list[str]:
     """Cancel the open batches of every role of the run in batch mode with
-    `cancel_batches_on_cancel` (offline endpoints are skipped: their world dies with the run).
+    `batch.cancel_on_cancel` (offline endpoints are skipped: their world dies with the run).
     Returns the batch ids asked to cancel."""
     from lion_core.llm.batch import cancel_open_batches
 
     cancelled: list[str] = []
     for role, endpoint in config.endpoints().items():
-        if (
-            endpoint.mode == "batch"
-            and endpoint.cancel_batches_on_cancel
-            and not endpoint.is_offline
-        ):
+        if endpoint.mode == "batch" and endpoint.batch.cancel_on_cancel and not endpoint.is_offline:
             cancelled += cancel_open_batches(llm_client(config, role, None))
     return cancelled
 

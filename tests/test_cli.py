@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,68 @@ def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(level=LogFilterLevel(ge_=40)), limit=200)
     assert any("Traceback" in log.message and "DataHealthError" in log.message for log in logs)
+
+
+def flat_batch_keys(config: dict) -> dict:
+    """A config as run.json recorded it before the Batch API fields were nested under `batch:`
+    and batch_size became cache_shard_size (every renamed key back in its old place)."""
+    from lion_core.config.legacy import RENAMED
+
+    config = json.loads(json.dumps(config))
+    for old, new in RENAMED.items():
+        *parents, leaf = new.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue  # an empty section (the judge)
+        value = node.pop(leaf)
+        *old_parents, old_leaf = old.split(".")
+        target = config
+        for part in old_parents:
+            target = target[part]
+        target[old_leaf] = value
+    for section in config.values():
+        if isinstance(section, dict) and section.get("batch") == {}:
+            del section["batch"]
+    return config
+
+
+@pytest.mark.slow
+def test_a_root_recorded_with_flat_batch_keys_resumes_fully_cached(prefect_harness, tmp_path):
+    """A run root whose run.json has the keys of before the Batch API fields were nested: `lion
+    resume` loads it (with the deprecation warning), every task is Cached, nothing is sent."""
+    from prefect.settings import PREFECT_API_URL
+    from test_round_flow import small_config
+
+    api_url = PREFECT_API_URL.value()
+    root = tmp_path / "root"
+    cfg_path = tmp_path / "run.yaml"
+    small_config(root).to_yaml(cfg_path)
+    run = lion("run", "-c", str(cfg_path), api_url=api_url)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (first,) = table_dicts(run.stdout, "teacher_sent")
+    assert int(first["teacher_sent"]) > 0
+
+    info_path = root / "run.json"
+    info = json.loads(info_path.read_text())
+    info["config"] = flat_batch_keys(info["config"])
+    teacher = info["config"]["teacher"]
+    assert teacher["batch_size"] == 256 and teacher["batch_poll_seconds"] == 30.0
+    assert "batch" not in teacher and "cache_shard_size" not in teacher
+    info_path.write_text(json.dumps(info))
+
+    resumed = lion("resume", str(root), api_url=api_url)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    output = resumed.stderr + resumed.stdout
+    assert "teacher.batch_size is deprecated: use teacher.cache_shard_size" in output
+    assert "referee.batch_poll_seconds is deprecated: use referee.batch.poll_seconds" in output
+    tasks = re.findall(r"Task run '([^']+)' - Finished in state (\w+)", output)
+    assert len(tasks) >= 10, output[-3000:]
+    assert [name for name, state in tasks if state != "Cached"] == []
+    (again,) = table_dicts(resumed.stdout, "teacher_sent")
+    for role in ("teacher", "referee", "generator"):
+        assert again[f"{role}_sent"] == "0"
+        assert int(again[f"{role}_cached"]) == int(first[f"{role}_sent"]) + int(
+            first[f"{role}_cached"]
+        )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lion_core.config import LionConfig
 from lion_core.errors import ConfigError
@@ -146,3 +148,163 @@ def test_run_root_is_bound_to_its_config(tmp_path):
     with pytest.raises(ConfigError, match=r"discrimination\.tau.*holds round=1"):
         open_run(cfg.with_overrides({"discrimination.tau": 2.0}))
     assert recorded_config(str(tmp_path / "run")) == cfg
+
+
+# ---- the digest, renamed keys, the one YAML loader ---------------------------------------------
+
+# Golden digests: change them only deliberately. The digest is part of every task's cache key, so
+# a new value re-runs every cached task of every existing run root (a renamed or moved
+# non-operational field, a changed default). Operational fields (batch:, cache_shard_size, ...)
+# are outside it.
+GOLDEN_DIGESTS = {
+    "demo": "5ca2c0c3ba4c818e167cebffc2fc21c96ad10564ec4f1d905f2e81a04df7e6e0",
+    "paper-7b": "1bc4ec36445c7c351fce4c59b09431f4d67eb66b1d99d27f8f1a82aa2a42528d",
+    "gpu-1b": "d10421e5e6630307181bf28206739acea47f97240bfa0c385f833c1f0453e248",
+    None: "043f8f4b2925166ba8651ffe21a3a7a4789e8a5627d34f82650fc1e038701c24",  # LionConfig()
+}
+# The digest of tests/data/run-json-flat-batch-keys.json (1 round of the demo preset, root
+# /tmp/oldroot/demo), as the code that wrote it computed it.
+FLAT_RUN_JSON_DIGEST = "fae4cf79c066ac6de03ef8f0e24a39ab079e195b38389fbdd0d81fd8ccb716c4"
+FLAT_RUN_JSON = Path(__file__).parent / "data" / "run-json-flat-batch-keys.json"
+
+
+@pytest.mark.parametrize("preset", list(GOLDEN_DIGESTS))
+def test_golden_digests(preset):
+    from lion_core.config.presets import preset_config
+
+    cfg = preset_config(preset) if preset else LionConfig()
+    assert cfg.digest() == GOLDEN_DIGESTS[preset]
+
+
+def flat_run_json(root: str) -> dict:
+    """The fixture: a run.json written before the Batch API fields were nested under `batch:`
+    and batch_size became cache_shard_size, with its root set to `root`."""
+    return json.loads(FLAT_RUN_JSON.read_text().replace("{root}", root))
+
+
+def test_a_run_json_with_flat_batch_keys_loads_with_a_warning(tmp_path):
+    from lion_core.config.legacy import ENDPOINT_RENAMES
+    from lion_core.config.presets import demo_config
+    from lion_core.run.identity import recorded_config
+
+    data = flat_run_json("/tmp/oldroot/demo")["config"]
+    assert "batch_size" in data["teacher"] and "batch" not in data["teacher"]
+    with pytest.warns(DeprecationWarning) as caught:
+        cfg = LionConfig.from_dict(data, source="run.json")
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith("run.json: teacher.batch_size is deprecated: use ")
+    for role in ("teacher", "referee", "generator"):  # the judge is empty in this run
+        for old, new in ENDPOINT_RENAMES.items():
+            assert f"{role}.{old} is deprecated: use {role}.{new}" in message
+    assert (
+        "student.generation.server.batch_size is deprecated: use "
+        "student.generation.server.cache_shard_size" in message
+    )
+    # the same config, with the same digest as when it was written
+    assert cfg.digest() == FLAT_RUN_JSON_DIGEST
+    assert cfg == demo_config(root="/tmp/oldroot/demo", rounds=1)
+    assert cfg.teacher.cache_shard_size == 256 and cfg.referee.batch.max_requests == 50_000
+    assert cfg.generator.batch.cancel_on_cancel is True
+    assert data["teacher"]["batch_size"] == 256  # the caller's mapping is left as it was
+
+    # through a run root, as `lion resume` reads it
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "run.json").write_text(json.dumps(flat_run_json(str(root))))
+    with pytest.warns(DeprecationWarning, match=r"run\.json: teacher\.batch_size is deprecated"):
+        recorded = recorded_config(str(root))
+    assert recorded == demo_config(root=str(root), rounds=1)
+
+
+def test_renamed_keys_load_from_yaml_set_form_and_flow_parameters(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from lion_core.config.presets import form_config
+
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "teacher": {"batch_size": 64, "batch_poll_seconds": 5.0, "mode": "batch"},
+                "judge": {"model": "gpt-x", "cancel_batches_on_cancel": False},
+                "student": {"generation": {"server": {"batch_size": 8}}},
+            }
+        )
+    )
+    with pytest.warns(DeprecationWarning, match=r"judge\.cancel_batches_on_cancel is deprecated"):
+        cfg = LionConfig.from_yaml(path)
+    assert cfg.teacher.cache_shard_size == 64 and cfg.teacher.batch.poll_seconds == 5.0
+    assert cfg.judge.batch.cancel_on_cancel is False and cfg.judge.model == "gpt-x"
+    assert cfg.student.generation.server.cache_shard_size == 8
+    # operational fields only: the digest is the defaults' with that judge
+    assert cfg.digest() == LionConfig.from_dict({"judge": {"model": "gpt-x"}}).digest()
+
+    # --set (what every CLI command's --set calls), here through `lion demo --set`
+    with pytest.warns(DeprecationWarning, match=r"overrides: referee\.batch_max_requests"):
+        assert LionConfig().with_overrides({"referee.batch_max_requests": 10}).referee == (
+            LionConfig().with_overrides({"referee.batch.max_requests": 10}).referee
+        )
+    out = tmp_path / "demo.yaml"
+    result = CliRunner().invoke(
+        app, ["demo", "--write-config", str(out), "--set", "generator.batch_resubmits=7"]
+    )
+    assert result.exit_code == 0, result.output
+    written = yaml.safe_load(out.read_text())["generator"]
+    assert written["batch"]["resubmits"] == 7 and "batch_resubmits" not in written
+
+    # the run form's overrides
+    with pytest.warns(DeprecationWarning, match=r"teacher\.batch_size is deprecated"):
+        form = form_config(overrides={"teacher.batch_size": 32})
+    assert form.teacher.cache_shard_size == 32
+
+    # a flow run's parameters (Prefect validates them with the model itself)
+    with pytest.warns(DeprecationWarning, match=r"generator\.batch_max_bytes is deprecated"):
+        param = LionConfig.model_validate({"generator": {"batch_max_bytes": 4096}})
+    assert param.generator.batch.max_bytes == 4096
+
+
+def test_an_old_key_and_its_new_one_must_agree():
+    with pytest.raises(ConfigError, match=r"teacher\.batch_size \(deprecated\) and "
+                       r"teacher\.cache_shard_size are both set"):  # fmt: skip
+        LionConfig.from_dict({"teacher": {"batch_size": 1, "cache_shard_size": 2}})
+    with pytest.raises(ConfigError, match=r"referee\.batch\.resubmits are both set"):
+        LionConfig().with_overrides({"referee.batch.resubmits": 1, "referee.batch_resubmits": 3})
+    with pytest.warns(DeprecationWarning):
+        same = LionConfig.from_dict({"teacher": {"batch_size": 9, "cache_shard_size": 9}})
+    assert same.teacher.cache_shard_size == 9
+    # a typo is still an unknown key, not a rename
+    with pytest.raises(ConfigError, match=r"teacher\.batch_sise: unknown key"):
+        LionConfig.from_dict({"teacher": {"batch_sise": 9}})
+
+
+def test_one_yaml_loader_reads_s3(s3_root, monkeypatch):
+    """`lion run -c s3://bucket/cfg.yaml`: the CLI's -c, the run form's config_file and
+    LionConfig.from_yaml are one loader, and it reads s3:// URIs (moto on loopback)."""
+    import fsspec
+    import s3fs
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from lion_core.config.presets import form_config
+
+    root, options = s3_root
+    uri = f"{root.rsplit('/runs/', 1)[0]}/configs/cfg.yaml"
+    written = LionConfig().with_overrides({"rounds": 4, "training.epochs": 2.0})
+    with fsspec.open(uri, "w", **options) as fh:
+        fh.write(written.to_yaml())
+
+    assert LionConfig.from_yaml(uri, options) == written
+    with pytest.raises(ConfigError, match=r"config file: cannot read s3://.*/missing\.yaml"):
+        LionConfig.from_yaml(uri.replace("cfg.yaml", "missing.yaml"), options)
+
+    # without options, as the CLI and the form read it: the endpoint from the environment
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", options["endpoint_url"])
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        result = CliRunner().invoke(app, ["config", uri], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert LionConfig.from_dict(yaml.safe_load(result.output)) == written
+        assert form_config(config_file=uri).training.epochs == 2.0
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -21,7 +21,7 @@ from lion_core.run.store import RunStore
 
 pytestmark = pytest.mark.slow
 ROLES = ("teacher", "referee", "generator")
-FAST_POLL = {"batch_poll_seconds": 0.05, "batch_poll_max_seconds": 0.2}
+FAST_POLL = {"batch.poll_seconds": 0.05, "batch.poll_max_seconds": 0.2}
 
 
 def test_batch_round_sends_the_estimate_and_matches_sync(prefect_harness, tmp_path, offline_server):

@@ -3,7 +3,7 @@ through the official `openai` client; the world's /stats (batches, their lines, 
 answers per role) prove what was submitted and paid.
 
 - batch answers equal sync answers, land in the same cache (a later sync run sends nothing),
-  and a call larger than batch_max_requests is split;
+  and a call larger than batch.max_requests is split;
 - failed lines are resubmitted alone, in a following batch;
 - a client killed after submitting resumes polling the same batch: no second batch;
 - a cancelled call cancels its batch; a resumed call collects the rest;
@@ -35,7 +35,7 @@ from lion_core.method import prompts
 from lion_core.offline.world import seed_instances
 from lion_core.run.storage import Storage
 
-POLL = {"batch_poll_seconds": 0.05, "batch_poll_max_seconds": 0.2}
+POLL = {"poll_seconds": 0.05, "poll_max_seconds": 0.2}
 
 
 def teacher_requests(n: int) -> tuple[list[ChatRequest], list[str]]:
@@ -47,8 +47,9 @@ def teacher_requests(n: int) -> tuple[list[ChatRequest], list[str]]:
     return reqs, [i.answer for i in insts]
 
 
-def batch_client(server, root, **endpoint) -> LLMClient:
-    cfg = TeacherConfig(mode="batch", **{**POLL, **endpoint})
+def batch_client(server, root, **batch) -> LLMClient:
+    """A teacher in batch mode, with `batch` settings (fast polls unless given)."""
+    cfg = TeacherConfig(mode="batch", batch={**POLL, **batch})
     cache = ResponseCache(Storage(str(root)), "teacher")
     return LLMClient(cfg, role="teacher", cache=cache, base_url=server.base_url)
 
@@ -56,7 +57,7 @@ def batch_client(server, root, **endpoint) -> LLMClient:
 def test_batch_answers_like_sync_split_and_cached(offline_server, tmp_path):
     server = offline_server(batch_delay=0.1)
     reqs, answers = teacher_requests(30)
-    client = batch_client(server, tmp_path, batch_max_requests=12)
+    client = batch_client(server, tmp_path, max_requests=12)
     results = client.run(reqs)
     assert [r.text for r in results] == answers
     assert all(r.ok and r.extra["batch"] for r in results)
@@ -79,7 +80,7 @@ def test_batch_answers_like_sync_split_and_cached(offline_server, tmp_path):
 def test_failed_lines_are_resubmitted_alone(offline_server, tmp_path):
     server = offline_server(batch_delay=0.05, faults={"batch_fail_rate": 0.3})
     reqs, answers = teacher_requests(40)
-    client = batch_client(server, tmp_path, batch_resubmits=5)
+    client = batch_client(server, tmp_path, resubmits=5)
     results = client.run(reqs)
     assert [r.text for r in results] == answers
     stats = server.stats()["teacher"]
@@ -99,7 +100,7 @@ def test_failed_lines_are_resubmitted_alone(offline_server, tmp_path):
 def test_expired_lines_are_resubmitted(offline_server, tmp_path):
     server = offline_server(batch_delay=0.05, faults={"batch_expire_rate": 0.25})
     reqs, answers = teacher_requests(20)
-    results = batch_client(server, tmp_path, batch_resubmits=6).run(reqs)
+    results = batch_client(server, tmp_path, resubmits=6).run(reqs)
     assert [r.text for r in results] == answers
     stats = server.stats()["teacher"]
     assert stats["batch_sizes"][0] == 20 and len(stats["batch_sizes"]) >= 2
@@ -120,7 +121,7 @@ KILL_SCRIPT = textwrap.dedent(
         ChatRequest.of(prompts.teacher_messages(i.instruction, i.input), tag=f"q{k}")
         for k, i in enumerate(seed_instances(25, seed=0, max_difficulty=6))
     ]
-    endpoint = TeacherConfig(mode="batch", batch_poll_seconds=0.05)
+    endpoint = TeacherConfig(mode="batch", batch={"poll_seconds": 0.05})
     client = LLMClient(endpoint, role="teacher", cache=ResponseCache(Storage(root), "teacher"),
                        base_url=base_url)
     client.run(reqs)
@@ -177,7 +178,7 @@ def test_cancelling_the_run_cancels_its_batch(offline_server, tmp_path):
 
     # Resumed: the cancelled batch is collected (nothing ran) and its lines sent again once.
     server.world.cfg.batch_delay = 0.05
-    results = batch_client(server, tmp_path, batch_resubmits=0).run(reqs)
+    results = batch_client(server, tmp_path, resubmits=0).run(reqs)
     assert [r.text for r in results] == answers
     assert server.stats()["teacher"]["batch_sizes"] == [12, 12]
 
@@ -186,7 +187,7 @@ def test_open_batches_cancelled_from_outside(offline_server, tmp_path):
     """What a flow's cancellation hook does: cancel every open batch recorded for the role."""
     server = offline_server(batch_delay=60.0)
     reqs, _ = teacher_requests(6)
-    client = batch_client(server, tmp_path, cancel_batches_on_cancel=False)
+    client = batch_client(server, tmp_path, cancel_on_cancel=False)
 
     async def interrupt_after_submission() -> None:
         task = asyncio.create_task(client.arun(reqs))

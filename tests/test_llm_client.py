@@ -40,7 +40,7 @@ def teacher_requests(n: int, seed: int = 0):
 
 
 def make_client(server, root, role="teacher", endpoint=None, **kw) -> LLMClient:
-    endpoint = endpoint or TeacherConfig(concurrency=8, batch_size=25)
+    endpoint = endpoint or TeacherConfig(concurrency=8, cache_shard_size=25)
     cache = ResponseCache(Storage(str(root)), role) if root is not None else None
     return LLMClient(endpoint, role=role, cache=cache, base_url=server.base_url, **{**FAST, **kw})
 
@@ -79,7 +79,7 @@ KILL_SCRIPT = textwrap.dedent(
         ChatRequest.of(prompts.teacher_messages(i.instruction, i.input), tag=f"q{k}")
         for k, i in enumerate(seed_instances(120, seed=0, max_difficulty=6))
     ]
-    endpoint = TeacherConfig(concurrency=4, batch_size=10)
+    endpoint = TeacherConfig(concurrency=4, cache_shard_size=10)
     client = LLMClient(endpoint, role="teacher", cache=ResponseCache(Storage(root), "teacher"),
                        base_url=base_url)
     print("started", flush=True)
@@ -118,7 +118,7 @@ def test_killed_client_rerun_sends_only_missing(offline_server, tmp_path):
 
     server.reset_stats()
     reqs, answers = teacher_requests(120)
-    client = make_client(server, root, endpoint=TeacherConfig(concurrency=4, batch_size=10))
+    client = make_client(server, root, endpoint=TeacherConfig(concurrency=4, cache_shard_size=10))
     results = client.run(reqs)
     assert [r.text for r in results] == answers
     second = server.stats()["teacher"]
@@ -222,7 +222,7 @@ def test_cache_on_s3(offline_server, s3_root):
     root, options = s3_root
     server = offline_server()
     reqs, answers = teacher_requests(30)
-    endpoint = TeacherConfig(batch_size=10)
+    endpoint = TeacherConfig(cache_shard_size=10)
     client = LLMClient(
         endpoint,
         role="teacher",
@@ -269,7 +269,7 @@ def test_two_threads_one_role_lose_nothing(offline_server, tmp_path):
         ChatRequest.of(prompts.referee_messages(f"What is {i} + 1?", "0", str(i + 1)), tag=f"b{i}")
         for i in range(60)
     ]
-    endpoint = RefereeConfig(concurrency=4, batch_size=7)
+    endpoint = RefereeConfig(concurrency=4, cache_shard_size=7)
     out: dict[str, list] = {}
 
     def work(name, reqs, own_cache):
@@ -307,7 +307,7 @@ def test_missing_api_key_names_the_variable(monkeypatch):
 def test_unreachable_endpoint_raises_and_keeps_what_was_done(offline_server, tmp_path):
     server = offline_server()
     reqs, answers = teacher_requests(10)
-    endpoint = TeacherConfig(retries=1, concurrency=4, batch_size=5)
+    endpoint = TeacherConfig(retries=1, concurrency=4, cache_shard_size=5)
     assert [r.text for r in make_client(server, tmp_path, endpoint=endpoint).run(reqs)] == answers
     url = server.base_url
     server.stop()
@@ -332,7 +332,7 @@ def test_unreachable_endpoint_raises_and_keeps_what_was_done(offline_server, tmp
 def test_endpoint_dying_mid_run_loses_nothing_answered(offline_server, tmp_path):
     server = offline_server(latency=0.01)
     reqs, answers = teacher_requests(80)
-    endpoint = TeacherConfig(retries=1, concurrency=2, batch_size=5)
+    endpoint = TeacherConfig(retries=1, concurrency=2, cache_shard_size=5)
 
     def kill_when_busy():
         while server.stats().get("teacher", {}).get("answered", 0) < 25:

@@ -73,7 +73,7 @@ KILL_SCRIPT = textwrap.dedent(
         ChatRequest.of(prompts.teacher_messages(i.instruction, i.input), tag=f"q{k}")
         for k, i in enumerate(seed_instances(n, seed=0, max_difficulty=6))
     ]
-    endpoint = TeacherConfig(concurrency=concurrency)  # batch_size: the default, 256 > n
+    endpoint = TeacherConfig(concurrency=concurrency)  # cache_shard_size: the default, 256 > n
     cache = ResponseCache(Storage(root, options), "teacher", **flush)
     client = LLMClient(endpoint, role="teacher", cache=cache, base_url=base_url)
     client.run(reqs)
@@ -151,7 +151,7 @@ def test_uninterrupted_runs_send_every_body_once(offline_server, tmp_path):
     storage = Storage(str(tmp_path))
     for _ in range(2):  # the second run is all cache hits
         client = LLMClient(
-            TeacherConfig(concurrency=8, batch_size=7),
+            TeacherConfig(concurrency=8, cache_shard_size=7),
             role="teacher",
             cache=ResponseCache(storage, "teacher"),
             base_url=server.base_url,
@@ -250,7 +250,7 @@ def test_two_clients_of_one_role_send_each_body_once(offline_server, tmp_path, s
     server = offline_server(latency=0.02)
     reqs = referee_requests(40)
     a, b = reqs[:30], reqs[10:]  # 20 identical bodies asked by both, at once
-    endpoint = RefereeConfig(concurrency=4, batch_size=5)
+    endpoint = RefereeConfig(concurrency=4, cache_shard_size=5)
     caches = [ResponseCache(Storage(str(tmp_path)), "referee") for _ in range(2)]
     if shared_cache:
         caches[1] = caches[0]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import typing
 
 from pydantic import BaseModel
 
-from lion_core.config import LionConfig, section_model
+from lion_core.config.base import section_model
+from lion_core.config.legacy import ENDPOINT_RENAMES, RENAMED, ROLES
+from lion_core.config.model import LionConfig
 
 HEADER = """# Configuration reference
 
@@ -23,12 +26,23 @@ Start from a full file: `lion demo --write-config my-run.yaml` (the embedded def
 
 
 def _type_name(annotation: object) -> str:
-    text = str(annotation).replace("typing.", "").replace("lion_core.config.", "")
+    text = re.sub(r"lion_core\.config\.(\w+\.)*", "", str(annotation).replace("typing.", ""))
     return text.replace("<class '", "").replace("'>", "").replace("|", "\\|")
 
 
+def renamed_keys() -> str:
+    """The keys renamed since configs were written, old -> new (legacy.py)."""
+    pairs = [f"`<role>.{old}` → `<role>.{new}`" for old, new in ENDPOINT_RENAMES.items()]
+    pairs += [f"`{old}` → `{new}`" for old, new in RENAMED.items() if old.startswith("student.")]
+    return (
+        "Renamed keys still load — in YAML files, `--set`, the run form's overrides and a run "
+        "root's run.json — with a warning naming the new key (roles: "
+        f"{', '.join(ROLES)}): {'; '.join(pairs)}.\n\n"
+    )
+
+
 def render() -> str:
-    out = [HEADER]
+    out = [HEADER + renamed_keys()]
     defaults = LionConfig().model_dump(mode="json")
 
     def section(model: type[BaseModel], path: str, values: dict, optional: bool = False) -> None:

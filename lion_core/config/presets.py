@@ -17,10 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import fsspec
-import yaml
-
-from lion_core.config import LionConfig
+from lion_core.config.model import LionConfig
 from lion_core.errors import ConfigError
 
 Preset = Literal["demo", "paper-7b", "gpu-1b"]
@@ -92,18 +89,6 @@ def demo_config(root: str = "lion-runs/demo", rounds: int = 3) -> LionConfig:
     )
 
 
-def read_config(uri: str, options: dict[str, Any] | None = None) -> LionConfig:
-    """A YAML config from a local path or a URI (s3://..., with fsspec `options`)."""
-    try:
-        with fsspec.open(uri, "r", **(options or {})) as fh:
-            data = yaml.safe_load(fh.read())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"config_file: cannot read {uri}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config_file {uri}: not valid YAML: {exc}") from exc
-    return LionConfig.from_dict(data or {}, source=uri)
-
-
 def form_config(
     *,
     preset: str = "demo",
@@ -122,7 +107,8 @@ def form_config(
     (base_url, model), each kept when empty."""
     cfg = preset_config(preset)
     if config_file:
-        cfg = read_config(config_file, cfg.storage.options if "://" in config_file else None)
+        options = cfg.storage.options if "://" in config_file else None
+        cfg = LionConfig.from_yaml(config_file, options, what="config_file")
     fields: dict[str, Any] = {}
     if name:
         fields["name"] = name

@@ -8,21 +8,21 @@ endpoint's `mode` is "batch":
    again, never submitted again. A submission recorded before its batch was created (the
    process died in between) is looked up at the provider by its id in the batch's metadata.
 2. **Submit** the rest: JSONL lines (`custom_id` = the request's cache key, `body` = exactly
-   the sync request's body) split by `batch_max_requests` and `batch_max_bytes`, uploaded with
+   the sync request's body) split by `batch.max_requests` and `batch.max_bytes`, uploaded with
    the Files API (`purpose="batch"`) and created as batches on `/v1/chat/completions` with a
    24 h window. Each submission is recorded before its batch is created and again, with the
    batch id, as the first thing after.
-3. **Poll** with backoff (`batch_poll_seconds`, growing by half up to `batch_poll_max_seconds`),
+3. **Poll** with backoff (`batch.poll_seconds`, growing by half up to `batch.poll_max_seconds`),
    logging completed / failed / total from the batch's `request_counts` and telling
    `on_progress`, if given.
 4. **Merge** each finished batch's output and error files into the response cache (every line,
    ok or failed, with its usage and cost at the batch price), flush, then mark the submission
    merged. Lines that failed or expired are resubmitted alone in a following batch, at most
-   `batch_resubmits` times; then they are failed results.
+   `batch.resubmits` times; then they are failed results.
 
 Interrupted (asyncio cancellation, which is how Ctrl-C reaches `asyncio.run`, or
 KeyboardInterrupt / SystemExit), it cancels its in-flight batches when
-`cancel_batches_on_cancel` is on; the submissions stay open, so a resumed run collects the
+`batch.cancel_on_cancel` is on; the submissions stay open, so a resumed run collects the
 lines the provider finished before the cancellation and resubmits only the others.
 `cancel_open_batches` does the same from outside the process (e.g. a flow's cancellation hook).
 """
@@ -154,7 +154,7 @@ class BatchRun:
                 )
                 self.client.usage.add(requests=len(self.jobs), failures=failed)
             except BaseException:  # cancelled, interrupted, or failed: stop our batches
-                if self.endpoint.cancel_batches_on_cancel and (self.active or self.submitting):
+                if self.endpoint.batch.cancel_on_cancel and (self.active or self.submitting):
                     await asyncio.shield(self._cancel_active(api))
                 raise
         return self.results
@@ -194,19 +194,19 @@ class BatchRun:
         return None
 
     def _chunks(self, keys: list[str]) -> Iterable[tuple[list[str], bytes]]:
-        """Keys and JSONL input files within batch_max_requests and batch_max_bytes."""
+        """Keys and JSONL input files within batch.max_requests and batch.max_bytes."""
         e = self.endpoint
         lines: list[bytes] = []
         chunk: list[str] = []
         size = 0
         for key in keys:
             line = _input_line(key, self.jobs[key].body)
-            if len(line) > e.batch_max_bytes:
+            if len(line) > e.batch.max_bytes:
                 raise LLMError(
                     f"{self.role}: request {self.jobs[key].request.tag!r} takes {len(line)} bytes "
-                    f"as a batch line, more than {self.role}.batch_max_bytes={e.batch_max_bytes}"
+                    f"as a batch line, more than {self.role}.batch.max_bytes={e.batch.max_bytes}"
                 )
-            full = len(chunk) >= e.batch_max_requests or size + len(line) > e.batch_max_bytes
+            full = len(chunk) >= e.batch.max_requests or size + len(line) > e.batch.max_bytes
             if chunk and full:
                 yield chunk, b"".join(lines)
                 chunk, lines, size = [], [], 0
@@ -259,12 +259,12 @@ class BatchRun:
 
     async def _poll(self, api: openai.AsyncOpenAI) -> None:
         e = self.endpoint
-        interval = e.batch_poll_seconds
+        interval = e.batch.poll_seconds
         first = True
         while self.active:
             if not first:
                 await asyncio.sleep(interval)
-                interval = min(e.batch_poll_max_seconds, interval * 1.5)
+                interval = min(e.batch.poll_max_seconds, interval * 1.5)
             first = False
             for sid in list(self.active):
                 active = self.active[sid]
@@ -346,7 +346,7 @@ class BatchRun:
             for k, r in lines.items()
             if not r.ok
             and k in self.jobs
-            and self.attempts.get(k, 0) <= self.endpoint.batch_resubmits
+            and self.attempts.get(k, 0) <= self.endpoint.batch.resubmits
         ]
         if retry:
             await self._submit(api, retry, attempt=sub.attempt + 1)

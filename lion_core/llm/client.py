@@ -13,7 +13,7 @@
   `EndpointRejectedError` is raised.
 - Every answer is recorded in the cache as it arrives, before its worker takes the next request
   (local storage: an fsynced journal line), and the cache is flushed into a Parquet shard every
-  `endpoint.batch_size` answers and at the end; a killed process loses only the requests in
+  `endpoint.cache_shard_size` answers and at the end; a killed process loses only the requests in
   flight (object stores: plus at most `flush_seconds` of answers). A re-run sends only what is
   missing.
 - If the endpoint cannot be reached at all, the cache is flushed and `EndpointUnreachableError`
@@ -649,7 +649,7 @@ class _Batch:
             self.consecutive_unreachable += 1
         else:
             self.consecutive_unreachable = 0
-        window = min(self.endpoint.batch_size, len(self.todo))
+        window = min(self.endpoint.cache_shard_size, len(self.todo))
         if self.consecutive_unreachable and (
             not self.responded or self.consecutive_unreachable >= window
         ):
@@ -665,7 +665,7 @@ class _Batch:
                 f"request of the batch: tag {first_tag!r}. {kept}"
             )
         self.unflushed += 1
-        if self.cache is not None and self.unflushed >= self.endpoint.batch_size:
+        if self.cache is not None and self.unflushed >= self.endpoint.cache_shard_size:
             self.flush_soon()
 
     def flush_soon(self) -> None:

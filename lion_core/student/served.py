@@ -272,7 +272,7 @@ def student_client(
         max_tokens=gen.max_new_tokens,
         concurrency=server.concurrency,
         timeout=server.timeout,
-        batch_size=server.batch_size,
+        cache_shard_size=server.cache_shard_size,
     )
     return LLMClient(
         endpoint,
