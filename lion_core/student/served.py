@@ -47,9 +47,10 @@ from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.types import ChatRequest
 from lion_core.ops.supervise import ProcessGroup, free_port
 from lion_core.run.storage import Storage
-from lion_core.student.answer import Answer, _batch_seed, commit, fit_prompt, stop_token_ids
+from lion_core.student.answer_store import Answer, commit
 from lion_core.student.checkpoints import content_digest, resolve_model, scratch_for
 from lion_core.student.data import encode_prompt
+from lion_core.student.generator import batch_seed, fit_prompt, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -305,9 +306,7 @@ def answer_served(
     digest = content_digest(student_uri, cfg.storage.options)
     ids = list(rows["instruction_id"])
     requests = [
-        ChatRequest.completion(
-            p, tag=iid, sample=_batch_seed(cfg.seed, iid) if gen.do_sample else 0
-        )
+        ChatRequest.completion(p, tag=iid, sample=batch_seed(cfg.seed, iid) if gen.do_sample else 0)
         for iid, p in zip(ids, prompts.ids, strict=True)
     ]
     cache = ResponseCache(storage, ROLE)
