@@ -3,7 +3,7 @@
 All answer real instructions from ../shared/data with the same Llama-shaped model (built from
 config; bf16 on GPU, fp32 on CPU), greedy, with the same prompts (Alpaca template):
 
-- batched (ours, `engine: hf`): lion_core.student.answer.BatchedGenerator: prompts sorted by
+- batched (ours, `engine: hf`): lion_core.student.generator.BatchedGenerator: prompts sorted by
   length, left-padded, batches filling the token budget;
 - served (`engine: server` with lion serve-student): the same model behind
   lion_core.student.server (OpenAI API on loopback, batches formed from the requests in flight),
@@ -59,9 +59,9 @@ from lion_core.llm.client import LLMClient  # noqa: E402
 from lion_core.llm.costs import FREE  # noqa: E402
 from lion_core.llm.types import ChatRequest  # noqa: E402
 from lion_core.ops.supervise import ProcessGroup, free_port  # noqa: E402
-from lion_core.student.answer import BatchedGenerator  # noqa: E402
 from lion_core.student.attention import sdpa_kernels  # noqa: E402
 from lion_core.student.data import encode_prompt  # noqa: E402
+from lion_core.student.generator import BatchedGenerator  # noqa: E402
 from lion_core.student.served import wait_ready  # noqa: E402
 from lion_core.student.server import StudentService, serve  # noqa: E402
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from prefect.context import FlowRunContext
 
 from lion_core.config import LionConfig
+from lion_core.offline import running
 from lion_core.run.records import Pools
 from lion_core.run.store import RunStore
 from tasks.results import run_result_store
@@ -17,14 +18,10 @@ from tasks.results import run_result_store
 @contextmanager
 def offline_world(config: LionConfig, url: str | None = None) -> Iterator[str | None]:
     """The offline task world's URL while the block runs: `url` if the caller already runs
-    one, a fresh server on a free loopback port if any endpoint is 'offline', else None."""
-    if url or not any(e.is_offline for e in config.endpoints().values()):
-        yield url
-        return
-    from lion_core.offline.server import OfflineServer
-
-    with OfflineServer(config.offline) as server:
-        yield server.base_url
+    one, a fresh server on a free loopback port if any endpoint is 'offline', else None
+    (`lion_core.offline.running.offline_world`, which `lion referee-check` uses too)."""
+    with running.offline_world(config, url) as base_url:
+        yield base_url
 
 
 def use_run_storage(config: LionConfig) -> None:

@@ -15,15 +15,12 @@ from lion_core.errors import (
     BatchError,
     BudgetExceeded,
     DataHealthError,
-    LLMError,
     RequestsFailedError,
 )
-from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
-from lion_core.llm.costs import Budget
+from lion_core.llm.factory import client_for
 from lion_core.llm.keys import resolve_api_key
 from lion_core.run.records import Usage
-from lion_core.run.storage import Storage
 from lion_core.run.store import RunStore
 
 
@@ -31,27 +28,15 @@ def run_store(config: LionConfig) -> RunStore:
     return RunStore.open(config.storage.root, config.storage.options)
 
 
-def cache_storage(config: LionConfig) -> Storage:
-    """Where the response cache lives: the run's storage, or `storage.shared_llm_cache`."""
-    shared = config.storage.shared_llm_cache
-    return Storage(shared, config.storage.options) if shared else run_store(config).storage
-
-
 def llm_client(config: LionConfig, role: str, offline_url: str | None) -> LLMClient:
-    """A client for `role` with the run's response cache, pointed at the offline world if the
-    endpoint says 'offline'."""
-    endpoint = config.endpoints()[role]
-    if endpoint.is_offline and not offline_url:
-        raise LLMError(f"{role}.base_url is 'offline' but no offline world is running")
-    storage = cache_storage(config)
-    return LLMClient(
-        endpoint,
-        role=role,
-        cache=ResponseCache(storage, role),
-        base_url=offline_url if endpoint.is_offline else None,
-        api_key=api_key(config, role),
-        pricing=config.pricing,
-        budget=Budget(config.budget_usd, storage) if config.budget_usd else None,
+    """A client for `role` (`lion_core.llm.factory.client_for`: the run's response cache,
+    prices and budget), pointed at the offline world if the endpoint says 'offline', with its
+    key from a Prefect Secret block if need be and Prefect progress artifacts."""
+    return client_for(
+        config,
+        role,
+        offline_url=offline_url,
+        secret_loader=secret_value,
         on_batch_progress=batch_progress_artifact(),
         on_progress=progress_artifacts(),
     )

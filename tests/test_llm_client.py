@@ -21,7 +21,7 @@ import pytest
 from lion_core.config import EndpointConfig, RefereeConfig, TeacherConfig
 from lion_core.errors import EndpointUnreachableError, LLMError, MissingAPIKeyError
 from lion_core.llm import ChatRequest, LLMClient, ResponseCache
-from lion_core.llm import client as client_module
+from lion_core.llm import online as online_module
 from lion_core.method import prompts
 from lion_core.offline import roles
 from lion_core.offline.world import seed_instances
@@ -361,7 +361,7 @@ def test_endpoint_dying_mid_run_loses_nothing_answered(offline_server, tmp_path)
 
 def test_run_inside_an_event_loop_and_progress_log(offline_server, caplog, monkeypatch):
     server = offline_server()
-    monkeypatch.setattr(client_module, "LOG_INTERVAL", 0.0)
+    monkeypatch.setattr(online_module, "LOG_INTERVAL", 0.0)
     reqs, answers = teacher_requests(12)
     client = make_client(server, None)
 

@@ -235,3 +235,59 @@ def test_cli_referee_check_json_text_and_cache(tmp_path, offline_server):
 
     bad = runner.invoke(app, ["referee-check", "-c", str(path), "--role", "teacher"])
     assert bad.exit_code == 2 and "--role" in bad.output
+
+
+def test_cli_referee_check_in_an_ablation_root_uses_its_shared_cache_prices_and_budget(
+    tmp_path, offline_server
+):
+    """`lion ablate` shares one response cache across its arms (`storage.shared_llm_cache`):
+    the referee check of one arm answers the teacher from what another arm's check paid for,
+    prices the answers with the config's `pricing` and stops at its `budget_usd`."""
+    from flows.cli import app
+    from lion_core.errors import BudgetExceeded
+    from lion_core.evaluation.ablation import arm_config
+    from lion_core.llm.cache import spent_usd
+    from lion_core.run.storage import Storage
+
+    server = offline_server(judge_noise=0.0)
+    root = tmp_path / "ablation"
+    base = LionConfig().with_overrides(
+        {"teacher.base_url": server.base_url, "referee.base_url": server.base_url,
+         "pricing": {"offline-": {"input": 1000.0, "output": 1000.0}}}
+    )  # fmt: skip
+    paths = {}
+    for arm in ("lion", "uniform"):
+        paths[arm] = tmp_path / f"{arm}.yaml"
+        arm_config(base, str(root), arm, 0).to_yaml(paths[arm])
+    runner = CliRunner()
+
+    def check(arm: str, *args: str):
+        return runner.invoke(app, ["referee-check", "-c", str(paths[arm]), "--json", *args])
+
+    first = check("lion", "--pairs", "4")
+    assert first.exit_code == 0, first.output
+    usage = json.loads(first.output)["usage"]
+    assert usage["teacher"]["requests"] == 4 and usage["teacher"]["cost_usd"] > 0
+    assert usage["referee"]["requests"] > 0 and usage["referee"]["cost_usd"] > 0
+    assert (root / "llm_cache" / "teacher").is_dir()  # the shared cache, not the arm's own
+    assert not (root / "lion" / "seed=0" / "llm_cache").exists()
+    sent = server.stats()
+    assert sent["teacher"]["requests"] == 4
+
+    # Another arm, the same seed: every answer from the shared cache, nothing sent.
+    second = check("uniform", "--pairs", "4")
+    assert second.exit_code == 0, second.output
+    usage2 = json.loads(second.output)["usage"]
+    assert usage2["teacher"]["requests"] == 0 and usage2["teacher"]["cache_hits"] == 4
+    assert usage2["referee"]["requests"] == 0
+    assert server.stats() == sent
+
+    # What the checks paid is the run's spend: a budget just above it stops the next check
+    # before it sends anything.
+    spent = sum(spent_usd(Storage(str(root))).values())
+    assert spent == pytest.approx(usage["teacher"]["cost_usd"] + usage["referee"]["cost_usd"])
+    over = check("uniform", "--pairs", "8", "--set", f"budget_usd={spent + 0.001}")
+    assert over.exit_code != 0 and isinstance(over.exception, BudgetExceeded), over.output
+    assert over.exception.spent == pytest.approx(spent)
+    assert "teacher" in over.exception.stage
+    assert server.stats() == sent

@@ -14,10 +14,12 @@ from lion_core.config import LionConfig
 from lion_core.errors import DataError, GenerationError
 from lion_core.run.schemas import ANSWER_SCHEMA, instruction_id
 from lion_core.run.store import RunStore
-from lion_core.student import answer as gen_mod
-from lion_core.student.answer import BatchedGenerator, generate_answers, progress_rel
+from lion_core.student import answer_store
+from lion_core.student.answer import generate_answers
+from lion_core.student.answer_store import progress_rel
 from lion_core.student.checkpoints import mark_complete
 from lion_core.student.data import PackedCollator, PackedDataset, encode_example
+from lion_core.student.generator import BatchedGenerator
 from lion_core.student.model import for_training, load_student, prepare_base_student
 
 WORDS = ["apple", "river", "stone", "green", "quick", "seven", "house", "light"]
@@ -183,7 +185,7 @@ def test_a_crash_loses_no_answer_and_the_rerun_skips_them(student, monkeypatch, 
     monkeypatch.setattr(BatchedGenerator, "_generate", crash_after_two)
     with pytest.raises(RuntimeError, match="worker died"):
         generate_answers(cfg, store, uri, rows)
-    done = gen_mod.answered(store.storage, progress_rel(uri, cfg))
+    done = answer_store.answered(store.storage, progress_rel(uri, cfg))
     assert len(done) == sum(seen) > 0  # both finished batches are committed
 
     counted: list[int] = []

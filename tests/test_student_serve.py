@@ -30,9 +30,10 @@ from lion_core.run.schemas import instruction_id
 from lion_core.run.storage import Storage
 from lion_core.run.store import RunStore
 from lion_core.student import served as served_mod
-from lion_core.student.answer import BatchedGenerator, generate_answers
+from lion_core.student.answer import generate_answers
 from lion_core.student.checkpoints import content_digest, mark_complete
 from lion_core.student.data import PackedCollator, PackedDataset, encode_example
+from lion_core.student.generator import BatchedGenerator
 from lion_core.student.model import for_training, load_student, prepare_base_student
 from lion_core.student.served import server_command
 

@@ -24,7 +24,6 @@ from lion_core.errors import DataError, TrainingError
 from lion_core.offline.world import make_instance
 from lion_core.run.schemas import instruction_id
 from lion_core.run.store import RunStore
-from lion_core.student.answer import BatchedGenerator
 from lion_core.student.checkpoints import (
     COMPLETE,
     complete_checkpoints,
@@ -33,6 +32,7 @@ from lion_core.student.checkpoints import (
     materialize,
     scratch_for,
 )
+from lion_core.student.generator import BatchedGenerator
 from lion_core.student.launch import init_uri_for, train_student, training_command
 from lion_core.student.model import load_student, prepare_base_student
 

@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,10 +48,12 @@ import numpy as np
 import pandas as pd
 
 from lion_core.config import LionConfig, RefereeConfig
+from lion_core.llm.factory import client_for
 from lion_core.llm.types import Completer
 from lion_core.method.discriminate import positional_bias
 from lion_core.method.imitation import answer_instructions
 from lion_core.method.referee import combine, make_pairs, score_order
+from lion_core.offline.running import offline_world
 from lion_core.run.schemas import ANSWER_SCHEMA
 
 DEGRADATIONS = ("truncated", "wrong_number", "empty", "other_answer", "false_claim")
@@ -340,19 +340,6 @@ def summarize(pairs: pd.DataFrame) -> Calibration:
 # ------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _offline_url(config: LionConfig, roles: tuple[str, ...]) -> Iterator[str | None]:
-    """The offline world's base URL while the block runs, if one of `roles` is 'offline'."""
-    endpoints = config.endpoints()
-    if not any(endpoints[r].is_offline for r in roles):
-        yield None
-        return
-    from lion_core.offline.server import OfflineServer
-
-    with OfflineServer(config.offline) as server:
-        yield server.base_url
-
-
 def run_referee_check(
     config: LionConfig,
     n: int = DEFAULT_INSTRUCTIONS,
@@ -362,33 +349,30 @@ def run_referee_check(
     api_keys: dict[str, str | None] | None = None,
 ) -> RefereeCheck:
     """Check the config's referee (or, with role="judge", its evaluation judge) on `n` seed
-    instructions. Answers go through the run's response cache (`<root>/llm_cache/<role>`), so
-    the teacher's answers are reused by the run — except for an 'offline' endpoint, whose
-    answers depend on `offline` settings that are not part of a request's key, and with
-    `cache=False`. `api_keys`: keys by role (e.g. from a Prefect Secret block); by default each
+    instructions. The clients are the run's own (`llm.factory.client_for`): answers go
+    through the run's response cache (`storage.shared_llm_cache` when set, as in an ablation,
+    else `<root>/llm_cache/<role>`), so the teacher's answers are reused by the run — except
+    for an 'offline' endpoint, whose answers depend on `offline` settings that are not part of a
+    request's key, and with `cache=False`; they are priced by the config's `pricing` and count
+    against its `budget_usd` (`BudgetExceeded` before a stage that would overrun it sends
+    anything). `api_keys`: keys by role (e.g. from a Prefect Secret block); by default each
     endpoint's `api_key_env` is read."""
-    from lion_core.llm.cache import ResponseCache
-    from lion_core.llm.client import LLMClient
-    from lion_core.run.store import RunStore
-
     if role not in ("referee", "judge"):
         raise ValueError(f"role must be 'referee' or 'judge', got {role!r}")
     endpoints = config.endpoints()
     cfg: RefereeConfig = endpoints[role]  # type: ignore[assignment]
     instructions = sample_instructions(seed_instructions(config), n, config.seed)
-    storage = RunStore.open(config.storage.root, config.storage.options).storage if cache else None
-    with _offline_url(config, ("teacher", role)) as url:
-        clients = {}
-        for r in ("teacher", role):
-            endpoint = endpoints[r]
-            use_cache = storage is not None and not endpoint.is_offline
-            clients[r] = LLMClient(
-                endpoint,
-                role=r,
-                cache=ResponseCache(storage, r) if use_cache else None,
-                base_url=url if endpoint.is_offline else None,
+    with offline_world(config, roles=("teacher", role)) as url:
+        clients = {
+            r: client_for(
+                config,
+                r,
+                offline_url=url,
+                cache=cache and not endpoints[r].is_offline,
                 api_key=(api_keys or {}).get(r),
             )
+            for r in ("teacher", role)
+        }
         result = check_referee(
             instructions,
             clients["teacher"],

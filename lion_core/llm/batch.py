@@ -1,7 +1,8 @@
 """Batch mode: a role's uncached requests through the provider's Batch API, never paid twice.
 
-`LLMClient.run` hands the requests the response cache cannot answer to `BatchRun` when the
-endpoint's `mode` is "batch":
+`LLMClient.run` hands the requests the response cache cannot answer to `BatchSender` when the
+endpoint's `mode` is "batch". It claims each key process-wide (a key another client of this
+process is sending is waited for, not sent again) and runs the rest as one `BatchRun`:
 
 1. **Adopt** what an earlier process submitted: every open submission recorded under
    `llm_batches/<role>/` (`layout.llm_batch`) that carries one of these requests is polled
@@ -30,13 +31,14 @@ lines the provider finished before the cancellation and resubmits only the other
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import io
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -44,13 +46,20 @@ from typing import TYPE_CHECKING, Any
 import openai
 
 from lion_core.errors import BatchError, LLMError
-from lion_core.llm.costs import cost_usd, price_of
+from lion_core.llm.cache import SendAbandoned
+from lion_core.llm.sending import (
+    CACHED,
+    JOINED,
+    SENT,
+    HasSendContext,
+    SendContext,
+    wait_for,
+)
 from lion_core.llm.types import ChatResult, RenderedRequest
 from lion_core.run import layout
 
 if TYPE_CHECKING:
     from lion_core.llm.cache import ResponseCache
-    from lion_core.llm.client import LLMClient
     from lion_core.run.storage import Storage
 
 log = logging.getLogger("lion_core.llm")
@@ -61,9 +70,6 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 OPEN, MERGED, ABANDONED = "open", "merged", "abandoned"
 METADATA_KEY = "lion_submission"
 LOG_INTERVAL = 10.0
-
-# on_progress(role, desc, completed, failed, total): lines of this call's batches
-ProgressCallback = Callable[[str, str, int, int, int], None]
 
 
 @dataclass
@@ -116,26 +122,78 @@ class _Active:
     batch: Any = None  # the provider's last Batch object
 
 
-class BatchRun:
-    """One `run` call's requests in batch mode; `run()` returns key -> result for every job."""
+class BatchSender:
+    """`mode: batch`: a call's uncached requests through the provider's Batch API."""
 
-    def __init__(
-        self,
-        client: LLMClient,
-        jobs: Mapping[str, RenderedRequest],
-        cache: ResponseCache,
-        desc: str,
-        on_progress: ProgressCallback | None = None,
-    ) -> None:
-        self.client = client
-        self.endpoint = client.endpoint
-        self.role = client.role
+    mode = "batch"
+
+    def unpaid(
+        self, jobs: Mapping[str, RenderedRequest], ctx: SendContext
+    ) -> Mapping[str, RenderedRequest]:
+        """`jobs` less the requests in batches submitted before (resumed: paid for already)."""
+        if ctx.cache is None:
+            return jobs
+        submitted = {k for s in Ledger(ctx.cache.storage, ctx.role).open() for k in s.keys}
+        return {k: j for k, j in jobs.items() if k not in submitted}
+
+    async def send(self, jobs: Mapping[str, RenderedRequest], ctx: SendContext) -> None:
+        """Claim the keys process-wide, send ours as batches, wait for the ones another
+        client of this process is sending."""
+        cache = ctx.cache
+        if cache is None:
+            raise LLMError(f"{ctx.role}: mode 'batch' needs a response cache to keep its batches")
+        completion = next((j for j in jobs.values() if j.request.is_completion), None)
+        if completion is not None:
+            raise LLMError(
+                f"{ctx.role}: mode 'batch' sends chat requests only; request "
+                f"{completion.request.tag!r} is a completion (set {ctx.role}.mode: sync)"
+            )
+        todo = dict(jobs)
+        while todo:
+            mine: dict[str, RenderedRequest] = {}
+            waits: dict[str, concurrent.futures.Future[ChatResult]] = {}
+            for key, job in todo.items():
+                claim = cache.claim(key)
+                if claim.answer is not None:
+                    ctx.deliver(key, claim.answer, CACHED)
+                elif claim.pending is not None:
+                    waits[key] = claim.pending
+                else:
+                    mine[key] = job
+            todo = {}
+            answers: dict[str, ChatResult] = {}
+            try:
+                if mine:
+                    answers = await BatchRun(mine, ctx).run()
+            finally:
+                for key in mine:
+                    cache.release(key, answers.get(key))
+            for key in mine:
+                result = answers.get(key)
+                if result is None:  # cannot happen: every line is answered or failed
+                    result = ChatResult(key=key, tag="", status="failed", error="no batch line")
+                ctx.deliver(key, result, SENT)
+            for key, pending in waits.items():
+                try:
+                    ctx.deliver(key, await wait_for(pending), JOINED)
+                except SendAbandoned:
+                    todo[key] = jobs[key]
+
+
+class BatchRun:
+    """One call's own requests in batch mode; `run()` returns key -> result for every job."""
+
+    def __init__(self, jobs: Mapping[str, RenderedRequest], ctx: SendContext) -> None:
+        if ctx.cache is None:
+            raise LLMError(f"{ctx.role}: mode 'batch' needs a response cache to keep its batches")
+        self.ctx = ctx
+        self.endpoint = ctx.endpoint
+        self.role = ctx.role
         self.jobs = dict(jobs)
-        self.cache = cache
-        self.desc = desc
-        self.on_progress = on_progress
-        self.ledger = Ledger(cache.storage, client.role)
-        self.price = price_of(client.pricing, client.model)
+        self.cache: ResponseCache = ctx.cache
+        self.desc = ctx.desc
+        self.on_progress = ctx.on_batch_progress
+        self.ledger = Ledger(ctx.cache.storage, ctx.role)
         self.results: dict[str, ChatResult] = {}
         self.active: dict[str, _Active] = {}  # submission id -> active batch
         self.attempts: dict[str, int] = {}  # key -> submissions of it in this call
@@ -143,16 +201,12 @@ class BatchRun:
         self.last_log = 0.0
 
     async def run(self) -> dict[str, ChatResult]:
-        async with self.client.open_api(4) as api:
+        async with self.ctx.open_api(4) as api:
             try:
                 await self._adopt(api)
                 todo = [k for k in self.jobs if k not in self.adopted_keys()]
                 await self._submit(api, todo, attempt=1)
                 await self._poll(api)
-                failed = sum(
-                    1 for k in self.jobs if k not in self.results or not self.results[k].ok
-                )
-                self.client.usage.add(requests=len(self.jobs), failures=failed)
             except BaseException:  # cancelled, interrupted, or failed: stop our batches
                 if self.endpoint.batch.cancel_on_cancel and (self.active or self.submitting):
                     await asyncio.shield(self._cancel_active(api))
@@ -226,7 +280,7 @@ class BatchRun:
             sub = Submission(
                 id=sub_id,
                 role=self.role,
-                model=self.client.model,
+                model=self.ctx.model,
                 keys=chunk,
                 input_file_id=upload.id,
                 attempt=attempt,
@@ -246,7 +300,7 @@ class BatchRun:
             self.active[sub.id] = _Active(sub, batch)
             self.submitting = None
             if attempt > 1:
-                self.client.usage.add(retries=len(chunk))
+                self.ctx.usage.add(retries=len(chunk))
             for key in chunk:
                 self.attempts[key] = self.attempts.get(key, 0) + 1
             log.info(
@@ -312,7 +366,7 @@ class BatchRun:
             await asyncio.to_thread(self.ledger.save, sub)
             raise BatchError(
                 f"{self.role}: batch {batch.id} ({len(sub.keys)} requests, model "
-                f"{self.client.model!r}) failed validation: {errors or 'no reason given'}"
+                f"{self.ctx.model!r}) failed validation: {errors or 'no reason given'}"
             )
         lines: dict[str, ChatResult] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
@@ -362,8 +416,8 @@ class BatchRun:
             if key in self.jobs:
                 self.results[key] = result
         for future in recorded:
-            await _wait(future)
-        await _wait(self.cache.flush())
+            await wait_for(future)
+        await wait_for(self.cache.flush())
         for key in sub.keys:
             if key in self.jobs and key not in self.results:
                 hit = self.cache.get(key)
@@ -404,8 +458,7 @@ class BatchRun:
         usage = body.get("usage") or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
-        cost = cost_usd(self.price, prompt, completion, batch=True)
-        self.client.usage.add(prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost)
+        cost = self.ctx.charge(prompt, completion, batch=True)
         tag = self._tag(key)
         if not text or not str(text).strip():
             return ChatResult(
@@ -460,17 +513,18 @@ async def _cancel(api: openai.AsyncOpenAI, sub: Submission, ledger: Ledger) -> N
     )  # fmt: skip
 
 
-def cancel_open_batches(client: LLMClient) -> list[str]:
+def cancel_open_batches(client: HasSendContext) -> list[str]:
     """Cancel every open batch recorded for `client`'s role and cache (e.g. from a flow's
     cancellation hook, in another process than the one that submitted them); returns the
     batch ids asked to cancel."""
-    if client.cache is None:
+    ctx = client.send_context()
+    if ctx.cache is None:
         return []
-    ledger = Ledger(client.cache.storage, client.role)
+    ledger = Ledger(ctx.cache.storage, ctx.role)
 
     async def cancel_all() -> list[str]:
         done = []
-        async with client.open_api(4) as api:
+        async with ctx.open_api(4) as api:
             for sub in ledger.open():
                 if sub.batch_id is not None and not sub.cancel_requested:
                     with contextlib.suppress(openai.APIError):
@@ -491,9 +545,3 @@ def _input_line(key: str, body: Mapping[str, Any]) -> bytes:
 
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
-
-
-async def _wait(future: Any) -> Any:
-    from lion_core.llm.client import _done
-
-    return await _done(future)

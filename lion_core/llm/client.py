@@ -3,8 +3,11 @@
 - Every request has a key, sha256 of (model, messages, sampling parameters). Requests already in
   the run's response cache are not sent; requests with the same key in one call, or in
   concurrent calls of one process on one cache root and role, are sent once.
-- Requests go out through the official `openai.AsyncOpenAI` client (its own retries off), at
-  most `endpoint.concurrency` in flight over one pooled HTTP connection set.
+- The client renders, de-duplicates, answers from the cache, checks the budget and counts what
+  happened; the requests left go to a sender (`sending.Sender`) with a `SendContext`, never the
+  client: `online.OnlineSender` (`mode: sync`) or `batch.BatchSender` (`mode: batch`).
+- Online, requests go out through the official `openai.AsyncOpenAI` client (its own retries
+  off), at most `endpoint.concurrency` in flight over one pooled HTTP connection set.
 - Transient failures (429 honouring Retry-After, 5xx, 408/409, timeouts, connection errors) are
   retried with exponential backoff and jitter; others (400, 422, ...) fail at once. A request
   that still fails is a `ChatResult` with status "failed" and its error.
@@ -21,7 +24,7 @@
 - Sending is paced below the role's `rpm` / `tpm` and the provider's x-ratelimit-* headers
   (`ratelimit.RateLimiter`, shared per base URL and model in a process).
 - `mode: batch` sends the uncached requests through the provider's Batch API instead
-  (`batch.BatchRun`); answers land in the same cache, so the modes are interchangeable.
+  (`batch.BatchSender`); answers land in the same cache, so the modes are interchangeable.
 - Every answer carries its cost (config `pricing`); with a `Budget`, a call whose estimate does
   not fit what is left raises `BudgetExceeded` before anything is sent.
 - A request with a `prompt` (`ChatRequest.completion`) goes to `/completions` instead: the
@@ -34,34 +37,23 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import email.utils
-import json
 import logging
-import random
-import sys
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 import openai
-from openai._constants import RAW_RESPONSE_HEADER
-from openai.types import Completion
-from openai.types.chat import ChatCompletion
-from tqdm.auto import tqdm
 
 from lion_core.config import EndpointConfig, ModelPrice, default_prices
-from lion_core.errors import (
-    EndpointRejectedError,
-    EndpointUnreachableError,
-    LLMError,
-    RequestsFailedError,
-)
-from lion_core.llm.cache import ResponseCache, SendAbandoned
-from lion_core.llm.costs import Budget, cost_usd, estimate, price_of
+from lion_core.errors import LLMError, RequestsFailedError
+from lion_core.llm.batch import BatchSender
+from lion_core.llm.cache import ResponseCache
+from lion_core.llm.costs import Budget, Estimate, estimate, price_of
 from lion_core.llm.keys import resolve_api_key
-from lion_core.llm.ratelimit import RateLimiter, limiter_tokens
+from lion_core.llm.online import OnlineSender
+from lion_core.llm.ratelimit import RateLimiter
+from lion_core.llm.sending import CACHED, JOINED, SendContext, Sender, UsageCounter
 from lion_core.llm.types import ChatRequest, ChatResult, RenderedRequest, render_request
 
 log = logging.getLogger("lion_core.llm")
@@ -72,44 +64,8 @@ for _name in ("httpx", "httpx2"):
         logging.getLogger(_name).setLevel(logging.WARNING)
 
 NO_KEY = "no-key-needed"  # keyless local servers (vLLM, the offline world) ignore it
-LOG_INTERVAL = 10.0  # seconds between progress log lines
-_TRANSIENT_STATUS = {408, 409, 429}
-# Statuses that refuse the role's requests as such, not one request: they stop the batch.
-_REJECTED = {
-    401: "check the API key ({role}.api_key_env or {role}.api_key_secret)",
-    403: "the API key has no access to this model or endpoint",
-    404: "check {role}.model and {role}.base_url",
-}
-_MAX_FAILURE_WARNINGS = 5
-_BODY_PREVIEW = 200  # characters of an unexpected body quoted in an error
-_T = TypeVar("_T")
-_SENT, _CACHED, _JOINED = "sent", "cached", "joined"  # how a batch's request was answered
-_RAW = {"headers": {RAW_RESPONSE_HEADER: "true"}}  # the SDK hands back headers with the body
-
-
-@dataclass
-class Usage:
-    """What a client did, summed over its calls (one client per role). Thread-safe `add`."""
-
-    requests: int = 0  # distinct requests sent (retries not counted)
-    cache_hits: int = 0  # requests answered from the run's cache
-    deduplicated: int = 0  # repeats within a call, or keys another client here was sending
-    failures: int = 0  # requests that failed after their retries
-    retries: int = 0  # extra HTTP attempts
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0  # what the answers received cost (config `pricing`)
-    _lock: threading.Lock = field(
-        default_factory=threading.Lock, init=False, repr=False, compare=False
-    )
-
-    def add(self, **counts: float) -> None:
-        with self._lock:
-            for name, n in counts.items():
-                setattr(self, name, getattr(self, name) + n)
-
-    def as_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+_MAX_FAILURE_WARNINGS = 5  # failed requests of one call logged as warnings
+SENDERS: dict[str, Callable[[], Sender]] = {"sync": OnlineSender, "batch": BatchSender}
 
 
 class LLMClient:
@@ -161,7 +117,7 @@ class LLMClient:
         self.limiter = RateLimiter.shared(
             (self.base_url, endpoint.model), endpoint.rpm, endpoint.tpm
         )
-        self.usage = Usage()
+        self.usage = UsageCounter()
         # Every key asked through this client -> its latest failed result, or None if answered.
         self._outcomes: dict[str, ChatResult | None] = {}
         self._outcomes_lock = threading.Lock()
@@ -186,7 +142,7 @@ class LLMClient:
 
     def open_api(self, concurrency: int) -> openai.AsyncOpenAI:
         """An SDK client for this endpoint with `concurrency` pooled connections and the SDK's
-        own retries off (`_Batch` retries)."""
+        own retries off (the senders retry)."""
         e = self.endpoint
         return openai.AsyncOpenAI(
             api_key=self._api_key,
@@ -231,6 +187,30 @@ class LLMClient:
             first=where,
         )
 
+    def send_context(self, **call: Any) -> SendContext:
+        """What a sender may use of this endpoint (never the client itself); `call`: the
+        call's fields (desc, total, answered, deliver)."""
+        return SendContext(
+            role=self.role,
+            endpoint=self.endpoint,
+            base_url=self.base_url,
+            open_api=self.open_api,
+            cache=self.cache,
+            limiter=self.limiter,
+            usage=self.usage,
+            price=self.price,
+            allow_empty=self.allow_empty,
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+            on_progress=self.on_progress,
+            on_batch_progress=self.on_batch_progress,
+            **call,
+        )
+
+    def sender(self) -> Sender:
+        """How uncached requests go out: `endpoint.mode` sync (online) or batch."""
+        return SENDERS[self.endpoint.mode]()
+
     # ---- running ------------------------------------------------------------------------
 
     def run(self, requests: Sequence[ChatRequest], *, desc: str = "") -> list[ChatResult]:
@@ -244,7 +224,8 @@ class LLMClient:
             return pool.submit(asyncio.run, self.arun(requests, desc=desc)).result()
 
     async def arun(self, requests: Sequence[ChatRequest], *, desc: str = "") -> list[ChatResult]:
-        """Answer `requests`: one result per request, in order."""
+        """Answer `requests`: one result per request, in order. Rendered and de-duplicated
+        here, answered from the cache where it can, the rest handed to the sender."""
         requests = list(requests)
         results: list[ChatResult | None] = [None] * len(requests)
         if self.cache is not None:
@@ -269,17 +250,45 @@ class LLMClient:
                 jobs[key] = rendered
         self.usage.add(cache_hits=hits, deduplicated=dups)
         if groups:
-            with self._reserved(jobs, desc):
-                if self.endpoint.mode == "batch":
-                    await self._run_batch(requests, results, groups, jobs, desc)
+            warned = 0
+
+            def deliver(key: str, result: ChatResult, how: str) -> int:
+                """File `result` for every request with `key` and count it; returns how many
+                requests it answers."""
+                nonlocal warned
+                indexes = groups[key]
+                for i in indexes:
+                    results[i] = replace(result, tag=requests[i].tag)
+                self.record_outcome(key, result)
+                if how == CACHED:
+                    self.usage.add(cache_hits=1)
+                elif how == JOINED:
+                    self.usage.add(deduplicated=1)
                 else:
-                    await _Batch(self, requests, results, groups, jobs, desc).run()
+                    self.usage.add(requests=1, failures=0 if result.ok else 1)
+                    if not result.ok and warned < _MAX_FAILURE_WARNINGS:
+                        warned += 1
+                        log.warning(
+                            "%s: request %r failed: %s", self.role, result.tag, result.error
+                        )
+                return len(indexes)
+
+            waiting = sum(len(indexes) for indexes in groups.values())
+            ctx = self.send_context(
+                desc=desc,
+                total=len(requests),
+                answered=len(requests) - waiting,
+                deliver=deliver,
+            )
+            sender = self.sender()
+            with self._reserved(sender.unpaid(jobs, ctx), sender.mode, desc):
+                await sender.send(jobs, ctx)
         missing = [requests[i].tag for i, r in enumerate(results) if r is None]
         if missing:  # cannot happen: every request is answered, cached or failed
             raise LLMError(f"{self.role}: no result for request(s) {missing[:5]}")
         return results  # type: ignore[return-value]
 
-    def estimate(self, jobs: Mapping[str, RenderedRequest]):
+    def estimate(self, jobs: Mapping[str, RenderedRequest]) -> Estimate:
         """What sending `jobs` is expected to cost (lion_core.llm.costs.Estimate)."""
         bodies = [j.body for j in jobs.values()]
         return estimate(
@@ -290,477 +299,20 @@ class LLMClient:
         )
 
     @contextlib.contextmanager
-    def _reserved(self, jobs: Mapping[str, RenderedRequest], desc: str):
+    def _reserved(
+        self, jobs: Mapping[str, RenderedRequest], mode: str, desc: str
+    ) -> Iterator[None]:
         """Check the call against the budget before anything is sent (BudgetExceeded)."""
         if self.budget is None:
             yield
             return
-        if self.endpoint.mode == "batch" and self.cache is not None:
-            from lion_core.llm.batch import Ledger
-
-            # requests in batches submitted before (resumed) are paid for already
-            submitted = {k for s in Ledger(self.cache.storage, self.role).open() for k in s.keys}
-            jobs = {k: j for k, j in jobs.items() if k not in submitted}
-        needed = self.estimate(jobs).cost(self.endpoint.mode)
+        needed = self.estimate(jobs).cost(mode)
         stage = f"{self.role}: {desc}" if desc else self.role
         with self.budget.reserve(f"{stage} ({len(jobs)} request(s))", needed):
             yield
 
-    async def _run_batch(
-        self,
-        requests: list[ChatRequest],
-        results: list[ChatResult | None],
-        groups: dict[str, list[int]],
-        jobs: dict[str, RenderedRequest],
-        desc: str,
-    ) -> None:
-        """Batch mode: claim the keys process-wide, send ours as batches, wait for the ones
-        another client of this process is sending."""
-        from lion_core.llm.batch import BatchRun
-
-        cache = self.cache
-        if cache is None:
-            raise LLMError(f"{self.role}: mode 'batch' needs a response cache to keep its batches")
-        completion = next((j for j in jobs.values() if j.request.is_completion), None)
-        if completion is not None:
-            raise LLMError(
-                f"{self.role}: mode 'batch' sends chat requests only; request "
-                f"{completion.request.tag!r} is a completion (set {self.role}.mode: sync)"
-            )
-        todo = dict(jobs)
-        while todo:
-            mine: dict[str, RenderedRequest] = {}
-            waits: dict[str, concurrent.futures.Future[ChatResult]] = {}
-            for key, job in todo.items():
-                claim = cache.claim(key)
-                if claim.answer is not None:
-                    self._fill(requests, results, groups[key], claim.answer)
-                    self.record_outcome(key, claim.answer)
-                    self.usage.add(cache_hits=1)
-                elif claim.pending is not None:
-                    waits[key] = claim.pending
-                else:
-                    mine[key] = job
-            todo = {}
-            answers: dict[str, ChatResult] = {}
-            try:
-                if mine:
-                    run = BatchRun(self, mine, cache, desc, self.on_batch_progress)
-                    answers = await run.run()
-            finally:
-                for key in mine:
-                    cache.release(key, answers.get(key))
-            for key in mine:
-                result = answers.get(key)
-                if result is None:  # cannot happen: every line is answered or failed
-                    result = ChatResult(key=key, tag="", status="failed", error="no batch line")
-                self._fill(requests, results, groups[key], result)
-                self.record_outcome(key, result)
-            for key, pending in waits.items():
-                try:
-                    result = await _done(pending)
-                    self._fill(requests, results, groups[key], result)
-                    self.record_outcome(key, result)
-                    self.usage.add(deduplicated=1)
-                except SendAbandoned:
-                    todo[key] = jobs[key]
-
-    @staticmethod
-    def _fill(
-        requests: list[ChatRequest],
-        results: list[ChatResult | None],
-        indexes: list[int],
-        result: ChatResult,
-    ) -> None:
-        for i in indexes:
-            results[i] = replace(result, tag=requests[i].tag)
-
-
-class _Batch:
-    """One `arun` call's sending: workers and their retries, recording answers in the cache,
-    progress, the unreachable check. It fills `results` for every index in `groups`."""
-
-    def __init__(
-        self,
-        client: LLMClient,
-        requests: list[ChatRequest],
-        results: list[ChatResult | None],
-        groups: dict[str, list[int]],
-        jobs: dict[str, RenderedRequest],
-        desc: str,
-    ) -> None:
-        self.client = client
-        self.endpoint = client.endpoint
-        self.usage = client.usage
-        self.requests = requests
-        self.results = results
-        self.groups = groups
-        self.todo = list(jobs.values())
-        self.cache = client.cache
-        self.unflushed = 0  # answers recorded since the last flush
-        self.flushes: list[concurrent.futures.Future[Any]] = []
-        self.flush_error: BaseException | None = None
-        self.responded = False  # any HTTP response at all in this call
-        self.rejected_by: EndpointRejectedError | None = None  # set: the batch is stopping
-        self.consecutive_unreachable = 0
-        self.failure_warnings = 0
-        waiting = sum(len(idx) for idx in groups.values())
-        self.progress = _Progress(
-            client.role,
-            desc,
-            total=len(requests),
-            initial=len(requests) - waiting,
-            report=client.on_progress,
-        )
-
-    async def run(self) -> None:
-        concurrency = min(self.endpoint.concurrency, len(self.todo))
-        jobs = iter(self.todo)
-        error: BaseException | None = None
-        async with self.client.open_api(concurrency) as api:
-
-            async def worker() -> None:
-                for job in jobs:  # a shared iterator: each job is taken once
-                    if self.flush_error is not None:
-                        raise self.flush_error
-                    if self.rejected_by is not None:
-                        return
-                    try:
-                        if self.cache is None:
-                            self.collect(job, await self.send(api, job), _SENT)
-                        else:
-                            await self.through_cache(api, job, self.cache)
-                    except EndpointRejectedError as exc:
-                        # No new request, no retry; those in flight finish (paid for) and
-                        # are kept.
-                        self.rejected_by = self.rejected_by or exc
-                        return
-
-            workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
-            try:
-                done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
-                error = next((t.exception() for t in done if t.exception() is not None), None)
-                error = error or self.rejected_by
-            finally:
-                for task in workers:
-                    task.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-                if self.cache is not None:  # into a shard, even on cancellation
-                    self.flushes.append(self.cache.flush())
-                    concurrent.futures.wait(self.flushes)
-                self.progress.close()
-        flush_errors = [f.exception() for f in self.flushes if f.exception() is not None]
-        if error is None and flush_errors:
-            error = flush_errors[0]
-        if error is not None:
-            raise error
-        self.progress.log_final()
-
-    # ---- one request --------------------------------------------------------------------
-
-    async def through_cache(
-        self, api: openai.AsyncOpenAI, job: RenderedRequest, cache: ResponseCache
-    ) -> None:
-        """Answer `job` once per process: from the cache if answered meanwhile, by waiting for
-        another client of this process that is sending the same body, else by sending it and
-        recording the answer, which is kept before this worker goes on."""
-        while True:
-            claim = cache.claim(job.key)
-            if claim.answer is not None:
-                self.collect(job, claim.answer, _CACHED)
-                return
-            if claim.pending is None:
-                break
-            try:
-                self.collect(job, await _done(claim.pending), _JOINED)
-                return
-            except SendAbandoned:  # its sender stopped: claim it again
-                continue
-        result: ChatResult | None = None
-        try:
-            result = await self.send(api, job)
-            kept = cache.record(result, job.payload)
-            self.collect(job, result, _SENT)
-            await _done(kept)  # on disk before this worker sends another request
-        finally:
-            cache.release(job.key, result)
-
-    async def send(self, api: openai.AsyncOpenAI, job: RenderedRequest) -> ChatResult:
-        """POST the job's body, retrying transient failures; never raises for an HTTP error."""
-        retries = self.endpoint.retries
-        error, no_answer = "", False
-        tokens = limiter_tokens(job.body)
-        for attempt in range(retries + 1):
-            if attempt and self.rejected_by is not None:  # the batch is stopping: no retry
-                return self.failed(
-                    job, f"{error} (not retried: the batch stopped)", attempt, no_answer=no_answer
-                )
-            if attempt:
-                self.usage.add(retries=1)
-            delay: float | None = None
-            try:
-                response = await self.post(api, job, tokens)
-            except openai.APIStatusError as exc:
-                self.responded = True
-                no_answer = False
-                error = f"HTTP {exc.status_code}: {_error_message(exc)}"
-                if exc.status_code in _REJECTED:
-                    raise self.rejected(job, exc.status_code, _error_message(exc)) from None
-                if exc.status_code == 429:
-                    delay = _retry_after(exc.response.headers)
-                elif exc.status_code < 500 and exc.status_code not in _TRANSIENT_STATUS:
-                    return self.failed(job, error, attempt + 1)
-            except openai.APIConnectionError as exc:  # includes APITimeoutError
-                no_answer = True
-                error = _no_answer(exc, self.endpoint.timeout)
-            except openai.OpenAIError as exc:  # e.g. an unparsable response: not transient
-                self.responded = True
-                return self.failed(job, f"{type(exc).__name__}: {exc}", attempt + 1)
-            except json.JSONDecodeError as exc:  # a 200 saying it is JSON, but it is not
-                self.responded = True
-                return self.failed(job, _not_a_completion(exc.doc, job.path), attempt + 1)
-            else:
-                self.responded = True
-                if not isinstance(getattr(response, "choices", None), list):
-                    # A 200 that is no chat completion (a proxy's page, another API's JSON): the
-                    # SDK hands back the text, or a model without choices.
-                    return self.failed(job, _not_a_completion(response, job.path), attempt + 1)
-                return self.answer(job, response, attempt + 1)
-            if attempt < retries:
-                if delay is None:
-                    delay = min(self.client.backoff_max, self.client.backoff_base * 2**attempt)
-                    delay *= random.uniform(0.5, 1.0)
-                else:
-                    delay += random.uniform(0, 0.1 * delay)
-                await asyncio.sleep(delay)
-        return self.failed(
-            job,
-            f"{error} (gave up after {retries + 1} attempts)",
-            retries + 1,
-            no_answer=no_answer,
-        )
-
-    async def post(self, api: openai.AsyncOpenAI, job: RenderedRequest, tokens: int) -> Any:
-        """One HTTP attempt, paced by the role's rate limiter, whose buckets its answer's
-        x-ratelimit-* headers tighten."""
-        limiter = self.client.limiter
-        await limiter.acquire(tokens)
-        headers = None
-        try:
-            # `post` is the SDK's own request path without `create`'s per-call parameter
-            # transform, which costs ~1 ms of CPU per request and does nothing for a plain JSON
-            # body like ours; errors, timeouts and response parsing are the same. The raw
-            # response gives the headers too.
-            cast = Completion if job.request.is_completion else ChatCompletion
-            raw = await api.post(job.path, body=job.body, cast_to=cast, options=_RAW)
-            headers = raw.headers
-            return raw.parse()
-        except openai.APIStatusError as exc:
-            headers = exc.response.headers
-            raise
-        finally:
-            limiter.done(tokens, headers)
-
-    def rejected(self, job: RenderedRequest, status: int, message: str) -> EndpointRejectedError:
-        """The error that stops the batch: the endpoint refuses this role's requests as such."""
-        c = self.client
-        hint = _REJECTED[status].format(role=c.role)
-        kept = (
-            "answers received so far are saved in the response cache"
-            if self.cache is not None
-            else "no response cache was given: answers received so far are not kept"
-        )
-        return EndpointRejectedError(
-            f"{c.role}: {c.base_url} rejected request {job.request.tag!r} for model "
-            f"{c.model!r} with HTTP {status} ({message}); {hint}. No request of the batch can "
-            f"succeed, so it stopped; {kept}.",
-            role=c.role,
-            base_url=c.base_url,
-            model=c.model,
-            status=status,
-        )
-
-    def answer(self, job: RenderedRequest, response: Any, attempts: int) -> ChatResult:
-        """The result of a 200: ok with its text, or failed when the text is empty (unless the
-        client allows empty answers)."""
-        choice = response.choices[0] if response.choices else None
-        text = None
-        if choice is not None:
-            text = choice.text if job.request.is_completion else choice.message.content
-        finish = choice.finish_reason if choice is not None else None
-        usage = response.usage
-        prompt_tokens = (usage.prompt_tokens if usage else 0) or 0
-        completion_tokens = (usage.completion_tokens if usage else 0) or 0
-        cost = cost_usd(self.client.price, prompt_tokens, completion_tokens, batch=False)
-        self.usage.add(
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost
-        )
-        if text is None or (not self.client.allow_empty and not text.strip()):
-            failed = self.failed(job, f"empty answer (finish_reason={finish})", attempts)
-            return replace(failed, cost_usd=cost)
-        return ChatResult(
-            key=job.key,
-            tag=job.request.tag,
-            status="ok",
-            text=text,
-            finish_reason=finish,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost_usd=cost,
-            extra={"attempts": attempts},
-        )
-
-    def failed(
-        self, job: RenderedRequest, error: str, attempts: int, *, no_answer: bool = False
-    ) -> ChatResult:
-        extra: dict[str, Any] = {"attempts": attempts}
-        if no_answer:  # the endpoint never answered (connection error or timeout)
-            extra["no_answer"] = True
-        return ChatResult(
-            key=job.key, tag=job.request.tag, status="failed", error=error, extra=extra
-        )
-
-    # ---- results ------------------------------------------------------------------------
-
-    def collect(self, job: RenderedRequest, result: ChatResult, how: str) -> None:
-        """File `result` for every request with the job's key. `how`: _SENT by this call,
-        _CACHED (answered by another client since the call began), _JOINED (another client of
-        this process sent it)."""
-        c = self.client
-        indexes = self.groups[job.key]
-        for i in indexes:
-            self.results[i] = replace(result, tag=self.requests[i].tag)
-        c.record_outcome(job.key, result)
-        self.progress.update(
-            len(indexes), failed=0 if result.ok else len(indexes), sent=how == _SENT
-        )
-        if how == _CACHED:
-            self.usage.add(cache_hits=1)
-            return
-        if how == _JOINED:
-            self.usage.add(deduplicated=1)
-            return
-        self.usage.add(requests=1, failures=0 if result.ok else 1)
-        if not result.ok and self.failure_warnings < _MAX_FAILURE_WARNINGS:
-            self.failure_warnings += 1
-            log.warning("%s: request %r failed: %s", c.role, result.tag, result.error)
-
-        if result.extra.get("no_answer"):
-            self.consecutive_unreachable += 1
-        else:
-            self.consecutive_unreachable = 0
-        window = min(self.endpoint.cache_shard_size, len(self.todo))
-        if self.consecutive_unreachable and (
-            not self.responded or self.consecutive_unreachable >= window
-        ):
-            first_tag = self.todo[0].request.tag
-            kept = (
-                "Answers received so far are saved in the response cache; a re-run sends only "
-                "the missing ones."
-                if c.cache is not None
-                else "No response cache was given: answers received so far are not kept."
-            )
-            raise EndpointUnreachableError(
-                f"{c.role}: endpoint {c.base_url} is unreachable ({result.error}); first "
-                f"request of the batch: tag {first_tag!r}. {kept}"
-            )
-        self.unflushed += 1
-        if self.cache is not None and self.unflushed >= self.endpoint.cache_shard_size:
-            self.flush_soon()
-
-    def flush_soon(self) -> None:
-        """Ask the cache to write a shard of what it recorded; sending goes on meanwhile."""
-        assert self.cache is not None
-        self.unflushed = 0
-        future = self.cache.flush()
-
-        def done(f: concurrent.futures.Future[Any]) -> None:
-            if f.exception() is not None and self.flush_error is None:
-                self.flush_error = f.exception()
-
-        future.add_done_callback(done)
-        self.flushes.append(future)
-
-
-class _Progress:
-    """A tqdm bar on stderr (hidden off a TTY), a log line at most every LOG_INTERVAL s, and
-    `report(label, done, total)` at every update and at the end, if given."""
-
-    def __init__(
-        self,
-        role: str,
-        desc: str,
-        *,
-        total: int,
-        initial: int,
-        report: Callable[[str, int, int], None] | None = None,
-    ) -> None:
-        self.label = f"{role}: {desc}" if desc else role
-        self.report = report
-        self.total = total
-        self.done = self.cached = initial
-        self.failed = 0
-        self.sent = 0
-        self.start = self.last_log = time.monotonic()
-        self.bar = tqdm(
-            total=total,
-            initial=initial,
-            desc=self.label,
-            unit="req",
-            file=sys.stderr,
-            disable=None,
-            dynamic_ncols=True,
-        )
-
-    def update(self, n: int, failed: int, sent: bool = True) -> None:
-        self.done += n
-        self.failed += failed
-        self.sent += sent
-        self.bar.update(n)
-        if self.report is not None:
-            self.report(self.label, self.done, self.total)
-        now = time.monotonic()
-        if now - self.last_log >= LOG_INTERVAL:
-            self.last_log = now
-            log.info(self.line(now))
-
-    def line(self, now: float) -> str:
-        rate = self.sent / max(now - self.start, 1e-9)
-        return (
-            f"{self.label}: {self.done}/{self.total} done, {self.cached} cached, "
-            f"{self.failed} failed, {rate:.1f} req/s"
-        )
-
-    def log_final(self) -> None:
-        log.info(self.line(time.monotonic()))
-        if self.report is not None:
-            self.report(self.label, self.done, self.total)
-
-    def close(self) -> None:
-        self.bar.close()
-
 
 # ---- helpers -------------------------------------------------------------------------------
-
-
-async def _done(future: concurrent.futures.Future[_T]) -> _T:
-    """Wait for a future of another thread. Cancelling the waiter leaves the future alone."""
-    if not future.done():
-        loop = asyncio.get_running_loop()
-        woken = loop.create_future()
-
-        def wake(_: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the waiting loop is closed: nobody waits
-                loop.call_soon_threadsafe(_set_done, woken)
-
-        future.add_done_callback(wake)
-        await woken
-    return future.result()
-
-
-def _set_done(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _http_client(concurrency: int, timeout: float) -> Any:
@@ -776,54 +328,3 @@ def _http_client(concurrency: int, timeout: float) -> Any:
         except RuntimeError:  # the aiohttp extra is not installed
             pass
     return openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
-
-
-def _no_answer(exc: openai.APIConnectionError, timeout: float) -> str:
-    """Describe a request that got no HTTP answer, from the innermost cause."""
-    root: BaseException = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
-    text = str(root).strip()
-    if isinstance(root, TimeoutError) or not text:
-        return f"no answer: timed out after {timeout:g}s ({type(root).__name__})"
-    return f"no answer: {type(root).__name__}: {text}"
-
-
-def _not_a_completion(body: object, path: str = "/chat/completions") -> str:
-    """The error of a 200 whose body is not a (chat) completion, with the body's first bytes."""
-    if isinstance(body, openai.BaseModel):
-        body = json.dumps(body.to_dict(mode="json"), ensure_ascii=False)
-    text = body if isinstance(body, str) else repr(body)
-    more = f"... ({len(text)} characters)" if len(text) > _BODY_PREVIEW else ""
-    kind = "completion" if path == "/completions" else "chat completion"
-    return f"HTTP 200 but not a {kind}: {text[:_BODY_PREVIEW]!r}{more}"
-
-
-def _error_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-    return str(exc.message)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-                return max(0.0, when.timestamp() - time.time())
-            except (TypeError, ValueError):
-                return None
-    return None

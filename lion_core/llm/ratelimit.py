@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-CHARS_PER_TOKEN = 4.0
+from lion_core.llm.costs import CHARS_PER_TOKEN
 
 
 def limiter_tokens(body: Mapping[str, Any]) -> int:

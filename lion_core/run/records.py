@@ -31,7 +31,7 @@ class Record(BaseModel):
 
 
 class Usage(Record):
-    """What one role's client did (lion_core.llm.client.Usage, as a record): `requests` sent to
+    """What one role's client did (lion_core.llm.UsageCounter, as a record): `requests` sent to
     the endpoint, `cache_hits` answered from the run's response cache. `run`: the flow run whose
     task did it — a task result cached by Prefect and returned to a later run carries the
     earlier run's id, so the later run can tell that it sent nothing (`seen_from`)."""

@@ -40,16 +40,17 @@ import pandas as pd
 
 from lion_core.config import EndpointConfig, LionConfig, StudentServerConfig
 from lion_core.errors import ConfigError, GenerationError, LionError
-from lion_core.llm.cache import ResponseCache
 from lion_core.llm.client import LLMClient
 from lion_core.llm.costs import FREE
+from lion_core.llm.factory import client_for
 from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.types import ChatRequest
 from lion_core.ops.supervise import ProcessGroup, free_port
 from lion_core.run.storage import Storage
-from lion_core.student.answer import Answer, _batch_seed, commit, fit_prompt, stop_token_ids
+from lion_core.student.answer_store import Answer, commit
 from lion_core.student.checkpoints import content_digest, resolve_model, scratch_for
 from lion_core.student.data import encode_prompt
+from lion_core.student.generator import batch_seed, fit_prompt, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -252,16 +253,18 @@ def _log_stats(base: str, headers: dict[str, str] | None, logger) -> None:
 
 def student_client(
     cfg: LionConfig,
-    cache: ResponseCache,
+    storage: Storage,
     base_url: str,
     *,
     digest: str,
     stop: list[int],
 ) -> LLMClient:
-    """The LLM client of the served student: the generation settings as sampling parameters,
-    the model's stop ids as `stop_token_ids`, the checkpoint's digest in every cache key (the
-    base URL is not in the key: a client on a placeholder URL computes the same keys). Its
-    answers cost nothing (our own server)."""
+    """The LLM client of the served student (`llm.factory.client_for`, role `student`): the
+    generation settings as sampling parameters, the model's stop ids as `stop_token_ids`, the
+    checkpoint's digest in every cache key (the base URL is not in the key: a client on a
+    placeholder URL computes the same keys), the response cache in the run's own `storage`
+    and the key from `server.api_key_env`. Its answers cost nothing (our own server), so they
+    are priced free and never stopped by the run's budget."""
     gen = cfg.student.generation
     server = gen.server
     endpoint = EndpointConfig(
@@ -274,13 +277,14 @@ def student_client(
         timeout=server.timeout,
         cache_shard_size=server.cache_shard_size,
     )
-    return LLMClient(
-        endpoint,
-        role=ROLE,
-        cache=cache,
-        base_url=base_url,
+    return client_for(
+        cfg,
+        ROLE,
+        endpoint=endpoint,
+        storage=storage,
         api_key=server_api_key(server) if base_url != NOT_STARTED else None,
         pricing={server.name: FREE},
+        budget=False,
         extra_body={"stop_token_ids": stop, "skip_special_tokens": True},
         key_scope={"checkpoint": digest},
         allow_empty=True,  # a student that stops at once answered "", as with engine: hf
@@ -305,19 +309,17 @@ def answer_served(
     digest = content_digest(student_uri, cfg.storage.options)
     ids = list(rows["instruction_id"])
     requests = [
-        ChatRequest.completion(
-            p, tag=iid, sample=_batch_seed(cfg.seed, iid) if gen.do_sample else 0
-        )
+        ChatRequest.completion(p, tag=iid, sample=batch_seed(cfg.seed, iid) if gen.do_sample else 0)
         for iid, p in zip(ids, prompts.ids, strict=True)
     ]
-    cache = ResponseCache(storage, ROLE)
-    client = student_client(cfg, cache, NOT_STARTED, digest=digest, stop=prompts.stop)
-    if all(cache.get(client.key(r)) is not None for r in requests):
+    client = student_client(cfg, storage, NOT_STARTED, digest=digest, stop=prompts.stop)
+    cache = client.cache
+    if cache is not None and all(cache.get(client.key(r)) is not None for r in requests):
         results = client.run(requests)  # all answered before: no server to start
     else:
         log_dir = scratch_for(storage.uri(rel), "server")
         with served_student(cfg, source, log_dir=log_dir, logger=logger) as (base_url, _):
-            client = student_client(cfg, cache, base_url, digest=digest, stop=prompts.stop)
+            client = student_client(cfg, storage, base_url, digest=digest, stop=prompts.stop)
             results = client.run(requests, desc="student answers")
     usage = client.usage
     logger.info(

@@ -41,8 +41,9 @@ from starlette.routing import Route
 
 from lion_core.config import LionConfig, StudentGenerationConfig
 from lion_core.ops.http_server import bind, url_of, uvicorn_server
-from lion_core.student.answer import Answer, BatchedGenerator, fit_prompt
+from lion_core.student.answer_store import Answer
 from lion_core.student.data import encode_prompt
+from lion_core.student.generator import BatchedGenerator, fit_prompt
 
 log = logging.getLogger(__name__)
 
