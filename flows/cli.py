@@ -158,7 +158,7 @@ def _use_prefect() -> None:
 
 def _run_flow(cfg: LionConfig) -> None:
     from lion_core.ops.preflight import preflight
-    from tasks.runtime import secret_value
+    from tasks.runtime.secrets import secret_value
 
     # keys, endpoints, storage, initial data: in seconds, before Prefect (and torch) load
     report = preflight(cfg, secret_loader=secret_value)
@@ -460,7 +460,7 @@ def referee_check(
         table_rows,
     )
     from lion_core.evaluation.scoreboard import aligned
-    from tasks.runtime import api_key
+    from tasks.runtime.secrets import api_key
 
     if role not in ("referee", "judge"):
         _fail(f"--role must be 'referee' or 'judge', got {role!r}")

@@ -24,7 +24,8 @@ from tasks.evaluation import (
     student_eval_answers,
     teacher_eval_answers,
 )
-from tasks.runtime import attach_library_logging, cancel_batches_hook
+from tasks.runtime.cancel import cancel_batches_hook
+from tasks.runtime.logs import attach_library_logging
 
 DEFAULT_CONFIG = LionConfig()
 

@@ -25,7 +25,7 @@ from lion_core.run.lease import read_holder, run_lease
 from lion_core.run.storage import Storage
 from tasks.evaluation import student_eval_answers
 from tasks.placement import lease_owner as owner_of
-from tasks.runtime import attach_library_logging
+from tasks.runtime.logs import attach_library_logging
 from tasks.student import student_answers, trained_student
 
 Stage = Literal["student", "student-answers", "student-eval-answers"]

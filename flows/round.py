@@ -17,7 +17,8 @@ from tasks.discrimination import hard_and_easy, referee_reviews, referee_scores,
 from tasks.generation import candidates, novel_instructions
 from tasks.imitation import teacher_answers, training_data
 from tasks.pools import next_round_pools, seed_pools
-from tasks.runtime import attach_library_logging, cancel_batches_hook
+from tasks.runtime.cancel import cancel_batches_hook
+from tasks.runtime.logs import attach_library_logging
 from tasks.student import base_student, student_answers, trained_student
 
 DEFAULT_CONFIG = LionConfig()

@@ -11,7 +11,8 @@ from lion_core.student.launch import init_uri_for, train_student
 from lion_core.student.model import prepare_base_student
 from tasks.caching import lion_task
 from tasks.placement import run_on_gpu
-from tasks.runtime import progress_artifacts, run_store
+from tasks.runtime.progress import progress_artifacts
+from tasks.runtime.store import run_store
 
 
 @lion_task("base-student")
