@@ -129,7 +129,7 @@ def judge_scores(
 
 
 @lion_task("lm-eval")
-def benchmark_scores(config: LionConfig, where: str, round: int | None, student: str) -> Benchmarks:
+def lm_eval(config: LionConfig, where: str, round: int | None, student: str) -> Benchmarks:
     """lm-evaluation-harness accuracy of the student on `evaluation.lm_eval_tasks`."""
     from lion_core.evaluation.harness import run_lm_eval
 
