@@ -17,7 +17,9 @@ from lion_core.run import layout
 from lion_core.run.identity import open_run
 from lion_core.run.lease import run_lease
 from lion_core.run.records import RoundSummary, RunSummary, StudentEvaluation
-from tasks.runtime import attach_library_logging, cancel_batches_hook, secret_value
+from tasks.runtime.cancel import cancel_batches_hook
+from tasks.runtime.logs import attach_library_logging
+from tasks.runtime.secrets import secret_value
 
 
 @flow(

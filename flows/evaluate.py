@@ -18,13 +18,14 @@ from lion_core.run.identity import open_run
 from lion_core.run.lease import run_lease
 from lion_core.run.records import StudentEvaluation
 from tasks.evaluation import (
-    benchmark_scores,
     evaluation_questions,
     judge_scores,
+    lm_eval,
     student_eval_answers,
     teacher_eval_answers,
 )
-from tasks.runtime import attach_library_logging, cancel_batches_hook
+from tasks.runtime.cancel import cancel_batches_hook
+from tasks.runtime.logs import attach_library_logging
 
 DEFAULT_CONFIG = LionConfig()
 
@@ -73,7 +74,7 @@ def lion_evaluate(
                 )  # fmt: skip
         benchmarks = None
         if config.evaluation.lm_eval_tasks:
-            benchmarks = benchmark_scores(config, where, round, student)
+            benchmarks = lm_eval(config, where, round, student)
         evaluation = StudentEvaluation(
             round=round, student=student, sets=results, benchmarks=benchmarks
         )

@@ -23,13 +23,14 @@ from lion_core.config import LionConfig
 from lion_core.errors import ConfigError, LeaseHeldError, LeaseLostError
 from lion_core.run.lease import read_holder, run_lease
 from lion_core.run.storage import Storage
+from tasks.caching import KEYED_AS
 from tasks.evaluation import student_eval_answers
 from tasks.placement import lease_owner as owner_of
-from tasks.runtime import attach_library_logging
-from tasks.student import student_answers, trained_student
+from tasks.runtime.logs import attach_library_logging
+from tasks.student import student, student_answers
 
 Stage = Literal["student", "student-answers", "student-eval-answers"]
-STAGES = {t.name: t for t in (trained_student, student_answers, student_eval_answers)}
+STAGES = {t.name: t for t in (student, student_answers, student_eval_answers)}
 
 DEFAULT_CONFIG = LionConfig()
 
@@ -62,11 +63,15 @@ def lion_gpu_stage(
 
 
 def bind_inputs(stage: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    """The JSON `inputs` of `stage` as its task's typed parameters (ArtifactRef, ...)."""
+    """The JSON `inputs` of `stage` as its task's typed parameters (ArtifactRef, ...). An input
+    under a parameter's former name (`cache`, from a run started before the rename: KEYED_AS)
+    is taken as that parameter."""
     fn = STAGES[stage].fn
     hints = typing.get_type_hints(fn)
     params = [p for p in inspect.signature(fn).parameters.values() if p.name != "config"]
     names = {p.name for p in params}
+    former = {old: new for new, old in KEYED_AS.items() if new in names and old not in names}
+    inputs = {former.get(name, name): value for name, value in inputs.items()}
     unknown = sorted(set(inputs) - names)
     missing = [p.name for p in params if p.name not in inputs and p.default is p.empty]
     if unknown or missing:

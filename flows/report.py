@@ -24,7 +24,7 @@ from lion_core.run.records import (
     Usage,
 )
 from lion_core.run.schemas import ArtifactRef
-from tasks.runtime import run_store
+from tasks.runtime.store import run_store
 
 
 def round_summary(

@@ -13,12 +13,13 @@ from lion_core.config import LionConfig
 from lion_core.run.identity import open_run
 from lion_core.run.lease import run_lease
 from lion_core.run.records import RoundSummary
-from tasks.discrimination import hard_and_easy, referee_reviews, referee_scores, uniform_seeds
+from tasks.discrimination import hard_and_easy, referee_reviews, referee_scores, uniform_split
 from tasks.generation import candidates, novel_instructions
 from tasks.imitation import teacher_answers, training_data
 from tasks.pools import next_round_pools, seed_pools
-from tasks.runtime import attach_library_logging, cancel_batches_hook
-from tasks.student import base_student, student_answers, trained_student
+from tasks.runtime.cancel import cancel_batches_hook
+from tasks.runtime.logs import attach_library_logging
+from tasks.student import base_student, student, student_answers
 
 DEFAULT_CONFIG = LionConfig()
 
@@ -54,16 +55,16 @@ def lion_round(
         teacher = teacher_answers(config, round, pools, offline_url=url)
         data = training_data(config, round, pools, teacher)
         base = base_student(config, data if round == 1 else store.ref(1, "train_data"))
-        student = trained_student(config, round, data, base)
+        trained = student(config, round, data, base)
         clock.lap("imitation")
-        log.info("round %d: imitation done, student at %s", round, student)
+        log.info("round %d: imitation done, student at %s", round, trained)
 
         # 2. Discrimination: the student answers the Cache Pool; the referee scores both
         #    answers in both orders, concurrently; the gap splits hard from easy. (The
         #    `uniform` ablation draws the split at random instead; `seed-only` has none.)
         reviews, referee, split = [], None, None
         if config.arm == "lion":
-            answers = student_answers(config, round, pools.cache, student)
+            answers = student_answers(config, round, pools.cache, trained)
             orders = [
                 referee_reviews.submit(
                     config, round, pools.cache, teacher.answers, answers, order, offline_url=url
@@ -74,7 +75,7 @@ def lion_round(
             referee = referee_scores(config, round, *reviews)
             split = hard_and_easy(config, round, pools.cache, teacher.answers, answers, referee)
         elif config.arm == "uniform":
-            split = uniform_seeds(config, round, pools.cache)
+            split = uniform_split(config, round, pools.cache)
         clock.lap("discrimination")
         if split is not None:
             log.info(
@@ -101,7 +102,7 @@ def lion_round(
             pools=pools,
             next_pools=next_pools,
             teacher=teacher,
-            student=student,
+            student=trained,
             reviews=reviews,
             split=split,
             found=found,

@@ -11,7 +11,8 @@ Results are persisted in the run's own storage (`<root>/prefect-results/`), loca
 retry on a fresh Kubernetes pod finds them: the entry points (`flows.common.use_run_storage`) set
 it on the flow, and its tasks inherit it; they are JSON records of our own types, and any other
 record is refused (tasks/results.py). Parameters named in RUNTIME_PARAMS (the offline
-server's URL, which changes every run) never enter a key.
+server's URL, which changes every run) never enter a key; a renamed parameter enters it under the
+name it had before (KEYED_AS), so results cached before the rename are still found.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ from lion_core.run.schemas import ArtifactRef
 # 'lion-json' records (the pickles of version 2 are never looked up, so never refused).
 KEY_VERSION = "3"
 RUNTIME_PARAMS = frozenset({"offline_url"})
+# Renamed task parameters, {new name: the name the key used before}. A parameter's name is part of
+# the key: without this, a rename would re-run every finished task of every existing run root.
+KEYED_AS = {
+    # the Cache Pool's ArtifactRef (referee-reviews, hard-and-easy, uniform-split,
+    # student-answers): `cache` until issue 20, a word that also meant the response cache
+    "cache_pool": "cache",
+}
 
 
 def digest(value: Any) -> Any:
@@ -51,7 +59,7 @@ def digest(value: Any) -> Any:
 
 def task_key(context: Any, parameters: dict[str, Any]) -> str:
     """A cache_key_fn: the task's name and version, the run root, the config digest, and the
-    content of every other input."""
+    content of every other input (under its name as KEYED_AS has it)."""
     config: LionConfig = parameters["config"]
     payload = {
         "task": context.task.name,
@@ -59,7 +67,7 @@ def task_key(context: Any, parameters: dict[str, Any]) -> str:
         "storage": config.storage.root,
         "config": config.digest(),
         "inputs": {
-            name: digest(value)
+            KEYED_AS.get(name, name): digest(value)
             for name, value in sorted(parameters.items())
             if name != "config" and name not in RUNTIME_PARAMS
         },

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from lion_core.config import LionConfig
-from lion_core.method.discriminate import split, uniform_split
+from lion_core.method import discriminate
 from lion_core.method.referee import combine, make_pairs, score_order
 from lion_core.run.records import RefereeReviews, Split, SplitStats
 from lion_core.run.schemas import ArtifactRef
 from tasks.caching import lion_task
-from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
+from tasks.runtime.clients import llm_client, usage_record
+from tasks.runtime.retry import retry_unless_requests_failed
+from tasks.runtime.store import run_store
 
 
 @lion_task(
@@ -20,7 +22,7 @@ from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, u
 def referee_reviews(
     config: LionConfig,
     round: int,
-    cache: ArtifactRef,
+    cache_pool: ArtifactRef,
     teacher: ArtifactRef,
     student: ArtifactRef,
     order: int,
@@ -30,7 +32,7 @@ def referee_reviews(
     2: student shown first). Unparsable reviews are re-asked, then kept as unscored; more
     failed requests than `referee.max_failed_share` fail the task with nothing committed."""
     store = run_store(config)
-    pairs = make_pairs(store.read_ref(cache), store.read_ref(teacher), store.read_ref(student))
+    pairs = make_pairs(store.read_ref(cache_pool), store.read_ref(teacher), store.read_ref(student))
     client = llm_client(config, "referee", offline_url)
     reviews = score_order(pairs, client, config.referee, order)
     client.raise_for_failures()
@@ -56,15 +58,15 @@ def referee_scores(
 def hard_and_easy(
     config: LionConfig,
     round: int,
-    cache: ArtifactRef,
+    cache_pool: ArtifactRef,
     teacher: ArtifactRef,
     student: ArtifactRef,
     referee: ArtifactRef,
 ) -> Split:
     """Split the scored Cache Pool: hard if teacher − student ≥ τ, easy otherwise."""
     store = run_store(config)
-    hard, easy, stats = split(
-        store.read_ref(cache),
+    hard, easy, stats = discriminate.split(
+        store.read_ref(cache_pool),
         store.read_ref(teacher),
         store.read_ref(student),
         store.read_ref(referee),
@@ -78,12 +80,12 @@ def hard_and_easy(
 
 
 @lion_task("uniform-split")
-def uniform_seeds(config: LionConfig, round: int, cache: ArtifactRef) -> Split:
+def uniform_split(config: LionConfig, round: int, cache_pool: ArtifactRef) -> Split:
     """The `uniform` arm: Cache Pool seeds split into "hard" and "easy" uniformly at random, in
     the proportions Lion's loop asks for, without the student's answers or the referee."""
     store = run_store(config)
-    hard, easy, stats = uniform_split(
-        store.read_ref(cache), config.pools.hard_share, config.seed + round
+    hard, easy, stats = discriminate.uniform_split(
+        store.read_ref(cache_pool), config.pools.hard_share, config.seed + round
     )
     return Split(
         hard=store.write_or_reuse(round, "hard", hard),

@@ -25,13 +25,10 @@ from lion_core.run.schemas import ArtifactRef
 from lion_core.student.answer import generate_answers
 from tasks.caching import lion_task
 from tasks.placement import run_on_gpu
-from tasks.runtime import (
-    llm_client,
-    progress_artifacts,
-    retry_unless_requests_failed,
-    run_store,
-    usage_record,
-)
+from tasks.runtime.clients import llm_client, usage_record
+from tasks.runtime.progress import progress_artifacts
+from tasks.runtime.retry import retry_unless_requests_failed
+from tasks.runtime.store import run_store
 
 
 @lion_task("evaluation-questions")
@@ -132,7 +129,7 @@ def judge_scores(
 
 
 @lion_task("lm-eval")
-def benchmark_scores(config: LionConfig, where: str, round: int | None, student: str) -> Benchmarks:
+def lm_eval(config: LionConfig, where: str, round: int | None, student: str) -> Benchmarks:
     """lm-evaluation-harness accuracy of the student on `evaluation.lm_eval_tasks`."""
     from lion_core.evaluation.harness import run_lm_eval
 

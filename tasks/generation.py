@@ -11,7 +11,9 @@ from lion_core.method.health import check_domain, domain_health
 from lion_core.run.records import Candidates, NewInstructions, Split
 from lion_core.run.schemas import ArtifactRef
 from tasks.caching import lion_task
-from tasks.runtime import llm_client, retry_unless_requests_failed, run_store, usage_record
+from tasks.runtime.clients import llm_client, usage_record
+from tasks.runtime.retry import retry_unless_requests_failed
+from tasks.runtime.store import run_store
 
 
 @lion_task(

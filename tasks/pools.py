@@ -9,7 +9,7 @@ from lion_core.method.generate import new_pool_rows
 from lion_core.method.seeds import initial_pool
 from lion_core.run.records import NewInstructions, Pools
 from tasks.caching import lion_task
-from tasks.runtime import run_store
+from tasks.runtime.store import run_store
 
 
 @lion_task("seed-pools")

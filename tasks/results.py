@@ -35,7 +35,7 @@ from lion_core.config import LionConfig
 from lion_core.errors import ResultRecordError
 from lion_core.run import layout
 from lion_core.run.records import dump_result, load_result
-from tasks.runtime import run_store
+from tasks.runtime.store import run_store
 
 SERIALIZER = "lion-json"
 METADATA_FIELDS = frozenset(

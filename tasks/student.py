@@ -11,7 +11,8 @@ from lion_core.student.launch import init_uri_for, train_student
 from lion_core.student.model import prepare_base_student
 from tasks.caching import lion_task
 from tasks.placement import run_on_gpu
-from tasks.runtime import progress_artifacts, run_store
+from tasks.runtime.progress import progress_artifacts
+from tasks.runtime.store import run_store
 
 
 @lion_task("base-student")
@@ -25,7 +26,7 @@ def base_student(config: LionConfig, data: ArtifactRef) -> str:
 
 
 @lion_task("student", task_run_name="student-round-{round}", retries=1, retry_delay_seconds=5)
-def trained_student(config: LionConfig, round: int, data: ArtifactRef, base: str) -> str:
+def student(config: LionConfig, round: int, data: ArtifactRef, base: str) -> str:
     """The round's student, fine-tuned on the teacher's answers under DeepSpeed, from `base`
     (`training.init_from: base`) or from the previous round's student (`previous`). A retry
     resumes from the latest checkpoint; a finished student is never retrained. With
@@ -48,14 +49,16 @@ def trained_student(config: LionConfig, round: int, data: ArtifactRef, base: str
     retry_delay_seconds=5,
 )
 def student_answers(
-    config: LionConfig, round: int, cache: ArtifactRef, student: str
+    config: LionConfig, round: int, cache_pool: ArtifactRef, student: str
 ) -> ArtifactRef:
     """The student's answers to the Cache Pool (batched generation); on the GPU deployment
     when `placement.gpu_deployment` is set."""
     if config.placement.gpu_deployment:
-        return run_on_gpu(config, "student-answers", round=round, cache=cache, student=student)
+        return run_on_gpu(
+            config, "student-answers", round=round, cache_pool=cache_pool, student=student
+        )
     store = run_store(config)
-    rows = store.read_ref(cache)[["instruction_id", "instruction", "input"]]
+    rows = store.read_ref(cache_pool)[["instruction_id", "instruction", "input"]]
     answers = generate_answers(
         config, store, student, rows, logger=get_run_logger(), on_progress=progress_artifacts()
     )

@@ -18,11 +18,20 @@ from lion_core.method.generate import (
     plan_seeds,
     post_filter,
     select_novel,
-    status_counts,
     wanted_counts,
 )
-from lion_core.method.prompts import CREATED_MARKER, EASY_MARKER, GIVEN_MARKER, HARD_MARKER
+from lion_core.method.prompts import CREATED_MARKER, EASY_MARKER, GIVEN_MARKER
 from lion_core.run.schemas import GENERATED_SCHEMA, POOL_SCHEMA, conform, instruction_id, seed_row
+
+HARD_MARKER = "the same domain and the same task type"  # what only the hard prompt asks
+
+
+def status_counts(generated: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """{kind: {status: count}}: where each kind's candidates went."""
+    out: dict[str, dict[str, int]] = {}
+    for (kind, status), n in generated.groupby(["source", "status"]).size().items():
+        out.setdefault(str(kind), {})[str(status)] = int(n)
+    return out
 
 
 def _set(n: int, tag: str) -> pd.DataFrame:

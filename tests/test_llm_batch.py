@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,12 +31,29 @@ from lion_core.llm import ChatRequest, LLMClient, ResponseCache, costs
 from lion_core.llm.batch import Ledger, cancel_open_batches
 from lion_core.llm.cache import spent_usd
 from lion_core.llm.costs import Budget
-from lion_core.llm.ratelimit import RateLimiter, parse_reset
+from lion_core.llm.ratelimit import RateLimiter
 from lion_core.method import prompts
 from lion_core.offline.world import seed_instances
 from lion_core.run.storage import Storage
 
 POLL = {"poll_seconds": 0.05, "poll_max_seconds": 0.2}
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_reset(value: str | None) -> float | None:
+    """Seconds in an OpenAI reset header ("1s", "6m0s", "12ms", "0.5s"), or None."""
+    if not value:
+        return None
+    parts = _DURATION.findall(value.strip())
+    if not parts:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return sum(float(n) * _UNIT[unit] for n, unit in parts)
 
 
 def teacher_requests(n: int) -> tuple[list[ChatRequest], list[str]]:

@@ -34,8 +34,13 @@ def test_stage_inputs_come_back_typed_and_wrong_ones_are_named():
 
     assert set(STAGES) == set(Stage.__args__)
     ref = ArtifactRef(uri="s3://b/r/x", path="x", name="cache_pool", round=1, rows=3, sha256="0")
+    kwargs = bind_inputs(
+        "student-answers", {"round": 1, "cache_pool": ref.model_dump(), "student": "s"}
+    )
+    assert kwargs == {"round": 1, "cache_pool": ref, "student": "s"}
+    # a stage started before `cache` was renamed `cache_pool` (tasks.caching.KEYED_AS)
     kwargs = bind_inputs("student-answers", {"round": 1, "cache": ref.model_dump(), "student": "s"})
-    assert kwargs == {"round": 1, "cache": ref, "student": "s"}
+    assert kwargs == {"round": 1, "cache_pool": ref, "student": "s"}
     with pytest.raises(ConfigError, match=r"unknown rounds.*missing round"):
         bind_inputs("student-answers", {"rounds": 1, "cache": ref.model_dump(), "student": "s"})
     with pytest.raises(ConfigError, match="input 'data' of 'student'"):

@@ -171,6 +171,15 @@ def test_packed_examples_never_see_each_other(tok, attn):
             offset += n
 
 
+def use_packed_attention(model) -> None:
+    """Switch a model's attention to `packed_attention`, as training does through
+    `training_attention` (here on a model already built with sdpa)."""
+    from lion_core.student import attention
+
+    attention.register()
+    model.set_attn_implementation(attention.PACKED_ATTENTION)
+
+
 def _loss_and_grads(model, batch):
     model.zero_grad()
     loss = model(**batch).loss
@@ -193,7 +202,7 @@ def test_packed_attention_kernel_matches_padded_sdpa(tok, device):
     model = for_training(build_tiny(spec, tok)).to(device=device, dtype=dtype)
     to = lambda b: {k: v.to(device) for k, v in b.items()}  # noqa: E731
     ref_loss, ref_grads = _loss_and_grads(model, to(padded))
-    attention.use_packed_attention(model)
+    use_packed_attention(model)
     assert model.config._attn_implementation == attention.PACKED_ATTENTION
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
     for batch in (packed, flat):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -49,23 +48,6 @@ def limiter_tokens(body: Mapping[str, Any]) -> int:
             chars += sum(len(p.get("text", "")) for p in content if isinstance(p, Mapping))
     tokens = ids + math.ceil(chars / CHARS_PER_TOKEN)
     return tokens + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_reset(value: str | None) -> float | None:
-    """Seconds in an OpenAI reset header ("1s", "6m0s", "12ms", "0.5s"), or None."""
-    if not value:
-        return None
-    parts = _DURATION.findall(value.strip())
-    if not parts:
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return sum(float(n) * _UNIT[unit] for n, unit in parts)
 
 
 class _Bucket:

@@ -320,14 +320,6 @@ def new_pool_rows(generated: pd.DataFrame) -> pd.DataFrame:
     return kept[POOL_SCHEMA.names].reset_index(drop=True).astype({"round": "int32"})
 
 
-def status_counts(generated: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """{kind: {status: count}}: where each kind's candidates went."""
-    out: dict[str, dict[str, int]] = {}
-    for (kind, status), n in generated.groupby(["source", "status"]).size().items():
-        out.setdefault(str(kind), {})[str(status)] = int(n)
-    return out
-
-
 # ------------------------------------------------------------------------------------------
 
 

@@ -126,7 +126,6 @@ EASY_PROMPT = (
     "even more rare.\n" + _GENERATOR_TAIL
 )
 
-HARD_MARKER = "the same domain and the same task type"
 EASY_MARKER = "but be even more rare"
 
 

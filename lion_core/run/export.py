@@ -1,7 +1,7 @@
 """A round's training data as a file other tools train on: what the student of round k imitated.
 
 The training target is the teacher's answer (`round=<k>/train_data.parquet`, column `answer`),
-never the pools' `output` column (the seed data's own reference answer, empty for generated
+never the pools' `reference` column (the seed data's own answer, null for generated
 instructions). Formats:
 
 - `alpaca`: a JSON list of `{"instruction", "input", "output"}` (output = the teacher's answer);

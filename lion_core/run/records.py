@@ -1,9 +1,10 @@
-"""The small typed records a round's tasks hand each other, and the summary a round reports.
+"""What tasks return: small typed records built of ArtifactRefs, counts and usage (never
+tables), the summaries of a round, a run and an evaluation, and their JSON as persisted results.
 
-Tasks pass these (artifact references, counts, usage), never tables. Each is a frozen pydantic
-model, so Prefect persists it as a result, a type checker follows the flow body, and the round's
-summary — the table artifact, the CLI table and `round=<k>/summary.json` — is built from one
-`RoundSummary`.
+Each is a frozen pydantic model, so Prefect persists it as a result, a type checker follows the
+flow body, and the round's summary — the table artifact, the CLI table and
+`round=<k>/summary.json` — is built from one `RoundSummary`. The tables themselves, and the
+ArtifactRef that stands for one, are in schemas.py.
 
 A persisted task result is JSON (`dump_result` / `load_result`) naming only these records,
 ArtifactRef, EvalSummary and plain JSON values: a run's storage can be written by others (a

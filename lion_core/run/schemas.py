@@ -1,8 +1,10 @@
-"""The schemas of a run's artifacts, and what tasks hand each other instead of tables.
+"""The tables of a run: each artifact's pyarrow schema, the check a table passes before it is
+written (`conform`), instruction ids, and `ArtifactRef`, the reference to a committed table.
 
-Each artifact has a fixed pyarrow schema; a table that does not match is refused before anything
-is written (see docs/storage.md for every column). Tasks pass `ArtifactRef`s (URI, row count,
-content hash) between each other, never the tables themselves.
+Each artifact has a fixed schema; a table that does not match is refused before anything is
+written (see docs/storage.md for every column). An `ArtifactRef` (URI, row count, content hash)
+stands for a table wherever one is passed on, and is what a task's cache key counts; the records
+tasks return are in records.py.
 """
 
 from __future__ import annotations

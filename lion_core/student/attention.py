@@ -166,12 +166,6 @@ def register() -> str:
     return PACKED_ATTENTION
 
 
-def use_packed_attention(model) -> None:
-    """Switch a model's attention to `packed_attention` (training)."""
-    register()
-    model.set_attn_implementation(PACKED_ATTENTION)
-
-
 def training_attention(attn_implementation: str, packing: bool) -> str:
     """The kernel to train with: packed rows under sdpa use `packed_attention`; eager keeps
     transformers' block-diagonal masks (slow, for checking); flash kernels see flattened rows."""

@@ -1,0 +1,137 @@
+"""`lion pools`, `lion export`, `lion report` and `lion eval`: what a run made — its artifacts,
+its training data for other tools, and its students' scores against the teacher."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from flows.cli.bootstrap import use_prefect
+from flows.cli.options import (
+    EndpointOption,
+    JsonOption,
+    RootArgument,
+    SetOption,
+    fail,
+    load_config,
+    storage_options,
+)
+from flows.cli.tables import eval_json, pools_table, print_model_evaluation, print_scoreboard
+from lion_core.config import LionConfig
+
+
+def pools(root: RootArgument, endpoint_url: EndpointOption = None) -> None:
+    """Print per-round row counts of every artifact of a run."""
+    from lion_core.run.store import RunStore
+
+    store = RunStore.open(root, storage_options(endpoint_url))
+    counts = store.counts()
+    if not counts:
+        fail(f"no rounds under {store.storage.uri()}", 1)
+    typer.echo(pools_table(counts))
+
+
+def export(
+    root: RootArgument,
+    round: Annotated[int, typer.Option("--round", min=1, help="The round whose data to export.")],
+    format: Annotated[
+        str, typer.Option("--format", help="alpaca (JSON), sharegpt (JSON) or parquet.")
+    ] = "alpaca",
+    out: Annotated[
+        str | None,
+        typer.Option(help="Where to write (path or URI); default round=<k>/export/ in the run."),
+    ] = None,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Write what round k's student was trained on — instruction, input and the teacher's
+    answer as output — for other training tools."""
+    from lion_core.run.export import FORMATS, export_round
+    from lion_core.run.store import RunStore
+
+    if format not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    store = RunStore.open(root, storage_options(endpoint_url))
+    typer.echo(export_round(store, round, format, out))  # type: ignore[arg-type]
+
+
+def report(root: RootArgument, endpoint_url: EndpointOption = None) -> None:
+    """Print every evaluated round's relative score and write `<root>/evaluation.png`."""
+    if not print_scoreboard(root, storage_options(endpoint_url), plot=True):
+        fail(f"no evaluation results under {root}: set evaluation.sets, or run lion eval", 1)
+
+
+def eval_cmd(
+    root: Annotated[
+        str | None,
+        typer.Argument(help="A run's root: evaluate every round's student on its sets."),
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option("-c", "--config", help="Config (endpoints, judge, storage).")
+    ] = None,
+    student: Annotated[
+        str | None, typer.Option(help="A model folder, URI or hub id to evaluate (with -c).")
+    ] = None,
+    questions: Annotated[
+        list[str] | None,
+        typer.Option(help="Question set (file or 'offline'); repeatable. Default: the config's."),
+    ] = None,
+    json_out: JsonOption = False,
+    endpoint_url: EndpointOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Judge students against the teacher: `lion eval ROOT` (every round of a run, round 0
+    included) or `lion eval -c CONFIG --student PATH --questions FILE` (one model)."""
+    if (root is None) == (config is None):
+        fail("give a run root, or -c CONFIG with --student")
+    if root is not None:
+        _eval_run(root, questions, json_out, endpoint_url)
+        return
+    if not student:
+        fail("--student is required with -c")
+    _eval_model(load_config(config, set_), student, questions, json_out)
+
+
+def _eval_run(
+    root: str, questions: list[str] | None, json_out: bool, endpoint_url: str | None
+) -> None:
+    """`lion eval ROOT`: every round whose student finished training, on the run's sets."""
+    from flows.evaluate import lion_evaluate
+    from lion_core.run import layout
+    from lion_core.run.identity import recorded_config
+    from lion_core.run.store import RunStore
+    from lion_core.student.checkpoints import is_complete
+
+    cfg = recorded_config(root, storage_options(endpoint_url))
+    store = RunStore.open(cfg.storage.root, cfg.storage.options)
+    rounds = [k for k in store.rounds() if is_complete(store.storage, layout.student(k))]
+    if not rounds:
+        fail(f"no trained student under {store.uri()}", 1)
+    if not (questions or cfg.evaluation.sets):
+        fail("the run has no evaluation.sets: pass --questions FILE")
+    use_prefect()
+    results = {
+        str(k): lion_evaluate(cfg, store.uri(layout.student(k)), k, sets=questions) for k in rounds
+    }
+    if json_out:
+        rounds_json = {k: eval_json(r, store) for k, r in results.items()}
+        typer.echo(json.dumps({"rounds": rounds_json}))
+    else:
+        print_scoreboard(cfg.storage.root, cfg.storage.options, plot=True)
+
+
+def _eval_model(cfg: LionConfig, student: str, questions: list[str] | None, json_out: bool) -> None:
+    """`lion eval -c CONFIG --student PATH`: one model, outside any run's rounds."""
+    from flows.evaluate import lion_evaluate
+    from lion_core.run.store import RunStore
+
+    if not (questions or cfg.evaluation.sets):
+        fail("no question set: pass --questions FILE (or set evaluation.sets)")
+    use_prefect()
+    result = lion_evaluate(cfg, student, None, sets=questions)
+    if json_out:
+        store = RunStore.open(cfg.storage.root, cfg.storage.options)
+        typer.echo(json.dumps(eval_json(result, store)))
+        return
+    print_model_evaluation(student, result)
