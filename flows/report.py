@@ -67,8 +67,15 @@ def round_summary(
         usage={
             "teacher": teacher.usage.seen_from(run),
             "referee": sum((r.usage.seen_from(run) for r in reviews), Usage(run=run)),
-            "generator": sum((c.usage.seen_from(run) for c in found), Usage(run=run)),
+            "generator": sum(
+                (u.seen_from(run) for u in [*(c.usage for c in found), new and new.usage] if u),
+                Usage(run=run),
+            ),
         },
+        hard_precision=stats.hard_precision if stats else None,
+        easy_precision=stats.easy_precision if stats else None,
+        new_wanted=new.wanted if new else None,
+        new_shortfall=sum(new.shortfall.values()) if new and new.shortfall is not None else None,
         seconds=seconds,
     )
 
@@ -184,6 +191,15 @@ SUMMARY_TABLES = (
         "relative_score",
         "student_exact_match",
         "cost_usd",
+    ),
+    (
+        "round",
+        "hard_share",
+        "hard_precision",
+        "easy_precision",
+        "new_shortfall",
+        "top_category",
+        "top_category_share",
     ),
     (
         "round",

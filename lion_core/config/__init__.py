@@ -28,6 +28,11 @@ OFFLINE = "offline"
 # run root and never enter a cache key. The mark sits next to each field.
 OPERATIONAL: dict[str, Any] = {"operational": True}
 
+# Fields added after run roots existed: the default reproduces what runs did before the field
+# existed, and a field at its default is left out of the digest, so those roots' tasks stay
+# cached (their run.json lacks the field, which loads as the default).
+ADDED: dict[str, Any] = {"added": True}
+
 
 def section_model(annotation: object) -> type[BaseModel] | None:
     """The config section type behind a field's annotation (`X`, `X | None`), else None."""
@@ -35,6 +40,30 @@ def section_model(annotation: object) -> type[BaseModel] | None:
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
     return None
+
+
+def _added_defaults(model: type[BaseModel], value: dict[str, Any]) -> dict[str, Any]:
+    """`value` (a section's JSON dump) without the ADDED fields that are at their default."""
+    out = {}
+    for key, item in value.items():
+        field = model.model_fields.get(key)
+        sub = section_model(field.annotation) if field is not None else None
+        extra = (field.json_schema_extra or {}) if field is not None else {}
+        if extra.get("added") and item == _json_default(field):
+            continue
+        if (
+            sub is not None
+            and isinstance(item, dict)
+            and typing.get_origin(field.annotation) is not dict
+        ):
+            item = _added_defaults(sub, item)
+        out[key] = item
+    return out
+
+
+def _json_default(field: FieldInfo) -> Any:
+    default = field.get_default(call_default_factory=True)
+    return default.model_dump(mode="json") if isinstance(default, BaseModel) else default
 
 
 def is_operational(path: str) -> bool:
@@ -265,6 +294,27 @@ class GeneratorConfig(EndpointConfig):
         ge=1.0,
         le=10.0,
         description="Candidates requested per wanted instruction, to make up for filtering.",
+    )
+    max_attempts: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="Generation passes per round: a kind still short of novel instructions "
+        "after a pass asks again for (shortfall × oversample) candidates, as the paper's "
+        "generator loops until it has its instructions; the shortfall left is reported. "
+        "1 = one pass.",
+        json_schema_extra=ADDED,
+    )
+    max_category_share: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Most share of a round's new instructions one seed category (the offline "
+        "world's family; for other data the seed's parent) may take: requests are spread "
+        "over the categories of the hard/easy seeds in proportion, capped at this share, and "
+        "kept instructions beyond it wait until the others are exhausted. Exceeded only when "
+        "the seeds have too few categories (the referee's hard set demands it). 1 = no cap.",
+        json_schema_extra=ADDED,
     )
 
 
@@ -576,6 +626,18 @@ class PoolsConfig(Section):
         "new",
         description="Next round's Cache Pool: 'new' = only the new instructions (paper), "
         "'all' = the whole Train Pool.",
+    )
+    holdback: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each round's new instructions held back from the next round's "
+        "training: they alone make its Cache Pool (with cache_pool 'new'), so the referee "
+        "judges instructions the student has not been trained on, and they join the Train "
+        "Pool one round later. 0 = the paper (the Cache Pool is what the student just "
+        "learned; a small student trained many epochs reproduces it, and the split measures "
+        "memory, docs/method.md).",
+        json_schema_extra=ADDED,
     )
 
 
@@ -908,7 +970,9 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "gpt-4-turbo": {"input": 10.00, "output": 30.00},
     "gpt-4": {"input": 30.00, "output": 60.00},
     "gpt-3.5-turbo": {"input": 0.50, "output": 1.50},
-    "offline-": {"input": 0.0, "output": 0.0},  # the offline world is free
+    # The offline world's models, priced as a small commercial model (gpt-4o-mini) so that
+    # dollars mean something offline (`lion ablate`'s cost per arm); set 0 for free.
+    "offline-": {"input": 0.15, "output": 0.60},
 }
 
 
@@ -1069,7 +1133,7 @@ class LionConfig(Section):
     def digest(self) -> str:
         """sha256 of every non-operational field: what the run's products depend on (part of
         every task's cache key)."""
-        data = _drop_operational(self.model_dump(mode="json"), "")
+        data = _drop_operational(_added_defaults(LionConfig, self.model_dump(mode="json")), "")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def judge_endpoint(self) -> RefereeConfig:

@@ -99,6 +99,11 @@ class SplitStats(Record):
     gap_order_1: float | None
     gap_order_2: float | None
     positional_bias: float | None
+    # The split against the truth where it is known (discriminate.split_truth; None without
+    # truth, and in results written before they existed).
+    truth_known: int | None = None
+    hard_precision: float | None = None
+    easy_precision: float | None = None
 
 
 class Split(Record):
@@ -125,6 +130,12 @@ class NewInstructions(Record):
     diversity: Diversity | None = None
     # The kept instructions far from every seed's domain (lion_core.method.health).
     domain: DomainHealth | None = None
+    # New instructions wanted, how many each kind is still short of, the generation passes
+    # (generator.max_attempts) and the top-up passes' requests (None before they existed).
+    wanted: int | None = None
+    shortfall: dict[str, int] | None = None
+    attempts: int | None = None
+    usage: Usage | None = None
 
     @property
     def kept(self) -> int:
@@ -159,6 +170,14 @@ class RoundSummary(Record):
     teacher_health: AnswerHealth | None = None
     # New instructions far from every seed's domain (lion_core.method.health).
     generated_health: DomainHealth | None = None
+    # The referee's split against the truth, where known (SplitStats): share of "hard" that
+    # the student actually got wrong, of "easy" that it actually got right.
+    hard_precision: float | None = None
+    easy_precision: float | None = None
+    # New instructions the round wanted, and how many generation could not find
+    # (generator.max_attempts passes); None in summaries written before they existed.
+    new_wanted: int | None = None
+    new_shortfall: int | None = None
 
     def flat(self) -> dict[str, Any]:
         """One level deep: `<role>_<counter>`, `cost_usd` (all roles) and `<stage>_seconds`
@@ -183,6 +202,8 @@ class RoundSummary(Record):
             row["dropped_max_rouge_l"] = _quantiles(d.dropped_max_rouge)
             row["top_category"] = d.top_category and f"{d.top_category} ({d.category_basis})"
             row["top_category_share"] = d.top_category_share
+        total = self.hard + self.easy
+        row["hard_share"] = self.hard / total if total and self.unscored < total else None
         for role, usage in self.usage.items():
             row[f"{role}_sent"] = usage.requests
             row[f"{role}_cached"] = usage.cache_hits
