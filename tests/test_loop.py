@@ -1,0 +1,283 @@
+"""Issue 21, the loop after round 1: a held-back Cache Pool, the split against the truth, top-up
+generation, the per-category cap, the ablation's costs and paired differences. Unit tests of the
+pieces against the real offline world (in-process, over loopback HTTP where a client is
+needed); one small round end to end."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from lion_core.config import GeneratorConfig, LionConfig, PoolsConfig
+from lion_core.config.presets import preset_config
+from lion_core.evaluation import ablation
+from lion_core.llm import LLMClient
+from lion_core.method.discriminate import split_truth
+from lion_core.method.generate import (
+    allocate,
+    fill,
+    generate_candidates,
+    holdback,
+    plan_seeds,
+    seed_categories,
+    select_novel,
+    shortfall,
+)
+from lion_core.offline.roles import answer_is_right
+from lion_core.offline.world import make_instance, seed_pool
+from lion_core.run.schemas import SPLIT_SCHEMA
+
+GOLDEN = {
+    "paper-7b": "1bc4ec36445c7c351fce4c59b09431f4d67eb66b1d99d27f8f1a82aa2a42528d",
+    "gpu-1b": "d10421e5e6630307181bf28206739acea47f97240bfa0c385f833c1f0453e248",
+}
+
+
+def _split_frame(pool: pd.DataFrame, student: list[str | None]) -> pd.DataFrame:
+    frame = pool.reindex(columns=SPLIT_SCHEMA.names).copy()
+    frame["student_answer"] = student
+    return frame
+
+
+# ---- config --------------------------------------------------------------------------------
+
+
+def test_added_fields_at_their_default_leave_the_digest_alone():
+    for name, digest in GOLDEN.items():
+        assert preset_config(name).digest() == digest
+    base = LionConfig()
+    assert base.with_overrides({"pools.holdback": 0.0}).digest() == base.digest()
+    for field, value in (
+        ("pools.holdback", 0.5),
+        ("generator.max_attempts", 3),
+        ("generator.max_category_share", 0.4),
+    ):
+        assert base.with_overrides({field: value}).digest() != base.digest(), field
+    demo = preset_config("demo")
+    assert demo.pools.holdback > 0 and demo.generator.max_attempts > 1
+    assert demo.generator.max_category_share < 0.5
+
+
+# ---- the split against the truth -------------------------------------------------------------
+
+
+def test_answer_is_right_is_the_worlds_exact_answer():
+    pool = seed_pool(4, seed=0, max_difficulty=3)
+    row = pool.iloc[0]
+    assert answer_is_right(row["instruction"], row["input"], row["reference"]) is True
+    assert answer_is_right(row["instruction"], row["input"], row["reference"] + ".") is True
+    assert answer_is_right(row["instruction"], row["input"], "zzz") is False
+    assert answer_is_right(row["instruction"], row["input"], None) is False
+    assert answer_is_right("Write a poem about the sea.", "", "waves") is None
+
+
+def test_split_truth_is_the_precision_of_hard_and_easy():
+    pool = seed_pool(8, seed=1, max_difficulty=4)
+    right, wrong = pool["reference"].tolist(), ["zzz"] * 8
+    # hard: 3 wrong + 1 right -> 0.75; easy: 2 right + 2 wrong -> 0.5
+    hard = _split_frame(pool.iloc[:4], wrong[:3] + right[3:4])
+    easy = _split_frame(pool.iloc[4:], right[4:6] + wrong[6:8])
+    unknown = _split_frame(pool.iloc[:1].assign(instruction="Write a poem.", input=""), ["x"])
+    stats = split_truth(pd.concat([hard, unknown]), easy, answer_is_right)
+    assert stats == {"truth_known": 8, "hard_precision": 0.75, "easy_precision": 0.5}
+    none = split_truth(unknown, unknown.iloc[:0], answer_is_right)
+    assert none == {"truth_known": 0, "hard_precision": None, "easy_precision": None}
+
+
+# ---- holdback ------------------------------------------------------------------------------
+
+
+def test_holdback_draws_a_share_of_each_kind_whatever_the_row_order():
+    pool = seed_pool(40, seed=2, max_difficulty=6)
+    pool["source"] = ["hard"] * 30 + ["easy"] * 10
+    held = holdback(pool, 0.5, seed=7)
+    assert held["source"].value_counts().to_dict() == {"hard": 15, "easy": 5}
+    again = holdback(pool.sample(frac=1, random_state=3), 0.5, seed=7)
+    assert set(again["instruction_id"]) == set(held["instruction_id"])
+    assert set(holdback(pool, 0.5, seed=8)["instruction_id"]) != set(held["instruction_id"])
+    assert holdback(pool, 0.0, seed=7).empty
+
+
+# ---- the category cap ------------------------------------------------------------------------
+
+
+def test_allocate_is_proportional_capped_and_exceeds_only_when_it_must():
+    assert allocate({"a": 90, "b": 5, "c": 5}, 100, dict.fromkeys("abc", 40)) == {
+        "a": 40,
+        "b": 30,
+        "c": 30,
+    }
+    assert allocate({"a": 3, "b": 1}, 8, {"a": math.inf, "b": math.inf}) == {"a": 6, "b": 2}
+    # two categories, each capped at 40 of 100: the seeds demand more, in proportion
+    assert allocate({"a": 90, "b": 10}, 100, {"a": 40, "b": 40}) == {"a": 58, "b": 42}
+    assert sum(allocate({"a": 1, "b": 1, "c": 1}, 10, {}).values()) == 10
+    assert allocate({"a": 1}, 0, {}) == {}
+
+
+def _seeds(families: list[str], seed: int = 0) -> pd.DataFrame:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for family in families:
+        inst = make_instance(family, rng.randint(1, 4), rng, self_contained=True)
+        rows.append({"instruction": inst.instruction, "input": ""})
+    from lion_core.run.schemas import seed_row
+
+    frame = pd.DataFrame([seed_row(r["instruction"], "") for r in rows])
+    return frame.drop_duplicates("instruction_id").reindex(columns=SPLIT_SCHEMA.names)
+
+
+def test_plan_seeds_spreads_requests_over_families_under_the_cap():
+    hard = _seeds(["sort"] * 30 + ["count"] * 3 + ["addition"] * 3)
+    easy = _seeds(["sort"] * 10 + ["reverse"] * 2 + ["maximum"] * 2, seed=1)
+    pools = PoolsConfig(new_per_round=40, hard_share=0.5)
+    gen = GeneratorConfig(oversample=2.0, max_category_share=0.4)
+    cats = seed_categories(pd.concat([hard, easy]), offline=True)
+    plan = plan_seeds(hard, easy, pools, 3, gen, cats)
+    assert (len(plan.hard), len(plan.easy)) == (40, 40)  # one row per request
+    fams = pd.Series([cats[i] for i in pd.concat([plan.hard, plan.easy])["instruction_id"]])
+    assert fams.value_counts()["sort"] <= 0.4 * 80
+    # without the cap, the walk is the shuffled seeds (the paper's behaviour)
+    legacy = plan_seeds(hard, easy, pools, 3)
+    assert len(legacy.hard) == len(hard) and legacy.categories is None
+    assert plan_seeds(hard, easy, pools, 3, GeneratorConfig(), cats).hard.equals(legacy.hard)
+
+
+def _candidates(parents: list[str], texts: list[str], kind: str = "hard") -> pd.DataFrame:
+    from lion_core.run.schemas import instruction_id
+
+    return pd.DataFrame(
+        {
+            "instruction_id": [instruction_id(t, "") for t in texts],
+            "instruction": texts,
+            "input": "",
+            "reference": None,
+            "source": kind,
+            "parent_id": parents,
+            "round": 1,
+            "status": "candidate",
+            "error": None,
+            "request_key": [f"k{i}" for i in range(len(texts))],
+        }
+    )
+
+
+def test_select_novel_caps_a_category_and_relaxes_when_nothing_else_is_left():
+    texts = [
+        "Sort the numbers 4, 9, 1 in ascending order please.",
+        "Name three rivers that flow through Europe.",
+        "Compose a haiku about an autumn morning.",
+        "Explain how a rainbow forms after rain.",
+        "List four prime numbers above fifty.",
+    ]
+    parents = ["p1", "p1", "p1", "p2", "p1"]
+    cats = {"p1": "sort", "p2": "count"}
+    room = {"sort": 2, "count": 2}
+    out = select_novel(_candidates(parents, texts), [], 5, 0, category_of=cats, room=room,
+                       relax=False)  # fmt: skip
+    assert out["status"].tolist() == ["kept", "kept", "capped", "kept", "capped"]
+    relaxed = select_novel(_candidates(parents, texts), [], 4, 0, category_of=cats, room=room)
+    assert relaxed["status"].tolist() == ["kept", "kept", "kept", "kept", "surplus"]
+    assert select_novel(_candidates(parents, texts), [], 5, 0)["status"].eq("kept").all()
+
+
+# ---- top-up generation, against the offline world --------------------------------------------
+
+
+def _generator(server) -> LLMClient:
+    cfg = GeneratorConfig(concurrency=8)
+    return LLMClient(cfg, role="generator", cache=None, base_url=server.base_url)
+
+
+@pytest.mark.parametrize("cap", [1.0, 0.4])
+def test_fill_tops_up_until_the_round_has_its_instructions(offline_server, cap):
+    server = offline_server()
+    client = _generator(server)
+    hard = _seeds(["sort", "sort", "sort", "count", "addition"])
+    easy = _seeds(["reverse", "maximum"], seed=5)
+    pools = PoolsConfig(new_per_round=30, hard_share=0.5)
+    one = GeneratorConfig(oversample=1.0, max_attempts=1, max_category_share=cap)
+    many = one.model_copy(update={"max_attempts": 6})
+    cats = seed_categories(pd.concat([hard, easy]), offline=True) if cap < 1 else None
+    plan = plan_seeds(hard, easy, pools, 0, many, cats)
+    first = pd.concat(
+        [generate_candidates(plan.seeds(k), k, plan.wanted(k), client, many, 1)
+         for k in ("hard", "easy")], ignore_index=True,
+    )  # fmt: skip
+
+    def ask(seeds, kind, start):
+        return generate_candidates(seeds, kind, 0, client, many, 1, start, len(seeds))
+
+    pool = [i for i in hard["instruction"]] + [i for i in easy["instruction"]]
+    once, passes = fill(first, pool, plan, one, 0.7, ask)
+    assert passes == 1
+    topped, passes = fill(first, pool, plan, many, 0.7, ask)
+    short_once, short = shortfall(once, plan), shortfall(topped, plan)
+    assert sum(short_once.values()) > 0, "oversample 1 on templated tasks leaves a shortfall"
+    assert sum(short.values()) < sum(short_once.values()) and 1 < passes <= 6
+    kept = topped[topped["status"] == "kept"]
+    assert kept["instruction_id"].is_unique
+    assert (kept["source"].value_counts() <= pd.Series({"hard": 15, "easy": 15})).all()
+    # every request has its own sample number: no candidate came back from the cache twice
+    assert topped["request_key"].is_unique
+    if cap < 1:
+        fams = kept["parent_id"].map(cats).value_counts()
+        assert fams.max() <= math.floor(0.4 * 30) or sum(short.values()) == 0
+
+
+# ---- the ablation's costs and paired differences ---------------------------------------------
+
+
+def _summary(train: int, new: int, usage: dict[str, tuple[int, int, float]]) -> dict:
+    return {
+        "train_pool": train,
+        "new_instructions": new,
+        "usage": {
+            role: {"requests": r, "failures": 0, "cache_hits": h, "cost_usd": usd}
+            for role, (r, h, usd) in usage.items()
+        },
+    }
+
+
+def test_costs_count_each_answer_once_and_equal_cost_buys_referee_money():
+    lion = [
+        _summary(100, 50, {"teacher": (100, 0, 1.0), "referee": (200, 0, 4.0),
+                           "generator": (100, 0, 0.5)}),
+        _summary(150, 50, {"teacher": (50, 100, 0.5), "referee": (90, 10, 1.8),
+                           "generator": (100, 0, 0.5)}),
+    ]  # fmt: skip
+    assert ablation.answered(lion) == {"teacher": 150, "referee": 300, "generator": 200}
+    prices = ablation.unit_prices([lion])
+    assert prices == pytest.approx({"teacher": 0.01, "referee": 0.02, "generator": 0.005})
+    cost = ablation.arm_cost(lion, prices)
+    assert cost["usd"] == pytest.approx(1.5 + 6.0 + 1.0)
+    # referee $6 over 2 rounds; a new instruction costs 2 generator requests (0.01) each round
+    # plus a teacher answer in 1 of the 2 rounds: 6 / (2 * 0.01 + 1 * 0.01) = 200 per round
+    assert ablation.equal_cost_extra(lion, prices, rounds=2) == 200
+    cfg = ablation.arm_config(LionConfig(), "/tmp/a", "uniform-cost", 1, extra_new=200)
+    assert cfg.arm == "uniform" and cfg.pools.new_per_round == 6200
+    assert cfg.storage.root == "/tmp/a/uniform-cost/seed=1"
+
+
+def test_paired_differences_have_a_t_interval_over_seeds():
+    rows = pd.DataFrame(
+        {
+            "arm": ["lion"] * 3 + ["uniform"] * 3,
+            "seed": [0, 1, 2] * 2,
+            "round": [3] * 6,
+            "set": "offline",
+            "level": "overall",
+            "category": None,
+            "relative_score": [0.30, 0.35, 0.40, 0.20, 0.30, 0.30],
+        }
+    )
+    diffs = ablation.paired(rows).set_index("arm")
+    row = diffs.loc["uniform"]
+    assert row["mean"] == pytest.approx(0.0833333) and row["ahead"] == 3 and row["seeds"] == 3
+    sd = pd.Series([0.10, 0.05, 0.10]).std(ddof=1)
+    assert row["low"] == pytest.approx(row["mean"] - 4.303 * sd / math.sqrt(3))
+    text = ablation.paired_text(diffs.reset_index())
+    assert "| uniform | +0.083 [" in text and "(3/3)" in text
