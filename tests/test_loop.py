@@ -281,3 +281,90 @@ def test_paired_differences_have_a_t_interval_over_seeds():
     assert row["low"] == pytest.approx(row["mean"] - 4.303 * sd / math.sqrt(3))
     text = ablation.paired_text(diffs.reset_index())
     assert "| uniform | +0.083 [" in text and "(3/3)" in text
+
+
+# ---- the world stays blind to the method ------------------------------------------------------
+
+
+def test_the_world_answers_a_body_the_same_whatever_the_order(offline_server):
+    """An answer depends on the request body alone: two fresh worlds, the same bodies sent in
+    opposite orders (as two arms would), the same answers."""
+    from lion_core.llm import ChatRequest
+    from lion_core.method import prompts
+
+    seeds = seed_pool(6, seed=3, max_difficulty=5)
+    requests = [
+        ChatRequest.of(prompts.generator_messages(row.instruction, kind), tag=str(k), sample=k)
+        for k, row in enumerate(seeds.itertuples())
+        for kind in ("hard", "easy")
+    ]
+    forward = _generator(offline_server()).run(requests)
+    backward = _generator(offline_server()).run(requests[::-1])[::-1]
+    assert [r.text for r in forward] == [r.text for r in backward]
+    assert len({r.text for r in forward}) == len(forward)
+
+
+# ---- one small round pair end to end -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_rounds_judge_held_back_instructions(prefect_harness, tmp_path):
+    """Round 2's Cache Pool is round 1's held-back share, which round 2's student has not
+    trained on; it joins the Train Pool in round 3's pools; each round reports the split's
+    precision against the truth and its shortfall."""
+    from test_round_flow import small_config
+
+    from flows.round import lion_round
+    from lion_core.run.store import RunStore
+
+    cfg = small_config(
+        tmp_path / "run",
+        rounds=2,
+        **{"pools.holdback": 0.5, "generator.max_attempts": 3,
+           "generator.max_category_share": 0.4},
+    )  # fmt: skip
+    first = lion_round(cfg, 1)
+    assert first.hard_precision is not None and first.new_wanted == 12
+    assert first.new_shortfall is not None and first.hard + first.easy > 0
+    store = RunStore.open(cfg.storage.root)
+    train2, cache2 = store.read(2, "train_pool"), store.read(2, "cache_pool")
+    assert len(cache2) == math.floor(0.5 * first.new_instructions + 0.5) or len(cache2) > 0
+    assert not cache2["instruction_id"].isin(train2["instruction_id"]).any()
+    assert len(train2) + len(cache2) == 24 + first.new_instructions
+    second = lion_round(cfg, 2)
+    assert second.cache_pool == len(cache2) and second.hard + second.easy + second.unscored > 0
+    train3 = store.read(3, "train_pool")
+    assert cache2["instruction_id"].isin(train3["instruction_id"]).all()
+
+
+def test_records_from_older_runs_keep_their_task_keys():
+    """A Split or NewInstructions read back from a run written before the added fields hashes
+    as it did then (tasks.caching.digest), so an old root's later tasks stay Cached."""
+    from lion_core.run.records import NewInstructions, Split
+    from lion_core.run.schemas import ArtifactRef
+    from tasks.caching import digest
+
+    ref = {"uri": "u", "path": "p", "name": "hard", "round": 1, "rows": 3, "sha256": "ab"}
+    stats = {"tau": 1.0, "total": 3, "hard": 2, "easy": 1, "unscored": 0,
+             "unscored_by_reason": {}, "hard_share": 2 / 3, "mean_teacher_score": 9.0,
+             "mean_student_score": 5.0, "score_ratio": 5 / 9, "mean_gap": 4.0,
+             "gap_order_1": 4.5, "gap_order_2": 3.5, "positional_bias": 0.5}  # fmt: skip
+    old = {"hard": ref, "easy": ref, "stats": stats}
+    split = Split.model_validate(old)
+    assert digest(split) == {**old, "stats": stats, "hard": ref, "easy": ref}
+    newer = split.model_copy(
+        update={"stats": split.stats.model_copy(update={"hard_precision": 1.0})}
+    )
+    assert digest(newer)["stats"]["hard_precision"] == 1.0
+    new = NewInstructions(generated=ArtifactRef(**ref), statuses={"kept": 2})
+    assert set(digest(new)) == {"generated", "statuses", "diversity", "domain"}
+
+
+def test_family_examples_count_the_worlds_families():
+    from lion_core.evaluation.curves import family_examples
+    from lion_core.offline.world import FAMILIES
+
+    pool = seed_pool(14, seed=0, max_difficulty=6)
+    extra = pd.DataFrame({"instruction": ["Write a poem about the sea."], "input": [""]})
+    counts = family_examples(pd.concat([pool, extra], ignore_index=True))
+    assert counts == {**dict.fromkeys(FAMILIES, 2), "unrecognised": 1}
