@@ -368,3 +368,22 @@ def test_family_examples_count_the_worlds_families():
     extra = pd.DataFrame({"instruction": ["Write a poem about the sea."], "input": [""]})
     counts = family_examples(pd.concat([pool, extra], ignore_index=True))
     assert counts == {**dict.fromkeys(FAMILIES, 2), "unrecognised": 1}
+
+
+def test_lion_report_prints_the_split_and_its_precision_per_round(tmp_path):
+    from lion_core.evaluation import scoreboard
+    from lion_core.run.store import RunStore
+
+    store = RunStore.open(str(tmp_path))
+    assert scoreboard.loop_table(store) is None
+    for k, (hard, easy, precision) in enumerate([(30, 10, 0.9), (20, 20, None)], start=1):
+        store.write_round_summary(k, {
+            "round": k, "hard": hard, "easy": easy, "hard_precision": precision,
+            "easy_precision": 0.75, "student_to_teacher": 0.5, "new_shortfall": 0,
+            "diversity": {"top_category_share": 0.4},
+        })  # fmt: skip
+    lines = scoreboard.loop_table(store).splitlines()
+    assert lines[0].split()[:5] == ["round", "hard", "easy", "hard_share", "hard_prec"]
+    assert lines[1].split() == ["1", "30", "10", "0.750", "0.900", "0.750", "0.500", "0.400", "0"]
+    assert lines[2].split()[3:5] == ["0.500", "-"]
+    assert max(len(line) for line in lines) < 100
