@@ -307,8 +307,18 @@ def test_the_world_answers_a_body_the_same_whatever_the_order(offline_server):
 # ---- one small round pair end to end -------------------------------------------------------
 
 
+@pytest.fixture
+def harness():
+    """Prefect's test harness (a real API server on a temporary SQLite database), given time
+    to start on a busy machine."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        yield
+
+
 @pytest.mark.slow
-def test_two_rounds_judge_held_back_instructions(prefect_harness, tmp_path):
+def test_two_rounds_judge_held_back_instructions(harness, tmp_path):
     """Round 2's Cache Pool is round 1's held-back share, which round 2's student has not
     trained on; it joins the Train Pool in round 3's pools; each round reports the split's
     precision against the truth and its shortfall."""
@@ -387,3 +397,49 @@ def test_lion_report_prints_the_split_and_its_precision_per_round(tmp_path):
     assert lines[1].split() == ["1", "30", "10", "0.750", "0.900", "0.750", "0.500", "0.400", "0"]
     assert lines[2].split()[3:5] == ["0.500", "-"]
     assert max(len(line) for line in lines) < 100
+
+
+# ---- the same seed gives the same student ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_same_seed_trains_the_same_student_twice(tmp_path):
+    """Two runs of one config (own roots, own scratch): the same tokenizer, bit-identical
+    weights after training, the same greedy answers — what makes a demo's scores repeat."""
+    import torch
+
+    from lion_core.run.store import RunStore
+    from lion_core.student.answer import BatchedGenerator
+    from lion_core.student.launch import train_student
+    from lion_core.student.model import load_student, prepare_base_student
+
+    pool = seed_pool(24, seed=5, max_difficulty=3)
+    texts = [f"{r.instruction} {r.input} {r.reference}" for r in pool.itertuples()]
+    data = tmp_path / "train.parquet"
+    pool.rename(columns={"reference": "answer"})[["instruction", "input", "answer"]].to_parquet(
+        data, index=False
+    )
+    models = []
+    for name in ("one", "two"):
+        cfg = LionConfig.from_dict({
+            "storage": {"root": str(tmp_path / name)},
+            "student": {"tiny": {"vocab_size": 320, "hidden_size": 32, "intermediate_size": 64,
+                                 "num_layers": 1, "num_heads": 2},
+                        "generation": {"max_new_tokens": 6}},
+            "training": {"launcher": "python", "max_steps": 6, "micro_batch_size": 4,
+                         "learning_rate": 2e-3, "max_length": 128, "save_steps": 100},
+        })  # fmt: skip
+        store = RunStore.open(cfg.storage.root)
+        base = prepare_base_student(cfg, store, texts)
+        models.append((cfg, load_student(train_student(cfg, store, 1, str(data), base), cfg)))
+    (cfg, (a, tok_a)), (_, (b, tok_b)) = models
+    assert tok_a.get_vocab() == tok_b.get_vocab()
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    rows = pool[["instruction_id", "instruction", "input"]].head(8)
+    answers = [
+        {a.instruction_id: a.answer for batch in BatchedGenerator(
+            m, t, cfg.student.generation, "alpaca").answer(rows) for a in batch}
+        for m, t in ((a, tok_a), (b, tok_b))
+    ]  # fmt: skip
+    assert answers[0] == answers[1] and len(answers[0]) == 8
