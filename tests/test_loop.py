@@ -443,3 +443,27 @@ def test_the_same_seed_trains_the_same_student_twice(tmp_path):
         for m, t in ((a, tok_a), (b, tok_b))
     ]  # fmt: skip
     assert answers[0] == answers[1] and len(answers[0]) == 8
+
+
+@pytest.mark.slow
+def test_lion_ablate_prices_the_arms_and_matches_lions_cost(harness, tmp_path):
+    """`uniform-cost` gets more new instructions per round than Lion, bought with what Lion's
+    referee cost; the ablation writes the paired differences and USD per arm."""
+    from test_round_flow import small_config
+
+    from flows.ablate import lion_ablate
+    from lion_core.run.identity import recorded_config
+
+    cfg = small_config(
+        tmp_path / "unused",
+        **{"evaluation.sets": ["offline"], "evaluation.sample": 12, "evaluation.bootstrap": 0},
+    )
+    root = str(tmp_path / "ablation")
+    text = lion_ablate(cfg, root, ["uniform-cost", "lion"], 1)
+    assert "| lion |" in text and "| uniform-cost |" in text and "score per $" in text
+    costs = pd.read_parquet(f"{root}/ablation_costs.parquet").set_index("arm")
+    assert costs.loc["lion", "referee_usd"] > 0 and costs.loc["uniform-cost", "referee_usd"] == 0
+    extra = recorded_config(f"{root}/uniform-cost/seed=0").pools.new_per_round - 12
+    assert extra > 0
+    paired = pd.read_parquet(f"{root}/ablation_paired.parquet")
+    assert set(paired["arm"]) == {"uniform-cost"} and set(paired["round"]) == {0, 1}
