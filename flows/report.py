@@ -169,9 +169,9 @@ def _quote(text: Any, limit: int = 600) -> str:
     return text.replace("\n", " ")
 
 
-# The per-round summary as three tables of one row per round, each under 100 columns wide:
+# The per-round summary as four tables of one row per round, each under 100 columns wide:
 # pools and scores; what the round produced, the evaluation and what it cost; requests per role
-# (sent to the endpoint, answered from the cache).
+# (sent to the endpoint, answered from the cache); the split's precision and generation.
 SUMMARY_TABLES = (
     (
         "round",
@@ -194,21 +194,22 @@ SUMMARY_TABLES = (
     ),
     (
         "round",
-        "hard_share",
-        "hard_precision",
-        "easy_precision",
-        "new_shortfall",
-        "top_category",
-        "top_category_share",
-    ),
-    (
-        "round",
         "teacher_sent",
         "teacher_cached",
         "referee_sent",
         "referee_cached",
         "generator_sent",
         "generator_cached",
+    ),
+    # the referee's split against the truth (where known) and generation's spread and shortfall
+    (
+        "round",
+        "hard_share",
+        "hard_precision",
+        "easy_precision",
+        "new_shortfall",
+        "top_category",
+        "top_category_share",
     ),
 )
 SUMMARY_COLUMNS = tuple(dict.fromkeys(c for table in SUMMARY_TABLES for c in table))
