@@ -64,6 +64,16 @@ def seed_plan(config: LionConfig, round: int, store: RunStore, split: Split) -> 
     return plan_seeds(hard, easy, config.pools, config.seed + round, config.generator, categories)
 
 
+def known_pool(train: pd.DataFrame, store: RunStore, split: Split) -> pd.DataFrame:
+    """The Train Pool, then the split's Cache Pool rows it lacks (POOL_SCHEMA columns)."""
+    cache = pd.concat([store.read_ref(split.hard), store.read_ref(split.easy)])
+    fresh = cache[~cache["instruction_id"].isin(train["instruction_id"])]
+    if fresh.empty:
+        return train
+    fresh = fresh.drop_duplicates("instruction_id")[list(train.columns)]
+    return pd.concat([train, fresh], ignore_index=True)
+
+
 @lion_task("novel-instructions")
 def novel_instructions(
     config: LionConfig,
@@ -83,7 +93,10 @@ def novel_instructions(
     store = run_store(config)
     found = pd.concat([store.read_ref(hard.candidates), store.read_ref(easy.candidates)])
     found = found.reset_index(drop=True)
-    train_pool = store.read_ref(train)
+    # What the new instructions must be novel against, and where their parents are: the Train
+    # Pool and the round's Cache Pool (with pools.holdback its rows are not in the Train Pool
+    # yet; without, this is the Train Pool itself).
+    train_pool = known_pool(store.read_ref(train), store, split)
     pool = train_pool["instruction"].tolist()
     plan = seed_plan(config, round, store, split)
     gen = config.generator

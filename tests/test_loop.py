@@ -320,8 +320,8 @@ def harness():
 @pytest.mark.slow
 def test_two_rounds_judge_held_back_instructions(harness, tmp_path):
     """Round 2's Cache Pool is round 1's held-back share, which round 2's student has not
-    trained on; it joins the Train Pool in round 3's pools; each round reports the split's
-    precision against the truth and its shortfall."""
+    trained on; it joins the Train Pool in round 3's pools; round 2's new instructions descend
+    from it; each round reports the split's precision against the truth and its shortfall."""
     from test_round_flow import small_config
 
     from flows.round import lion_round
@@ -345,6 +345,8 @@ def test_two_rounds_judge_held_back_instructions(harness, tmp_path):
     assert second.cache_pool == len(cache2) and second.hard + second.easy + second.unscored > 0
     train3 = store.read(3, "train_pool")
     assert cache2["instruction_id"].isin(train3["instruction_id"]).all()
+    # the new instructions' parents are the held-back Cache Pool rows: known, categorised
+    assert second.diversity is not None and "unknown" not in second.diversity.categories
 
 
 def test_records_from_older_runs_keep_their_task_keys():
