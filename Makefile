@@ -1,12 +1,19 @@
 # The two commands of the README. Both set everything up on a fresh machine first.
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test test-browser chromium lint bootstrap
+.PHONY: demo ablate test test-browser chromium lint bootstrap
 bootstrap:
 	bash scripts/bootstrap.sh
 
 demo: bootstrap
 	.venv/bin/lion demo $(ARGS)
+
+# Lion against uniform (equal data), uniform (equal cost) and seed-only on the demo preset, over
+# SEEDS seeds (docs/method.md): paired differences with 95% intervals, USD per arm.
+SEEDS ?= 5
+ablate: bootstrap
+	mkdir -p lion-runs && .venv/bin/lion demo --write-config lion-runs/ablate.yaml
+	.venv/bin/lion ablate -c lion-runs/ablate.yaml --seeds $(SEEDS) --root lion-runs/ablation $(ARGS)
 
 # The whole suite but the browser test, which needs Chromium (make test-browser). Test files are
 # spread over TEST_WORKERS processes (pytest-xdist; a file's tests stay together, so each file's

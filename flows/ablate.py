@@ -15,6 +15,7 @@ from lion_core.config import LionConfig
 from lion_core.evaluation import ablation
 from lion_core.run import layout
 from lion_core.run.storage import Storage
+from lion_core.run.store import RunStore
 
 DEFAULT_CONFIG = LionConfig()
 
@@ -26,16 +27,30 @@ def lion_ablate(
     arms: list[str] = list(ablation.ARMS),  # noqa: B006 (Prefect parameters are copied)
     seeds: int = 3,
 ) -> str:
-    """Run `config` as each of `arms` ('lion', 'uniform', 'seed-only') with `seeds` seeds,
-    each under `<root>/<arm>/seed=<i>`, sharing one response cache; then write the table
-    (`<root>/ablation.parquet`: arm × round × category, mean and 95% interval over seeds of the
-    relative score and the student's exact match) and its plot (`<root>/ablation.png`), and
-    publish both as an artifact. Returns the markdown table of the overall relative score."""
+    """Run `config` as each of `arms` ('lion', 'uniform', 'uniform-cost', 'seed-only') with
+    `seeds` seeds, each under `<root>/<arm>/seed=<i>`, sharing one response cache; then write
+    the table (`<root>/ablation.parquet`: arm × round × category, mean and 95% interval over
+    seeds of the relative score and the student's exact match), Lion's paired differences
+    (`ablation_paired.parquet`), each run's USD (`ablation_costs.parquet`) and the plot
+    (`<root>/ablation.png`), and publish them as an artifact. `uniform-cost` runs after the
+    seed's `lion` run: its extra new instructions per round spend what Lion's referee cost.
+    Returns the markdown tables."""
     use_run_storage(config.with_overrides({"storage.root": root}))
     log = get_run_logger()
+    order = sorted(arms, key=lambda a: a == "uniform-cost")  # after lion, whose cost it matches
+    if "uniform-cost" in arms and "lion" not in arms:
+        raise ValueError("the uniform-cost arm spends what the lion arm spent: run both")
     for i in range(seeds):
-        for arm in arms:
-            cfg = ablation.arm_config(config, root, arm, i)
+        for arm in order:
+            extra = 0
+            if arm == "uniform-cost":
+                lion = ablation.arm_config(config, root, "lion", i)
+                lion_rounds = ablation.summaries(
+                    RunStore.open(lion.storage.root, lion.storage.options)
+                )
+                prices = ablation.unit_prices([lion_rounds])
+                extra = ablation.equal_cost_extra(lion_rounds, prices, config.rounds)
+            cfg = ablation.arm_config(config, root, arm, i, extra)
             log.info("arm %s, seed %d: %s", arm, i, cfg.storage.root)
             lion_distill(cfg)
     rows = ablation.results(config, root, arms, seeds)
@@ -43,11 +58,23 @@ def lion_ablate(
         [ablation.table(rows, m) for m in ("relative_score", "student_exact_match")],
         ignore_index=True,
     )
+    diffs = ablation.paired(rows)
+    cost = ablation.costs(config, root, arms, seeds)
     storage = Storage(root, config.storage.options)
     storage.write_bytes(layout.ABLATION_TABLE, summary.to_parquet(index=False), overwrite=True)
+    storage.write_bytes(layout.ABLATION_PAIRED, diffs.to_parquet(index=False), overwrite=True)
+    storage.write_bytes(layout.ABLATION_COSTS, cost.to_parquet(index=False), overwrite=True)
     png = ablation.plot(summary)
     uri = storage.write_bytes(layout.ABLATION_PLOT, png, overwrite=True)
-    text = ablation.overall_text(summary)
+    text = "\n\n".join(
+        part
+        for part in (
+            ablation.overall_text(summary),
+            ablation.paired_text(diffs),
+            ablation.cost_text(rows, cost),
+        )
+        if part
+    )
     create_markdown_artifact(
         markdown=(
             f"# {config.name}: Lion against its ablations\n\n"

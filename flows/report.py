@@ -67,8 +67,15 @@ def round_summary(
         usage={
             "teacher": teacher.usage.seen_from(run),
             "referee": sum((r.usage.seen_from(run) for r in reviews), Usage(run=run)),
-            "generator": sum((c.usage.seen_from(run) for c in found), Usage(run=run)),
+            "generator": sum(
+                (u.seen_from(run) for u in [*(c.usage for c in found), new and new.usage] if u),
+                Usage(run=run),
+            ),
         },
+        hard_precision=stats.hard_precision if stats else None,
+        easy_precision=stats.easy_precision if stats else None,
+        new_wanted=new.wanted if new else None,
+        new_shortfall=sum(new.shortfall.values()) if new and new.shortfall is not None else None,
         seconds=seconds,
     )
 
@@ -162,9 +169,9 @@ def _quote(text: Any, limit: int = 600) -> str:
     return text.replace("\n", " ")
 
 
-# The per-round summary as three tables of one row per round, each under 100 columns wide:
+# The per-round summary as four tables of one row per round, each under 100 columns wide:
 # pools and scores; what the round produced, the evaluation and what it cost; requests per role
-# (sent to the endpoint, answered from the cache).
+# (sent to the endpoint, answered from the cache); the split's precision and generation.
 SUMMARY_TABLES = (
     (
         "round",
@@ -193,6 +200,16 @@ SUMMARY_TABLES = (
         "referee_cached",
         "generator_sent",
         "generator_cached",
+    ),
+    # the referee's split against the truth (where known) and generation's spread and shortfall
+    (
+        "round",
+        "hard_share",
+        "hard_precision",
+        "easy_precision",
+        "new_shortfall",
+        "top_category",
+        "top_category_share",
     ),
 )
 SUMMARY_COLUMNS = tuple(dict.fromkeys(c for table in SUMMARY_TABLES for c in table))

@@ -93,7 +93,7 @@ def lion_round(
                 for kind in ("hard", "easy")
             ]
             found = [kind.result() for kind in kinds]
-            new = novel_instructions(config, round, pools.train, split, *found)
+            new = novel_instructions(config, round, pools.train, split, *found, offline_url=url)
         next_pools = next_round_pools(config, round, pools, new)
         clock.lap("generation")
 

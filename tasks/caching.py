@@ -25,6 +25,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from lion_core.config import LionConfig
+from lion_core.run.records import Record
 from lion_core.run.schemas import ArtifactRef
 
 # Bump to invalidate every cached task result after a semantic change. 3: results are
@@ -46,6 +47,8 @@ def digest(value: Any) -> Any:
         return {"artifact": value.name, "round": value.round, "sha256": value.sha256}
     if isinstance(value, LionConfig):
         raise TypeError("pass config through the `config` parameter")
+    if isinstance(value, Record):
+        return value.key_dump()  # without fields added since, while unset: keys stay stable
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, dict):

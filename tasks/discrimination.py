@@ -5,6 +5,7 @@ from __future__ import annotations
 from lion_core.config import LionConfig
 from lion_core.method import discriminate
 from lion_core.method.referee import combine, make_pairs, score_order
+from lion_core.offline.roles import answer_is_right
 from lion_core.run.records import RefereeReviews, Split, SplitStats
 from lion_core.run.schemas import ArtifactRef
 from tasks.caching import lion_task
@@ -63,7 +64,8 @@ def hard_and_easy(
     student: ArtifactRef,
     referee: ArtifactRef,
 ) -> Split:
-    """Split the scored Cache Pool: hard if teacher − student ≥ τ, easy otherwise."""
+    """Split the scored Cache Pool: hard if teacher − student ≥ τ, easy otherwise; with the
+    offline world as teacher (it knows every answer), the split's precision against the truth."""
     store = run_store(config)
     hard, easy, stats = discriminate.split(
         store.read_ref(cache_pool),
@@ -72,6 +74,8 @@ def hard_and_easy(
         store.read_ref(referee),
         config.discrimination.tau,
     )
+    if config.teacher.is_offline:
+        stats.update(discriminate.split_truth(hard, easy, answer_is_right))
     return Split(
         hard=store.write_or_reuse(round, "hard", hard),
         easy=store.write_or_reuse(round, "easy", easy),

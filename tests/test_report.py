@@ -26,7 +26,7 @@ def test_summary_tables_fit_100_columns():
     }
     text = summary_table([_round(k, usage) for k in (1, 2, 3)])
     tables = text.split("\n\n")
-    assert len(tables) == len(SUMMARY_TABLES) == 3
+    assert len(tables) == len(SUMMARY_TABLES) == 4
     assert max(len(line) for line in text.splitlines()) <= 100
     first = tables[0].splitlines()
     assert first[0].split()[:3] == ["round", "train_pool", "cache_pool"]

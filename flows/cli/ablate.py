@@ -12,8 +12,8 @@ from flows.cli.options import ConfigOption, SetOption, fail, load_config
 def ablate(
     config: ConfigOption,
     arms: Annotated[
-        str, typer.Option(help="Comma-separated arms: lion, uniform, seed-only.")
-    ] = "lion,uniform,seed-only",
+        str, typer.Option(help="Comma-separated arms: lion, uniform, uniform-cost, seed-only.")
+    ] = "lion,uniform,uniform-cost,seed-only",
     seeds: Annotated[int, typer.Option(help="Seeds per arm (seed, seed+1, ...).")] = 3,
     root: Annotated[
         str | None, typer.Option(help="Where the arms' runs go; default <storage.root>-ablation.")

@@ -40,6 +40,10 @@ def print_scoreboard(root: str, options: dict | None, plot: bool = False) -> boo
         return False
     typer.echo("\nrelative score (student ÷ teacher judge scores; 1.0 = teacher level):")
     typer.echo(scoreboard.printed(scoreboard.overall(frame)))
+    loop = scoreboard.loop_table(store)
+    if loop:
+        typer.echo("\nthe referee's split (precision against the truth) and generation, per round:")
+        typer.echo(loop)
     last = frame[(frame["round"] == frame["round"].max()) & (frame["level"] == "category")]
     columns = ("category", "relative_score", "wins", "ties", "losses", "unscored",
                "student_exact_match")  # fmt: skip

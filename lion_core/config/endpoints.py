@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 from pydantic.fields import FieldInfo
 
-from lion_core.config.base import OFFLINE, OPERATIONAL, Section
+from lion_core.config.base import ADDED, OFFLINE, OPERATIONAL, Section
 
 
 class BatchConfig(Section):
@@ -228,4 +228,25 @@ class GeneratorConfig(EndpointConfig):
         ge=1.0,
         le=10.0,
         description="Candidates requested per wanted instruction, to make up for filtering.",
+    )
+    max_attempts: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="Generation passes per round: a kind still short of novel instructions "
+        "after a pass asks again for (shortfall × oversample) candidates, as the paper's "
+        "generator loops until it has its instructions; the shortfall left is reported. "
+        "1 = one pass.",
+        json_schema_extra=ADDED,
+    )
+    max_category_share: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Most share of a round's new instructions one seed category (the offline "
+        "world's family; for other data the seed's parent) may take: requests are spread "
+        "over the categories of the hard/easy seeds in proportion, capped at this share, and "
+        "kept instructions beyond it wait until the others are exhausted. Exceeded only when "
+        "the seeds have too few categories (the referee's hard set demands it). 1 = no cap.",
+        json_schema_extra=ADDED,
     )

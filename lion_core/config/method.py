@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from lion_core.config.base import OPERATIONAL, Section
+from lion_core.config.base import ADDED, OPERATIONAL, Section
 
 
 class PoolsConfig(Section):
@@ -44,6 +44,18 @@ class PoolsConfig(Section):
         "new",
         description="Next round's Cache Pool: 'new' = only the new instructions (paper), "
         "'all' = the whole Train Pool.",
+    )
+    holdback: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each round's new instructions held back from the next round's "
+        "training: they alone make its Cache Pool (with cache_pool 'new'), so the referee "
+        "judges instructions the student has not been trained on, and they join the Train "
+        "Pool one round later. 0 = the paper (the Cache Pool is what the student just "
+        "learned; a small student trained many epochs reproduces it, and the split measures "
+        "memory, docs/method.md).",
+        json_schema_extra=ADDED,
     )
 
 

@@ -13,7 +13,7 @@ import fsspec
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from lion_core.config.base import OPERATIONAL, Section, section_model
+from lion_core.config.base import OPERATIONAL, Section, added_defaults, section_model
 from lion_core.config.endpoints import (
     EndpointConfig,
     GeneratorConfig,
@@ -196,7 +196,7 @@ class LionConfig(Section):
     def digest(self) -> str:
         """sha256 of every non-operational field: what the run's products depend on (part of
         every task's cache key)."""
-        data = _drop_operational(self.model_dump(mode="json"), "")
+        data = _drop_operational(added_defaults(LionConfig, self.model_dump(mode="json")), "")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def judge_endpoint(self) -> RefereeConfig:

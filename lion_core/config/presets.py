@@ -5,7 +5,9 @@ tiny student never gets a 7B student's hyperparameters):
 
 - `demo`: the embedded default `lion demo` runs — the offline task world plays all three roles,
   a tiny student built from config (learning rate 1e-3, 20 epochs, micro-batches of 4, each
-  round from the last round's student), storage in a folder;
+  round from the last round's student), half of each round's new instructions held back for
+  the next round's Cache Pool, generation topped up and spread over families, storage in a
+  folder;
 - `paper-7b`: the paper's setting — a 7B hub student (Llama-2-7b), learning rate 2e-5, 3 epochs,
   ZeRO-3 with gradient checkpointing; point the endpoints at a real teacher;
 - `gpu-1b`: a 1.1B hub student (TinyLlama) on one GPU, learning rate 2e-5, 3 epochs, ZeRO-2.
@@ -51,6 +53,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training.logging_steps": 20,
         "referee.max_tokens": 256,
         "generator.oversample": 3.0,  # templated tasks: many candidates are not novel
+        # The referee judges new instructions the student has not trained on yet (half of
+        # each round's, joining the Train Pool a round later): a tiny student trained 20
+        # epochs reproduces what it trained on, so judging those measures memory, not
+        # ability (docs/method.md).
+        "pools.holdback": 0.5,
+        # Generate until the round has its new instructions (as the paper's generator loops),
+        # spread over the seeds' families, none above 40% unless the hard set demands it.
+        "generator.max_attempts": 4,
+        "generator.max_category_share": 0.4,
         "evaluation.sets": ["offline"],  # the held-out set: no pool ever contains it
     },
     "paper-7b": {

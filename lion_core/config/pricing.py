@@ -36,7 +36,9 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "gpt-4-turbo": {"input": 10.00, "output": 30.00},
     "gpt-4": {"input": 30.00, "output": 60.00},
     "gpt-3.5-turbo": {"input": 0.50, "output": 1.50},
-    "offline-": {"input": 0.0, "output": 0.0},  # the offline world is free
+    # The offline world's models, priced as a small commercial model (gpt-4o-mini) so that
+    # dollars mean something offline (`lion ablate`'s cost per arm); set 0 for free.
+    "offline-": {"input": 0.15, "output": 0.60},
 }
 
 

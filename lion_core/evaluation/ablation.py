@@ -3,7 +3,12 @@
 Each arm × seed is an ordinary run under its own root (`<root>/<arm>/seed=<i>`); this module
 only reads what their evaluations committed (`lion_core.evaluation.scoreboard`) and
 aggregates: per arm, round and category, the mean over seeds and a 95% interval (Student's t
-over the seeds).
+over the seeds); per other arm, Lion's paired difference (same seed) with its 95% interval;
+per arm, what its LLM requests cost in USD (config `pricing`) beside its score.
+
+Arms: `lion`, `uniform` (equal data: as many new instructions, seeds drawn at random, no
+referee), `uniform-cost` (equal cost: a `uniform` run whose extra new instructions per round
+spend what Lion's referee cost, `equal_cost_extra`) and `seed-only`.
 """
 
 from __future__ import annotations
@@ -17,25 +22,174 @@ from lion_core.config import LionConfig
 from lion_core.evaluation import scoreboard
 from lion_core.run.store import RunStore
 
-ARMS = ("lion", "uniform", "seed-only")
+ARMS = ("lion", "uniform", "uniform-cost", "seed-only")
+ROLES = ("teacher", "referee", "generator")
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom (beyond 30: the normal's).
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
         9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
 
 
-def arm_config(config: LionConfig, root: str, arm: str, index: int) -> LionConfig:
+def arm_config(
+    config: LionConfig, root: str, arm: str, index: int, extra_new: int = 0
+) -> LionConfig:
     """Arm `arm`'s run with seed number `index`: its own root, seed and name; the response
-    cache shared by every arm (identical requests are paid once)."""
-    return config.with_overrides(
-        {
-            "arm": arm,
-            "seed": config.seed + index,
-            "name": f"{config.name}-{arm}-s{index}",
-            "storage.root": f"{root.rstrip('/')}/{arm}/seed={index}",
-            "storage.shared_llm_cache": root,
-        }
-    )
+    cache shared by every arm (identical requests are paid once). `uniform-cost` is a
+    `uniform` run with `extra_new` more new instructions per round."""
+    overrides = {
+        "arm": "uniform" if arm == "uniform-cost" else arm,
+        "seed": config.seed + index,
+        "name": f"{config.name}-{arm}-s{index}",
+        "storage.root": f"{root.rstrip('/')}/{arm}/seed={index}",
+        "storage.shared_llm_cache": root,
+    }
+    if arm == "uniform-cost":
+        overrides["pools.new_per_round"] = config.pools.new_per_round + extra_new
+    return config.with_overrides(overrides)
+
+
+def summaries(store: RunStore) -> list[dict]:
+    """The run's round summaries (summary.json), in round order, up to the first missing."""
+    out = []
+    k = 1
+    while (summary := store.read_round_summary(k)) is not None:
+        out.append(summary)
+        k += 1
+    return out
+
+
+def answered(rounds: list[dict]) -> dict[str, int]:
+    """The LLM answers a run used per role, each counted once however it was obtained (sent,
+    or found in the response cache another arm filled): teacher = the seeds plus the new
+    instructions of every round but the last (each instruction is answered once; the last
+    round's are never trained on); referee and generator = their answered requests."""
+    if not rounds:
+        return dict.fromkeys(ROLES, 0)
+    out = {"teacher": int(rounds[0]["train_pool"]) + sum(
+        int(r["new_instructions"]) for r in rounds[:-1]
+    )}  # fmt: skip
+    for role in ("referee", "generator"):
+        out[role] = sum(
+            max(0, u["requests"] - u["failures"] + u["cache_hits"])
+            for r in rounds
+            if (u := r["usage"].get(role))
+        )
+    return out
+
+
+def unit_prices(runs: list[list[dict]]) -> dict[str, float]:
+    """USD per answer per role: what the answers actually sent cost (Usage.cost_usd, priced by
+    the config's `pricing`) over how many were sent, pooled over `runs`."""
+    cost = dict.fromkeys(ROLES, 0.0)
+    sent = dict.fromkeys(ROLES, 0)
+    for rounds in runs:
+        for r in rounds:
+            for role in ROLES:
+                u = r["usage"].get(role)
+                if u:
+                    cost[role] += u["cost_usd"]
+                    sent[role] += max(0, u["requests"] - u["failures"])
+    return {role: cost[role] / sent[role] if sent[role] else 0.0 for role in ROLES}
+
+
+def arm_cost(rounds: list[dict], prices: dict[str, float]) -> dict[str, float]:
+    """USD per role and in all (`usd`) of one run, as if it had paid every answer it used."""
+    used = answered(rounds)
+    out = {f"{role}_usd": used[role] * prices[role] for role in ROLES}
+    out["usd"] = sum(out.values())
+    return out
+
+
+def equal_cost_extra(lion: list[dict], prices: dict[str, float], rounds: int) -> int:
+    """Extra new instructions per round for `uniform-cost`: what Lion's referee cost (its
+    student answers cost no USD: the student runs locally), spent on more generated
+    instructions and their teacher answers — the generator's cost per kept instruction in
+    Lion's run (requests per kept), plus one teacher answer for each of rounds−1 rounds."""
+    used = answered(lion)
+    kept = sum(int(r["new_instructions"]) for r in lion)
+    if not kept or rounds < 1:
+        return 0
+    per_new = prices["generator"] * used["generator"] / kept
+    budget = used["referee"] * prices["referee"]
+    per_round = rounds * per_new + (rounds - 1) * prices["teacher"]
+    return int(budget / per_round) if per_round > 0 else 0
+
+
+def costs(config: LionConfig, root: str, arms: list[str], seeds: int) -> pd.DataFrame:
+    """Per arm and seed: USD per role and in all (`arm_cost`, one set of unit prices for all
+    arms), the new instructions kept and the rounds."""
+    runs = {}
+    for arm in arms:
+        for i in range(seeds):
+            cfg = arm_config(config, root, arm, i)
+            runs[arm, i] = summaries(RunStore.open(cfg.storage.root, cfg.storage.options))
+    prices = unit_prices(list(runs.values()))
+    rows = []
+    for (arm, i), rounds in runs.items():
+        kept = sum(int(r["new_instructions"]) for r in rounds)
+        rows.append({"arm": arm, "seed": i, "rounds": len(rounds), "new_kept": kept,
+                     **arm_cost(rounds, prices)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def paired(rows: pd.DataFrame, base: str = "lion", metric: str = "relative_score") -> pd.DataFrame:
+    """Per other arm and round: `base` − arm on the overall `metric`, paired by seed (the same
+    seed's runs share seed pool and round 1), its mean and 95% interval (Student's t over the
+    seeds' differences), and in how many seeds `base` was ahead."""
+    top = rows[(rows["level"] == "overall")] if "level" in rows else rows
+    top = top[top["category"].isna()] if "category" in top else top
+    wide = top.pivot_table(index=["round", "seed"], columns="arm", values=metric, aggfunc="first")
+    out = []
+    if base not in wide:
+        return pd.DataFrame(out)
+    for arm in [a for a in wide.columns if a != base]:
+        for k, group in wide[[base, arm]].dropna().groupby(level="round"):
+            diff = (group[base] - group[arm]).astype(float)
+            n = len(diff)
+            mean = float(diff.mean())
+            half = _t95(n - 1) * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+            out.append({"arm": arm, "round": int(k), "seeds": n, "mean": mean,
+                        "low": mean - half, "high": mean + half,
+                        "ahead": int((diff > 0).sum())})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def paired_text(diffs: pd.DataFrame, base: str = "lion") -> str:
+    """'lion − arm' per round: mean [95% interval] (seeds ahead / seeds), markdown."""
+    if diffs.empty:
+        return ""
+    rounds = sorted(diffs["round"].unique())
+    lines = [f"| {base} − | " + " | ".join(f"round {k}" for k in rounds) + " |",
+             "|---|" + "---|" * len(rounds)]  # fmt: skip
+    for arm, group in diffs.groupby("arm", sort=False):
+        by_round = group.set_index("round")
+        cells = []
+        for k in rounds:
+            if k not in by_round.index:
+                cells.append("-")
+                continue
+            r = by_round.loc[k]
+            interval = "" if math.isnan(r["low"]) else f" [{r['low']:+.3f}, {r['high']:+.3f}]"
+            cells.append(f"{r['mean']:+.3f}{interval} ({r['ahead']}/{r['seeds']})")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_text(rows: pd.DataFrame, cost: pd.DataFrame) -> str:
+    """Per arm at its last round: relative score, USD (requests priced by `pricing`), score
+    per dollar and gain over round 0 per dollar, means over seeds, markdown."""
+    top = rows[(rows["level"] == "overall") & rows["category"].isna()]
+    lines = ["| arm | last round | relative score | USD | score per $ | gain over round 0 per $ |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for arm, group in top.groupby("arm", sort=False):
+        last = int(group["round"].max())
+        score = float(group.loc[group["round"] == last, "relative_score"].mean())
+        base = float(group.loc[group["round"] == 0, "relative_score"].mean())
+        usd = float(cost.loc[cost["arm"] == arm, "usd"].mean()) if len(cost) else math.nan
+        per = score / usd if usd else math.nan
+        gain = (score - base) / usd if usd else math.nan
+        lines.append(f"| {arm} | {last} | {score:.3f} | {usd:.4f} | {per:.1f} | {gain:.1f} |")
+    return "\n".join(lines)
 
 
 def results(config: LionConfig, root: str, arms: list[str], seeds: int) -> pd.DataFrame:

@@ -89,6 +89,43 @@ def hard_share(store: RunStore) -> pd.Series:
     return pd.Series(shares, dtype=float, name="hard_share")
 
 
+# What the referee's split and generation did per round (summary.json), as `lion report`
+# prints it: (summary key, column header).
+LOOP_COLUMNS = (
+    ("round", "round"),
+    ("hard", "hard"),
+    ("easy", "easy"),
+    ("hard_share", "hard_share"),
+    ("hard_precision", "hard_prec"),
+    ("easy_precision", "easy_prec"),
+    ("student_to_teacher", "stud/teach"),
+    ("top_category_share", "top_family"),
+    ("new_shortfall", "shortfall"),
+)
+
+
+def loop_table(store: RunStore) -> str | None:
+    """Per round: the split (hard, easy, share), its precision against the truth where known,
+    the Cache Pool's student-to-teacher ratio, the largest category's share of the new
+    instructions and generation's shortfall; None without round summaries."""
+    rows = []
+    for k in store.rounds():
+        summary = store.read_round_summary(k)
+        if not summary:
+            continue
+        scored = summary.get("hard", 0) + summary.get("easy", 0)
+        diversity = summary.get("diversity") or {}
+        values = {
+            **summary,
+            "hard_share": summary["hard"] / scored if scored else None,
+            "top_category_share": diversity.get("top_category_share"),
+        }
+        rows.append([cell(values.get(key)) for key, _ in LOOP_COLUMNS])
+    if not rows:
+        return None
+    return aligned([header for _, header in LOOP_COLUMNS], rows)
+
+
 def overall(frame: pd.DataFrame) -> pd.DataFrame:
     """The 'overall' rows: one per round and set."""
     rows = frame[frame["level"] == "overall"] if len(frame) else frame

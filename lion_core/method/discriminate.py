@@ -7,6 +7,7 @@ otherwise. Unscored pairs are in neither set: they are counted, by reason, in th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,35 @@ def _mean(values: pd.Series) -> float | None:
         return None
     m = float(values.mean())
     return None if math.isnan(m) else m
+
+
+# (instruction, input, student answer) -> is the answer right? None where nobody knows.
+Truth = Callable[[str, str, str | None], bool | None]
+
+
+def split_truth(hard: pd.DataFrame, easy: pd.DataFrame, truth: Truth) -> dict[str, Any]:
+    """The split against the truth, where it is known (the offline world knows every answer):
+    `hard_precision` = share of the hard instructions whose student answer is actually wrong,
+    `easy_precision` = share of the easy ones whose student answer is actually right, and
+    `truth_known` = how many of the split's instructions the truth covered. A referee that
+    measures the student's ability has both near 1."""
+    counts = {}
+    for name, frame, want in (("hard", hard, False), ("easy", easy, True)):
+        known = agree = 0
+        for row in frame.itertuples(index=False):
+            inp = row.input if isinstance(row.input, str) else ""
+            right = truth(str(row.instruction), inp, row.student_answer)
+            if right is None:
+                continue
+            known += 1
+            agree += right is want
+        counts[name] = (known, agree)
+    (kh, ah), (ke, ae) = counts["hard"], counts["easy"]
+    return {
+        "truth_known": kh + ke,
+        "hard_precision": ah / kh if kh else None,
+        "easy_precision": ae / ke if ke else None,
+    }
 
 
 def uniform_split(

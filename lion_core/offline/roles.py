@@ -70,6 +70,16 @@ def correctness(answer: str, truth: str) -> float:
     return 1.0 + 6.0 * SequenceMatcher(None, a, t, autojunk=False).ratio()
 
 
+def answer_is_right(instruction: str, input: str, answer: str | None) -> bool | None:
+    """The truth about a student's answer: exactly the world's answer (after whitespace and
+    trailing-period normalisation), or not; None for an instruction the world cannot solve.
+    What `lion_core.method.discriminate.split_truth` checks the referee's split against."""
+    inst = solve(instruction, input or "")
+    if inst is None:
+        return None
+    return correctness(answer or "", inst.answer) >= 10.0
+
+
 def _verdict(base: float, known: bool) -> str:
     if not known:
         return "answers a task I cannot check exactly" if base > 1 else "gives no answer"

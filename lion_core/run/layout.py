@@ -96,6 +96,8 @@ EVALUATION_PLOT = "evaluation.png"
 # `lion ablate`'s root: <root>/<arm>/seed=<i>/ (a run each), the shared llm_cache/, and these.
 ABLATION_TABLE = "ablation.parquet"
 ABLATION_PLOT = "ablation.png"
+ABLATION_PAIRED = "ablation_paired.parquet"  # lion − each arm per round, paired by seed
+ABLATION_COSTS = "ablation_costs.parquet"  # USD per arm and seed
 
 
 def model_dir(key: str) -> str:

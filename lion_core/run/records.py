@@ -15,9 +15,10 @@ machine that resumes the run.
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lion_core import errors
 from lion_core.errors import LionError, ResultRecordError
@@ -26,9 +27,38 @@ from lion_core.method.diversity import Diversity, RougeQuantiles
 from lion_core.method.health import AnswerHealth, DomainHealth
 from lion_core.run.schemas import ArtifactRef
 
+# A record field added after results were persisted: while None it is left out of the record's
+# cache-key form (`Record.key_dump`), so a task whose input is such a record, read back from an
+# older run, keeps the key it had before the field existed.
+ADDED: dict[str, Any] = {"added": True}
+
 
 class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def key_dump(self) -> dict[str, Any]:
+        """`model_dump(mode="json")` without the ADDED fields that are None, at any depth
+        (what tasks.caching hashes)."""
+        return _key_form(type(self), self.model_dump(mode="json"))
+
+
+def _key_form(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is not None and (field.json_schema_extra or {}).get("added") and value is None:
+            continue
+        sub = field.annotation if field is not None else None
+        nested = next(
+            (
+                t
+                for t in (sub, *typing.get_args(sub))
+                if isinstance(t, type) and issubclass(t, Record)
+            ),
+            None,
+        )
+        out[name] = _key_form(nested, value) if nested and isinstance(value, dict) else value
+    return out
 
 
 class Usage(Record):
@@ -100,6 +130,11 @@ class SplitStats(Record):
     gap_order_1: float | None
     gap_order_2: float | None
     positional_bias: float | None
+    # The split against the truth where it is known (discriminate.split_truth; None without
+    # truth, and in results written before they existed).
+    truth_known: int | None = Field(None, json_schema_extra=ADDED)
+    hard_precision: float | None = Field(None, json_schema_extra=ADDED)
+    easy_precision: float | None = Field(None, json_schema_extra=ADDED)
 
 
 class Split(Record):
@@ -126,6 +161,12 @@ class NewInstructions(Record):
     diversity: Diversity | None = None
     # The kept instructions far from every seed's domain (lion_core.method.health).
     domain: DomainHealth | None = None
+    # New instructions wanted, how many each kind is still short of, the generation passes
+    # (generator.max_attempts) and the top-up passes' requests (None before they existed).
+    wanted: int | None = Field(None, json_schema_extra=ADDED)
+    shortfall: dict[str, int] | None = Field(None, json_schema_extra=ADDED)
+    attempts: int | None = Field(None, json_schema_extra=ADDED)
+    usage: Usage | None = Field(None, json_schema_extra=ADDED)
 
     @property
     def kept(self) -> int:
@@ -160,6 +201,14 @@ class RoundSummary(Record):
     teacher_health: AnswerHealth | None = None
     # New instructions far from every seed's domain (lion_core.method.health).
     generated_health: DomainHealth | None = None
+    # The referee's split against the truth, where known (SplitStats): share of "hard" that
+    # the student actually got wrong, of "easy" that it actually got right.
+    hard_precision: float | None = None
+    easy_precision: float | None = None
+    # New instructions the round wanted, and how many generation could not find
+    # (generator.max_attempts passes); None in summaries written before they existed.
+    new_wanted: int | None = None
+    new_shortfall: int | None = None
 
     def flat(self) -> dict[str, Any]:
         """One level deep: `<role>_<counter>`, `cost_usd` (all roles) and `<stage>_seconds`
@@ -184,6 +233,8 @@ class RoundSummary(Record):
             row["dropped_max_rouge_l"] = _quantiles(d.dropped_max_rouge)
             row["top_category"] = d.top_category and f"{d.top_category} ({d.category_basis})"
             row["top_category_share"] = d.top_category_share
+        total = self.hard + self.easy
+        row["hard_share"] = self.hard / total if total and self.unscored < total else None
         for role, usage in self.usage.items():
             row[f"{role}_sent"] = usage.requests
             row[f"{role}_cached"] = usage.cache_hits
