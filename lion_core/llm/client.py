@@ -53,7 +53,15 @@ from lion_core.llm.costs import Budget, Estimate, estimate, price_of
 from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.online import OnlineSender
 from lion_core.llm.ratelimit import RateLimiter
-from lion_core.llm.sending import CACHED, JOINED, SendContext, Sender, UsageCounter
+from lion_core.llm.sending import (
+    CACHED,
+    JOINED,
+    BatchProgressCallback,
+    ProgressCallback,
+    SendContext,
+    Sender,
+    UsageCounter,
+)
 from lion_core.llm.types import ChatRequest, ChatResult, RenderedRequest, render_request
 
 log = logging.getLogger("lion_core.llm")
@@ -83,11 +91,11 @@ class LLMClient:
         backoff_max: float = 30.0,
         pricing: Mapping[str, ModelPrice] | None = None,
         budget: Budget | None = None,
-        on_batch_progress: Callable[[str, str, int, int, int], None] | None = None,
+        on_batch_progress: BatchProgressCallback | None = None,
         extra_body: Mapping[str, Any] | None = None,
         key_scope: Mapping[str, Any] | None = None,
         allow_empty: bool = False,
-        on_progress: Callable[[str, int, int], None] | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> None:
         """`extra_body`: fields added to every request body and key (engine extensions such
         as vLLM's `stop_token_ids`). `key_scope`: fields added to every key but never sent
