@@ -202,22 +202,25 @@ SUMMARY_TABLES = (
         "generator_cached",
     ),
     # the referee's split against the truth (where known) and generation's spread and shortfall
-    (
-        "round",
-        "hard_share",
-        "hard_precision",
-        "easy_precision",
-        "new_shortfall",
-        "top_category",
-        "top_category_share",
-    ),
+    ("round", "hard_share", "hard_prec", "easy_prec", "shortfall", "largest", "largest_share"),
 )
 SUMMARY_COLUMNS = tuple(dict.fromkeys(c for table in SUMMARY_TABLES for c in table))
 
 
+# Short headers of the last table: header -> RoundSummary.flat() key.
+SHORT = {
+    "hard_prec": "hard_precision",
+    "easy_prec": "easy_precision",
+    "shortfall": "new_shortfall",
+    "largest_share": "top_category_share",
+}
+
+
 def _columns(summary: RoundSummary) -> dict[str, str]:
     flat = summary.flat()
-    return {c: scoreboard.cell(flat.get(c)) for c in SUMMARY_COLUMNS}
+    # the largest category of the new instructions, by name alone (its basis is in the artifact)
+    flat["largest"] = summary.diversity.top_category if summary.diversity else None
+    return {c: scoreboard.cell(flat.get(SHORT.get(c, c))) for c in SUMMARY_COLUMNS}
 
 
 def summary_table(rounds: Sequence[RoundSummary]) -> str:

@@ -469,3 +469,32 @@ def test_lion_ablate_prices_the_arms_and_matches_lions_cost(harness, tmp_path):
     assert extra > 0
     paired = pd.read_parquet(f"{root}/ablation_paired.parquet")
     assert set(paired["arm"]) == {"uniform-cost"} and set(paired["round"]) == {0, 1}
+
+
+def test_the_printed_split_table_stays_under_100_columns():
+    from flows.report import summary_table
+    from lion_core.method.diversity import Diversity, RougeQuantiles
+    from lion_core.run.records import RoundSummary, Usage
+
+    none = RougeQuantiles.of([])
+    diversity = Diversity(
+        judged=80, kept=80, not_novel=0, duplicate=0, surplus=0, dropped_share=0.0,
+        kept_max_rouge=none, dropped_max_rouge=none, category_basis="seed lineage",
+        categories={"seed 0123456789ab": 32}, top_category="seed 0123456789ab",
+        top_category_share=0.4,
+    )  # fmt: skip
+    summary = RoundSummary(
+        round=12, train_pool=52_002, cache_pool=3_000, teacher_failed=0, hard=1_234, easy=1_766,
+        unscored=0, teacher_score=9.9, student_score=6.1, student_to_teacher=0.61,
+        positional_bias=0.2, new_instructions=6_000, next_train_pool=58_002, student="s",
+        usage={"teacher": Usage(requests=104_004)}, seconds={}, diversity=diversity,
+        hard_precision=0.987, easy_precision=0.912, new_wanted=6_000, new_shortfall=1_234,
+    )  # fmt: skip
+    text = summary_table([summary])
+    assert max(len(line) for line in text.splitlines()) <= 100
+    last = text.split("\n\n")[-1].splitlines()
+    assert last[0].split() == [
+        "round", "hard_share", "hard_prec", "easy_prec", "shortfall", "largest", "largest_share"
+    ]  # fmt: skip
+    assert last[1].split() == ["12", "0.411", "0.987", "0.912", "1234", "seed", "0123456789ab",
+                               "0.400"]  # fmt: skip
