@@ -43,19 +43,6 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_reset(value: str | None) -> float | None:
-    """Seconds in an OpenAI reset header ("1s", "6m0s", "12ms", "0.5s"), or None."""
-    if not value:
-        return None
-    parts = _DURATION.findall(value.strip())
-    if not parts:
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return sum(float(n) * _UNIT[unit] for n, unit in parts)
-
-
 def teacher_requests(n: int) -> tuple[list[ChatRequest], list[str]]:
     insts = seed_instances(n, seed=0, max_difficulty=6)
     reqs = [
@@ -266,8 +253,6 @@ def test_limiter_buckets_and_headers():
     assert limiter.tokens.capacity == 6000
     # 100 left, less the 10 of the request in flight: 310 more at 100 a second
     assert limiter.try_acquire(400) == pytest.approx(3.1)
-    assert parse_reset("6m0s") == 360 and parse_reset("12ms") == 0.012
-    assert parse_reset("1.5s") == 1.5
 
 
 def test_tpm_from_headers_paces_without_429(offline_server, tmp_path):
