@@ -411,7 +411,7 @@ def test_the_same_seed_trains_the_same_student_twice(tmp_path):
     import torch
 
     from lion_core.run.store import RunStore
-    from lion_core.student.answer import BatchedGenerator
+    from lion_core.student.generator import BatchedGenerator
     from lion_core.student.launch import train_student
     from lion_core.student.model import load_student, prepare_base_student
 
