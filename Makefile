@@ -19,9 +19,15 @@ ablate: bootstrap
 # spread over TEST_WORKERS processes (pytest-xdist; a file's tests stay together, so each file's
 # module fixtures, e.g. one Prefect stack, are built once): most tests wait on servers and
 # subprocesses, so 2 workers help even on 2 cores. TEST_WORKERS=0 runs them in this process.
+# Each worker's OpenMP threads are sized to its share of the cores, and idle threads sleep
+# (OMP_WAIT_POLICY=PASSIVE): two workers each training with threads for every core, busy-waiting,
+# slowed a step 20x or more, and a DeepSpeed test ran past its timeout. Trainers and generation
+# workers take OMP_NUM_THREADS from the environment when it is set (lion_core/student/launch.py).
 TEST_WORKERS ?= 2
 test: bootstrap
 	.venv/bin/python -m ruff check .
+	w=$(TEST_WORKERS); [ "$$w" -gt 0 ] || w=1; t=$$(( $$(nproc) / w )); [ "$$t" -ge 1 ] || t=1; \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$t} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} \
 	.venv/bin/python -m pytest -q -m "not browser" -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # The Prefect UI driven by Debian's headless Chromium (tests/test_ui_browser.py); installs
