@@ -1,4 +1,6 @@
-"""Shared fixtures: a real S3 API on loopback (moto server), the shared reference data."""
+"""Shared fixtures: a real S3 API on loopback (moto server), the shared reference data, the
+offline world, the trained echo student, Prefect's test harness and the deployment stack.
+Plain helpers (configs, rows, frames) are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import EchoStudent, train_echo_student
 
 from benchmarks.reference_data import DATA_DIR
 
@@ -109,6 +112,24 @@ def offline_process(tmp_path):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# ---- the student ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def echo_student(tmp_path_factory) -> EchoStudent:
+    """ONE tiny student trained on echo tasks for the whole session (helpers.echo_tasks): the
+    first pytest-xdist worker that asks trains it, under a file lock in the folder the workers
+    share; the others find it complete."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is under a common one
+        shared = shared.parent
+    root = shared / "echo-student"
+    with FileLock(str(shared / "echo-student.lock")):
+        return train_echo_student(root)
 
 
 # ---- Prefect ---------------------------------------------------------------------------------
