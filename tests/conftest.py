@@ -13,6 +13,7 @@ import pytest
 from helpers import EchoStudent, train_echo_student
 
 from benchmarks.reference_data import DATA_DIR
+from lion_core.ops.supervise import CPU_WORKERS_ENV, cpu_thread_env
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A private PREFECT_HOME for the whole session: never the user's ~/.prefect.
@@ -21,6 +22,12 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lion-prefect-home-")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# make test runs test files in PYTEST_XDIST_WORKER_COUNT processes side by side: each process,
+# and every trainer, generation worker and server it starts, gets its share of the cores, with
+# idle OpenMP threads asleep, not spinning on cores the other worker needs
+# (benchmarks/cpu_oversubscription.py). Set here, before anything imports torch.
+os.environ.setdefault(CPU_WORKERS_ENV, os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+cpu_thread_env(1, os.environ)
 
 
 @pytest.fixture(scope="session")
