@@ -189,15 +189,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{cores} cores; load average at start {load_start[0]:.2f} {load_start[1]:.2f} "
           f"{load_start[2]:.2f}; {args.seconds:.0f} s of training per measurement")  # fmt: skip
     out: dict = {"cores": cores, "load_start": load_start, "settings": {}}
-    header = f"{'setting':<28} {'environment':<48} {'alone s/step':>12} {'pair s/step':>12} ratio"
+    header = f"{'setting':<28} {'environment':<42} {'alone s/step':>12} {'pair s/step':>12} ratio"
     print(header)
     with tempfile.TemporaryDirectory(prefix="lion-oversub-") as tmp:
         for name, env in settings(cores).items():
             alone = measure(env, 1, args.seconds, Path(tmp))
             pair = measure(env, 2, args.seconds, Path(tmp))
             ratio = pair["s_per_step"] / alone["s_per_step"]
-            shown = " ".join(f"{k}={v}" for k, v in env.items())
-            print(f"{name:<28} {shown:<48} {alone['s_per_step']:>12.3f} "
+            shown = " ".join(f"{k}={v}" for k, v in env.items() if k not in LION_VARS)
+            print(f"{name:<28} {shown:<42} {alone['s_per_step']:>12.3f} "
                   f"{pair['s_per_step']:>12.3f} {ratio:5.1f}x", flush=True)  # fmt: skip
             out["settings"][name] = {"env": env, "alone": alone, "pair": pair, "ratio": ratio}
     out["load_end"] = os.getloadavg()
