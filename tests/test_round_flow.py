@@ -7,41 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import small_config
 
-from lion_core.config import LionConfig
 from lion_core.run.store import RunStore
 
 pytestmark = pytest.mark.slow
-
-
-def small_config(root, **overrides) -> LionConfig:
-    """A round that does real work in well under a minute on 2 cores."""
-    base = {
-        "name": "flow-test",
-        "rounds": 1,
-        "storage.root": str(root),
-        "pools.offline_seeds": 24,
-        "pools.new_per_round": 12,
-        "student.tiny": {
-            "vocab_size": 320,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_layers": 1,
-            "num_heads": 2,
-            "max_position_embeddings": 128,
-        },
-        "student.generation.max_new_tokens": 12,
-        "training.launcher": "python",
-        "training.learning_rate": 1e-3,
-        "training.max_steps": 8,
-        "training.max_length": 128,
-        "training.micro_batch_size": 8,
-        "training.save_steps": 4,
-        "referee.max_tokens": 200,
-        "offline.judge_noise": 0.0,
-    }
-    base.update(overrides)
-    return LionConfig().with_overrides(base)
 
 
 def test_one_round_on_the_offline_world(prefect_harness, tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import tiny_config
 
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, TrainingError
@@ -40,21 +41,20 @@ TINY = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 384, "num_la
 
 
 def _cfg(root: str, **training) -> LionConfig:
-    return LionConfig.from_dict(
-        {
-            "storage": {"root": root},
-            "student": {"tiny": TINY, "generation": {"max_new_tokens": 8}},
-            "training": {
-                "learning_rate": 2e-3,
-                "micro_batch_size": 16,
-                "max_length": 256,
-                "warmup_ratio": 0.05,
-                "logging_steps": 10,
-                # A hung rank fails the test with the log's tail long before pytest's timeout.
-                "timeout": 360.0,
-                **training,
-            },
-        }
+    settings = {
+        "learning_rate": 2e-3,
+        "micro_batch_size": 16,
+        "max_length": 256,
+        "warmup_ratio": 0.05,
+        "logging_steps": 10,
+        # A hung rank fails the test with the log's tail long before pytest's timeout.
+        "timeout": 360.0,
+        **training,
+    }
+    return tiny_config(
+        root,
+        **{"student.tiny": TINY, "student.generation.max_new_tokens": 8},
+        **{f"training.{name}": value for name, value in settings.items()},
     )
 
 
