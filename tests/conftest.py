@@ -151,13 +151,49 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefect_stack(tmp_path_factory):
-    """The local end-to-end deployment path on loopback, for the whole session: a real
+    """The local end-to-end deployment path on loopback, built once per test file: a real
     `prefect server start` (SQLite, UI on), the `lion-gpu` process pool, the gpu-box deployments
     of deployments/prefect.yaml and a process worker (tests/prefect_services.py). Every process
-    is killed at the end of the session."""
+    is killed when the file's last test is done, not left polling the database on the cores
+    the rest of the session needs; a file sees only its own runs."""
     from prefect_services import deployment_stack
 
     with deployment_stack(tmp_path_factory.mktemp("prefect-stack")) as stack:
         yield stack
+
+
+# ---- scheduling --------------------------------------------------------------------------------
+
+# make test spreads test files over 2 workers (pytest-xdist --dist loadfile), handing out files
+# in collection order. The files that take longest go first, so that what is left at the end
+# is short files on both workers, not one worker alone on a 7-minute file. Seconds: each file
+# alone on the shared 2-core machine (load 3-5) when this list was written; test_novelty and
+# test_infra were not measured alone (minutes under load). The rest follow in their order.
+LONGEST_FIRST = (
+    "test_deploy_e2e.py",  # 514 s
+    "test_readme.py",  # 439 s, one test: the last file xdist would otherwise hand out
+    "test_student_train.py",  # 367 s
+    "test_novelty.py",
+    "test_cli.py",  # 277 s
+    "test_evaluation_flow.py",  # 232 s
+    "test_infra.py",
+    "test_secrets.py",  # 196 s
+    "test_student_serve.py",  # 195 s
+    "test_failed_requests.py",  # 168 s
+    "test_ablation.py",  # 164 s
+    "test_round_flow.py",  # 137 s
+)
+
+
+def pytest_configure(config):
+    # xdist otherwise orders the files by their number of tests, which puts long files with
+    # few tests (the README tour) last.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable for the rest
