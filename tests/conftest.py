@@ -1,4 +1,6 @@
-"""Shared fixtures: a real S3 API on loopback (moto server), the shared reference data."""
+"""Shared fixtures: a real S3 API on loopback (moto server), the shared reference data, the
+offline world, the trained echo student, Prefect's test harness and the deployment stack.
+Plain helpers (configs, rows, frames) are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import EchoStudent, train_echo_student
 
 from benchmarks.reference_data import DATA_DIR
+from lion_core.ops.supervise import CPU_WORKERS_ENV, cpu_thread_env
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A private PREFECT_HOME for the whole session: never the user's ~/.prefect.
@@ -18,6 +22,12 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lion-prefect-home-")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# make test runs test files in PYTEST_XDIST_WORKER_COUNT processes side by side: each process,
+# and every trainer, generation worker and server it starts, gets its share of the cores, with
+# idle OpenMP threads asleep, not spinning on cores the other worker needs
+# (benchmarks/cpu_oversubscription.py). Set here, before anything imports torch.
+os.environ.setdefault(CPU_WORKERS_ENV, os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+cpu_thread_env(1, os.environ)
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +121,24 @@ def offline_process(tmp_path):
             proc.kill()
 
 
+# ---- the student ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def echo_student(tmp_path_factory) -> EchoStudent:
+    """ONE tiny student trained on echo tasks for the whole session (helpers.echo_tasks): the
+    first pytest-xdist worker that asks trains it, under a file lock in the folder the workers
+    share; the others find it complete."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is under a common one
+        shared = shared.parent
+    root = shared / "echo-student"
+    with FileLock(str(shared / "echo-student.lock")):
+        return train_echo_student(root)
+
+
 # ---- Prefect ---------------------------------------------------------------------------------
 
 
@@ -123,13 +151,49 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefect_stack(tmp_path_factory):
-    """The local end-to-end deployment path on loopback, for the whole session: a real
+    """The local end-to-end deployment path on loopback, built once per test file: a real
     `prefect server start` (SQLite, UI on), the `lion-gpu` process pool, the gpu-box deployments
     of deployments/prefect.yaml and a process worker (tests/prefect_services.py). Every process
-    is killed at the end of the session."""
+    is killed when the file's last test is done, not left polling the database on the cores
+    the rest of the session needs; a file sees only its own runs."""
     from prefect_services import deployment_stack
 
     with deployment_stack(tmp_path_factory.mktemp("prefect-stack")) as stack:
         yield stack
+
+
+# ---- scheduling --------------------------------------------------------------------------------
+
+# make test spreads test files over 2 workers (pytest-xdist --dist loadfile), handing out files
+# in collection order. The files that take longest go first, so that what is left at the end
+# is short files on both workers, not one worker alone on a 7-minute file. Seconds: each file
+# alone on the shared 2-core machine (load 3-5) when this list was written; test_novelty and
+# test_infra were not measured alone (minutes under load). The rest follow in their order.
+LONGEST_FIRST = (
+    "test_deploy_e2e.py",  # 514 s
+    "test_readme.py",  # 439 s, one test: the last file xdist would otherwise hand out
+    "test_student_train.py",  # 367 s
+    "test_novelty.py",
+    "test_cli.py",  # 277 s
+    "test_evaluation_flow.py",  # 232 s
+    "test_infra.py",
+    "test_secrets.py",  # 196 s
+    "test_student_serve.py",  # 195 s
+    "test_failed_requests.py",  # 168 s
+    "test_ablation.py",  # 164 s
+    "test_round_flow.py",  # 137 s
+)
+
+
+def pytest_configure(config):
+    # xdist otherwise orders the files by their number of tests, which puts long files with
+    # few tests (the README tour) last.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable for the rest

@@ -48,7 +48,7 @@ def test_arm_configs_differ_only_in_arm_seed_name_and_root():
 
 @pytest.mark.slow
 def test_uniform_asks_no_referee_and_gets_lions_budget(prefect_harness, tmp_path, offline_server):
-    from test_round_flow import small_config
+    from helpers import small_config
 
     from flows.round import lion_round
 
@@ -71,7 +71,7 @@ def test_uniform_asks_no_referee_and_gets_lions_budget(prefect_harness, tmp_path
 
 @pytest.mark.slow
 def test_lion_ablate_writes_the_table(prefect_harness, tmp_path):
-    from test_round_flow import small_config
+    from helpers import small_config
 
     from flows.ablate import lion_ablate
 

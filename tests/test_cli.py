@@ -88,8 +88,8 @@ def table_dicts(output: str, header: str) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_run_then_pools_then_resume(prefect_harness, tmp_path):
+    from helpers import small_config
     from prefect.settings import PREFECT_API_URL
-    from test_round_flow import small_config
 
     api_url = PREFECT_API_URL.value()
     root = tmp_path / "root"
@@ -168,7 +168,7 @@ def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
     import signal
     import time
 
-    from test_round_flow import small_config
+    from helpers import small_config
 
     cfg_path = tmp_path / "slow.yaml"
     small_config(tmp_path / "root", **{"offline.latency": 5.0}).to_yaml(cfg_path)
@@ -212,8 +212,8 @@ def test_a_run_that_committed_nothing_takes_a_corrected_config(prefect_harness, 
     records anything; one that got further (run.json written) but committed nothing leaves the
     root free: pointed at the corrected file, it runs. Once a snapshot is committed, the root
     is bound to its config."""
+    from helpers import small_config
     from prefect.settings import PREFECT_API_URL
-    from test_round_flow import small_config
 
     from lion_core.errors import ConfigError
     from lion_core.method.seeds import load_initial_data
@@ -245,8 +245,8 @@ def test_a_data_error_inside_a_flow_is_one_line_and_exit_2(prefect_harness, tmp_
     `error:` line naming the cause, no traceback (Prefect's included), and exits 2. A malformed
     initial data file is caught earlier, by the preflight: the file and row, exit 2, no
     traceback."""
+    from helpers import small_config
     from prefect.settings import PREFECT_API_URL
-    from test_round_flow import small_config
 
     bad = _seed_file(tmp_path / "seeds.jsonl", rows=3)
     with bad.open("a") as fh:

@@ -13,7 +13,7 @@ import json
 
 import pandas as pd
 import pytest
-from test_round_flow import small_config
+from helpers import small_config
 from typer.testing import CliRunner
 
 from lion_core.errors import BudgetExceeded

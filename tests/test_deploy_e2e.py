@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import s3fs
+from helpers import small_config
 from prefect_services import (
     API_KEY_ENV,
     CPU_POOL_NAMES,
@@ -37,7 +38,7 @@ from prefect_services import (
     wait_for_run,
     wait_for_url,
 )
-from test_round_flow import small_config, task_name
+from test_round_flow import task_name
 
 from lion_core.run.store import RunStore
 

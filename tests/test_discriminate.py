@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from helpers import numbered_answers
 
 from lion_core.config import RefereeConfig
 from lion_core.llm.types import ChatResult
@@ -16,17 +17,6 @@ from lion_core.run.schemas import SPLIT_SCHEMA, conform, seed_row
 def _pool(n: int) -> pd.DataFrame:
     rows = [seed_row(f"Instruction number {i}.") for i in range(n)]
     return pd.DataFrame(rows).astype({"round": "int32"})
-
-
-def _answers(pool: pd.DataFrame, who: str, failed: set[int] = frozenset()) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "instruction_id": pool["instruction_id"],
-            "answer": [None if i in failed else f"{who} {i}" for i in range(len(pool))],
-            "status": ["failed" if i in failed else "ok" for i in range(len(pool))],
-            "error": ["boom" if i in failed else None for i in range(len(pool))],
-        }
-    )
 
 
 def _order(pool, scores, status=None, error=None) -> pd.DataFrame:
@@ -53,7 +43,9 @@ def test_split_at_tau_with_unscored_left_out():
     one = _order(pool, [(t + 1, s) for t, s in truth[:5]] + [None])
     two = _order(pool, [(t, s + 1) for t, s in truth])
     referee = combine(one, two)
-    hard, easy, stats = split(pool, _answers(pool, "T"), _answers(pool, "S"), referee, tau=1.0)
+    hard, easy, stats = split(
+        pool, numbered_answers(pool, "T"), numbered_answers(pool, "S"), referee, tau=1.0
+    )
     conform(hard, SPLIT_SCHEMA, "hard")
     conform(easy, SPLIT_SCHEMA, "easy")
     ids = pool["instruction_id"].tolist()
@@ -84,7 +76,9 @@ def test_tau_moves_the_boundary_and_nothing_unscored_becomes_easy():
     scores = [(8, 7), (8, 7.5), (9, 5), None]
     referee = combine(_order(pool, scores), _order(pool, scores))
     for tau, n_hard in ((0.0, 3), (0.5, 3), (1.0, 2), (4.0, 1), (4.5, 0)):
-        hard, easy, stats = split(pool, _answers(pool, "T"), _answers(pool, "S"), referee, tau)
+        hard, easy, stats = split(
+            pool, numbered_answers(pool, "T"), numbered_answers(pool, "S"), referee, tau
+        )
         assert len(hard) == n_hard and len(easy) == 3 - n_hard
         assert stats["unscored"] == 1 and pool["instruction_id"][3] not in set(
             easy["instruction_id"]
@@ -108,7 +102,8 @@ class FixedReferee:
 
 def test_missing_answers_and_missing_reviews_are_counted_by_reason():
     pool = _pool(4)
-    teacher, student = _answers(pool, "TEACHER", failed={0}), _answers(pool, "STUDENT")
+    teacher = numbered_answers(pool, "TEACHER", failed={0})
+    student = numbered_answers(pool, "STUDENT")
     pairs = make_pairs(pool, teacher, student)
     client = FixedReferee()
     one = score_order(pairs, client, RefereeConfig(), 1)
@@ -124,7 +119,9 @@ def test_missing_answers_and_missing_reviews_are_counted_by_reason():
 def test_empty_split_has_empty_frames_and_null_means():
     pool = _pool(2)
     referee = combine(_order(pool, [None, None]), _order(pool, [None, None]))
-    hard, easy, stats = split(pool, _answers(pool, "T"), _answers(pool, "S"), referee, 1.0)
+    hard, easy, stats = split(
+        pool, numbered_answers(pool, "T"), numbered_answers(pool, "S"), referee, 1.0
+    )
     assert hard.empty and easy.empty and list(hard.columns) == SPLIT_SCHEMA.names
     conform(hard, SPLIT_SCHEMA, "hard")
     assert stats["hard_share"] is None and stats["mean_teacher_score"] is None

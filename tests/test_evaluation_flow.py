@@ -15,34 +15,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import tiny_config
 
 from lion_core.config import LionConfig
 from lion_core.run.store import RunStore
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "vocab_size": 320,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_layers": 1,
-    "num_heads": 2,
-    "max_position_embeddings": 256,
-}
-
 
 def eval_config(root: Path, url: str, **overrides) -> LionConfig:
     base = {
         "name": "eval-test",
-        "storage.root": str(root),
-        "student.tiny": TINY,
+        "student.tiny.max_position_embeddings": 256,
         "student.generation.max_new_tokens": 8,
         **{f"{role}.base_url": url for role in ("teacher", "referee", "generator")},
         "judge": {"base_url": url, "model": "offline-judge", "max_tokens": 200},
         "evaluation.bootstrap": 200,
     }
-    base.update(overrides)
-    return LionConfig().with_overrides(base)
+    return tiny_config(root, **{**base, **overrides})
 
 
 def tiny_student(cfg: LionConfig) -> str:
@@ -129,8 +119,8 @@ def test_a_killed_evaluation_resumes_without_repeating_a_request(
 
 
 def test_distill_evaluates_round_0_and_every_round_on_the_held_out_set(prefect_harness, tmp_path):
+    from helpers import small_config
     from prefect.client.orchestration import get_client
-    from test_round_flow import small_config
 
     from flows.distill import lion_distill
     from lion_core.evaluation import scoreboard

@@ -9,7 +9,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from test_round_flow import small_config
+from helpers import small_config
 
 from lion_core.config import LionConfig, OfflineWorldConfig, TeacherConfig
 from lion_core.errors import RequestsFailedError

@@ -77,10 +77,9 @@ def test_form_errors_name_the_field(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_from_the_form_fields_only(prefect_harness, tmp_path):
-    from test_round_flow import small_config
+    from helpers import TINY_STUDENT
 
-    small = small_config(tmp_path).model_dump(mode="json")
-    tiny = {"student.tiny": small["student"]["tiny"], "training.max_steps": 8,
+    tiny = {"student.tiny": TINY_STUDENT, "training.max_steps": 8,
             "training.launcher": "python", "pools.offline_seeds": 24, "pools.new_per_round": 6,
             "evaluation.sample": 6, "evaluation.bootstrap": 50}  # fmt: skip
     summary = lion_run(

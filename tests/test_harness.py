@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from helpers import tiny_config
 
-from lion_core.config import LionConfig
 from lion_core.errors import EvaluationError
-from lion_core.evaluation.harness import COLUMNS, run_lm_eval
+from lion_core.evaluation.harness import COLUMNS, _task_manager, include_signature, run_lm_eval
 from lion_core.run.store import RunStore
 from lion_core.student.model import prepare_base_student
 
@@ -43,9 +45,9 @@ def offline(monkeypatch):
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory) -> str:
-    tiny = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1}
-    cfg = LionConfig.from_dict({"student": {"tiny": tiny}})
-    return prepare_base_student(cfg, RunStore.open(str(tmp_path_factory.mktemp("run"))), TEXTS)
+    return prepare_base_student(
+        tiny_config(), RunStore.open(str(tmp_path_factory.mktemp("run"))), TEXTS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +158,24 @@ def test_limit_evaluates_only_the_first_documents(student, task_dir):
     assert (row.n, row.n_total) == (3, len(PAIRS))
     assert row.value == pytest.approx(_expected_acc(LABELS[:3], 0))  # 2/3, not 5/8
     assert pd.isna(row.group)
+
+
+@needs_lm_eval
+def test_the_task_index_is_built_once_per_include_folder(task_dir, tmp_path):
+    """Indexing lm-eval's task YAMLs takes tens of seconds: one TaskManager per include
+    folder serves every evaluation, until a YAML in it is added or changed."""
+    manager = _task_manager(str(task_dir))
+    assert _task_manager(str(task_dir)) is manager
+    copy = tmp_path / "tasks"
+    copy.mkdir()
+    (copy / "one.yaml").write_text((task_dir / "generation.yaml").read_text())
+    before = include_signature(str(copy))
+    assert [Path(name).name for name, _ in before] == ["one.yaml"]
+    (copy / "two.yaml").write_text("task: other\n")
+    assert include_signature(str(copy)) != before
+    os.utime(copy / "one.yaml", ns=(1, 1))
+    assert include_signature(str(copy))[0] == (str(copy / "one.yaml"), 1)
+    assert include_signature(None) == ()
 
 
 @needs_lm_eval

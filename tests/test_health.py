@@ -6,20 +6,14 @@ not."""
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
+from helpers import answer_frame
 
 from lion_core.config import DataHealthConfig, LionConfig
 from lion_core.errors import DataHealthError
 from lion_core.method.health import answer_health, check_answers, check_domain, domain_health
 
 PATTERNS = DataHealthConfig().refusal_patterns
-
-
-def _answers(texts: list[str | None], failed: int = 0) -> pd.DataFrame:
-    rows = [{"answer": t, "status": "ok"} for t in texts]
-    rows += [{"answer": None, "status": "failed"}] * failed
-    return pd.DataFrame(rows)
 
 
 def test_counts():
@@ -34,7 +28,7 @@ def test_counts():
         "The capital of France is Paris.",
         "I cannot answer that question.",
     ]
-    health = answer_health(_answers(texts, failed=3), PATTERNS)
+    health = answer_health(answer_frame(texts + [None] * 3), PATTERNS)
     assert health.answers == 9 and health.empty == 1
     assert health.refusals == 5 and health.identical == 3
     assert health.top_answer == "I'm sorry, but I can only help with arithmetic."
@@ -45,14 +39,14 @@ def test_counts():
         "5 of 9 teacher answers (56%) are refusals"
     )
     # short answers repeat by nature, and two copies are no pattern
-    assert answer_health(_answers(["14", "14", "14", "9"]), PATTERNS).identical == 0
+    assert answer_health(answer_frame(["14", "14", "14", "9"]), PATTERNS).identical == 0
     twice = "The answer is forty-two."
-    assert answer_health(_answers([twice, twice, "x" * 12]), PATTERNS).identical == 0
+    assert answer_health(answer_frame([twice, twice, "x" * 12]), PATTERNS).identical == 0
 
 
 def test_degenerate_stops_unless_allowed(caplog):
     refusal = "I'm sorry, but I can only help with the tasks of the offline world."
-    health = answer_health(_answers([refusal] * 9 + ["7"]), PATTERNS)
+    health = answer_health(answer_frame([refusal] * 9 + ["7"]), PATTERNS)
     with pytest.raises(DataHealthError) as err:
         check_answers(health, DataHealthConfig(), 3)
     message = str(err.value)
@@ -130,7 +124,7 @@ def test_gsm8k_with_the_offline_teacher_stops_at_teacher_answers(
 ):
     """The case from the issue: GSM8K seeds, the offline world as teacher. It refuses every
     question with the same sentence, all `status: ok`; the round stops there, naming it."""
-    from test_round_flow import small_config
+    from helpers import small_config
 
     from flows.round import lion_round
 

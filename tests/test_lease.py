@@ -215,7 +215,7 @@ def test_a_second_round_on_a_held_root_fails_at_once(prefect_harness, tmp_path, 
     """Two lion-round runs on one root: while the first works (its teacher answers slowly,
     then fails), the second is refused at once, naming the first's flow run, and sends
     nothing."""
-    from test_round_flow import small_config
+    from helpers import small_config
 
     from flows.round import lion_round
 

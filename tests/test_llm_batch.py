@@ -24,16 +24,15 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import teacher_requests
 
 from lion_core.config import ModelPrice, TeacherConfig
 from lion_core.errors import BudgetExceeded
-from lion_core.llm import ChatRequest, LLMClient, ResponseCache, costs
+from lion_core.llm import LLMClient, ResponseCache, costs
 from lion_core.llm.batch import Ledger, cancel_open_batches
 from lion_core.llm.cache import spent_usd
 from lion_core.llm.costs import Budget
 from lion_core.llm.ratelimit import RateLimiter
-from lion_core.method import prompts
-from lion_core.offline.world import seed_instances
 from lion_core.run.storage import Storage
 
 POLL = {"poll_seconds": 0.05, "poll_max_seconds": 0.2}
@@ -41,15 +40,6 @@ POLL = {"poll_seconds": 0.05, "poll_max_seconds": 0.2}
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def teacher_requests(n: int) -> tuple[list[ChatRequest], list[str]]:
-    insts = seed_instances(n, seed=0, max_difficulty=6)
-    reqs = [
-        ChatRequest.of(prompts.teacher_messages(i.instruction, i.input), tag=f"q{k}")
-        for k, i in enumerate(insts)
-    ]
-    return reqs, [i.answer for i in insts]
 
 
 def batch_client(server, root, **batch) -> LLMClient:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from helpers import teacher_requests
 
 from lion_core.config import EndpointConfig, RefereeConfig, TeacherConfig
 from lion_core.errors import EndpointUnreachableError, LLMError, MissingAPIKeyError
@@ -24,19 +25,9 @@ from lion_core.llm import ChatRequest, LLMClient, ResponseCache
 from lion_core.llm import online as online_module
 from lion_core.method import prompts
 from lion_core.offline import roles
-from lion_core.offline.world import seed_instances
 from lion_core.run.storage import Storage
 
 FAST = {"backoff_base": 0.005, "backoff_max": 0.05}
-
-
-def teacher_requests(n: int, seed: int = 0):
-    insts = seed_instances(n, seed=seed, max_difficulty=6)
-    reqs = [
-        ChatRequest.of(prompts.teacher_messages(i.instruction, i.input), tag=f"q{k}")
-        for k, i in enumerate(insts)
-    ]
-    return reqs, [i.answer for i in insts]
 
 
 def make_client(server, root, role="teacher", endpoint=None, **kw) -> LLMClient:

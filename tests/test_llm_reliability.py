@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from helpers import teacher_requests
 
 from lion_core.config import OfflineWorldConfig, RefereeConfig, TeacherConfig
 from lion_core.errors import EndpointRejectedError, LLMError
@@ -32,21 +33,11 @@ from lion_core.llm import ChatRequest, ChatResult, LLMClient, ResponseCache
 from lion_core.llm.cache import SendAbandoned
 from lion_core.method import prompts
 from lion_core.offline.server import OfflineServer
-from lion_core.offline.world import seed_instances
 from lion_core.run.storage import Storage
 
 FAST = {"backoff_base": 0.005, "backoff_max": 0.05}
 N = 120
 CONCURRENCY = 4
-
-
-def teacher_requests(n: int, seed: int = 0) -> tuple[list[ChatRequest], list[str]]:
-    insts = seed_instances(n, seed=seed, max_difficulty=6)
-    reqs = [
-        ChatRequest.of(prompts.teacher_messages(i.instruction, i.input), tag=f"q{k}")
-        for k, i in enumerate(insts)
-    ]
-    return reqs, [i.answer for i in insts]
 
 
 def sent_twice(stats: dict) -> int:

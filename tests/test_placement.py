@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from test_round_flow import small_config
+from helpers import small_config
 
 from lion_core.config import LionConfig
 from lion_core.errors import ConfigError, GpuStageError, LeaseHeldError, LeaseLostError

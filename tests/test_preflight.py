@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import tiny_config
 
 from lion_core.config import LionConfig
 from lion_core.errors import PreflightError
@@ -24,8 +25,7 @@ DEAD = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
 
 def _config(root: Path, **overrides) -> LionConfig:
     """A tiny student with a learning rate that suits it (no coherence warning)."""
-    base = {"storage.root": str(root), "training.learning_rate": 1e-3}
-    return LionConfig().with_overrides({**base, **overrides})
+    return tiny_config(root, **{"training.learning_rate": 1e-3, **overrides})
 
 
 def _fails(cfg: LionConfig) -> str:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TINY_STUDENT
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +25,7 @@ README = REPO / "README.md"
 TINY = {
     "pools.offline_seeds": "16",
     "pools.new_per_round": "6",
-    "student.tiny": "{vocab_size: 320, hidden_size: 32, intermediate_size: 64, num_layers: 1, "
-    "num_heads: 2, max_position_embeddings: 128}",
+    "student.tiny": "{" + ", ".join(f"{k}: {v}" for k, v in TINY_STUDENT.items()) + "}",
     "student.generation.max_new_tokens": "12",
     "training.launcher": "python",
     "training.max_steps": "4",

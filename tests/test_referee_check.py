@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import answer_frame
 from typer.testing import CliRunner
 
 from lion_core.config import LionConfig
@@ -22,7 +23,7 @@ from lion_core.evaluation.referee_check import (
     summarize,
 )
 from lion_core.method.referee import PAIR_COLUMNS
-from lion_core.run.schemas import ANSWER_SCHEMA, pool_frame, seed_row
+from lion_core.run.schemas import pool_frame, seed_row
 
 # ---- degraded answers -------------------------------------------------------------------------
 
@@ -65,20 +66,10 @@ def test_degradations():
         degrade("x", "shuffle")
 
 
-def _answers(texts: dict[str, str | None]) -> pd.DataFrame:
-    rows = [
-        {"instruction_id": i, "answer": t, "status": "ok" if t is not None else "failed",
-         "error": None if t is not None else "HTTP 500", "finish_reason": "stop", "model": "m",
-         "request_key": i, "prompt_tokens": 1, "completion_tokens": 1}
-        for i, t in texts.items()
-    ]  # fmt: skip
-    return pd.DataFrame(rows, columns=ANSWER_SCHEMA.names)
-
-
 def test_known_order_pairs():
     pool = pool_frame([seed_row("Add 40 and 2."), seed_row("Reverse hello."), seed_row("Fail.")])
     ids = pool["instruction_id"].tolist()
-    answers = _answers({ids[0]: "40 + 2 = 42", ids[1]: "olleh", ids[2]: None})
+    answers = answer_frame({ids[0]: "40 + 2 = 42", ids[1]: "olleh", ids[2]: None})
     pairs = known_order_pairs(pool, answers)
     assert set(PAIR_COLUMNS) <= set(pairs.columns)
     by_kind = dict(zip(pairs["instruction_id"], pairs["student_answer"], strict=True))

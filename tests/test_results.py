@@ -48,7 +48,7 @@ def pickle_record(marker: Path) -> bytes:
 def test_a_planted_pickle_record_is_refused_not_run(prefect_harness, tmp_path):
     """A pickle planted under the key `seed-pools` looks up: the run fails naming the file,
     and the pickle never runs."""
-    from test_round_flow import small_config
+    from helpers import small_config
 
     from flows.round import lion_round
     from tasks.pools import seed_pools
@@ -216,8 +216,8 @@ def test_a_subflow_result_loaded_by_its_metadata_is_checked(prefect_harness, tmp
     holds (`ResultStore._from_metadata`): the saved block it names is ours, so checked."""
     import asyncio
 
+    from helpers import small_config
     from prefect.results import ResultStore
-    from test_round_flow import small_config
 
     from lion_core.errors import ResultRecordError
     from lion_core.run.records import Usage
@@ -245,8 +245,8 @@ def test_a_flows_own_result_and_failure_are_whole_checked_records(prefect_harnes
     under prefect-results passes the check, and both load back through it."""
     import asyncio
 
+    from helpers import small_config
     from prefect.results import ResultStore
-    from test_round_flow import small_config
 
     from lion_core.errors import DataError
     from lion_core.run.records import Usage

@@ -7,50 +7,27 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import small_config
 
-from lion_core.config import LionConfig
 from lion_core.run.store import RunStore
 
 pytestmark = pytest.mark.slow
 
 
-def small_config(root, **overrides) -> LionConfig:
-    """A round that does real work in well under a minute on 2 cores."""
-    base = {
-        "name": "flow-test",
-        "rounds": 1,
-        "storage.root": str(root),
-        "pools.offline_seeds": 24,
-        "pools.new_per_round": 12,
-        "student.tiny": {
-            "vocab_size": 320,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_layers": 1,
-            "num_heads": 2,
-            "max_position_embeddings": 128,
-        },
-        "student.generation.max_new_tokens": 12,
-        "training.launcher": "python",
-        "training.learning_rate": 1e-3,
-        "training.max_steps": 8,
-        "training.max_length": 128,
-        "training.micro_batch_size": 8,
-        "training.save_steps": 4,
-        "referee.max_tokens": 200,
-        "offline.judge_noise": 0.0,
-    }
-    base.update(overrides)
-    return LionConfig().with_overrides(base)
-
-
-def test_one_round_on_the_offline_world(prefect_harness, tmp_path):
-    from prefect.client.orchestration import get_client
-
+@pytest.fixture(scope="module")
+def one_round(prefect_harness, tmp_path_factory):
+    """ONE uninterrupted round of small_config on the embedded offline world: its config and
+    final state."""
     from flows.round import lion_round
 
-    cfg = small_config(tmp_path / "run")
-    state = lion_round(cfg, 1, return_state=True)
+    cfg = small_config(tmp_path_factory.mktemp("one-round") / "run")
+    return cfg, lion_round(cfg, 1, return_state=True)
+
+
+def test_one_round_on_the_offline_world(one_round):
+    from prefect.client.orchestration import get_client
+
+    cfg, state = one_round
     summary = state.result()
 
     store = RunStore.open(cfg.storage.root)
@@ -181,7 +158,7 @@ def _task_states(flow_run_id, by: str = "task name", timeout: float = 60) -> dic
     return {task_name(r): state[r.id] for r in runs}
 
 
-def test_resume_after_a_failure_repeats_nothing(prefect_harness, tmp_path, offline_server):
+def test_resume_after_a_failure_repeats_nothing(one_round, tmp_path, offline_server):
     """A round fails after the referee stage (the generator is unreachable), is re-run, and
     repeats no request, no training, and ends with the pools of an uninterrupted run."""
     from flows.round import lion_round
@@ -220,13 +197,9 @@ def test_resume_after_a_failure_repeats_nothing(prefect_harness, tmp_path, offli
         assert stats[role]["answered_twice"] == 0, (role, stats[role])
         assert stats[role]["requests"] == stats[role]["distinct_bodies"], (role, stats[role])
 
-    # The same seed, uninterrupted, on its own world and root: the same pools.
-    other_world = offline_server(judge_noise=0.0)
-    straight = small_config(
-        tmp_path / "straight",
-        **{f"{r}.base_url": other_world.base_url for r in ("teacher", "referee", "generator")},
-    )
-    lion_round(straight, 1)
+    # The same seed, uninterrupted, on its own world and root (the module's one round, on the
+    # embedded world): the same pools.
+    straight, _ = one_round
     other = RunStore.open(straight.storage.root)
     pd.testing.assert_frame_equal(store.read(1, "referee"), other.read(1, "referee"))
     for name in ("train_pool", "cache_pool"):

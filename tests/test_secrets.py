@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import small_config
 from prefect_services import (
     API_KEY_ENV,
     FAKE_API_KEY,
@@ -39,7 +40,6 @@ from prefect_services import (
     settings,
     wait_for_run,
 )
-from test_round_flow import small_config
 
 pytestmark = pytest.mark.slow
 

@@ -4,81 +4,19 @@ answers that survive a crash."""
 
 from __future__ import annotations
 
-import random
-
 import pandas as pd
 import pytest
 import torch
+from helpers import echo_rows
 
-from lion_core.config import LionConfig
 from lion_core.errors import DataError, GenerationError
-from lion_core.run.schemas import ANSWER_SCHEMA, instruction_id
+from lion_core.run.schemas import ANSWER_SCHEMA
 from lion_core.run.store import RunStore
 from lion_core.student import answer_store
 from lion_core.student.answer import generate_answers
 from lion_core.student.answer_store import progress_rel
-from lion_core.student.checkpoints import mark_complete
-from lion_core.student.data import PackedCollator, PackedDataset, encode_example
 from lion_core.student.generator import BatchedGenerator
-from lion_core.student.model import for_training, load_student, prepare_base_student
-
-WORDS = ["apple", "river", "stone", "green", "quick", "seven", "house", "light"]
-
-
-def _toy(n: int, seed: int) -> list[tuple[str, str, str]]:
-    """Echo tasks: the answer is the input's words, so a tiny model learns it fast."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 8)))
-        pad = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 10)))
-        rows.append((f"Echo the last line. {pad}".strip(), words, words))
-    return rows
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    """A tiny student trained in-process for a few seconds on echo tasks (it learns to stop)."""
-    root = tmp_path_factory.mktemp("gen-run")
-    cfg = LionConfig.from_dict(
-        {
-            "storage": {"root": str(root)},
-            "student": {
-                "tiny": {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128},
-                "generation": {"max_new_tokens": 12, "token_budget": 600},
-            },
-        }
-    )
-    store = RunStore.open(str(root))
-    train = _toy(300, 0)
-    uri = prepare_base_student(cfg, store, [" ".join(r) for r in train])
-    model, tok = load_student(uri, cfg)
-    for_training(model).train()
-    exs = [encode_example(tok, *r, "alpaca", 256)[0] for r in train]
-    ds = PackedDataset(exs, 256)
-    collate = PackedCollator(tok.pad_token_id)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for step in range(60):
-        batch = collate([ds[(step * 4 + i) % len(ds)] for i in range(4)])
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    trained = root / "trained"
-    model.save_pretrained(trained)
-    tok.save_pretrained(trained)
-    mark_complete(store.storage, "trained")
-    return cfg, store, str(trained)
-
-
-def _rows(n: int, seed: int = 1) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {"instruction_id": instruction_id(i, x), "instruction": i, "input": x}
-            for i, x, _ in _toy(n, seed)
-        ]
-    ).drop_duplicates("instruction_id")
+from lion_core.student.model import load_student
 
 
 def _generator(cfg, uri, **gen):
@@ -102,9 +40,9 @@ def _spy(monkeypatch, generator, fail=None):
     return calls
 
 
-def test_batched_answers_equal_one_prompt_at_a_time(student, monkeypatch):
-    cfg, _, uri = student
-    rows = _rows(24)
+def test_batched_answers_equal_one_prompt_at_a_time(echo_student, monkeypatch):
+    cfg, _, uri = echo_student
+    rows = echo_rows(24)
     batched = _generator(cfg, uri, token_budget=600)
     calls = _spy(monkeypatch, batched)
     got = {a.instruction_id: a for b in batched.answer(rows) for a in b}
@@ -119,9 +57,9 @@ def test_batched_answers_equal_one_prompt_at_a_time(student, monkeypatch):
     assert {k: v.answer for k, v in got.items()} == {k: v.answer for k, v in one.items()}
 
 
-def test_answers_stop_at_eos_without_the_prompt(student):
-    cfg, store, uri = student
-    rows = _rows(16, seed=2)
+def test_answers_stop_at_eos_without_the_prompt(echo_student):
+    cfg, store, uri = echo_student
+    rows = echo_rows(16, seed=2)
     out = generate_answers(cfg, store, uri, rows)
     assert list(out.columns) == ANSWER_SCHEMA.names
     assert list(out["instruction_id"]) == list(rows["instruction_id"])
@@ -135,9 +73,9 @@ def test_answers_stop_at_eos_without_the_prompt(student):
     assert (out["answer"].str.len() > 0).all()
 
 
-def test_out_of_memory_halves_the_batch_and_goes_on(student, monkeypatch):
-    cfg, _, uri = student
-    rows = _rows(12, seed=3)
+def test_out_of_memory_halves_the_batch_and_goes_on(echo_student, monkeypatch):
+    cfg, _, uri = echo_student
+    rows = echo_rows(12, seed=3)
     g = _generator(cfg, uri, token_budget=2000)
 
     def fail(input_ids):
@@ -168,11 +106,11 @@ def test_out_of_memory_halves_the_batch_and_goes_on(student, monkeypatch):
     assert sum(a.status == "ok" for a in answers.values()) >= len(rows) - 2
 
 
-def test_a_crash_loses_no_answer_and_the_rerun_skips_them(student, monkeypatch, tmp_path):
-    cfg, _, uri = student
+def test_a_crash_loses_no_answer_and_the_rerun_skips_them(echo_student, monkeypatch, tmp_path):
+    cfg, _, uri = echo_student
     store = RunStore.open(str(tmp_path / "run"))  # its own answers folder, counted below
     cfg = cfg.with_overrides({"student.generation.token_budget": 200})
-    rows = _rows(20, seed=4)
+    rows = echo_rows(20, seed=4)
     real = BatchedGenerator._generate
     seen: list[int] = []
 
@@ -201,12 +139,12 @@ def test_a_crash_loses_no_answer_and_the_rerun_skips_them(student, monkeypatch, 
     assert set(out["status"]) == {"ok"}
 
 
-def test_a_new_token_budget_resumes_the_same_answers(student, monkeypatch, tmp_path):
+def test_a_new_token_budget_resumes_the_same_answers(echo_student, monkeypatch, tmp_path):
     """token_budget and num_gpus are operational: changing them between invocations reuses the
     answers so far; a setting that shapes the answers starts afresh."""
-    cfg, _, uri = student
+    cfg, _, uri = echo_student
     store = RunStore.open(str(tmp_path / "run"))
-    rows = _rows(8, seed=6)
+    rows = echo_rows(8, seed=6)
     first = generate_answers(cfg, store, uri, rows)
     real = BatchedGenerator._generate
     counted: list[int] = []
@@ -226,8 +164,8 @@ def test_a_new_token_budget_resumes_the_same_answers(student, monkeypatch, tmp_p
     assert sum(counted) == len(rows)
 
 
-def test_rows_need_their_columns(student):
-    cfg, store, uri = student
+def test_rows_need_their_columns(echo_student):
+    cfg, store, uri = echo_student
     with pytest.raises(DataError, match="input"):
         generate_answers(
             cfg, store, uri, pd.DataFrame({"instruction_id": ["a"], "instruction": ["x"]})
@@ -235,10 +173,10 @@ def test_rows_need_their_columns(student):
 
 
 @pytest.mark.slow
-def test_one_worker_process_per_device_over_shards(student, tmp_path):
+def test_one_worker_process_per_device_over_shards(echo_student, tmp_path):
     """The multi-GPU path, on CPU processes: two workers, each over its shard."""
-    cfg, _, uri = student
-    rows = _rows(16, seed=5)
+    cfg, _, uri = echo_student
+    rows = echo_rows(16, seed=5)
     single = generate_answers(cfg, RunStore.open(str(tmp_path / "a")), uri, rows)
     store = RunStore.open(str(tmp_path / "b"))
     sharded = generate_answers(cfg, store, uri, rows, workers=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny_config
 
 from lion_core.config import LionConfig
 from lion_core.run.store import RunStore
@@ -15,8 +16,10 @@ TEXTS = [f"Add {a} and {b}. The sum is {a + b}." for a in range(20) for b in ran
 
 
 def _cfg(**student) -> LionConfig:
-    tiny = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1}
-    return LionConfig.from_dict({"student": student or {"tiny": tiny}})
+    """The tiny student (a 300-token vocabulary), or the student section `student`."""
+    if student:
+        return LionConfig.from_dict({"student": student})
+    return tiny_config(**{"student.tiny.vocab_size": 300})
 
 
 def test_tiny_student_is_built_saved_and_reloaded(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -20,82 +19,23 @@ import httpx
 import openai
 import pandas as pd
 import pytest
-import torch
+from helpers import echo_rows, echo_tasks
 
 from lion_core.config import LionConfig
 from lion_core.errors import ConfigError, GenerationError, MissingAPIKeyError
 from lion_core.llm.cache import ResponseCache
 from lion_core.run import layout
-from lion_core.run.schemas import instruction_id
 from lion_core.run.storage import Storage
 from lion_core.run.store import RunStore
 from lion_core.student import served as served_mod
 from lion_core.student.answer import generate_answers
 from lion_core.student.checkpoints import content_digest, mark_complete
-from lion_core.student.data import PackedCollator, PackedDataset, encode_example
 from lion_core.student.generator import BatchedGenerator
-from lion_core.student.model import for_training, load_student, prepare_base_student
+from lion_core.student.model import load_student
 from lion_core.student.served import server_command
 
-WORDS = ["apple", "river", "stone", "green", "quick", "seven", "house", "light"]
 REPO = Path(__file__).resolve().parent.parent
 MARK = "LION_SERVE_TEST"
-
-
-def _toy(n: int, seed: int) -> list[tuple[str, str, str]]:
-    """Echo tasks: the answer is the input's words, so a tiny model learns it fast."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 8)))
-        pad = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 10)))
-        rows.append((f"Echo the last line. {pad}".strip(), words, words))
-    return rows
-
-
-def _rows(n: int, seed: int) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {"instruction_id": instruction_id(i, x), "instruction": i, "input": x}
-            for i, x, _ in _toy(n, seed)
-        ]
-    ).drop_duplicates("instruction_id")
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    """A tiny student trained in-process for a few seconds on echo tasks (it learns to stop)."""
-    root = tmp_path_factory.mktemp("serve-run")
-    cfg = LionConfig.from_dict(
-        {
-            "storage": {"root": str(root)},
-            "student": {
-                "tiny": {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128},
-                "generation": {"max_new_tokens": 12, "token_budget": 600},
-            },
-        }
-    )
-    store = RunStore.open(str(root))
-    train = _toy(300, 0)
-    uri = prepare_base_student(cfg, store, [" ".join(r) for r in train])
-    model, tok = load_student(uri, cfg)
-    for_training(model).train()
-    exs = [encode_example(tok, *r, "alpaca", 256)[0] for r in train]
-    ds = PackedDataset(exs, 256)
-    collate = PackedCollator(tok.pad_token_id)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for step in range(60):
-        batch = collate([ds[(step * 4 + i) % len(ds)] for i in range(4)])
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    trained = root / "trained"
-    model.config.use_cache = True
-    model.save_pretrained(trained)
-    tok.save_pretrained(trained)
-    mark_complete(store.storage, "trained")
-    return cfg, str(trained)
 
 
 def _served(cfg: LionConfig, **server) -> LionConfig:
@@ -171,9 +111,9 @@ def _same(served: pd.DataFrame, hf: pd.DataFrame) -> None:
 # ---- the same answers ------------------------------------------------------------------------
 
 
-def test_served_answers_equal_the_hf_answers_row_for_row(student, tmp_path, mark):
-    cfg, uri = student
-    rows = _rows(16, seed=2)
+def test_served_answers_equal_the_hf_answers_row_for_row(echo_student, tmp_path, mark):
+    cfg, _, uri = echo_student
+    rows = echo_rows(16, seed=2)
     hf = generate_answers(cfg, RunStore.open(str(tmp_path / "hf")), uri, rows)
     assert (hf["finish_reason"] == "stop").sum() >= len(hf) // 2  # a student that stops
 
@@ -189,11 +129,11 @@ def test_served_answers_equal_the_hf_answers_row_for_row(student, tmp_path, mark
     assert set(served["request_key"]) == set(cached.frame()["key"])
 
 
-def test_the_cache_key_carries_the_checkpoint_digest(student, tmp_path):
+def test_the_cache_key_carries_the_checkpoint_digest(echo_student, tmp_path):
     """A copy of the checkpoint (same content, another place) reuses the served answers; the
     same folder retrained (a new `_COMPLETE`) sends everything again."""
-    cfg, uri = student
-    rows = _rows(6, seed=3)
+    cfg, _, uri = echo_student
+    rows = echo_rows(6, seed=3)
     store = RunStore.open(str(tmp_path / "run"))
     served = _served(cfg)
     first = generate_answers(served, store, uri, rows)
@@ -219,10 +159,10 @@ def test_the_cache_key_carries_the_checkpoint_digest(student, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def warm_server(student):
+def warm_server(echo_student):
     """`lion serve-student` on the student, started once from the command line (port 0), as a
     user keeps one warm."""
-    _, uri = student
+    _, _, uri = echo_student
     env = {k: v for k, v in os.environ.items() if k != MARK}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
@@ -260,17 +200,15 @@ print("finished", flush=True)
 
 
 def test_a_killed_task_resumes_without_resending_an_answered_request(
-    student, warm_server, tmp_path, mark
+    echo_student, warm_server, tmp_path, mark
 ):
     """The task is killed (SIGKILL) mid-way while its own server answers; its server dies with
     it. The re-run, through a warm server, sends exactly the requests not in the response
     cache, and the answers are the HF path's."""
-    cfg, uri = student
-    rows = _rows(48, seed=4)
+    cfg, _, uri = echo_student
+    rows = echo_rows(48, seed=4)
     root = tmp_path / "run"
-    cfg = _served(
-        cfg.with_overrides({"storage.root": str(root)}), concurrency=1, cache_shard_size=4
-    )
+    cfg = _served(cfg.with_overrides({"storage.root": str(root)}), concurrency=1, batch_size=4)
     spec = tmp_path / "spec.json"
     rows.to_parquet(tmp_path / "rows.parquet")
     spec.write_text(
@@ -311,7 +249,7 @@ def test_a_killed_task_resumes_without_resending_an_answered_request(
     resumed = generate_answers(cfg.with_overrides(warm), store, uri, rows)
     assert _prompts_served(warm_server) - before == len(rows) - cached  # only the unanswered
     hf = generate_answers(
-        student[0].with_overrides({"storage.root": str(tmp_path / "hf")}),
+        echo_student.cfg.with_overrides({"storage.root": str(tmp_path / "hf")}),
         RunStore.open(str(tmp_path / "hf")),
         uri,
         rows,
@@ -328,9 +266,9 @@ NEVER_READY = (
 )
 
 
-def test_a_server_that_never_gets_ready_fails_in_time_with_its_log(student, tmp_path, mark):
-    cfg, uri = student
-    rows = _rows(4, seed=5)
+def test_a_server_that_never_gets_ready_fails_in_time_with_its_log(echo_student, tmp_path, mark):
+    cfg, _, uri = echo_student
+    rows = echo_rows(4, seed=5)
     store = RunStore.open(str(tmp_path / "run"))
     started = time.monotonic()
     with pytest.raises(GenerationError, match=r"not ready within 3 s") as err:
@@ -344,10 +282,10 @@ def test_a_server_that_never_gets_ready_fails_in_time_with_its_log(student, tmp_
         generate_answers(_served(cfg, command=crash), store, uri, rows)
 
 
-def test_the_server_is_gone_after_cancellation(student, tmp_path, mark, monkeypatch):
+def test_the_server_is_gone_after_cancellation(echo_student, tmp_path, mark, monkeypatch):
     """The caller is interrupted (Ctrl-C, a cancelled task) while the server answers."""
-    cfg, uri = student
-    rows = _rows(8, seed=6)
+    cfg, _, uri = echo_student
+    rows = echo_rows(8, seed=6)
     running: list[int] = []
 
     def interrupted(self, requests, *, desc=""):
@@ -364,14 +302,14 @@ def test_the_server_is_gone_after_cancellation(student, tmp_path, mark, monkeypa
 # ---- lion serve-student ------------------------------------------------------------------------
 
 
-def test_lion_serve_student_answers_any_openai_client(student, warm_server):
-    cfg, uri = student
+def test_lion_serve_student_answers_any_openai_client(echo_student, warm_server):
+    cfg, _, uri = echo_student
     client = openai.OpenAI(base_url=warm_server, api_key="none", max_retries=0)
     assert [m.id for m in client.models.list().data] == ["student"]
 
     model, tok = load_student(uri, cfg)
     gen = BatchedGenerator(model, tok, cfg.student.generation, "alpaca")
-    instruction, words, _ = _toy(1, seed=9)[0]
+    instruction, words, _ = echo_tasks(1, seed=9)[0]
     expected = next(gen.answer_prompts(["x"], [gen.encode(f"{instruction}\n{words}", "")]))[0]
     chat = client.chat.completions.create(
         model="student",

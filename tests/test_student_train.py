@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -18,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import tiny_config
 
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, TrainingError
@@ -40,21 +42,20 @@ TINY = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 384, "num_la
 
 
 def _cfg(root: str, **training) -> LionConfig:
-    return LionConfig.from_dict(
-        {
-            "storage": {"root": root},
-            "student": {"tiny": TINY, "generation": {"max_new_tokens": 8}},
-            "training": {
-                "learning_rate": 2e-3,
-                "micro_batch_size": 16,
-                "max_length": 256,
-                "warmup_ratio": 0.05,
-                "logging_steps": 10,
-                # A hung rank fails the test with the log's tail long before pytest's timeout.
-                "timeout": 360.0,
-                **training,
-            },
-        }
+    settings = {
+        "learning_rate": 2e-3,
+        "micro_batch_size": 16,
+        "max_length": 256,
+        "warmup_ratio": 0.05,
+        "logging_steps": 10,
+        # A hung rank fails the test with the log's tail long before pytest's timeout.
+        "timeout": 360.0,
+        **training,
+    }
+    return tiny_config(
+        root,
+        **{"student.tiny": TINY, "student.generation.max_new_tokens": 8},
+        **{f"training.{name}": value for name, value in settings.items()},
     )
 
 
@@ -249,13 +250,31 @@ def test_zero3_two_ranks_on_s3(s3_root, tmp_path):
 # ---- python launcher: LoRA, failures, timeouts ----------------------------------------------
 
 
-@pytest.fixture
-def small_run(tmp_path):
-    cfg = _cfg(str(tmp_path), launcher="python", max_steps=6, save_steps=100, micro_batch_size=4)
-    store = RunStore.open(str(tmp_path))
+def _small(root: Path, **training):
+    cfg = _cfg(str(root), launcher="python", max_steps=6, save_steps=100, micro_batch_size=4)
+    cfg = cfg.with_overrides({f"training.{k}": v for k, v in training.items()})
+    store = RunStore.open(str(root))
     train = _addition(40, seed=4)
     base = prepare_base_student(cfg, store, [f"{i.instruction} {i.answer}" for i in train])
-    return cfg, store, base, _write_train(tmp_path / "train.parquet", train)
+    return cfg, store, base, _write_train(root / "train.parquet", train)
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    """A 6-step job with the python launcher, not started."""
+    return _small(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def small_trained(tmp_path_factory):
+    """ONE 6-step job with the python launcher, trained, for the tests that read what it left:
+    a checkpoint every 2 steps; the loss reported to TensorBoard every 2 steps when the
+    package is installed."""
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    report = {"report_to": ["tensorboard"], "logging_steps": 2} if tensorboard else {}
+    cfg, store, base, data = _small(tmp_path_factory.mktemp("small"), save_steps=2, **report)
+    uri = train_student(cfg, store, 1, data, base)
+    return cfg, store, base, data, uri
 
 
 def test_lora_adapters_are_merged_into_a_plain_model(small_run):
@@ -274,10 +293,8 @@ def test_lora_adapters_are_merged_into_a_plain_model(small_run):
     assert torch.equal(layer.mlp.up_proj.weight, layer0.mlp.up_proj.weight)  # not targeted
 
 
-def test_checkpoints_are_deleted_once_the_student_is_committed(small_run):
-    cfg, store, base, data = small_run
-    cfg = cfg.with_overrides({"training.save_steps": 2})
-    uri = train_student(cfg, store, 1, data, base)
+def test_checkpoints_are_deleted_once_the_student_is_committed(small_trained):
+    cfg, store, base, data, uri = small_trained  # trained with save_steps 2
     (log_name,) = store.storage.listdir("round=1/logs")
     training_log = store.storage.read_bytes(f"round=1/logs/{log_name}").decode()
     assert "checkpoint checkpoint-6 committed" in training_log  # they existed while it ran
@@ -297,16 +314,15 @@ def test_checkpoints_are_deleted_once_the_student_is_committed(small_run):
     assert not store.storage.exists("round=1/checkpoints")
 
 
-def test_report_to_tensorboard_writes_the_loss_curve(small_run):
+def test_report_to_tensorboard_writes_the_loss_curve(small_trained):
     """training.report_to: [tensorboard] -> event files in round=1/tensorboard of the run's
     storage holding the training loss at every logging step (read back with TensorBoard's own
     reader). Needs the tensorboard package (pip install tensorboard)."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg, store, base, data = small_run
-    cfg = cfg.with_overrides({"training.report_to": ["tensorboard"], "training.logging_steps": 2})
-    train_student(cfg, store, 1, data, base)
+    cfg, store, *_ = small_trained
+    assert cfg.training.report_to == ["tensorboard"] and cfg.training.logging_steps == 2
     events = [n for n in store.storage.listdir("round=1/tensorboard") if "tfevents" in n]
     assert events, store.storage.listdir("round=1/tensorboard")
     acc = EventAccumulator(store.storage.path("round=1/tensorboard"))
@@ -316,16 +332,15 @@ def test_report_to_tensorboard_writes_the_loss_curve(small_run):
     assert all(e.value > 0 for e in loss)
 
 
-def test_report_to_is_off_by_default_and_checked_before_the_run(small_run, monkeypatch):
-    """No tracking by default (no tensorboard folder); a report_to whose package is missing is
-    a preflight warning naming the field."""
-    import importlib.util
-
+@pytest.mark.slow
+def test_report_to_is_off_by_default_and_checked_before_the_run(zero2_run, monkeypatch):
+    """No tracking by default (no tensorboard folder, read from the ZeRO-2 run); a report_to
+    whose package is missing is a preflight warning naming the field."""
     from lion_core.ops.preflight import tracking_warnings
 
-    cfg, store, base, data = small_run
+    cfg, store = zero2_run["cfg"], zero2_run["store"]
     assert cfg.training.report_to == [] and tracking_warnings(cfg) == []
-    train_student(cfg, store, 1, data, base)
+    assert store.storage.exists("round=1/student/train_result.json")  # it was trained
     assert not store.storage.exists("round=1/tensorboard")
 
     wanted = cfg.with_overrides({"training.report_to": ["tensorboard", "mlflow"]})

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
+from pathlib import Path
 
-from lion_core.ops.supervise import is_deepspeed_chatter, run_process_group
+import pytest
+
+from lion_core.errors import ConfigError
+from lion_core.ops.supervise import (
+    cpu_cores,
+    cpu_thread_env,
+    cpu_threads,
+    is_deepspeed_chatter,
+    run_process_group,
+    size_torch_threads,
+)
 
 LAUNCHER = [
     "[2026-11-26 13:47:04,154] [WARNING] [real_accelerator.py:213:get_accelerator] Setting "
@@ -78,3 +91,66 @@ def test_deepspeed_stays_quiet_in_a_process_that_saves_models():
     assert done.returncode == 0, done.stderr
     assert "a real problem" in done.stdout
     assert "Setting accelerator" not in done.stdout and "launcher talk" not in done.stdout
+
+
+# ---- CPU threads ------------------------------------------------------------------------------
+
+
+def _without_thread_settings(monkeypatch) -> None:
+    for name in ("LION_CPU_THREADS", "LION_CPU_WORKERS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_cpu_threads_share_the_cores_between_processes_and_jobs(monkeypatch):
+    _without_thread_settings(monkeypatch)
+    cores = cpu_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    assert cpu_threads() == cores
+    assert cpu_threads(2) == max(1, cores // 2)
+    assert cpu_threads(4 * cores) == 1  # never none
+    monkeypatch.setenv("LION_CPU_WORKERS", "2")  # two jobs side by side
+    assert cpu_threads() == max(1, cores // 2) and cpu_threads(2) == max(1, cores // 4)
+    monkeypatch.setenv("LION_CPU_THREADS", "3")  # the override wins
+    assert cpu_threads() == cpu_threads(8) == 3
+    monkeypatch.setenv("LION_CPU_THREADS", "zero")
+    with pytest.raises(ConfigError, match="LION_CPU_THREADS: expected a whole number >= 1"):
+        cpu_threads()
+
+
+def test_a_cpu_child_gets_its_share_asleep_when_idle_and_settings_it_was_given_win(monkeypatch):
+    _without_thread_settings(monkeypatch)
+    monkeypatch.setenv("LION_CPU_THREADS", "1")
+    env = cpu_thread_env(2, {})
+    assert env == {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    given = {"OMP_NUM_THREADS": "5", "OMP_WAIT_POLICY": "ACTIVE"}
+    assert cpu_thread_env(2, dict(given)) == given
+    # the training launcher on the CPU, both launchers
+    from lion_core.config import LionConfig
+    from lion_core.student.launch import training_command
+
+    for launcher in ("deepspeed", "python"):
+        cfg = LionConfig().with_overrides({"training.launcher": launcher})
+        _, env = training_command(cfg, Path("job.json"))
+        assert env["OMP_NUM_THREADS"] == "1" and env["OMP_WAIT_POLICY"] == "PASSIVE", launcher
+
+
+def test_the_thread_settings_reach_torch_in_a_child_and_in_process(monkeypatch):
+    _without_thread_settings(monkeypatch)
+    monkeypatch.setenv("LION_CPU_THREADS", "1")
+    probe = "import torch; print(torch.get_num_threads())"
+    child = subprocess.run(
+        [sys.executable, "-c", probe], env=cpu_thread_env(), capture_output=True, text=True
+    )
+    assert child.stdout.strip() == "1", child.stderr[-2000:]
+
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert size_torch_threads() == 1 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # fixed by the environment: left alone
+        torch.set_num_threads(2)
+        assert size_torch_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import TINY_STUDENT, small_config
 from prefect_services import REPO, api, deploy
-from test_round_flow import small_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -87,12 +87,11 @@ def small_form_defaults(prefect_stack, s3_endpoint):
 
     bucket = f"lion-form-{secrets.token_hex(6)}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    small = small_config("unused").model_dump(mode="json")
     overrides = {
         "storage.options": {"endpoint_url": s3_endpoint},
         "pools.offline_seeds": 16,
         "pools.new_per_round": 6,
-        "student.tiny": small["student"]["tiny"],
+        "student.tiny": TINY_STUDENT,
         "student.generation.max_new_tokens": 12,
         "training.launcher": "python",
         "training.max_steps": 4,

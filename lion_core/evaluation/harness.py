@@ -9,6 +9,7 @@ of lion_core works without the extra.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -73,8 +74,6 @@ def run_lm_eval(
     cache, HF_DATASETS_CACHE) on first use.
     """
     lm_eval = _import_lm_eval()
-    from lm_eval.tasks import TaskManager
-
     tasks = list(tasks)
     if not tasks:
         raise EvaluationError("run_lm_eval: no tasks given")
@@ -84,7 +83,7 @@ def run_lm_eval(
         raise EvaluationError(f"run_lm_eval: limit must be >= 1, got {limit}")
     if _looks_like_path(model_path) and not Path(model_path).expanduser().is_dir():
         raise EvaluationError(f"run_lm_eval: model folder {model_path!r} does not exist")
-    manager = TaskManager(include_path=include_path)  # indexes every task YAML: seconds
+    manager = _task_manager(include_path)
     _check_tasks(tasks, manager, include_path)  # before a (large) model is loaded
 
     source, revision = resolve_model(model_path, storage_options)
@@ -183,6 +182,29 @@ def results_table(results: Mapping[str, Any], metrics: Sequence[str] = ACCURACY_
         )
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.astype({"n": "Int64", "n_total": "Int64", "n_shot": "Int64"})
+
+
+def _task_manager(include_path: str | None):
+    """lm-eval's TaskManager for `include_path`, kept for the process: building one indexes
+    every task YAML lm-eval ships (~15,000; tens of seconds on a CPU), the same for every
+    student a run evaluates. Built again when the include folder's YAML files change."""
+    return _cached_task_manager(include_path, include_signature(include_path))
+
+
+def include_signature(include_path: str | None) -> tuple:
+    """The task YAMLs under `include_path` with their modification times."""
+    if include_path is None:
+        return ()
+    folder = Path(include_path)
+    found = folder.rglob("*.yaml") if folder.is_dir() else [folder]
+    return tuple(sorted((str(f), f.stat().st_mtime_ns) for f in found))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_task_manager(include_path: str | None, signature: tuple):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)
 
 
 def _import_lm_eval():

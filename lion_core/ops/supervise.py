@@ -20,10 +20,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 
-from lion_core.errors import LionError, SupervisionError
+from lion_core.errors import ConfigError, LionError, SupervisionError
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,83 @@ def quiet_deepspeed_logger() -> None:
         logger.addFilter(_DeepSpeedChatter())
 
 
-def cpu_threads(processes: int) -> str:
-    """OMP_NUM_THREADS for each of `processes` CPU processes sharing this machine's cores
-    (instead of each oversubscribing all of them)."""
-    return str(max(1, (os.cpu_count() or 1) // processes))
+# Threads per CPU process, overriding the sizing below (e.g. LION_CPU_THREADS=1).
+CPU_THREADS_ENV = "LION_CPU_THREADS"
+# Jobs sharing this machine's cores side by side (two runs, the test suite's workers): each
+# sizes its processes' threads to its share.
+CPU_WORKERS_ENV = "LION_CPU_WORKERS"
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota
+    (a container's `--cpus`)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def _positive_env(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ConfigError(f"{name}: expected a whole number >= 1, got {value!r}")
+    return number
+
+
+def cpu_threads(processes: int = 1) -> int:
+    """Threads for each of `processes` CPU processes one job runs at once (ranks, generation
+    workers): LION_CPU_THREADS when set; else the cores (`cpu_cores`) shared between them and
+    the LION_CPU_WORKERS jobs (default 1) that run side by side; at least one.
+
+    Oversubscribed cores cost far more than their share: OpenMP threads wait for each other at
+    every parallel region, spinning, so one descheduled thread stalls the rest (benchmarks/
+    cpu_oversubscription.py, 2 cores: two demo trainers side by side, 2 spinning threads each,
+    0.78-0.93 s per step, 5x one alone; 0.21-0.24 s with their threads asleep when idle)."""
+    threads = _positive_env(CPU_THREADS_ENV)
+    if threads is not None:
+        return threads
+    jobs = _positive_env(CPU_WORKERS_ENV) or 1
+    return max(1, cpu_cores() // (max(1, processes) * jobs))
+
+
+def cpu_thread_env(
+    processes: int = 1, env: MutableMapping[str, str] | None = None
+) -> MutableMapping[str, str]:
+    """The thread settings of a CPU child process (`processes` of them at once), added to
+    `env` (default: a copy of this process's environment) where it sets none:
+    OMP_NUM_THREADS = cpu_threads(processes), and OMP_WAIT_POLICY=PASSIVE, so that threads
+    waiting at a barrier sleep instead of spinning on cores another process needs."""
+    env = dict(os.environ) if env is None else env
+    env.setdefault("OMP_NUM_THREADS", str(cpu_threads(processes)))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def size_torch_threads(processes: int = 1) -> int:
+    """Set this process's torch intra-op threads for CPU work (generation in-process, the
+    student server) to `cpu_threads(processes)`, unless OMP_NUM_THREADS fixes them; returns
+    the threads in use. (OMP_WAIT_POLICY cannot change once torch is loaded: a process that
+    wants it sets it in its environment before it starts, as `cpu_thread_env` does.)"""
+    import torch
+
+    if not os.environ.get("OMP_NUM_THREADS"):
+        threads = cpu_threads(processes)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def free_port() -> int:

@@ -29,7 +29,12 @@ import torch
 
 from lion_core.config import LionConfig, StudentGenerationConfig
 from lion_core.errors import GenerationError
-from lion_core.ops.supervise import cpu_threads, is_deepspeed_chatter, run_process_groups
+from lion_core.ops.supervise import (
+    cpu_thread_env,
+    is_deepspeed_chatter,
+    run_process_groups,
+    size_torch_threads,
+)
 from lion_core.run.storage import Storage
 from lion_core.run.store import RunStore
 from lion_core.student.answer_store import Answer, commit
@@ -205,6 +210,8 @@ def answer_rows(
     logger = logger or log
     on_gpu = torch.cuda.is_available()
     dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    if not on_gpu:
+        size_torch_threads(shards)  # this process's share of the cores
     model, tok = load_student(student_uri, cfg, dtype=dtype, device="cuda" if on_gpu else "cpu")
     if shards > 1:
         rows = shard_rows(rows, shard, shards, tok, cfg.student.prompt_template)
@@ -258,7 +265,7 @@ def run_workers(
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(shard % gpus)
         else:
-            env.setdefault("OMP_NUM_THREADS", cpu_threads(n))
+            cpu_thread_env(n, env)
         cmd = [sys.executable, "-m", "lion_core.student.generator", "--spec", str(spec_file)]
         jobs.append(([*cmd, "--shard", str(shard)], env))
     codes, tail = run_process_groups(

@@ -28,7 +28,12 @@ import pandas as pd
 
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, TrainingError
-from lion_core.ops.supervise import cpu_threads, free_port, is_deepspeed_chatter, run_process_group
+from lion_core.ops.supervise import (
+    cpu_thread_env,
+    free_port,
+    is_deepspeed_chatter,
+    run_process_group,
+)
 from lion_core.run import layout
 from lion_core.run.storage import Storage
 from lion_core.run.store import RunStore
@@ -246,12 +251,15 @@ def training_command(cfg: LionConfig, spec_file: Path) -> tuple[list[str], dict[
     env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no progress bars in the log
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     program = ["-m", "lion_core.student.train", "--spec", str(spec_file)]
+    gpus = _visible_gpus()
     if t.launcher == "python":
+        if not gpus:
+            cpu_thread_env(1, env)  # this job's share of the cores, idle threads asleep
         return [sys.executable, *program], env
-    ranks = t.num_gpus or _visible_gpus() or 1
-    if not _visible_gpus():
-        # CPU ranks: share the cores between them instead of oversubscribing.
-        env.setdefault("OMP_NUM_THREADS", cpu_threads(ranks))
+    ranks = t.num_gpus or gpus or 1
+    if not gpus:
+        # CPU ranks: share the cores between them (and the jobs beside this one).
+        cpu_thread_env(ranks, env)
     cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner"]
     if t.hostfile:
         if not Path(t.hostfile).is_file():

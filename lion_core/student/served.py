@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pandas as pd
+import torch
 
 from lion_core.config import EndpointConfig, LionConfig, StudentServerConfig
 from lion_core.errors import ConfigError, GenerationError, LionError
@@ -45,7 +46,7 @@ from lion_core.llm.costs import FREE
 from lion_core.llm.factory import client_for
 from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.types import ChatRequest
-from lion_core.ops.supervise import ProcessGroup, free_port
+from lion_core.ops.supervise import ProcessGroup, cpu_thread_env, free_port
 from lion_core.run.storage import Storage
 from lion_core.student.answer_store import Answer, commit
 from lion_core.student.checkpoints import content_digest, resolve_model, scratch_for
@@ -204,6 +205,8 @@ def served_student(
         log_file = os.path.join(log_dir, f"server-{stamp}-{os.getpid()}.log")
         where = f"; log {log_file}"
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    if not torch.cuda.is_available():
+        cpu_thread_env(1, env)  # a CPU server: this job's share of the cores
     host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
     logger.info("starting the student server: %s", shlex.join(cmd))

@@ -423,11 +423,14 @@ def load_service(
     that supports it, fp32 on the CPU), with `cfg`'s student settings."""
     import torch
 
+    from lion_core.ops.supervise import size_torch_threads
     from lion_core.student.model import load_student
 
     cfg = cfg or LionConfig()
     on_gpu = torch.cuda.is_available() if device is None else device.startswith("cuda")
     dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    if not on_gpu:
+        size_torch_threads()  # this job's share of the cores
     m, tok = load_student(model, cfg, dtype=dtype, device=device or ("cuda" if on_gpu else "cpu"))
     gen = cfg.student.generation
     return StudentService(
