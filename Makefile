@@ -23,12 +23,13 @@ ablate: bootstrap
 # (OMP_WAIT_POLICY=PASSIVE): two workers each training with threads for every core, busy-waiting,
 # slowed a step 20x or more, and a DeepSpeed test ran past its timeout. Trainers and generation
 # workers take OMP_NUM_THREADS from the environment when it is set (lion_core/student/launch.py).
+# The 15 slowest setups and tests are printed at the end (where CI's time goes).
 TEST_WORKERS ?= 2
 test: bootstrap
 	.venv/bin/python -m ruff check .
 	w=$(TEST_WORKERS); [ "$$w" -gt 0 ] || w=1; t=$$(( $$(nproc) / w )); [ "$$t" -ge 1 ] || t=1; \
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$t} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} \
-	.venv/bin/python -m pytest -q -m "not browser" -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	.venv/bin/python -m pytest -q -m "not browser" -n $(TEST_WORKERS) --dist loadfile --durations=15 $(ARGS)
 
 # The Prefect UI driven by Debian's headless Chromium (tests/test_ui_browser.py); installs
 # Chromium with apt-get when it is missing (needs root). Playwright never downloads a browser.

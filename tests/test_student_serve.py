@@ -208,7 +208,9 @@ def test_a_killed_task_resumes_without_resending_an_answered_request(
     cfg, _, uri = echo_student
     rows = echo_rows(48, seed=4)
     root = tmp_path / "run"
-    cfg = _served(cfg.with_overrides({"storage.root": str(root)}), concurrency=1, batch_size=4)
+    cfg = _served(
+        cfg.with_overrides({"storage.root": str(root)}), concurrency=1, cache_shard_size=4
+    )
     spec = tmp_path / "spec.json"
     rows.to_parquet(tmp_path / "rows.parquet")
     spec.write_text(
