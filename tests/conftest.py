@@ -144,10 +144,12 @@ def echo_student(tmp_path_factory) -> EchoStudent:
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """Prefect's test harness: a real API server on a temporary SQLite database."""
+    """Prefect's test harness: a real API server on a temporary SQLite database, one per test
+    process (a second harness in the same process hung for good in its teardown, draining
+    Prefect's log and event workers), given time to start on a busy machine."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 

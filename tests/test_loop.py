@@ -307,18 +307,8 @@ def test_the_world_answers_a_body_the_same_whatever_the_order(offline_server):
 # ---- one small round pair end to end -------------------------------------------------------
 
 
-@pytest.fixture
-def harness():
-    """Prefect's test harness (a real API server on a temporary SQLite database), given time
-    to start on a busy machine."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=300):
-        yield
-
-
 @pytest.mark.slow
-def test_two_rounds_judge_held_back_instructions(harness, tmp_path):
+def test_two_rounds_judge_held_back_instructions(prefect_harness, tmp_path):
     """Round 2's Cache Pool is round 1's held-back share, which round 2's student has not
     trained on; it joins the Train Pool in round 3's pools; round 2's new instructions descend
     from it; each round reports the split's precision against the truth and its shortfall."""
@@ -448,7 +438,7 @@ def test_the_same_seed_trains_the_same_student_twice(tmp_path):
 
 
 @pytest.mark.slow
-def test_lion_ablate_prices_the_arms_and_matches_lions_cost(harness, tmp_path):
+def test_lion_ablate_prices_the_arms_and_matches_lions_cost(prefect_harness, tmp_path):
     """`uniform-cost` gets more new instructions per round than Lion, bought with what Lion's
     referee cost; the ablation writes the paired differences and USD per arm."""
     from test_round_flow import small_config
