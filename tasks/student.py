@@ -8,7 +8,6 @@ from lion_core.config import LionConfig
 from lion_core.run.schemas import ArtifactRef
 from lion_core.student.answer import generate_answers
 from lion_core.student.launch import init_uri_for, train_student
-from lion_core.student.model import prepare_base_student
 from tasks.caching import lion_task
 from tasks.placement import run_on_gpu
 from tasks.runtime.progress import progress_artifacts
@@ -19,6 +18,8 @@ from tasks.runtime.store import run_store
 def base_student(config: LionConfig, data: ArtifactRef) -> str:
     """The round-0 checkpoint: the base model, or a tiny one with a tokenizer trained on
     `data` (round 1's training data: instructions, inputs and the teacher's answers)."""
+    from lion_core.student.model import prepare_base_student  # torch and transformers: only here
+
     store = run_store(config)
     rows = store.read_ref(data)
     texts = [*rows["instruction"], *rows["input"][rows["input"] != ""], *rows["answer"]]

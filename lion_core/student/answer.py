@@ -18,14 +18,12 @@ import logging
 from collections.abc import Callable
 
 import pandas as pd
-import torch
 
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, GenerationError
 from lion_core.run.schemas import ANSWER_SCHEMA, conform
 from lion_core.run.store import RunStore
 from lion_core.student.answer_store import answered, progress_rel
-from lion_core.student.generator import answer_rows, run_workers
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +70,10 @@ def generate_answers(
         answer_served(cfg, storage, rel, student_uri, todo, logger=logger)
         have = answered(storage, rel)
     elif len(todo):
+        import torch  # here, not at import: the flow process imports this module, and torch
+
+        from lion_core.student.generator import answer_rows, run_workers  # takes seconds
+
         n = workers or cfg.student.generation.num_gpus or max(1, torch.cuda.device_count())
         n = min(n, len(todo))
         before = len(rows) - len(todo)

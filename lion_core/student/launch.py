@@ -45,7 +45,6 @@ from lion_core.student.checkpoints import (
     scan_checkpoints,
     scratch_for,
 )
-from lion_core.student.data import check_train_frame
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +207,8 @@ def _read_train_data(uri: str, options: dict) -> pd.DataFrame:
         raise DataError(f"cannot read training data: {exc}", file=uri) from exc
     if frame.empty:
         raise DataError("training data has no rows", file=uri)
+    from lion_core.student.data import check_train_frame  # torch: not in the flow's import
+
     return check_train_frame(frame, source=uri)
 
 
