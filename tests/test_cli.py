@@ -86,17 +86,25 @@ def table_dicts(output: str, header: str) -> list[dict[str, str]]:
     return [dict(zip(head, row, strict=True)) for row in rows]
 
 
-@pytest.mark.slow
-def test_run_then_pools_then_resume(prefect_harness, tmp_path):
+@pytest.fixture(scope="module")
+def cli_run(prefect_harness, tmp_path_factory):
+    """ONE `lion run` of a 1-round small config (new_per_round 6), shared by the tests that
+    read, resume or rewrite its root: (root, config file, API URL, the finished process)."""
     from helpers import small_config
     from prefect.settings import PREFECT_API_URL
 
     api_url = PREFECT_API_URL.value()
-    root = tmp_path / "root"
-    cfg_path = tmp_path / "run.yaml"
+    tmp = tmp_path_factory.mktemp("cli-run")
+    root, cfg_path = tmp / "root", tmp / "run.yaml"
     small_config(root).to_yaml(cfg_path)
     run = lion("run", "-c", str(cfg_path), "--set", "pools.new_per_round=6", api_url=api_url)
     assert run.returncode == 0, run.stderr[-3000:]
+    return root, cfg_path, api_url, run
+
+
+@pytest.mark.slow
+def test_run_then_pools_then_resume(cli_run):
+    root, cfg_path, api_url, run = cli_run
     table = table_rows(run.stdout)
     assert "student_to_teacher" in table[0] and table[1][:3] == ["1", "24", "24"]
     for header in ("train_pool", "unscored", "teacher_sent"):  # three narrow tables
@@ -305,18 +313,12 @@ def flat_batch_keys(config: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_a_root_recorded_with_flat_batch_keys_resumes_fully_cached(prefect_harness, tmp_path):
+def test_a_root_recorded_with_flat_batch_keys_resumes_fully_cached(cli_run):
     """A run root whose run.json has the keys of before the Batch API fields were nested: `lion
-    resume` loads it (with the deprecation warning), every task is Cached, nothing is sent."""
-    from prefect.settings import PREFECT_API_URL
-    from test_round_flow import small_config
-
-    api_url = PREFECT_API_URL.value()
-    root = tmp_path / "root"
-    cfg_path = tmp_path / "run.yaml"
-    small_config(root).to_yaml(cfg_path)
-    run = lion("run", "-c", str(cfg_path), api_url=api_url)
-    assert run.returncode == 0, run.stderr[-3000:]
+    resume` loads it (with the deprecation warning), every task is Cached, nothing is sent.
+    (The module's one run; its run.json is rewritten here, so this test comes after the others
+    that use it.)"""
+    root, _, api_url, run = cli_run
     (first,) = table_dicts(run.stdout, "teacher_sent")
     assert int(first["teacher_sent"]) > 0
 
