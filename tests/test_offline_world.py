@@ -14,6 +14,7 @@ import pytest
 from lion_core.method import prompts
 from lion_core.offline import roles
 from lion_core.offline.world import (
+    DEFAULT_FAMILIES,
     FAMILIES,
     make_instance,
     seed_instances,
@@ -78,8 +79,10 @@ def test_seed_instances_are_deterministic_distinct_and_balanced():
     a = seed_instances(70, seed=3, max_difficulty=6)
     assert a == seed_instances(70, seed=3, max_difficulty=6)
     assert a != seed_instances(70, seed=4, max_difficulty=6)
-    assert {i.family for i in a} == set(FAMILIES)
+    assert {i.family for i in a} == set(DEFAULT_FAMILIES)
     assert all(1 <= i.difficulty <= 6 and not i.rare for i in a)
+    every = seed_instances(90, seed=3, max_difficulty=6, families=FAMILIES)
+    assert {i.family for i in every} == set(FAMILIES)
     assert len({instruction_id(i.instruction, i.input) for i in a}) == 70
 
 
@@ -354,7 +357,12 @@ def test_families_knob_restricts_seeds_and_the_heldout_set():
     assert [i.family for i in seeds[:4]] == ["repeat", "capital", "repeat", "capital"]
     held = heldout_instances(families=["capital"])
     assert {i.family for i in held} == {"capital"} and len(held) == 6 * 2
-    assert seed_instances(20, 0, 6) == seed_instances(20, 0, 6, families=[])  # empty: all
+    # empty: the seven families of before, in the order they had (runs' seeds unchanged)
+    assert seed_instances(20, 0, 6) == seed_instances(20, 0, 6, families=[])
+    assert {i.family for i in seed_instances(20, 0, 6)} == set(DEFAULT_FAMILIES)
+    assert DEFAULT_FAMILIES == (
+        "addition", "multiplication", "reverse", "sort", "count", "maximum", "uppercase"
+    )  # fmt: skip
     with pytest.raises(ConfigError, match=r"offline.families: unknown family 'poetry'"):
         seed_instances(5, 0, 6, families=["capital", "poetry"])
 

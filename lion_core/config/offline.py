@@ -45,7 +45,8 @@ class OfflineWorldConfig(Section):
     families: list[str] = Field(
         default_factory=list,
         description="The world's families the seeds and the held-out set are drawn from, in "
-        "turn (lion_core.offline.world.FAMILIES). Empty: every family.",
+        "turn (lion_core.offline.world.FAMILIES). Empty: the seven arithmetic, sorting, "
+        "counting, reversing and case families; `repeat` and `capital` are opt-in.",
         json_schema_extra=ADDED,
     )
     faults: FaultsConfig = Field(

@@ -61,9 +61,9 @@ def load_questions(
     an MT-Bench reference list gives its first item), Alpaca JSON/JSONL (instruction, input,
     optional question_id, category, reference), Parquet or CSV with the Alpaca columns. Without
     a question_id the id is `instruction_id(instruction, input)`. "offline" is the offline
-    world's held-out set (`per_cell` questions per family, of `families` (default all), and
-    difficulty up to `max_difficulty`). `options` are fsspec storage options. Errors are
-    DataErrors naming the file, row and column.
+    world's held-out set (`per_cell` questions per family of `families`, default the world's
+    seven, and difficulty up to `max_difficulty`). `options` are fsspec storage options.
+    Errors are DataErrors naming the file, row and column.
     """
     if path == OFFLINE:
         return heldout_questions(per_cell, max_difficulty, families)

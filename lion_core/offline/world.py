@@ -567,6 +567,10 @@ _FAMILIES: list[Family] = [
 
 FAMILY_BY_NAME: dict[str, Family] = {f.name: f for f in _FAMILIES}
 FAMILIES: tuple[str, ...] = tuple(FAMILY_BY_NAME)
+# What a run draws from unless `offline.families` says otherwise: the seven families the world
+# had before `repeat` and `capital` (opt-in), so every existing config's seeds, held-out set and
+# numbers stay what they were.
+DEFAULT_FAMILIES: tuple[str, ...] = FAMILIES[:7]
 
 
 # ---- the API ------------------------------------------------------------------------------
@@ -663,10 +667,10 @@ def solve(instruction: str, input: str = "") -> Instance | None:
 
 
 def world_families(families: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
-    """`families` (offline.families) checked against the world's, in the world's order; every
-    family when None or empty."""
+    """`families` (offline.families) checked against the world's, in the world's order;
+    DEFAULT_FAMILIES when None or empty."""
     if not families:
-        return FAMILIES
+        return DEFAULT_FAMILIES
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise ConfigError(
@@ -679,7 +683,7 @@ def world_families(families: list[str] | tuple[str, ...] | None) -> tuple[str, .
 def seed_instances(
     n: int, seed: int, max_difficulty: int, families: list[str] | tuple[str, ...] | None = None
 ) -> list[Instance]:
-    """`n` distinct normal (not rare) instances, `families` (default: all) in turn,
+    """`n` distinct normal (not rare) instances, `families` (default DEFAULT_FAMILIES) in turn,
     difficulties uniform in 1..max_difficulty. Deterministic in its arguments."""
     rng = random.Random(f"lion-offline-seeds:{seed}")
     max_difficulty = min(max(int(max_difficulty), 1), MAX_DIFFICULTY)
@@ -725,8 +729,8 @@ def heldout_instances(
     families: list[str] | tuple[str, ...] | None = None,
 ) -> list[Instance]:
     """The held-out evaluation set: `per_cell` instances of every family (of `families`,
-    default all) at every difficulty 1..max_difficulty, odd-numbered ones of the rare variant,
-    all in held-out phrasings.
+    default DEFAULT_FAMILIES) at every difficulty 1..max_difficulty, odd-numbered ones of the
+    rare variant, all in held-out phrasings.
 
     Fixed: instance k of (family, difficulty) is drawn from its own seed, so it never depends on
     the run's seed, and a larger `per_cell` or `max_difficulty` only adds instances.
