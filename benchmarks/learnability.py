@@ -34,7 +34,9 @@ from lion_core.student.launch import train_student
 from lion_core.student.model import prepare_base_student
 
 
-def measure(size: int, families: tuple[str, ...], seed: int, per_cell: int, root: Path) -> list:
+def measure(
+    size: int, families: tuple[str, ...], seed: int, per_cell: int, root: Path, overrides: dict
+) -> list:
     cfg = preset_config("demo").with_overrides(
         {
             "storage.root": str(root),
@@ -42,6 +44,7 @@ def measure(size: int, families: tuple[str, ...], seed: int, per_cell: int, root
             "offline.families": list(families),
             "training.launcher": "python",
             "training.init_from": "base",
+            **overrides,
         }
     )
     store = RunStore.open(str(root))
@@ -100,12 +103,17 @@ def main() -> None:
     parser.add_argument("--families", nargs="*", default=[])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-cell", type=int, default=4, help="held-out questions per cell")
+    parser.add_argument(
+        "--set", action="append", default=[], help="a config override, e.g. training.epochs=40"
+    )
     args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
     families = world_families(args.families)
     results = []
     with tempfile.TemporaryDirectory(prefix="lion-learnability-") as tmp:
         for size in args.sizes:
-            results += measure(size, families, args.seed, args.per_cell, Path(tmp) / str(size))
+            at = Path(tmp) / str(size)
+            results += measure(size, families, args.seed, args.per_cell, at, overrides)
             print(f"size {size}: trained in {results[-1]['train_s']:.0f} s", flush=True)
     frame = pd.DataFrame(results)
     print(
