@@ -41,6 +41,7 @@ def evaluation_questions(config: LionConfig, path: str) -> ArtifactRef:
         config.storage.options,
         per_cell=ev.offline_per_cell,
         max_difficulty=config.offline.max_difficulty,
+        families=config.offline.families,
     )
     at = layout.evaluation("", set_name(path), "questions")
     return run_store(config).write_or_reuse(

@@ -33,7 +33,7 @@ from lion_core.method.prompts import generator_messages, instruction_text
 from lion_core.method.referee import score_order
 from lion_core.offline import OfflineServer, heldout_instances, heldout_questions, seed_pool
 from lion_core.offline.roles import GARBLED_TEXT, generator_answer
-from lion_core.offline.world import FAMILIES, make_instance, solve
+from lion_core.offline.world import DEFAULT_FAMILIES, FAMILIES, make_instance, solve
 from lion_core.run.schemas import EVAL_SCHEMA, EVAL_SUMMARY_SCHEMA, conform, instruction_id
 
 # ------------------------------------------------------------------------------------------
@@ -420,13 +420,13 @@ def test_bootstrap_interval_is_seeded_and_contains_the_estimate():
 def test_heldout_set_is_fixed_complete_and_answered_by_the_world():
     questions = load_questions("offline")
     assert questions.equals(heldout_questions()) and list(questions.columns) == QUESTION_COLUMNS
-    assert len(questions) == len(FAMILIES) * 6 * 2 and questions["question_id"].is_unique
-    assert set(questions["category"]) == set(FAMILIES)
+    assert len(questions) == len(DEFAULT_FAMILIES) * 6 * 2 and questions["question_id"].is_unique
+    assert set(questions["category"]) == set(DEFAULT_FAMILIES)
     insts = heldout_instances(per_cell=3, max_difficulty=8)
     assert {(i.family, i.difficulty) for i in insts} == {
-        (f, d) for f in FAMILIES for d in range(1, 9)
+        (f, d) for f in DEFAULT_FAMILIES for d in range(1, 9)
     }
-    assert sum(i.rare for i in insts) == len(FAMILIES) * 8  # instance k=1 of each cell
+    assert sum(i.rare for i in insts) == len(DEFAULT_FAMILIES) * 8  # instance k=1 of each cell
     # a bigger set only adds questions
     small = set(heldout_questions(2, 4)["question_id"])
     assert small < set(heldout_questions(3, 6)["question_id"])
@@ -452,12 +452,15 @@ def _generated(n: int, seed: int) -> list[str]:
 
 
 def test_heldout_set_is_disjoint_from_every_pool_by_id_and_by_rouge():
-    heldout = heldout_questions(per_cell=2, max_difficulty=20)
+    heldout = heldout_questions(per_cell=2, max_difficulty=20, families=FAMILIES)  # every one
     held_ids = set(heldout["question_id"])
     held_texts = [
         instruction_text(i, x) for i, x in zip(heldout.instruction, heldout.input, strict=True)
     ]
-    pools = [seed_pool(300, seed=s, max_difficulty=d) for s, d in ((0, 6), (1, 20), (2, 3))]
+    pools = [
+        seed_pool(300, seed=s, max_difficulty=d, families=FAMILIES)
+        for s, d in ((0, 6), (1, 20), (2, 3))
+    ]
     generated = _generated(300, seed=5)
     pool_ids = {iid for p in pools for iid in p["instruction_id"]}
     pool_ids |= {instruction_id(text) for text in generated}

@@ -364,12 +364,12 @@ def test_records_from_older_runs_keep_their_task_keys():
 
 def test_family_examples_count_the_worlds_families():
     from lion_core.evaluation.curves import family_examples
-    from lion_core.offline.world import FAMILIES
+    from lion_core.offline.world import DEFAULT_FAMILIES
 
     pool = seed_pool(14, seed=0, max_difficulty=6)
     extra = pd.DataFrame({"instruction": ["Write a poem about the sea."], "input": [""]})
     counts = family_examples(pd.concat([pool, extra], ignore_index=True))
-    assert counts == {**dict.fromkeys(FAMILIES, 2), "unrecognised": 1}
+    assert counts == {**dict.fromkeys(DEFAULT_FAMILIES, 2), "unrecognised": 1}
 
 
 def test_lion_report_prints_the_split_and_its_precision_per_round(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from lion_core.method import prompts
 from lion_core.offline import roles
 from lion_core.offline.world import (
+    DEFAULT_FAMILIES,
     FAMILIES,
     make_instance,
     seed_instances,
@@ -78,8 +79,10 @@ def test_seed_instances_are_deterministic_distinct_and_balanced():
     a = seed_instances(70, seed=3, max_difficulty=6)
     assert a == seed_instances(70, seed=3, max_difficulty=6)
     assert a != seed_instances(70, seed=4, max_difficulty=6)
-    assert {i.family for i in a} == set(FAMILIES)
+    assert {i.family for i in a} == set(DEFAULT_FAMILIES)
     assert all(1 <= i.difficulty <= 6 and not i.rare for i in a)
+    every = seed_instances(90, seed=3, max_difficulty=6, families=FAMILIES)
+    assert {i.family for i in every} == set(FAMILIES)
     assert len({instruction_id(i.instruction, i.input) for i in a}) == 70
 
 
@@ -324,3 +327,42 @@ def test_an_embedded_world_leaves_the_process_logging_alone(offline_server):
         assert not handler.closed and not handler.flushed
     finally:
         root.removeHandler(handler)
+
+
+# ---- the learnability gradient: a skill, a tiered table, and families out of reach ---------
+
+
+def test_repeat_and_capital_answers_and_the_capital_table():
+    from lion_core.offline.world import _CAPITALS
+
+    assert solve("Repeat the word 'lion'.").answer == "lion"
+    assert solve("Say 'lion' two times.").answer == "lion lion"
+    assert [len(tier) for tier in _CAPITALS] == [d + 1 for d in range(1, 21)]
+    names = [name for tier in _CAPITALS for pair in tier for name in pair]
+    assert len(names) == len(set(names))  # no name twice: every answer is unique
+    (country, capital), *_ = _CAPITALS[2]
+    got = solve(f"What is the capital of {country}?")
+    assert (got.family, got.answer, got.difficulty, got.rare) == ("capital", capital, 3, False)
+    back = solve(f"Which country has {capital} as its capital?")
+    assert (back.answer, back.rare) == (country, True)
+    # a country the world never wrote is not the world's: no answer is made up for it
+    assert solve("What is the capital of Atlantis?") is None
+
+
+def test_families_knob_restricts_seeds_and_the_heldout_set():
+    from lion_core.errors import ConfigError
+    from lion_core.offline.world import heldout_instances
+
+    seeds = seed_instances(30, seed=0, max_difficulty=6, families=["capital", "repeat"])
+    assert [i.family for i in seeds[:4]] == ["repeat", "capital", "repeat", "capital"]
+    held = heldout_instances(families=["capital"])
+    assert {i.family for i in held} == {"capital"} and len(held) == 6 * 2
+    # empty: the seven families of before, in the order they had (runs' seeds unchanged)
+    assert seed_instances(20, 0, 6) == seed_instances(20, 0, 6, families=[])
+    assert {i.family for i in seed_instances(20, 0, 6)} == set(DEFAULT_FAMILIES)
+    assert DEFAULT_FAMILIES == (
+        "addition", "multiplication", "reverse", "sort", "count", "maximum", "uppercase"
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"offline.families: unknown family 'poetry'"):
+        seed_instances(5, 0, 6, families=["capital", "poetry"])
+

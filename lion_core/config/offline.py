@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from lion_core.config.base import OPERATIONAL, Section
+from lion_core.config.base import ADDED, OPERATIONAL, Section
 
 
 class FaultsConfig(Section):
@@ -42,6 +42,13 @@ class OfflineWorldConfig(Section):
         1.0, description="Points the referee adds to whichever answer is shown first."
     )
     max_difficulty: int = Field(6, ge=1, le=20, description="Hardest difficulty level of seeds.")
+    families: list[str] = Field(
+        default_factory=list,
+        description="The world's families the seeds and the held-out set are drawn from, in "
+        "turn (lion_core.offline.world.FAMILIES). Empty: the seven arithmetic, sorting, "
+        "counting, reversing and case families; `repeat` and `capital` are opt-in.",
+        json_schema_extra=ADDED,
+    )
     faults: FaultsConfig = Field(
         default_factory=FaultsConfig, description="Fault injection.", json_schema_extra=OPERATIONAL
     )

@@ -52,6 +52,7 @@ def load_questions(
     *,
     per_cell: int = 2,
     max_difficulty: int = HELDOUT_MAX_DIFFICULTY,
+    families: list[str] | None = None,
 ) -> pd.DataFrame:
     """A question set as QUESTION_COLUMNS: question_id (str), category ("general" if absent),
     instruction, input ("" if absent), reference (str, null if absent), in file order.
@@ -60,12 +61,12 @@ def load_questions(
     an MT-Bench reference list gives its first item), Alpaca JSON/JSONL (instruction, input,
     optional question_id, category, reference), Parquet or CSV with the Alpaca columns. Without
     a question_id the id is `instruction_id(instruction, input)`. "offline" is the offline
-    world's held-out set (`per_cell` questions per family and difficulty up to
-    `max_difficulty`). `options` are fsspec storage options. Errors are DataErrors naming the
-    file, row and column.
+    world's held-out set (`per_cell` questions per family of `families`, default the world's
+    seven, and difficulty up to `max_difficulty`). `options` are fsspec storage options.
+    Errors are DataErrors naming the file, row and column.
     """
     if path == OFFLINE:
-        return heldout_questions(per_cell, max_difficulty)
+        return heldout_questions(per_cell, max_difficulty, families)
     rows = []
     first_row: dict[str, int] = {}
     for rowno, record in read_records(path, options):

@@ -204,5 +204,6 @@ def initial_pool(config: LionConfig) -> pd.DataFrame:
         ).pool
     from lion_core.offline.world import seed_pool
 
-    seeds = seed_pool(config.pools.offline_seeds, config.seed, config.offline.max_difficulty)
+    world = config.offline
+    seeds = seed_pool(config.pools.offline_seeds, config.seed, world.max_difficulty, world.families)
     return seeds.head(config.pools.limit) if config.pools.limit else seeds

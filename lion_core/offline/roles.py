@@ -16,7 +16,7 @@ import re
 from difflib import SequenceMatcher
 
 from lion_core.method import prompts
-from lion_core.offline.world import FAMILIES, make_instance, solve
+from lion_core.offline.world import DEFAULT_FAMILIES, make_instance, solve
 
 TEACHER_FALLBACK = (
     "I'm sorry, but I can only help with the tasks of the offline world: arithmetic, reversing "
@@ -190,7 +190,7 @@ def generator_answer(messages: list[dict[str, str]], rng: random.Random) -> str:
     seed, kind = parsed if parsed else ("", "hard")
     inst = solve(seed) if seed else None
     if inst is None:  # unrecognised seed: some plausible instruction of the world
-        family, difficulty, rare = rng.choice(FAMILIES), rng.randint(1, 3), kind == "easy"
+        family, difficulty, rare = rng.choice(DEFAULT_FAMILIES), rng.randint(1, 3), kind == "easy"
     else:
         family = inst.family
         difficulty = inst.difficulty + rng.choice((-1, 0, 0, 1))

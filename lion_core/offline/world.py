@@ -11,6 +11,13 @@ Each variant also has *held-out* phrasings, worded apart from every other phrasi
 `heldout_instances` writes: `make_instance` (the seed sampler and the generator role) never picks
 them, so the held-out evaluation set is disjoint from every pool by construction, by text and by
 ROUGE-L alike. `solve` recognises them, so the offline teacher and referee know their answers.
+
+The families differ in what a small student can learn from examples (docs/offline-world.md,
+learning curves): `repeat` is a skill (copy the word) that generalises to words never seen;
+`capital` is knowledge, a fixed table of made-up countries whose tier d holds d + 1 of them, so
+low tiers are learnt from a few examples and high ones only with many; the arithmetic, sorting,
+counting, reversing and case families compute over fresh random operands every time and stay
+out of reach of the demo's student.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from lion_core.errors import ConfigError
 from lion_core.run.schemas import instruction_id, pool_frame, seed_row
 
 MAX_DIFFICULTY = 20
@@ -180,6 +188,48 @@ def _draw_mul(d: int, rng: random.Random) -> dict[str, str]:
     if rng.random() < 0.5:
         a, b = b, a
     return {"a": str(a), "b": str(b)}
+
+
+# ---- the capital table: made-up countries and their capitals, in tiers ----------------------
+
+CAPITAL_TIERS = MAX_DIFFICULTY
+
+
+def _capital_table() -> list[list[tuple[str, str]]]:
+    """Tier d (1..20) holds d + 1 (country, capital) pairs of distinct made-up names, fixed
+    for ever (their own seed): a country or capital name is never a pseudo-word of another
+    family's draw by design, and never repeats across the table."""
+    rng = random.Random("lion-offline-capitals")
+    used: set[str] = set()
+
+    def name(n: int) -> str:
+        while True:
+            w = _word(n, rng).capitalize()
+            if w not in used:
+                used.add(w)
+                return w
+
+    return [[(name(rng.randint(5, 7)), name(rng.randint(4, 6))) for _ in range(d + 1)]
+            for d in range(1, CAPITAL_TIERS + 1)]  # fmt: skip
+
+
+_CAPITALS = _capital_table()
+_CAPITAL_OF = {c.lower(): (t, d) for d, tier in enumerate(_CAPITALS, 1) for c, t in tier}
+_COUNTRY_OF = {t.lower(): (c, d) for d, tier in enumerate(_CAPITALS, 1) for c, t in tier}
+
+
+def _draw_country(d: int, rng: random.Random) -> dict[str, str]:
+    return {"c": rng.choice(_CAPITALS[d - 1])[0]}
+
+
+def _draw_capital(d: int, rng: random.Random) -> dict[str, str]:
+    return {"t": rng.choice(_CAPITALS[d - 1])[1]}
+
+
+def _lookup(table: dict[str, tuple[str, int]], key: str) -> tuple[str, int]:
+    """The table's entry for `key`; KeyError for a name the world never wrote (`solve` then
+    does not recognise the instruction)."""
+    return table[key.lower()]
 
 
 # ---- the families ---------------------------------------------------------------------------
@@ -445,10 +495,82 @@ _FAMILIES: list[Family] = [
             ],
         ),
     ),
+    Family(
+        "repeat",
+        normal=_Variant(
+            [
+                Phrasing("Repeat the word '{w}'."),
+                Phrasing("Say '{w}' again."),
+                Phrasing("Write the word '{w}' once more."),
+                Phrasing("Repeat the following word.", "{w}"),
+            ],
+            {"w": "word"},
+            lambda d, rng: {"w": _word(d + 2, rng)},
+            lambda v: v["w"],
+            lambda v: max(1, len(v["w"]) - 2),
+            heldout=[
+                Phrasing("Give me back '{w}' exactly as it is written."),
+                Phrasing("Copy out the text below without changing it.", "{w}"),
+            ],
+        ),
+        rare=_Variant(
+            [
+                Phrasing("Repeat the word '{w}' twice."),
+                Phrasing("Say '{w}' two times."),
+                Phrasing("Write the following word twice.", "{w}"),
+            ],
+            {"w": "word"},
+            lambda d, rng: {"w": _word(d + 2, rng)},
+            lambda v: f"{v['w']} {v['w']}",
+            lambda v: max(1, len(v["w"]) - 2),
+            heldout=[
+                Phrasing("Give me '{w}' two times in a row."),
+                Phrasing("Copy out the text below two times in a row.", "{w}"),
+            ],
+        ),
+    ),
+    Family(
+        "capital",
+        normal=_Variant(
+            [
+                Phrasing("What is the capital of {c}?"),
+                Phrasing("Name the capital of {c}."),
+                Phrasing("Which city is the capital of {c}?"),
+                Phrasing("Give the capital of the country below.", "{c}"),
+            ],
+            {"c": "word"},
+            _draw_country,
+            lambda v: _lookup(_CAPITAL_OF, v["c"])[0],
+            lambda v: _lookup(_CAPITAL_OF, v["c"])[1],
+            heldout=[
+                Phrasing("Tell me where the government of {c} sits."),
+                Phrasing("Report the seat of government of the land named below.", "{c}"),
+            ],
+        ),
+        rare=_Variant(
+            [
+                Phrasing("Which country has {t} as its capital?"),
+                Phrasing("{t} is the capital of which country?"),
+                Phrasing("Name the country whose capital is the city below.", "{t}"),
+            ],
+            {"t": "word"},
+            _draw_capital,
+            lambda v: _lookup(_COUNTRY_OF, v["t"])[0],
+            lambda v: _lookup(_COUNTRY_OF, v["t"])[1],
+            heldout=[
+                Phrasing("Tell me the land whose government sits in {t}."),
+                Phrasing("Report the land governed from the city named below.", "{t}"),
+            ],
+        ),
+    ),
 ]
 
 FAMILY_BY_NAME: dict[str, Family] = {f.name: f for f in _FAMILIES}
 FAMILIES: tuple[str, ...] = tuple(FAMILY_BY_NAME)
+# What a run draws from unless `offline.families` says otherwise: the seven families the world
+# had before `repeat` and `capital` (opt-in), so every existing config's seeds, held-out set and
+# numbers stay what they were.
+DEFAULT_FAMILIES: tuple[str, ...] = FAMILIES[:7]
 
 
 # ---- the API ------------------------------------------------------------------------------
@@ -528,27 +650,48 @@ def solve(instruction: str, input: str = "") -> Instance | None:
                         if m_in is None:
                             continue
                         values.update(m_in.groupdict())
+                    try:
+                        answer, difficulty = variant.answer(values), variant.difficulty(values)
+                    except KeyError:  # a name of no table entry (capital): not the world's
+                        continue
                     return Instance(
                         family=family.name,
-                        difficulty=variant.difficulty(values),
+                        difficulty=difficulty,
                         instruction=text,
                         input=data,
-                        answer=variant.answer(values),
+                        answer=answer,
                         rare=rare,
                         heldout=heldout,
                     )
     return None
 
 
-def seed_instances(n: int, seed: int, max_difficulty: int) -> list[Instance]:
-    """`n` distinct normal (not rare) instances, families in turn, difficulties uniform in
-    1..max_difficulty. Deterministic in (n, seed, max_difficulty)."""
+def world_families(families: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """`families` (offline.families) checked against the world's, in the world's order;
+    DEFAULT_FAMILIES when None or empty."""
+    if not families:
+        return DEFAULT_FAMILIES
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise ConfigError(
+            f"offline.families: unknown famil{'y' if len(unknown) == 1 else 'ies'} "
+            f"{', '.join(map(repr, unknown))}; known: {', '.join(FAMILIES)}"
+        )
+    return tuple(f for f in FAMILIES if f in set(families))
+
+
+def seed_instances(
+    n: int, seed: int, max_difficulty: int, families: list[str] | tuple[str, ...] | None = None
+) -> list[Instance]:
+    """`n` distinct normal (not rare) instances, `families` (default DEFAULT_FAMILIES) in turn,
+    difficulties uniform in 1..max_difficulty. Deterministic in its arguments."""
     rng = random.Random(f"lion-offline-seeds:{seed}")
     max_difficulty = min(max(int(max_difficulty), 1), MAX_DIFFICULTY)
+    names = world_families(families)
     out: list[Instance] = []
     seen: set[str] = set()
     for i in range(n):
-        family = FAMILIES[i % len(FAMILIES)]
+        family = names[i % len(names)]
         for _ in range(1000):
             inst = make_instance(family, rng.randint(1, max_difficulty), rng)
             iid = instruction_id(inst.instruction, inst.input)
@@ -561,12 +704,14 @@ def seed_instances(n: int, seed: int, max_difficulty: int) -> list[Instance]:
     return out
 
 
-def seed_pool(n: int, seed: int, max_difficulty: int) -> pd.DataFrame:
+def seed_pool(
+    n: int, seed: int, max_difficulty: int, families: list[str] | tuple[str, ...] | None = None
+) -> pd.DataFrame:
     """`seed_instances` as a Train Pool (lion_core.run.schemas.POOL_SCHEMA): source 'seed', round 0,
     and the exact answer as the reference."""
     rows = [
         seed_row(inst.instruction, inst.input, reference=inst.answer)
-        for inst in seed_instances(n, seed, max_difficulty)
+        for inst in seed_instances(n, seed, max_difficulty, families)
     ]
     frame = pool_frame(rows)
     frame["round"] = frame["round"].astype("int32")
@@ -579,10 +724,13 @@ HELDOUT_MAX_DIFFICULTY = 6  # the default max_difficulty of seeds (OfflineWorldC
 
 
 def heldout_instances(
-    per_cell: int = 2, max_difficulty: int = HELDOUT_MAX_DIFFICULTY
+    per_cell: int = 2,
+    max_difficulty: int = HELDOUT_MAX_DIFFICULTY,
+    families: list[str] | tuple[str, ...] | None = None,
 ) -> list[Instance]:
-    """The held-out evaluation set: `per_cell` instances of every family at every difficulty
-    1..max_difficulty, odd-numbered ones of the rare variant, all in held-out phrasings.
+    """The held-out evaluation set: `per_cell` instances of every family (of `families`,
+    default DEFAULT_FAMILIES) at every difficulty 1..max_difficulty, odd-numbered ones of the
+    rare variant, all in held-out phrasings.
 
     Fixed: instance k of (family, difficulty) is drawn from its own seed, so it never depends on
     the run's seed, and a larger `per_cell` or `max_difficulty` only adds instances.
@@ -592,7 +740,7 @@ def heldout_instances(
     max_difficulty = min(max(int(max_difficulty), 1), MAX_DIFFICULTY)
     out: list[Instance] = []
     seen: set[str] = set()
-    for family in FAMILIES:
+    for family in world_families(families):
         for difficulty in range(1, max_difficulty + 1):
             for k in range(per_cell):
                 inst = _heldout_instance(family, difficulty, k, seen)
@@ -614,7 +762,9 @@ def _heldout_instance(family: str, difficulty: int, k: int, seen: set[str]) -> I
 
 
 def heldout_questions(
-    per_cell: int = 2, max_difficulty: int = HELDOUT_MAX_DIFFICULTY
+    per_cell: int = 2,
+    max_difficulty: int = HELDOUT_MAX_DIFFICULTY,
+    families: list[str] | tuple[str, ...] | None = None,
 ) -> pd.DataFrame:
     """`heldout_instances` as an evaluation question set (the columns of
     `lion_core.evaluation.evaluate.load_questions`): the family as category, the exact answer as
@@ -627,7 +777,7 @@ def heldout_questions(
             "input": inst.input,
             "reference": inst.answer,
         }
-        for inst in heldout_instances(per_cell, max_difficulty)
+        for inst in heldout_instances(per_cell, max_difficulty, families)
     ]
     return pd.DataFrame(
         rows, columns=["question_id", "category", "instruction", "input", "reference"]
