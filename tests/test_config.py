@@ -119,6 +119,16 @@ def test_credentials_are_refused_at_any_depth(options, path):
     assert LionConfig.from_dict({"storage": {"options": harmless}}).storage.options == harmless
 
 
+@pytest.mark.parametrize("field", ["root", "shared_llm_cache"])
+def test_a_location_with_a_fsspec_chain_is_refused(tmp_path, field):
+    """`a::b` is an fsspec chained URL: a root spelled so was written into `a` (issue 22, N12)."""
+    where = f"{tmp_path}/a::b"
+    with pytest.raises(ConfigError, match=rf"storage\.{field}.*contains '::'"):
+        LionConfig.from_dict({"storage": {field: where}})
+    assert not (tmp_path / "a").exists()
+    assert LionConfig.from_dict({"storage": {field: f"{tmp_path}/a:b"}})  # one colon is a name
+
+
 def test_bad_yaml_names_the_file(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("teacher: [unclosed\n")

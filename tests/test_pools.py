@@ -122,6 +122,24 @@ def test_an_artifact_written_before_a_nullable_column_was_added_reads_it_as_null
     assert back["instruction"].tolist() == table.column("instruction").to_pylist()
 
 
+def test_a_damaged_artifact_is_one_error_naming_the_file(store, tmp_path):
+    """`lion pools` and a task's ref of a damaged Parquet file: a StorageError naming the
+    file, not pyarrow's ArrowInvalid (issue 22, N13). Local and S3."""
+    from lion_core.errors import StorageError
+
+    store.write(1, "train_pool", _pool())
+    store.storage.write_bytes("round=1/train_pool.parquet", b"not parquet", overwrite=True)
+    for read in (store.counts, lambda: store.ref(1, "train_pool")):
+        with pytest.raises(StorageError, match=r"round=1/train_pool\.parquet is not a readable"):
+            read()
+    if store.storage.is_local:  # and the command line says it in one line, exit 2
+        cli = [sys.executable, "-m", "flows.cli", "pools", store.uri()]
+        done = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "train_pool.parquet is not a readable Parquet file" in done.stderr
+        assert "Traceback" not in done.stderr and "ArrowInvalid:" not in done.stderr
+
+
 def test_committed_snapshot_is_never_overwritten(store):
     store.write(1, "train_pool", _pool(5))
     with pytest.raises(SnapshotExistsError):

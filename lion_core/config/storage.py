@@ -62,6 +62,18 @@ class StorageConfig(Section):
         }
     )
 
+    @field_validator("root", "shared_llm_cache")
+    @classmethod
+    def _a_plain_location(cls, value: str | None) -> str | None:
+        """A folder or one URL: fsspec reads `a::b` as a chain of file systems (`b`, then `a`
+        inside it), so a root containing `::` would silently be written somewhere else."""
+        if value is not None and "::" in value:
+            raise ValueError(
+                f"{value!r} contains '::', which fsspec reads as a chained URL (the run would be "
+                "written to another place); use a folder or URL without '::'"
+            )
+        return value
+
     @field_validator("options")
     @classmethod
     def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:

@@ -118,6 +118,17 @@ class Storage:
         except Exception as exc:
             raise StorageError(f"{self.uri(rel)} is not a readable Parquet file: {exc}") from exc
 
+    def parquet_rows(self, rel: str, data: bytes | None = None) -> int:
+        """The row count in a Parquet file's footer (`data`: its bytes, when already read),
+        without reading the rows; a damaged file is a StorageError naming it."""
+        try:
+            if data is not None:
+                return pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
+            with self.fs.open(self.path(rel)) as fh:
+                return pq.ParquetFile(fh).metadata.num_rows
+        except Exception as exc:
+            raise StorageError(f"{self.uri(rel)} is not a readable Parquet file: {exc}") from exc
+
     # ---- writing -----------------------------------------------------------------------
 
     def write_bytes(self, rel: str, data: bytes, *, overwrite: bool = False) -> str:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lion_core.errors import SchemaError, StorageError
 from lion_core.run import layout
@@ -58,7 +57,7 @@ class RunStore:
         if not self.storage.exists(rel):
             return None
         blob = self.storage.read_bytes(rel)
-        rows = pq.ParquetFile(pa.BufferReader(blob)).metadata.num_rows
+        rows = self.storage.parquet_rows(rel, blob)
         return ArtifactRef(
             uri=self.storage.uri(rel), path=rel, name=name, round=k, rows=rows, sha256=_sha256(blob)
         )
@@ -107,8 +106,7 @@ class RunStore:
             present = set(self.storage.listdir(layout.round_dir(k)))
             for name in ARTIFACT_SCHEMAS:
                 if posixpath.basename(layout.artifact(k, name)) in present:
-                    with self.storage.fs.open(self.storage.path(layout.artifact(k, name))) as fh:
-                        row[name] = pq.ParquetFile(fh).metadata.num_rows
+                    row[name] = self.storage.parquet_rows(layout.artifact(k, name))
                 else:
                     row[name] = None
             row["student"] = 1 if posixpath.basename(layout.student(k)) in present else None
