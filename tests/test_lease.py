@@ -170,6 +170,60 @@ def test_an_unreadable_lease_is_an_error_naming_the_file(tmp_path):
         lease(storage).acquire()
 
 
+def _planted(storage: Storage, **fields) -> Holder:
+    """A lease file written by hand: a live-looking holder on this host, with `fields` changed
+    (types are not checked: that is what the tests below are about)."""
+    import json
+
+    holder = lease(storage)._new_holder()
+    raw = {**json.loads(holder.to_bytes()), "pid": os.getppid(), **fields}
+    storage.write_bytes(layout.LEASE, json.dumps(raw).encode(), overwrite=True)
+    return holder
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"heartbeat_at": "yesterday"}, {"heartbeat_at": None}, {"pid": "1234"}, {"pid": None},
+     {"pid": True}, {"token": 7}, {"flow_run_id": 12}],
+)  # fmt: skip
+def test_a_lease_with_a_field_of_the_wrong_type_is_an_error_naming_the_file(tmp_path, fields):
+    """issue 22, N11: was a raw TypeError from comparing a string heartbeat or pid."""
+    storage = Storage(str(tmp_path / "run"))
+    _planted(storage, **fields)
+    (name,) = fields
+    with pytest.raises(StorageError, match=rf"lease\.json is not a lease .*{name}"):
+        lease(storage).acquire()
+
+
+@pytest.mark.parametrize("pid", [0, -1])
+def test_a_non_positive_pid_is_a_dead_holder(tmp_path, pid):
+    """os.kill(0 or -1, 0) signals a group, so such a pid looked alive for ever (N11)."""
+    storage = Storage(str(tmp_path / "run"))
+    _planted(storage, pid=pid)
+    took = lease(storage).acquire()
+    try:
+        assert read_holder(storage).token == took.holder.token
+    finally:
+        took.release()
+
+
+def test_a_heartbeat_from_the_future_is_skew_with_a_bound(tmp_path, caplog):
+    """Within storage.lease_timeout ahead the holder is live and the refusal says its clock is
+    ahead (it said "last heartbeat -86400 s ago"); further ahead, the lease is taken over with
+    the reason (it blocked every other host for that long)."""
+    storage = Storage(str(tmp_path / "run"))
+    _planted(storage, heartbeat_at=time.time() + 30)
+    with pytest.raises(LeaseHeldError, match=r"s in the future \(its host's clock is ahead\)"):
+        lease(storage, timeout=120).acquire()
+    _planted(storage, heartbeat_at=time.time() + 86400)
+    took = lease(storage, timeout=120).acquire()
+    try:
+        assert read_holder(storage).token == took.holder.token
+        assert "clocks disagree by more than storage.lease_timeout" in caplog.text
+    finally:
+        took.release()
+
+
 def test_holder_round_trips():
     holder = lease(Storage("/tmp/unused"))._new_holder()
     assert Holder.parse(holder.to_bytes(), "x") == holder
@@ -249,3 +303,33 @@ def test_a_second_round_on_a_held_root_fails_at_once(prefect_harness, tmp_path, 
     assert first["state"].is_failed()  # its teacher failed: RequestsFailedError
     assert slow.stats()["teacher"]["requests"] == 24  # the first run's only
     assert read_holder(Storage(cfg.storage.root)) is None  # released, also on failure
+
+
+@pytest.mark.slow
+def test_a_run_refused_by_the_lease_leaves_the_holders_run_json_alone(prefect_harness, tmp_path):
+    """issue 22, N7: `lion run` with another config on a root whose run holds the lease and has
+    committed nothing yet is refused (exit 2) — and run.json still records the holder's config
+    (it was rewritten before the lease was checked, so a later resume ran the wrong seed)."""
+    import json
+
+    from helpers import small_config
+    from prefect.settings import PREFECT_API_URL
+
+    from lion_core.run.identity import open_run
+
+    root = tmp_path / "run"
+    holder_cfg = small_config(root)
+    held = Lease(Storage(str(root)), flow_run_id="the-holder").acquire()
+    try:
+        open_run(holder_cfg)  # the holder recorded its config, committed nothing yet
+        other = tmp_path / "other.yaml"
+        holder_cfg.with_overrides({"seed": 1}).to_yaml(other)
+        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+        lion = [str(os.path.join(os.path.dirname(sys.executable), "lion")), "run", "-c", str(other)]
+        done = subprocess.run(lion, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert "flow run the-holder" in done.stderr + done.stdout
+        recorded = json.loads((root / "run.json").read_text())["config"]
+        assert recorded["seed"] == holder_cfg.seed == 0
+    finally:
+        held.release()

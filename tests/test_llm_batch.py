@@ -92,6 +92,29 @@ def test_failed_lines_are_resubmitted_alone(offline_server, tmp_path):
     assert frame.loc[frame["status"] == "failed", "error"].str.contains("HTTP 500").all()
 
 
+def test_a_garbled_output_line_costs_only_its_own_request(offline_server, tmp_path, caplog):
+    """issue 22, N4: one non-JSON line in a batch's output file was a JSONDecodeError traceback
+    that dropped every paid line of the file, on every resume. Now that line's request counts as
+    unanswered and goes into the next batch alone; the other answers are kept."""
+    server = offline_server(batch_delay=0.05)
+    world = server.world
+    close = world._close_batch
+
+    def garble_first_output(batch, out, err, status):
+        close(batch, out, err, status)
+        if world.stats.snapshot()["teacher"]["batches"] == 1:  # the first batch only
+            content = world.files[batch["output_file_id"]]["content"].split(b"\n", 1)
+            world.files[batch["output_file_id"]]["content"] = b"{garbled\n" + content[1]
+
+    world._close_batch = garble_first_output
+    reqs, answers = teacher_requests(20)
+    results = batch_client(server, tmp_path, resubmits=2).run(reqs)
+    assert [r.text for r in results] == answers
+    stats = server.stats()["teacher"]
+    assert stats["batch_sizes"] == [20, 1]  # only the garbled line's request was sent again
+    assert "are not JSON objects" in caplog.text
+
+
 def test_expired_lines_are_resubmitted(offline_server, tmp_path):
     server = offline_server(batch_delay=0.05, faults={"batch_expire_rate": 0.25})
     reqs, answers = teacher_requests(20)
@@ -151,6 +174,37 @@ def test_killed_after_submission_resumes_the_same_batch(offline_server, tmp_path
     stats = server.stats()["teacher"]
     assert stats["batches"] == 1 and stats["batch_lines"] == 25  # polled again, not resubmitted
     assert stats["answered"] == stats["answered_bodies"] == 25
+
+
+def test_a_batch_the_provider_no_longer_knows_is_submitted_again(offline_server, tmp_path, caplog):
+    """issue 22, N5: a run killed with its batch open, resumed against a provider that no
+    longer knows the batch (here: a restarted world) was a NotFoundError on every resume, for
+    good. Now the batch is closed as lost and its requests are submitted again."""
+    first = offline_server(batch_delay=60.0)
+    script = tmp_path / "client.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), first.base_url, str(tmp_path / "run")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    ledger = Ledger(Storage(str(tmp_path / "run")), "teacher")
+    deadline = time.monotonic() + 60
+    while not any(s.batch_id for s in ledger.all()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (lost_id,) = [s.batch_id for s in ledger.all()]
+
+    restarted = offline_server(batch_delay=0.05)  # knows no batch
+    reqs, answers = teacher_requests(25)
+    results = batch_client(restarted, tmp_path / "run").run(reqs)
+    assert [r.text for r in results] == answers
+    assert restarted.stats()["teacher"]["batch_sizes"] == [25]
+    assert f"batch {lost_id} is unknown to the provider" in caplog.text
+    (lost,) = [s for s in ledger.all() if s.status == "lost"]  # (a new world reuses its ids)
+    assert (lost.batch_id, lost.state) == (lost_id, "abandoned")
 
 
 def test_cancelling_the_run_cancels_its_batch(offline_server, tmp_path):

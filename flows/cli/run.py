@@ -86,9 +86,11 @@ def run_flow(cfg: LionConfig) -> None:
 
     from flows.distill import lion_distill
     from flows.report import summary_table
-    from lion_core.run.identity import open_run
+    from lion_core.run.identity import check_run
 
-    open_run(cfg)  # a root bound to another config is refused here, before any flow starts
+    # A root bound to another config is refused here, before any flow starts; run.json is
+    # written by the flow once it holds the root's lease (a run the lease refuses writes none).
+    check_run(cfg)
     use_prefect()
     typer.echo(f"lion: {cfg.rounds} round(s), run root {cfg.storage.root}")
     result = lion_distill(cfg)

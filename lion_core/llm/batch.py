@@ -322,7 +322,12 @@ class BatchRun:
             first = False
             for sid in list(self.active):
                 active = self.active[sid]
-                active.batch = await api.batches.retrieve(active.sub.batch_id)
+                try:
+                    active.batch = await api.batches.retrieve(active.sub.batch_id)
+                except openai.NotFoundError:
+                    del self.active[sid]
+                    await self._lost(api, active.sub)
+                    continue
                 if active.batch.status in TERMINAL:
                     await self._finish(api, active)
                     del self.active[sid]
@@ -354,6 +359,21 @@ class BatchRun:
                 ", ".join(sorted(set(statuses))) or "-",
             )  # fmt: skip
 
+    async def _lost(self, api: openai.AsyncOpenAI, sub: Submission) -> None:
+        """A recorded batch the provider answers 404 for (it restarted, or base_url or the key
+        changed since): closed as lost, and its requests not answered yet submitted again —
+        never the answered ones."""
+        sub.state, sub.status = ABANDONED, "lost"
+        await asyncio.to_thread(self.ledger.save, sub)
+        todo = [k for k in sub.keys if k in self.jobs and self.cache.get(k) is None]
+        log.warning(
+            "%s: batch %s is unknown to the provider (404: it restarted, or base_url or the API "
+            "key changed); %d of its %d request(s) are submitted again",
+            self.role, sub.batch_id, len(todo), len(sub.keys),
+        )  # fmt: skip
+        if todo:
+            await self._submit(api, todo, attempt=sub.attempt + 1)
+
     async def _finish(self, api: openai.AsyncOpenAI, active: _Active) -> None:
         sub, batch = active.sub, active.batch
         sub.status = batch.status
@@ -372,11 +392,28 @@ class BatchRun:
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 content = await api.files.content(file_id)
+                garbled = 0
                 for raw in content.text.splitlines():
-                    if raw.strip():
-                        result = self._line_result(json.loads(raw))
-                        if result is not None:
-                            lines[result.key] = result
+                    if not raw.strip():
+                        continue
+                    try:
+                        line = json.loads(raw)
+                    except ValueError:
+                        line = None
+                    if not isinstance(line, Mapping):
+                        # One damaged line costs its own request only (asked again below, as
+                        # one the batch did not answer), never the paid answers around it.
+                        garbled += 1
+                        continue
+                    result = self._line_result(line)
+                    if result is not None:
+                        lines[result.key] = result
+                if garbled:
+                    log.warning(
+                        "%s: batch %s: %d line(s) of file %s are not JSON objects; their "
+                        "requests count as unanswered and are asked again",
+                        self.role, batch.id, garbled, file_id,
+                    )  # fmt: skip
         undone = [k for k in sub.keys if k not in lines]
         reason = (
             "cancelled before it ran"
@@ -435,7 +472,8 @@ class BatchRun:
         key = line.get("custom_id")
         if not isinstance(key, str):
             return None
-        response = line.get("response") or {}
+        response = line.get("response")
+        response = response if isinstance(response, Mapping) else {}
         error = line.get("error")
         status = response.get("status_code")
         body = response.get("body") if isinstance(response, Mapping) else None

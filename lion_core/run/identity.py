@@ -63,25 +63,37 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p) and not is_operational(p))
 
 
+def check_run(config: LionConfig) -> tuple[RunStore, list[str] | None]:
+    """The run's store and how `config` differs from the one its run.json records (None: no
+    run.json yet); a ConfigError if they differ and the root already holds committed work.
+    Writes nothing: a command checks a root with it before it holds the root's lease."""
+    store = RunStore.open(config.storage.root, config.storage.options)
+    if not store.has_run_info():
+        return store, None
+    recorded = recorded_config(store.uri(), config.storage.options).model_dump(mode="json")
+    diffs = config_differences(recorded, config.model_dump(mode="json"))
+    committed = store.committed() if diffs else []
+    if committed:
+        raise ConfigError(
+            f"run root {store.storage.uri()} was created with a different configuration; "
+            f"these fields differ: {', '.join(diffs)}; it already holds "
+            f"{', '.join(committed[:4])}. Use a new storage.root, or the recorded config "
+            "(lion resume reads it from run.json)."
+        )
+    return store, diffs
+
+
 def open_run(config: LionConfig) -> RunStore:
     """The run's store; writes run.json on first use and checks the config against it after
-    (while nothing is committed, a different config replaces the recorded one)."""
-    store = RunStore.open(config.storage.root, config.storage.options)
+    (while nothing is committed, a different config replaces the recorded one). Call it only
+    while holding the root's lease (`lion_core.run.lease.run_lease`): a run refused by the
+    lease must not rewrite the holder's run.json."""
+    store, diffs = check_run(config)
     current = config.model_dump(mode="json")
-    rebind = store.has_run_info()
+    rebind = diffs is not None
     if rebind:
-        recorded = recorded_config(store.uri(), config.storage.options).model_dump(mode="json")
-        diffs = config_differences(recorded, current)
         if not diffs:
             return store
-        committed = store.committed()
-        if committed:
-            raise ConfigError(
-                f"run root {store.storage.uri()} was created with a different configuration; "
-                f"these fields differ: {', '.join(diffs)}; it already holds "
-                f"{', '.join(committed[:4])}. Use a new storage.root, or the recorded config "
-                "(lion resume reads it from run.json)."
-            )
         log.warning(
             "run root %s holds no snapshot yet: its recorded config is replaced (%s differ)",
             store.storage.uri(),

@@ -85,20 +85,41 @@ class Holder:
 
     @classmethod
     def parse(cls, data: bytes, where: str) -> Holder:
+        """The holder in a lease file; anything else — not JSON, a field missing, or of the
+        wrong type (a string heartbeat, a null pid) — is a StorageError naming the file."""
         try:
             raw = json.loads(data)
-            return cls(**{f.name: raw[f.name] for f in fields(cls)})
+            holder = cls(**{f.name: raw[f.name] for f in fields(cls)})
+            holder._check_types()
+            return holder
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(
                 f"{where} is not a lease ({type(exc).__name__}: {exc}); if no run is using this "
                 "root, delete it"
             ) from None
 
+    def _check_types(self) -> None:
+        for name in ("token", "owner", "host", "host_tag", "started_at"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if type(self.pid) is not int:
+            raise TypeError(f"pid must be a whole number, got {self.pid!r}")
+        if isinstance(self.heartbeat_at, bool) or not isinstance(self.heartbeat_at, int | float):
+            raise TypeError(f"heartbeat_at must be a number, got {self.heartbeat_at!r}")
+        if self.flow_run_id is not None and not isinstance(self.flow_run_id, str):
+            raise TypeError(f"flow_run_id must be a string or null, got {self.flow_run_id!r}")
+
     def describe(self, now: float) -> str:
         run = f"flow run {self.flow_run_id}" if self.flow_run_id else "a run"
+        age = now - self.heartbeat_at
+        beat = (
+            f"last heartbeat {age:.0f} s ago"
+            if age >= 0
+            else f"last heartbeat {-age:.0f} s in the future (its host's clock is ahead)"
+        )
         return (
             f"{run} (owner {self.owner}, host {self.host}, pid {self.pid}), started "
-            f"{self.started_at}, last heartbeat {now - self.heartbeat_at:.0f} s ago"
+            f"{self.started_at}, {beat}"
         )
 
 
@@ -217,6 +238,14 @@ class Lease:
         age = now - other.heartbeat_at
         if age > self.timeout:
             return f"no heartbeat for {age:.0f} s (storage.lease_timeout is {self.timeout:g} s)"
+        if -age > self.timeout:
+            # A heartbeat further ahead than the timeout is clock skew no live holder explains
+            # (its clock would be off by more than the bound the hosts must agree within):
+            # waiting for it would block every other host for that long.
+            return (
+                f"its heartbeat is {-age:.0f} s in the future: the hosts' clocks disagree by "
+                f"more than storage.lease_timeout ({self.timeout:g} s)"
+            )
         same_host = other.host_tag == host_tag() and other.pid != os.getpid()
         if same_host and process_is_gone(other.pid):
             return f"its process {other.pid} on this host is gone"

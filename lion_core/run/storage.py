@@ -299,7 +299,10 @@ def _writer_is_dead(name: str) -> bool:
 
 def process_is_gone(pid: int) -> bool:
     """Whether no process `pid` runs in this host's PID namespace (one owned by another user
-    counts as running)."""
+    counts as running). A pid of 0 or below names no process (os.kill would signal a process
+    group, or every process), so it is gone."""
+    if pid <= 0:
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
