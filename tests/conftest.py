@@ -142,15 +142,48 @@ def echo_student(tmp_path_factory) -> EchoStudent:
 # ---- Prefect ---------------------------------------------------------------------------------
 
 
+# Seconds the harness's teardown waits for Prefect's log and event workers to drain. Prefect
+# 3.8 waits without a bound, and now and then a drain never completes (the worker thread idle on
+# an empty queue): a test process then sat 270 s, or until pytest's timeout, at its end.
+HARNESS_DRAIN_SECONDS = 20.0
+
+
+def _bounded_drains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect's service drains (`APILogWorker.drain`, `EventsWorker.drain_all`) with a bound."""
+    import asyncio
+    import concurrent.futures
+
+    from prefect._internal.concurrency.event_loop import get_running_loop
+    from prefect._internal.concurrency.services import _QueueServiceBase
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    def drain(self, at_exit: bool = False):
+        future = self._drain(at_exit=at_exit)
+        if get_running_loop() is not None:
+            return asyncio.wait([asyncio.wrap_future(future)], timeout=HARNESS_DRAIN_SECONDS)
+        return concurrent.futures.wait([future], timeout=HARNESS_DRAIN_SECONDS)
+
+    drain_all = _QueueServiceBase.drain_all.__func__
+
+    def bounded_all(cls, timeout: float | None = None, at_exit: bool = True):
+        return drain_all(cls, HARNESS_DRAIN_SECONDS if timeout is None else timeout, at_exit)
+
+    monkeypatch.setattr(APILogWorker, "drain", drain)
+    monkeypatch.setattr(EventsWorker, "drain_all", classmethod(bounded_all))
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """Prefect's test harness: a real API server on a temporary SQLite database, one per test
-    process (a second harness in the same process hung for good in its teardown, draining
-    Prefect's log and event workers), given time to start on a busy machine."""
+    process (a second harness in the same process hung in its teardown), given time to start
+    on a busy machine; its teardown's drains are bounded (HARNESS_DRAIN_SECONDS)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=300):
-        yield
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _bounded_drains(monkeypatch)
+        with prefect_test_harness(server_startup_timeout=300):
+            yield
 
 
 @pytest.fixture(scope="module")
