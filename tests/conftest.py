@@ -180,10 +180,14 @@ def prefect_harness():
     on a busy machine; its teardown's drains are bounded (HARNESS_DRAIN_SECONDS)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with pytest.MonkeyPatch.context() as monkeypatch:
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        prefect_test_harness(server_startup_timeout=300),
+    ):
+        yield
+        # Only for the harness's own teardown: bounded during the session, the drains
+        # Prefect's engine does left its events worker failing to send task-run events.
         _bounded_drains(monkeypatch)
-        with prefect_test_harness(server_startup_timeout=300):
-            yield
 
 
 @pytest.fixture(scope="module")
