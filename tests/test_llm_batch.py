@@ -148,8 +148,9 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_killed_after_submission_resumes_the_same_batch(offline_server, tmp_path):
-    server = offline_server(batch_delay=2.0)
+def kill_after_submission(server, tmp_path) -> Ledger:
+    """Run KILL_SCRIPT against `server` and SIGKILL it once its batch is recorded with an id;
+    return the ledger of its root (`tmp_path/run`)."""
     script = tmp_path / "client.py"
     script.write_text(KILL_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -165,6 +166,12 @@ def test_killed_after_submission_resumes_the_same_batch(offline_server, tmp_path
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    return ledger
+
+
+def test_killed_after_submission_resumes_the_same_batch(offline_server, tmp_path):
+    server = offline_server(batch_delay=2.0)
+    kill_after_submission(server, tmp_path)
     assert server.stats()["teacher"]["batches"] == 1
     assert server.stats()["teacher"]["answered"] == 0  # killed before the batch ended
 
@@ -181,20 +188,7 @@ def test_a_batch_the_provider_no_longer_knows_is_submitted_again(offline_server,
     longer knows the batch (here: a restarted world) was a NotFoundError on every resume, for
     good. Now the batch is closed as lost and its requests are submitted again."""
     first = offline_server(batch_delay=60.0)
-    script = tmp_path / "client.py"
-    script.write_text(KILL_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), first.base_url, str(tmp_path / "run")],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )  # fmt: skip
-    ledger = Ledger(Storage(str(tmp_path / "run")), "teacher")
-    deadline = time.monotonic() + 60
-    while not any(s.batch_id for s in ledger.all()):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    ledger = kill_after_submission(first, tmp_path)
     (lost_id,) = [s.batch_id for s in ledger.all()]
 
     restarted = offline_server(batch_delay=0.05)  # knows no batch
