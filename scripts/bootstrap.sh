@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv on a fresh machine: torch first (the CPU wheel unless TORCH_SPEC says otherwise),
 # DeepSpeed without build isolation (it builds against that torch), then the project itself.
+# uv installs all but torch (parallel downloads: a fresh bootstrap took 4 min with pip alone);
+# pip installs torch, honouring the machine's pip configuration (find-links, constraints).
 # Idempotent: does nothing when pyproject.toml and this script are unchanged since the last run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,9 +14,10 @@ stamp=.venv/.lion-bootstrap
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-  "${pip[@]}" -U pip setuptools wheel
+  "${pip[@]}" -U pip setuptools wheel uv
   .venv/bin/python -c 'import torch' 2>/dev/null || "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}"
-  .venv/bin/python -c 'import deepspeed' 2>/dev/null || "${pip[@]}" --no-build-isolation deepspeed
-  "${pip[@]}" -e ".[dev]"
+  uv=(.venv/bin/uv pip install -q --python .venv/bin/python)
+  .venv/bin/python -c 'import deepspeed' 2>/dev/null || "${uv[@]}" --no-build-isolation deepspeed
+  "${uv[@]}" -e ".[dev]"
   echo "$want" > "$stamp"
 fi

@@ -75,7 +75,7 @@ def process(
     cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
 ) -> Iterator[subprocess.Popen]:
     """Run `cmd` with stdout and stderr in `log`; on exit, SIGTERM its process group, then
-    SIGKILL after 20 s (the flow-run processes a worker started are in that group too)."""
+    SIGKILL after 5 s (the flow-run processes a worker started are in that group too)."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
             cmd,
@@ -107,9 +107,11 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+def stop_group(proc: subprocess.Popen, timeout: float = 5) -> None:
     """SIGTERM the process group of `proc`, SIGKILL it after `timeout`; then SIGKILL any
-    descendant that left the group (a flow run started in a session of its own)."""
+    descendant that left the group (a flow run started in a session of its own). A test's
+    servers and workers need no graceful end: a worker that had run flows took the whole
+    20 s the bound once was, at the end of every file with a deployment stack."""
     family = _descendants(proc.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
@@ -165,12 +167,16 @@ class PrefectServer:
 
 @contextlib.contextmanager
 def prefect_server(home: Path, *, ui: bool = False) -> Iterator[PrefectServer]:
-    """`prefect server start` on SQLite in `home`, on a free loopback port, analytics off."""
+    """`prefect server start` on SQLite in `home`, on a free loopback port, analytics off. SQLite
+    waits up to 60 s for a locked database (Prefect's default, 10 s, answered a form submitted
+    while two test workers loaded the machine with "database is locked"); Prefect already
+    writes through a write-ahead log."""
     home.mkdir(parents=True, exist_ok=True)
     server = PrefectServer(home=home, port=free_port(), log=home / "server.log")
     env = base_env(
         PREFECT_HOME=str(home),
         PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{server.database}",
+        PREFECT_SERVER_DATABASE_TIMEOUT="60",
         PREFECT_UI_ENABLED="true" if ui else "false",
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(server.port),

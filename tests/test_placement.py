@@ -2,7 +2,7 @@
 inputs and its check of the parent's lease, and, through Prefect's test harness (a real API
 server), a GPU stage whose flow run crashed: the retried task re-attaches to that same flow run
 and schedules it again instead of starting a second one. The whole split on two process pools
-with workers is tests/test_deploy_e2e.py::test_split_run_places_gpu_stages_...
+with workers is tests/test_deploy_e2e.py::test_split_run_retried_on_a_fresh_worker_repeats_nothing
 """
 
 from __future__ import annotations
