@@ -365,4 +365,3 @@ def test_families_knob_restricts_seeds_and_the_heldout_set():
     )  # fmt: skip
     with pytest.raises(ConfigError, match=r"offline.families: unknown family 'poetry'"):
         seed_instances(5, 0, 6, families=["capital", "poetry"])
-
