@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import types
+import typing
 import uuid
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -130,9 +132,58 @@ class RemoteResults(RemoteFileSystem):
         return checked_record(super().read_path(path, _sync=True), self._resolve_path(path))
 
 
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether `value` can be what a function annotated `-> annotation` returned (classes
+    and their unions, containers by their outer type; anything else is not checked)."""
+    if annotation is Any:
+        return True
+    if annotation is None or annotation is type(None):
+        return value is None
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, member) for member in typing.get_args(annotation))
+    target = origin or annotation
+    return isinstance(value, target) if isinstance(target, type) else True
+
+
+def check_task_result(record: Any, where: str) -> Any:
+    """`record`, read inside a task run, if its result is of the type the task returns; else
+    ResultRecordError naming `where`, the task and both types. (A valid record of another
+    type at a task's key was shown Cached and then failed the flow with an AttributeError.)"""
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    if context is None or not hasattr(record, "result"):
+        return record
+    try:
+        expected = typing.get_type_hints(context.task.fn).get("return", Any)
+    except Exception:  # an annotation that does not resolve: nothing to check against
+        return record
+    if not _fits(record.result, expected):
+        found = type(record.result).__name__
+        wanted = getattr(expected, "__name__", str(expected))
+        raise ResultRecordError(
+            f"{where}: refused: a {found} record where task {context.task.name!r} returns "
+            f"{wanted}; {DELETE_HINT}"
+        )
+    return record
+
+
 class LionResultStore(ResultStore):
     """Prefect's result store, except that a refused record fails the cache lookup loudly
-    instead of reading as a miss."""
+    instead of reading as a miss, and a task's record must hold the type the task returns."""
+
+    def _read(self, key: str, holder: str) -> Any:
+        return check_task_result(super()._read(key, holder), self._where(key))
+
+    async def _aread(self, key: str, holder: str) -> Any:
+        return check_task_result(await super()._aread(key, holder), self._where(key))
+
+    def _where(self, key: str) -> str:
+        storage = self.result_storage
+        if isinstance(storage, LocalResults | RemoteResults):
+            return str(storage._resolve_path(key))
+        return key
 
     def exists(self, key: str) -> bool:
         if super().exists(key):

@@ -101,12 +101,20 @@ def test_bad_config_names_the_field(data, path):
             {"config_kwargs": {"s3": {"AWS_SESSION_TOKEN": "hunter2"}}},
             "config_kwargs.s3.AWS_SESSION_TOKEN",
         ),
-        (
-            {"client_kwargs": {"extra": [{"password": "hunter2"}]}},
-            "client_kwargs.extra[0].password",
-        ),
+        ({"client_kwargs": {"extra": [{"password": "hunter2"}]}}, "client_kwargs.extra"),
         ({"session_token": "hunter2"}, "session_token"),
         ({"secret_access_key": "hunter2"}, "secret_access_key"),
+        # issue 22, N9: what a deny-list of names let through
+        ({"s3_additional_kwargs": {"SSECustomerKey": "k"}}, "s3_additional_kwargs.SSECustomerKey"),
+        ({"account_key": "hunter2"}, "account_key"),
+        ({"sas_token": "hunter2"}, "sas_token"),
+        ({"connection_string": "AccountKey=hunter2"}, "connection_string"),
+        ({"client_secret": "hunter2"}, "client_secret"),
+        ({"endpoint_url": "https://AKIA:hunter2@minio:9000"}, "endpoint_url"),
+        ({"client_kwargs": {"endpoint_url": "http://u:hunter2@h"}}, "client_kwargs.endpoint_url"),
+        ({"headers": {"Authorization": "Bearer hunter2"}}, "headers"),
+        ({"secret-access-key": "hunter2"}, "secret-access-key"),
+        ({"config_kwargs": {"proxies": {"https": "http://u:hunter2@p"}}}, "config_kwargs.proxies"),
     ],
 )
 def test_credentials_are_refused_at_any_depth(options, path):
@@ -115,7 +123,12 @@ def test_credentials_are_refused_at_any_depth(options, path):
         LionConfig.from_dict({"storage": {"options": options}})
     assert f"storage.options.{path}" in str(err.value)
     assert "hunter2" not in str(err.value)  # the value itself is never echoed
-    harmless = {"endpoint_url": "http://minio:9000", "client_kwargs": {"region_name": "eu"}}
+    harmless = {
+        "endpoint_url": "http://minio:9000",
+        "client_kwargs": {"region_name": "eu"},
+        "config_kwargs": {"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 9}},
+        "s3_additional_kwargs": {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/x"},
+    }
     assert LionConfig.from_dict({"storage": {"options": harmless}}).storage.options == harmless
 
 

@@ -280,3 +280,30 @@ def fails(config: LionConfig) -> Usage:
 
     use_run_storage(config)
     raise DataError("bad row", file="seeds.jsonl", row=4)
+
+
+@pytest.mark.slow
+def test_a_record_of_another_type_at_a_tasks_key_names_the_file(prefect_harness, tmp_path):
+    """Issue 22, N10: a valid 'lion-json' record of another type (a `Usage` where `seed-pools`
+    returns `Pools`) under the task's key is refused when the task looks it up, with one error
+    naming the file and both types — not shown Cached and then an AttributeError traceback."""
+    from helpers import small_config
+
+    from flows.round import lion_round
+    from lion_core.errors import ResultRecordError
+    from lion_core.run.records import dump_result
+    from tasks.pools import seed_pools
+
+    cfg = small_config(tmp_path / "run")
+    key = task_key(SimpleNamespace(task=seed_pools), {"config": cfg})
+    planted = tmp_path / "run" / "prefect-results" / key
+    planted.parent.mkdir(parents=True)
+    record = _lion_record("")
+    record["result"] = dump_result(Usage(requests=5)).decode()
+    planted.write_text(json.dumps(record))
+
+    with pytest.raises(ResultRecordError) as err:
+        lion_round(cfg, 1)
+    message = str(err.value)
+    assert str(planted) in message, message
+    assert "Usage" in message and "Pools" in message and "seed-pools" in message, message
