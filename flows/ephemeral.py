@@ -24,14 +24,18 @@ from lion_core.ops.supervise import _die_with_parent
 
 
 class _SubprocessDyingWithParent(types.ModuleType):
-    """The `subprocess` module, except that Popen's children die with this process."""
+    """The `subprocess` module, except that Popen's children die with this process and run in
+    a session of their own: a SIGTERM sent to the CLI's whole process group (`timeout`, a
+    container's stop) must not kill the server the CLI still needs to report the run's end."""
 
     def __init__(self) -> None:
         super().__init__("subprocess")
 
     def __getattr__(self, name: str) -> Any:
         if name == "Popen":
-            return functools.partial(subprocess.Popen, preexec_fn=_die_with_parent)
+            return functools.partial(
+                subprocess.Popen, preexec_fn=_die_with_parent, start_new_session=True
+            )
         return getattr(subprocess, name)
 
 

@@ -60,6 +60,11 @@ class EndpointUnreachableError(LLMError, ConnectionError):
     """The endpoint did not answer at all."""
 
 
+class EndpointGoneError(EndpointUnreachableError):
+    """The process serving the endpoint is known to have exited (a served student that
+    died): nothing is sent or retried against it any more."""
+
+
 class EndpointRejectedError(LLMError):
     """The endpoint refused the role's requests as such (401/403: the key; 404: the model or
     the URL): no request of the batch can succeed, so the batch stops at once."""

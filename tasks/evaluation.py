@@ -69,7 +69,12 @@ def teacher_eval_answers(
     )
 
 
-@lion_task("student-eval-answers", retries=1, retry_delay_seconds=5)
+@lion_task(
+    "student-eval-answers",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_requests_failed,
+)
 def student_eval_answers(
     config: LionConfig, where: str, round: int | None, questions: ArtifactRef, student: str
 ) -> ArtifactRef:

@@ -11,6 +11,7 @@ from lion_core.student.launch import init_uri_for, train_student
 from tasks.caching import lion_task
 from tasks.placement import run_on_gpu
 from tasks.runtime.progress import progress_artifacts
+from tasks.runtime.retry import retry_unless_requests_failed
 from tasks.runtime.store import run_store
 
 
@@ -26,7 +27,13 @@ def base_student(config: LionConfig, data: ArtifactRef) -> str:
     return prepare_base_student(config, store, texts)
 
 
-@lion_task("student", task_run_name="student-round-{round}", retries=1, retry_delay_seconds=5)
+@lion_task(
+    "student",
+    task_run_name="student-round-{round}",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_requests_failed,
+)
 def student(config: LionConfig, round: int, data: ArtifactRef, base: str) -> str:
     """The round's student, fine-tuned on the teacher's answers under DeepSpeed, from `base`
     (`training.init_from: base`) or from the previous round's student (`previous`). A retry
@@ -48,6 +55,7 @@ def student(config: LionConfig, round: int, data: ArtifactRef, base: str) -> str
     task_run_name="student-answers-round-{round}",
     retries=1,
     retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_requests_failed,
 )
 def student_answers(
     config: LionConfig, round: int, cache_pool: ArtifactRef, student: str

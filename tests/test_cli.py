@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -206,6 +207,55 @@ def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
             os.kill(server[0], signal.SIGKILL)
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_cli_ends_it_within_seconds(tmp_path):
+    """Issue 22, N15: SIGTERM to the process group of `lion run` (what `timeout`, `docker stop`
+    and Kubernetes send) ends it like Ctrl-C: it exits 143 within seconds and leaves neither
+    Prefect's temporary server nor any other process behind (the server died with the group
+    and the CLI hung for minutes on its own dead API)."""
+    import signal
+    import time
+
+    from helpers import small_config
+
+    cfg_path = tmp_path / "slow.yaml"
+    small_config(tmp_path / "root", **{"offline.latency": 5.0}).to_yaml(cfg_path)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a fresh database, 2 cores
+    exe = str(Path(sys.executable).parent / "lion")
+    with (tmp_path / "lion.err").open("w") as err:
+        cli = subprocess.Popen([exe, "run", "-c", str(cfg_path)], env=env, stderr=err,
+                               stdout=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    server = None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and cli.poll() is None:
+            server = server or _temporary_server(cli.pid)
+            if server and "teacher" in (tmp_path / "lion.err").read_text():
+                break  # the round is sending its first requests
+            time.sleep(0.5)
+        assert server is not None, (tmp_path / "lion.err").read_text()[-3000:]
+        os.killpg(cli.pid, signal.SIGTERM)
+        try:
+            code = cli.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                "lion run still alive 60 s after SIGTERM: "
+                + (tmp_path / "lion.err").read_text()[-2000:]
+            )
+        assert code == 143, (tmp_path / "lion.err").read_text()[-3000:]
+        deadline = time.monotonic() + 15
+        while _alive(server[0]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server[0]), f"the temporary server {server} outlived the CLI"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(cli.pid, signal.SIGKILL)
+        if server and _alive(server[0]):
+            os.kill(server[0], signal.SIGKILL)
+
+
 def _seed_file(path: Path, rows: int = 24) -> Path:
     lines = [
         {"instruction": f"Add {i} and {i + 1}.", "output": str(2 * i + 1)} for i in range(rows)
@@ -310,6 +360,27 @@ def flat_batch_keys(config: dict) -> dict:
         if isinstance(section, dict) and section.get("batch") == {}:
             del section["batch"]
     return config
+
+
+@pytest.mark.slow
+def test_resume_of_a_copied_root_works_on_the_copy(cli_run, tmp_path):
+    """Issue 22, N2: `lion resume COPY` of a copied run root works on COPY (its run.json records
+    the original's root): the original is not written to, and nothing is sent again (every
+    answer comes from the copy's response cache)."""
+    import shutil
+
+    root, _, api_url, _ = cli_run
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(root, copy)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+
+    resumed = lion("resume", str(copy), api_url=api_url)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"working on {copy}" in resumed.stderr + resumed.stdout
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before  # untouched
+    (again,) = table_dicts(resumed.stdout, "teacher_sent")
+    for role in ("teacher", "referee", "generator"):
+        assert again[f"{role}_sent"] == "0", again
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 from helpers import small_config
 
 from lion_core.config import LionConfig, OfflineWorldConfig, TeacherConfig
-from lion_core.errors import RequestsFailedError
+from lion_core.errors import EndpointRejectedError, LeaseLostError, RequestsFailedError
 from lion_core.llm import LLMClient, ResponseCache
 from lion_core.method.imitation import answer_instructions
 from lion_core.offline.world import seed_pool
@@ -223,3 +223,31 @@ def test_a_tolerated_failure_share_lets_the_round_proceed(
     answers = RunStore.open(cfg.storage.root).read(1, "teacher_answers")
     assert (answers["status"] == "failed").sum() == failed
     assert pd.notna(answers.loc[answers["status"] == "failed", "error"]).all()
+
+
+@pytest.mark.parametrize(
+    "error, retried",
+    [
+        (TimeoutError("the provider was slow"), True),
+        (
+            RequestsFailedError("teacher: 3 of 24", role="teacher", failed=3, asked=24, first="x"),
+            False,
+        ),
+        # issue 22: nothing a retry can fix — the key or model refused, the lease lost
+        (
+            EndpointRejectedError(
+                "teacher: HTTP 401", role="teacher", base_url="u", model="m", status=401
+            ),
+            False,
+        ),
+        (LeaseLostError("this run's lease on r was lost"), False),
+    ],
+)
+def test_prefect_retries_a_task_only_when_a_retry_can_help(error, retried):
+    """Prefect retried a task twice, 10 s apart, after EndpointRejectedError (401/403/404),
+    although no request of it could succeed."""
+    from prefect.states import Failed
+
+    from tasks.runtime.retry import retry_unless_requests_failed
+
+    assert retry_unless_requests_failed(None, None, Failed(data=error)) is retried

@@ -224,6 +224,42 @@ def test_a_heartbeat_from_the_future_is_skew_with_a_bound(tmp_path, caplog):
         took.release()
 
 
+def test_a_run_that_lost_its_lease_sends_and_commits_nothing(tmp_path, offline_server):
+    """Issue 22, N1: a run frozen past `storage.lease_timeout` (its heartbeat stopped, as in a
+    SIGSTOPped process) whose root another run took over learns it at its next side effect, not
+    at the end of its round: its LLM client sends no request and its store commits nothing,
+    each with a LeaseLostError naming the new holder."""
+    from helpers import answer_frame, teacher_requests, tiny_config
+
+    from lion_core.llm.factory import client_for
+    from lion_core.run.lease import run_lease
+    from lion_core.run.store import RunStore
+    from lion_core.student.answer_store import commit
+
+    world = offline_server()
+    root = tmp_path / "run"
+    cfg = tiny_config(root, **{"storage.lease_timeout": 1.5, "storage.lease_heartbeat": 0.5})
+    requests, _ = teacher_requests(4)
+    with pytest.raises(LeaseLostError), run_lease(cfg) as held:
+        held._stop.set()  # frozen: no heartbeat from now on
+        held._thread.join()
+        time.sleep(2.0)  # longer than lease_timeout
+        other = lease(held.storage, timeout=1.5, flow_run_id="flow-run-B").acquire()
+        try:
+            client = client_for(cfg, "teacher", offline_url=world.base_url)
+            with pytest.raises(LeaseLostError, match="flow run flow-run-B"):
+                client.run(requests)
+            assert world.stats().get("teacher", {}).get("requests", 0) == 0  # none arrived
+            store = RunStore.open(str(root))
+            with pytest.raises(LeaseLostError):
+                store.write(1, "teacher_answers", answer_frame(["x"]))
+            with pytest.raises(LeaseLostError):
+                commit(store.storage, "generation/k", 0, 0, [], "m")
+            assert not store.exists(1, "teacher_answers")
+        finally:
+            other.release()
+
+
 def test_holder_round_trips():
     holder = lease(Storage("/tmp/unused"))._new_holder()
     assert Holder.parse(holder.to_bytes(), "x") == holder

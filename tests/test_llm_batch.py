@@ -183,6 +183,34 @@ def test_killed_after_submission_resumes_the_same_batch(offline_server, tmp_path
     assert stats["answered"] == stats["answered_bodies"] == 25
 
 
+def test_a_re_attached_batch_counts_against_the_budget(offline_server, tmp_path):
+    """Issue 22, N6: the requests of a batch submitted before a kill are charged when its
+    answers arrive, so on resume they count against `budget_usd` before anything is sent (they
+    were left out as "paid already": $0.96 spent of a $0.72 budget). A budget below their
+    estimate stops the resume, nothing collected or sent; a larger one completes it."""
+    from lion_core.errors import BudgetExceeded
+    from lion_core.llm.costs import Budget
+
+    server = offline_server(batch_delay=1.0)
+    kill_after_submission(server, tmp_path)
+    reqs, answers = teacher_requests(25)
+    probe = batch_client(server, tmp_path / "run")
+    jobs = {j.key: j for j in map(probe.render, reqs)}
+    needed = probe.estimate(jobs).cost("batch")
+    assert needed > 0
+
+    def resumed(limit: float) -> LLMClient:
+        client = batch_client(server, tmp_path / "run")
+        client.budget = Budget(limit, Storage(str(tmp_path / "run")))
+        return client
+
+    with pytest.raises(BudgetExceeded):
+        resumed(needed * 0.9).run(reqs)
+    assert server.stats()["teacher"]["batches"] == 1  # nothing new submitted
+    assert [r.text for r in resumed(needed * 1.5).run(reqs)] == answers
+    assert Budget(1, Storage(str(tmp_path / "run"))).spent() <= needed * 1.5
+
+
 def test_a_batch_the_provider_no_longer_knows_is_submitted_again(offline_server, tmp_path, caplog):
     """issue 22, N5: a run killed with its batch open, resumed against a provider that no
     longer knows the batch (here: a restarted world) was a NotFoundError on every resume, for

@@ -132,6 +132,22 @@ def test_referee_scores_correctness_noise_and_bias():
 # ---- `lion serve-offline` and the official openai client -------------------------------------
 
 
+def test_an_announced_address_accepts_connections_before_the_server_runs():
+    """The socket `lion serve-offline` (and the student server) announce is already listening:
+    a client connecting at once is queued, not refused (it was refused under load, between the
+    printed URL and uvicorn's start)."""
+    import socket
+
+    from lion_core.ops.http_server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        client = socket.create_connection(sock.getsockname(), timeout=5)
+        client.close()
+    finally:
+        sock.close()
+
+
 def test_serve_offline_all_roles_through_openai(offline_process):
     base_url = offline_process({"seed": 5, "judge_noise": 0.0, "positional_bias": 1.5})
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)

@@ -301,6 +301,38 @@ def test_the_server_is_gone_after_cancellation(echo_student, tmp_path, mark, mon
     assert _gone(mark)
 
 
+FAKE = f"{{python}} {REPO / 'tests' / 'fake_student_server.py'} --port {{port}} --name {{name}}"
+
+
+def test_http_errors_from_the_server_are_asked_again_not_committed(echo_student, tmp_path):
+    """Issue 22, N3: a server that answers every request HTTP 400 fails the task, naming the
+    error, and commits none of those failures as answers; the next attempt, with a working
+    server, answers every row (a committed failure was reused by every resume)."""
+    cfg, _, uri = echo_student
+    rows = echo_rows(6, seed=8)
+    store = RunStore.open(str(tmp_path / "run"))
+    broken = _served(cfg.with_overrides({"storage.root": str(tmp_path / "run")}), command=FAKE)
+    with pytest.raises(GenerationError, match=r"6 of 6 student requests failed .*HTTP 400"):
+        generate_answers(broken, store, uri, rows)
+    answers = generate_answers(_served(broken, command=None), store, uri, rows)
+    assert (answers["status"] == "ok").all() and answers["answer"].notna().all()
+
+
+def test_a_server_that_dies_mid_run_is_named_with_its_exit_code(echo_student, tmp_path, mark):
+    """Issue 22, N14: the server answers two requests, then exits (code 7): the task fails at
+    once with "exited with code 7" and the server's last lines, not after every retry against
+    its dead port with a bare ConnectionRefusedError."""
+    cfg, _, uri = echo_student
+    rows = echo_rows(12, seed=9)
+    dying = _served(cfg, command=FAKE + " --answer-first 2 --exit-code 7", concurrency=1)
+    started = time.monotonic()
+    with pytest.raises(GenerationError, match=r"exited with code 7 while answering") as err:
+        generate_answers(dying, RunStore.open(str(tmp_path / "run")), uri, rows)
+    assert "fake student server: exiting with code 7" in str(err.value)
+    assert time.monotonic() - started < 60, "retried against a dead port"
+    assert _gone(mark)
+
+
 # ---- lion serve-student ------------------------------------------------------------------------
 
 

@@ -46,10 +46,39 @@ for _name, _command in COMMANDS.items():
     app.command(_name)(_command)
 
 
+# The exit code of a command ended by SIGTERM (128 + 15, what a shell reports for it).
+TERMINATED = 143
+
+
+class _Terminated:
+    """SIGTERM (`timeout`, `docker stop`, Kubernetes) takes Ctrl-C's graceful path: a
+    KeyboardInterrupt in the main thread, so requests in flight finish into the response cache,
+    children (trainer, student server) are stopped, Prefect marks the run, and Prefect's
+    temporary server — in a session of its own, so a SIGTERM to the whole process group does
+    not reach it — stops last, with the CLI."""
+
+    received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not _Terminated.received:
+            _Terminated.received = True
+            typer.secho("lion: SIGTERM received, stopping", err=True)
+        raise KeyboardInterrupt("SIGTERM")
+
+
 def main() -> None:
-    """The console script `lion`: a LionError ends the command with its message, exit code 2."""
+    """The console script `lion`: a LionError ends the command with its message, exit code 2;
+    SIGTERM ends it like Ctrl-C, exit code 143."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _Terminated())
     try:
         app()
     except LionError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except BaseException as exc:  # inside a flow, Prefect's own SIGTERM bridge raises its
+        # TerminationSignal (the run is marked crashed); outside, ours a KeyboardInterrupt
+        if _Terminated.received or type(exc).__name__ == "TerminationSignal":
+            sys.exit(TERMINATED)
+        raise

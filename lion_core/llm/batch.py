@@ -127,15 +127,6 @@ class BatchSender:
 
     mode = "batch"
 
-    def unpaid(
-        self, jobs: Mapping[str, RenderedRequest], ctx: SendContext
-    ) -> Mapping[str, RenderedRequest]:
-        """`jobs` less the requests in batches submitted before (resumed: paid for already)."""
-        if ctx.cache is None:
-            return jobs
-        submitted = {k for s in Ledger(ctx.cache.storage, ctx.role).open() for k in s.keys}
-        return {k: j for k, j in jobs.items() if k not in submitted}
-
     async def send(self, jobs: Mapping[str, RenderedRequest], ctx: SendContext) -> None:
         """Claim the keys process-wide, send ours as batches, wait for the ones another
         client of this process is sending."""

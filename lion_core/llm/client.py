@@ -96,11 +96,14 @@ class LLMClient:
         key_scope: Mapping[str, Any] | None = None,
         allow_empty: bool = False,
         on_progress: ProgressCallback | None = None,
+        gone: Callable[[], str | None] | None = None,
     ) -> None:
         """`extra_body`: fields added to every request body and key (engine extensions such
         as vLLM's `stop_token_ids`). `key_scope`: fields added to every key but never sent
         (what the answers depend on that the body does not say, e.g. the served checkpoint's
-        digest). `allow_empty`: an empty answer is an answer, not a failure."""
+        digest). `allow_empty`: an empty answer is an answer, not a failure. `gone`: why the
+        endpoint's server has exited, or None (a served student's process group): once it
+        says so, the call stops with EndpointGoneError instead of retrying a dead port."""
         self.endpoint = endpoint
         self.extra_body = dict(extra_body or {})
         self.key_scope = dict(key_scope or {})
@@ -122,6 +125,7 @@ class LLMClient:
         self.on_batch_progress = on_batch_progress
         # (label 'role: desc', done, total) as requests are answered, and once at the end
         self.on_progress = on_progress
+        self.gone = gone
         self.limiter = RateLimiter.shared(
             (self.base_url, endpoint.model), endpoint.rpm, endpoint.tpm
         )
@@ -212,6 +216,7 @@ class LLMClient:
             backoff_max=self.backoff_max,
             on_progress=self.on_progress,
             on_batch_progress=self.on_batch_progress,
+            gone=self.gone,
             **call,
         )
 
@@ -289,7 +294,7 @@ class LLMClient:
                 deliver=deliver,
             )
             sender = self.sender()
-            with self._reserved(sender.unpaid(jobs, ctx), sender.mode, desc):
+            with self._reserved(jobs, sender.mode, desc):
                 await sender.send(jobs, ctx)
         missing = [requests[i].tag for i, r in enumerate(results) if r is None]
         if missing:  # cannot happen: every request is answered, cached or failed

@@ -26,6 +26,7 @@ from lion_core.llm.client import LLMClient
 from lion_core.llm.costs import Budget
 from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.sending import BatchProgressCallback, ProgressCallback
+from lion_core.run.lease import held_guard
 from lion_core.run.storage import Storage
 
 
@@ -52,6 +53,7 @@ def client_for(
     extra_body: Mapping[str, Any] | None = None,
     key_scope: Mapping[str, Any] | None = None,
     allow_empty: bool = False,
+    gone: Callable[[], str | None] | None = None,
 ) -> LLMClient:
     """The client of `role` in the run `config` describes.
 
@@ -61,7 +63,7 @@ def client_for(
     `storage`: the cache elsewhere than `cache_storage(config)`. `api_key`: instead of the
     endpoint's own (`api_key_env`, else `api_key_secret` through `secret_loader`). `pricing`:
     instead of the config's. `budget=False`: the client's calls are not checked against
-    `budget_usd`. `extra_body`, `key_scope`, `allow_empty`: as `LLMClient` takes them.
+    `budget_usd`. `extra_body`, `key_scope`, `allow_empty`, `gone`: as `LLMClient` takes them.
     """
     if endpoint is None:
         endpoints = config.endpoints()
@@ -89,4 +91,20 @@ def client_for(
         extra_body=extra_body,
         key_scope=key_scope,
         allow_empty=allow_empty,
+        gone=_with_lease(gone),
     )
+
+
+def _with_lease(gone: Callable[[], str | None] | None) -> Callable[[], str | None] | None:
+    """`gone`, and before it the lease check of the run this client works for (the leases
+    held where the client is made): a run that lost its root's lease sends no more requests
+    (LeaseLostError; the answers in flight finish into the cache)."""
+    guard = held_guard()
+    if guard is None:
+        return gone
+
+    def check() -> str | None:
+        guard()
+        return gone() if gone is not None else None
+
+    return check

@@ -31,7 +31,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
-from lion_core.errors import EndpointRejectedError, EndpointUnreachableError
+from lion_core.errors import EndpointGoneError, EndpointRejectedError, EndpointUnreachableError
 from lion_core.llm.cache import ResponseCache, SendAbandoned
 from lion_core.llm.ratelimit import limiter_tokens
 from lion_core.llm.sending import CACHED, JOINED, SENT, SendContext, wait_for
@@ -55,11 +55,6 @@ class OnlineSender:
     """`mode: sync`: every uncached request as its own HTTP request."""
 
     mode = "sync"
-
-    def unpaid(
-        self, jobs: Mapping[str, RenderedRequest], ctx: SendContext
-    ) -> Mapping[str, RenderedRequest]:
-        return jobs
 
     async def send(self, jobs: Mapping[str, RenderedRequest], ctx: SendContext) -> None:
         await _OnlineCall(jobs, ctx).run()
@@ -97,6 +92,7 @@ class _OnlineCall:
                         raise self.flush_error
                     if self.rejected_by is not None:
                         return
+                    self.check_gone()
                     try:
                         if self.cache is None:
                             self.collect(job, await self.send(api, job), SENT)
@@ -157,6 +153,17 @@ class _OnlineCall:
         finally:
             cache.release(job.key, result)
 
+    def check_gone(self, last_error: str = "") -> None:
+        """EndpointGoneError once the endpoint's server is known to have exited (`ctx.gone`):
+        no new request and no retry goes to a dead port. Answers already received are kept
+        (in the cache); the rest are asked again by the next attempt."""
+        reason = self.ctx.gone() if self.ctx.gone is not None else None
+        if reason:
+            raise EndpointGoneError(
+                f"{self.ctx.role}: {reason} ({last_error}nothing more is sent to "
+                f"{self.ctx.base_url})"
+            )
+
     async def send(self, api: openai.AsyncOpenAI, job: RenderedRequest) -> ChatResult:
         """POST the job's body, retrying transient failures; never raises for an HTTP error."""
         retries = self.endpoint.retries
@@ -168,6 +175,7 @@ class _OnlineCall:
                     job, f"{error} (not retried: the batch stopped)", attempt, no_answer=no_answer
                 )
             if attempt:
+                self.check_gone(f"{error}; ")
                 self.usage.add(retries=1)
             delay: float | None = None
             try:

@@ -91,6 +91,9 @@ class SendContext:
     backoff_max: float = 30.0
     on_progress: ProgressCallback | None = None
     on_batch_progress: BatchProgressCallback | None = None
+    # Why the endpoint's server is gone (it exited), or None while it may answer: checked
+    # before each request and each retry, so a dead server costs no retries.
+    gone: Callable[[], str | None] | None = None
     # ---- the call's
     desc: str = ""
     total: int = 0  # requests in the call
@@ -116,14 +119,11 @@ class SendContext:
 
 class Sender(Protocol):
     """Sends a call's uncached requests: `send` delivers exactly one result per job through
-    `ctx.deliver` (ok or failed) or raises; `unpaid` is what of `jobs` sending would pay for
-    (the budget's reservation), at the price of `mode` ("sync" or "batch")."""
+    `ctx.deliver` (ok or failed) or raises. Every job counts against the budget at the price
+    of `mode` ("sync" or "batch") before anything is sent — a resumed run's requests in a
+    batch submitted before included: their answers are charged when they arrive."""
 
     mode: str
-
-    def unpaid(
-        self, jobs: Mapping[str, RenderedRequest], ctx: SendContext
-    ) -> Mapping[str, RenderedRequest]: ...
 
     async def send(self, jobs: Mapping[str, RenderedRequest], ctx: SendContext) -> None: ...
 

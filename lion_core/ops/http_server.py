@@ -10,13 +10,17 @@ import uvicorn
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on (host, port), inheritable by a child process."""
+    """A listening TCP socket on (host, port), inheritable by a child process. It listens
+    before the server runs: a client that connects as soon as the address is announced waits in
+    the backlog instead of being refused (under load, `lion serve-offline` printed its URL
+    seconds before uvicorn started listening, and a test's first request was refused)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
     # and without it every keep-alive answer waits ~40 ms for a delayed ACK (Nagle).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # uvicorn's own backlog
     sock.set_inheritable(True)
     return sock
 

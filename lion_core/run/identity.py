@@ -57,10 +57,19 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
+# Not a difference between a root's recorded config and a run on it: the root is where run.json
+# was found (a copied or moved root records where it was created; `recorded_config`).
+SAME_RUN_ANYWHERE = frozenset({"storage.root"})
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted paths whose values differ and that are not operational."""
     a, b = _flatten(old), _flatten(new)
-    return sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p) and not is_operational(p))
+    return sorted(
+        p
+        for p in set(a) | set(b)
+        if a.get(p) != b.get(p) and not is_operational(p) and p not in SAME_RUN_ANYWHERE
+    )
 
 
 def check_run(config: LionConfig) -> tuple[RunStore, list[str] | None]:
@@ -111,7 +120,11 @@ def open_run(config: LionConfig) -> RunStore:
 
 
 def recorded_config(root: str, options: dict[str, Any] | None = None) -> LionConfig:
-    """The config stored in a run's run.json (what `lion resume <root>` runs with)."""
+    """The config stored in a run's run.json (what `lion resume <root>` runs with), working on
+    `root` — the root as the user typed it. run.json records the root the run was created
+    under; when that names another place from here (the root was copied or moved, or it was
+    recorded relative and this is another working directory), the run goes on where run.json
+    was found, with a warning: it never writes into the recorded place instead."""
     store = RunStore.open(root, options)
     info = store.read_run_info()
     data = info.get("config")
@@ -120,4 +133,17 @@ def recorded_config(root: str, options: dict[str, Any] | None = None) -> LionCon
     cfg = LionConfig.from_dict(data, source=store.uri(layout.RUN_INFO))
     if options:
         cfg = cfg.with_overrides({"storage.options": options})
+    recorded = cfg.storage.root
+    here = RunStore.open(recorded, cfg.storage.options).uri()
+    if here != store.uri():
+        log.warning(
+            "%s records the run root %r, which is %s from here; working on %s, where run.json "
+            "is (finished tasks are recomputed from its snapshots, its cached answers are "
+            "reused: nothing is paid again)",
+            store.uri(layout.RUN_INFO),
+            recorded,
+            here,
+            store.uri(),
+        )
+        cfg = cfg.with_overrides({"storage.root": store.uri()})
     return cfg

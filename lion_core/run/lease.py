@@ -44,7 +44,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields, replace
@@ -304,6 +304,20 @@ class Lease:
             )
             return False
 
+    def ensure_held(self) -> None:
+        """Before a side effect (a request, a training attempt, a commit): raise
+        `LeaseLostError` if the lease is lost. A heartbeat overdue (the process was frozen, or
+        its heartbeat thread starved) is written now, so a run that thaws after another took
+        its root over learns it before it does anything, not at its next heartbeat."""
+        self.check()
+        holder = self.holder
+        if holder is None or self._version is None:
+            return
+        overdue = min(2 * self.heartbeat, self.timeout / 2)
+        if time.time() - holder.heartbeat_at > overdue:
+            self.refresh()
+            self.check()
+
     def check(self) -> None:
         """Raise `LeaseLostError` if a heartbeat found the lease taken over."""
         if self.lost:
@@ -390,6 +404,30 @@ def run_lease(config: LionConfig, flow_run_id: str | None = None) -> Iterator[Le
     finally:
         _HELD.reset(token)
         lease.release()
+
+
+def check_held(root: str | None = None) -> None:
+    """`Lease.ensure_held` for every lease this context holds (on `root` only, when given):
+    called before every side effect of a run, so a run that lost its root's lease stops at
+    once instead of at the end of its round."""
+    for held in _HELD.get():
+        if root is None or held.storage.uri() == root:
+            held.ensure_held()
+
+
+def held_guard() -> Callable[[], None] | None:
+    """A check of the leases held where this is called (a task's context), usable from any
+    thread later (an LLM client's sending thread does not inherit context variables); None
+    when no lease is held."""
+    leases = _HELD.get()
+    if not leases:
+        return None
+
+    def check() -> None:
+        for held in leases:
+            held.ensure_held()
+
+    return check
 
 
 # ---- where the lease lives -----------------------------------------------------------------

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from lion_core.errors import SchemaError, StorageError
 from lion_core.run import layout
+from lion_core.run.lease import check_held
 from lion_core.run.schemas import (
     ARTIFACT_SCHEMAS,
     EVALUATION_SCHEMAS,
@@ -42,6 +43,7 @@ class RunStore:
     ) -> ArtifactRef:
         """Commit artifact `name` of round `k` (at `at`, default the round's own file).
         Refuses to overwrite a committed snapshot."""
+        check_held(self.storage.uri())  # a run that lost its root's lease commits nothing
         schema = _schema(name, at)
         table = conform(data, schema, f"round {k} {name}")
         blob = parquet_bytes(table)
@@ -116,6 +118,7 @@ class RunStore:
     # ---- round summaries ---------------------------------------------------------------
 
     def write_round_summary(self, k: int, summary: dict[str, Any]) -> str:
+        check_held(self.storage.uri())
         return self.storage.write_json(layout.round_summary(k), summary, overwrite=True)
 
     def read_round_summary(self, k: int) -> dict[str, Any] | None:

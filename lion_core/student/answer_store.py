@@ -19,6 +19,7 @@ import pandas as pd
 
 from lion_core.config import LionConfig, is_operational
 from lion_core.run import layout
+from lion_core.run.lease import check_held
 from lion_core.run.schemas import ANSWER_SCHEMA, conform
 from lion_core.run.storage import Storage
 from lion_core.student.checkpoints import content_digest
@@ -78,7 +79,9 @@ def answered(storage: Storage, rel: str) -> pd.DataFrame:
 
 def commit(storage: Storage, rel: str, shard: int, seq: int, answers: list[Answer], model: str):
     """Commit one batch of answers under `rel`. `model`: the student's URI, recorded relative to
-    the run's root when it is inside it (`round=2/student`: the same wherever the run is)."""
+    the run's root when it is inside it (`round=2/student`: the same wherever the run is).
+    Not when this run lost its root's lease (LeaseLostError)."""
+    check_held(storage.uri())
     model = storage.relative(model) or model
     table = conform(
         pd.DataFrame(

@@ -27,7 +27,7 @@ import fsspec
 import pandas as pd
 
 from lion_core.config import LionConfig
-from lion_core.errors import DataError, TrainingError
+from lion_core.errors import DataError, LeaseLostError, TrainingError
 from lion_core.ops.supervise import (
     cpu_thread_env,
     free_port,
@@ -35,6 +35,7 @@ from lion_core.ops.supervise import (
     run_process_group,
 )
 from lion_core.run import layout
+from lion_core.run.lease import held_guard
 from lion_core.run.storage import Storage
 from lion_core.run.store import RunStore
 from lion_core.student.checkpoints import (
@@ -139,6 +140,22 @@ def train_student(
     spec_file = work / "job.json"
     spec_file.write_text(json.dumps(spec, indent=2))
 
+    # The root's lease, checked before the attempt and every half second of it: a run that
+    # lost its root to another stops training at once (two runs trained into one folder).
+    guard = held_guard()
+    lost: list[LeaseLostError] = []
+
+    def stop() -> bool:
+        if guard is not None:
+            try:
+                guard()
+            except LeaseLostError as exc:
+                lost.append(exc)
+                return True
+        return bool(should_stop and should_stop())
+
+    if guard is not None:
+        guard()
     cmd, env = training_command(cfg, spec_file)
     logger.info("round %d: training %s -> %s", round, init_uri, storage.uri(final_rel))
     logger.info("command: %s", " ".join(cmd))
@@ -150,10 +167,14 @@ def train_student(
             log_file=log_file,
             logger=logger,
             timeout=cfg.training.timeout,
-            should_stop=should_stop,
+            should_stop=stop,
             error=TrainingError,
             quiet=is_deepspeed_chatter,  # in the log file (and an error's tail) only
         )
+    except TrainingError:
+        if lost:
+            raise lost[0] from None
+        raise
     finally:
         _upload_log(storage, round, log_file)
         if not storage.is_local and tb_dir.is_dir():  # each attempt's event files

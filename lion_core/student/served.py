@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shlex
 import sys
 import time
@@ -261,13 +260,15 @@ def student_client(
     *,
     digest: str,
     stop: list[int],
+    group: ProcessGroup | None = None,
 ) -> LLMClient:
     """The LLM client of the served student (`llm.factory.client_for`, role `student`): the
     generation settings as sampling parameters, the model's stop ids as `stop_token_ids`, the
     checkpoint's digest in every cache key (the base URL is not in the key: a client on a
     placeholder URL computes the same keys), the response cache in the run's own `storage`
     and the key from `server.api_key_env`. Its answers cost nothing (our own server), so they
-    are priced free and never stopped by the run's budget."""
+    are priced free and never stopped by the run's budget. With the server's process `group`,
+    a server that exits stops the requests at once (no retries against its dead port)."""
     gen = cfg.student.generation
     server = gen.server
     endpoint = EndpointConfig(
@@ -291,7 +292,15 @@ def student_client(
         extra_body={"stop_token_ids": stop, "skip_special_tokens": True},
         key_scope={"checkpoint": digest},
         allow_empty=True,  # a student that stops at once answered "", as with engine: hf
+        gone=None if group is None else lambda: _exited(group),
     )
+
+
+def _exited(group: ProcessGroup) -> str | None:
+    """Why the server is gone, or None while it runs."""
+    if group.alive():
+        return None
+    return f"the student server exited with code {group.returncode}"
 
 
 def answer_served(
@@ -318,12 +327,28 @@ def answer_served(
     client = student_client(cfg, storage, NOT_STARTED, digest=digest, stop=prompts.stop)
     cache = client.cache
     if cache is not None and all(cache.get(client.key(r)) is not None for r in requests):
-        results = client.run(requests)  # all answered before: no server to start
-    else:
-        log_dir = scratch_for(storage.uri(rel), "server")
-        with served_student(cfg, source, log_dir=log_dir, logger=logger) as (base_url, _):
-            client = student_client(cfg, storage, base_url, digest=digest, stop=prompts.stop)
-            results = client.run(requests, desc="student answers")
+        return _commit(storage, rel, student_uri, ids, client.run(requests), client, logger)
+    log_dir = scratch_for(storage.uri(rel), "server")
+    with served_student(cfg, source, log_dir=log_dir, logger=logger) as (base_url, group):
+        client = student_client(
+            cfg, storage, base_url, digest=digest, stop=prompts.stop, group=group
+        )
+        results = client.run(requests, desc="student answers")
+        return _commit(storage, rel, student_uri, ids, results, client, logger)
+
+
+def _commit(
+    storage: Storage,
+    rel: str,
+    student_uri: str,
+    ids: list[str],
+    results: list,
+    client: LLMClient,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> int:
+    """Commit the answered rows; GenerationError if any request failed. Nothing the server
+    returned that is not an answer is committed (a 4xx included: a committed failure would be
+    reused by every resume, even once the server works), so a re-run asks those again."""
     usage = client.usage
     logger.info(
         "student answers through %s: %d requests sent, %d from the response cache, %d failed",
@@ -332,20 +357,20 @@ def answer_served(
     answers = [
         Answer(
             instruction_id=iid,
-            answer=r.text.strip() if r.ok and r.text is not None else None,
-            status="ok" if r.ok else "failed",
-            error=r.error,
+            answer=r.text.strip() if r.text is not None else None,
+            status="ok",
+            error=None,
             finish_reason=r.finish_reason,
-            prompt_tokens=r.prompt_tokens if r.ok else len(p),
+            prompt_tokens=r.prompt_tokens,
             completion_tokens=r.completion_tokens,
             request_key=r.key,
         )
-        for iid, p, r in zip(ids, prompts.ids, results, strict=True)
-        if r.ok or refused(r.error)
+        for iid, r in zip(ids, results, strict=True)
+        if r.ok
     ]
     if answers:
         commit(storage, rel, 0, 0, answers, student_uri)
-    lost = [r for r in results if not r.ok and not refused(r.error)]
+    lost = [r for r in results if not r.ok]
     if lost:
         raise GenerationError(
             f"{len(lost)} of {len(results)} student requests failed after their retries (e.g. "
@@ -353,13 +378,3 @@ def answer_served(
             "are kept and a re-run sends only the rest"
         )
     return len(answers)
-
-
-_REFUSED = re.compile(r"^HTTP 4(?!08|09|29)\d\d: ")
-
-
-def refused(error: str | None) -> bool:
-    """A request the server refused outright (HTTP 4xx other than 408/409/429, not retried):
-    sending it again gives the same answer, so it is committed as failed, as an `hf` prompt
-    that does not fit in memory is. Other failures (5xx, timeouts) are left for a re-run."""
-    return bool(error) and _REFUSED.match(error) is not None
