@@ -232,6 +232,8 @@ def test_a_run_json_with_flat_batch_keys_loads_with_a_warning(tmp_path):
     before = {"pools.holdback": 0.0, "generator.max_attempts": 1}
     before["generator.max_category_share"] = 1.0
     before["pricing.offline-"] = {"input": 0.0, "output": 0.0}
+    # and the refusal patterns of then (issue 22, N8, changed the defaults; operational)
+    before["data_health.refusal_patterns"] = data["data_health"]["refusal_patterns"]
     assert cfg == demo_config(root="/tmp/oldroot/demo", rounds=1).with_overrides(before)
     assert cfg.teacher.cache_shard_size == 256 and cfg.referee.batch.max_requests == 50_000
     assert cfg.generator.batch.cancel_on_cancel is True

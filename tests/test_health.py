@@ -6,6 +6,9 @@ not."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from helpers import answer_frame
 
@@ -142,3 +145,59 @@ def test_gsm8k_with_the_offline_teacher_stops_at_teacher_answers(
     root = tmp_path / "run"
     assert not (root / "round=1" / "teacher_answers.parquet").exists()  # nothing committed
     assert not (root / "round=0").exists()  # no student was built
+
+
+# ---- issue 22, N8: patterns of a refusal of the request, measured -------------------------------
+
+LABELS = Path(__file__).parent / "data" / "health_labels.jsonl"
+
+
+def _scores(rows: list[dict]) -> tuple[float, float]:
+    """Precision and recall of the default patterns' refusals on labelled `rows`."""
+    found = [answer_health(answer_frame([r["text"]]), PATTERNS).refusals == 1 for r in rows]
+    tp = sum(f and r["refusal"] for f, r in zip(found, rows, strict=True))
+    fp = sum(f and not r["refusal"] for f, r in zip(found, rows, strict=True))
+    fn = sum(r["refusal"] and not f for f, r in zip(found, rows, strict=True))
+    return tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+
+
+def test_refusal_patterns_on_the_labelled_answers():
+    """tests/data/health_labels.jsonl (tests/data/make_health_labels.py): 222 answers the
+    patterns were written against — refusals in 8 openers x 12 phrasings and 20 bare ones,
+    typographic apostrophes included; apologies that go on to help; classifier labels — and
+    24 written afterwards, never tuned on. docs/dag.md reports both."""
+    rows = [json.loads(line) for line in LABELS.read_text().splitlines()]
+    assert len(rows) >= 200 and sum(r["refusal"] for r in rows) >= 100
+    tuned = [r for r in rows if not r.get("held_out")]
+    held_out = [r for r in rows if r.get("held_out")]
+    precision, recall = _scores(tuned)
+    print(f"tuned: precision {precision:.3f} recall {recall:.3f} (n={len(tuned)})")
+    assert precision >= 0.95 and recall >= 0.95
+    precision, recall = _scores(held_out)
+    print(f"held out: precision {precision:.3f} recall {recall:.3f} (n={len(held_out)})")
+
+
+def test_degenerate_answers_are_counted_once_across_kinds():
+    """45 % empty + 45 % refusals stopped nothing (each kind below max_share alone); a refusal
+    with a typographic apostrophe was no refusal; a classifier's repeated label stopped the run,
+    and "I'm sorry to hear ..." counted as a refusal."""
+    refusal = "I’m sorry, but I can’t assist with that."  # U+2019, as providers write it
+    mixed = answer_health(answer_frame([""] * 45 + [refusal] * 45 + ["fine"] * 10), PATTERNS)
+    assert (mixed.empty, mixed.refusals, mixed.degenerate) == (45, 45, 90)
+    with pytest.raises(DataHealthError, match=r"90 of 100 teacher answers \(90%\)"):
+        check_answers(mixed, DataHealthConfig(), 1)
+
+    curly = answer_health(answer_frame([refusal] * 120), PATTERNS)
+    assert curly.refusals == 120
+    with pytest.raises(DataHealthError):
+        check_answers(curly, DataHealthConfig(), 1)
+
+    labels = ["The sentiment is positive."] * 60 + [
+        f"Answer {i} is long enough." for i in range(40)
+    ]
+    label_health = answer_health(answer_frame(labels), PATTERNS)
+    assert label_health.identical == 0 and label_health.degenerate == 0
+    assert check_answers(label_health, DataHealthConfig(), 1) == []
+
+    sorry = "I'm sorry to hear that your order arrived late. A replacement is on its way."
+    assert answer_health(answer_frame([sorry] * 2 + ["ok"]), PATTERNS).refusals == 0

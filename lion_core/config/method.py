@@ -65,10 +65,24 @@ class DiscriminationConfig(Section):
     )
 
 
+# Refusals of the request, matched on the answer's start after normalisation (typographic quotes
+# made straight, whitespace collapsed; lion_core.method.health.normalise): an apology followed by
+# "I can't / cannot / am unable / can only ...", a bare "I can't help / assist / ...", "As an AI",
+# "I must decline". An apology that goes on to help ("I'm sorry to hear ...", "Sorry for the
+# wait ...") is no refusal. Measured on tests/data/health_labels.jsonl (docs/dag.md).
+_UNABLE = (  # "I" and a refusal: I can't / cannot / won't / can only / 'm unable / am not able ...
+    r"I(?: (?:can(?:no|')?t|cannot|won'?t|will not|must (?:respectfully )?decline|can only|"
+    r"do(?:n'?t| not) have the ability)|(?:'m| am) (?:unable|not able|only able|not allowed))"
+)
 DEFAULT_REFUSALS = [
-    r"^\W*(I'?m|I am) sorry",
-    r"\bI (can(no|')t|am unable to|'m unable to|won'?t be able to) (help|assist|answer|do|provide)",
-    r"\bas an AI\b",
+    r"^\W*(?:I'?m|I am)(?: (?:very|so|really|truly))? sorry\W+(?:but\W+)?" + _UNABLE,
+    r"^\W*(?:Sorry|Unfortunately|Apologies|I apologi[sz]e|I'?m afraid|I am afraid)\W+"
+    r"(?:but\W+)?" + _UNABLE,
+    r"^\W*" + _UNABLE + r"\b(?: be able)?(?: to)?\W*(?:\w+ )?"
+    r"(?:help|assist|answer|do|provide|comply|fulfill?|complete|support|create|write|generate|"
+    r"share|engage|respond|access|browse)\b",
+    r"^\W*I (?:must|have to) (?:respectfully )?decline\b",
+    r"^\W*as an AI\b",
 ]
 
 
@@ -80,23 +94,25 @@ class DataHealthConfig(Section):
     refusal_patterns: list[str] = Field(
         default_factory=lambda: list(DEFAULT_REFUSALS),
         description="Regular expressions (case-insensitive, searched in the first 300 "
-        "characters of each answer) that mark a refusal.",
+        "characters of each answer, typographic quotes made straight and whitespace collapsed "
+        "first) that mark a refusal of the request.",
         json_schema_extra=OPERATIONAL,
     )
     warn_share: float = Field(
         0.1,
         ge=0.0,
         le=1.0,
-        description="Warn when this share of the teacher's answers or more are refusals, "
-        "identical to each other, or empty.",
+        description="Warn when this share of the teacher's answers or more are degenerate: "
+        "refusals, empty, or one long answer repeated (each answer counted once).",
         json_schema_extra=OPERATIONAL,
     )
     max_share: float = Field(
         0.5,
         gt=0.0,
         le=1.0,
-        description="Above this share of refusals, identical or empty answers, the teacher's "
-        "answers are degenerate: the round stops before the student trains on them.",
+        description="Above this share of degenerate answers (refusals, empty, one long answer "
+        "repeated; each answer counted once), the round stops before the student trains on "
+        "them.",
         json_schema_extra=OPERATIONAL,
     )
     allow_degenerate: bool = Field(

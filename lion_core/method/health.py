@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Sequence
 
 import pandas as pd
@@ -30,10 +31,20 @@ log = logging.getLogger(__name__)
 
 SEARCHED_CHARS = 300  # refusal patterns are searched at the start of an answer
 QUOTE_CHARS = 100
-# Short answers repeat by nature ("14", "yes"): identical answers count from this length, and
-# from this many copies.
+# Short answers repeat by nature ("14", "yes", a classifier's "The sentiment is positive."):
+# identical answers count from this length and this many words, and from this many copies.
 IDENTICAL_MIN_CHARS = 10
+IDENTICAL_MIN_WORDS = 6
 IDENTICAL_MIN_COPIES = 3
+# Typographic quotes and apostrophes, made straight before matching.
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'",
+                         "\u201c": '"', "\u201d": '"'})  # fmt: skip
+
+
+def normalise(text: str) -> str:
+    """`text` as the refusal patterns and the identical count see it: Unicode NFKC, straight
+    quotes, whitespace collapsed and trimmed ("I’m sorry" is "I'm sorry")."""
+    return " ".join(unicodedata.normalize("NFKC", text).translate(_QUOTES).split())
 
 
 class AnswerHealth(BaseModel):
@@ -47,6 +58,8 @@ class AnswerHealth(BaseModel):
     identical: int  # copies of the most frequent answer (long enough and repeated enough; else 0)
     top_answer: str | None  # the most frequent answer (its start), when repeated
     refusal_example: str | None
+    # answers of any of the three kinds, each counted once (None: a record from before)
+    degenerate: int | None = None
 
     def share(self, count: int) -> float:
         return count / self.answers if self.answers else 0.0
@@ -69,6 +82,13 @@ class AnswerHealth(BaseModel):
             found.append(
                 f"{self.empty} of {n} teacher answers ({self.share(self.empty):.0%}) are empty"
             )
+        union = self.degenerate or 0
+        if n and not found and self.share(union) >= threshold:  # no kind alone, together yes
+            found.append(
+                f"{union} of {n} teacher answers ({self.share(union):.0%}) are refusals, empty "
+                f"or the same text ({self.refusals} refusals, {self.empty} empty, "
+                f"{self.identical} identical)"
+            )
         return found
 
 
@@ -76,24 +96,29 @@ def answer_health(answers: pd.DataFrame, refusal_patterns: Sequence[str]) -> Ans
     """Count refusals, empty and identical answers among `answers` (ANSWER_SCHEMA) with status
     ok."""
     ok = answers.loc[answers["status"] == "ok", "answer"].fillna("").astype(str)
-    stripped = ok.str.strip()
-    empty = int((stripped == "").sum())
+    stripped = ok.map(normalise)
+    empty = stripped == ""
     pattern = re.compile("|".join(f"(?:{p})" for p in refusal_patterns), re.IGNORECASE)
     refused = (
         stripped.str.slice(0, SEARCHED_CHARS).map(lambda t: bool(pattern.search(t)))
         if refusal_patterns
         else pd.Series(False, index=stripped.index)
     )
-    counts = stripped[stripped.str.len() >= IDENTICAL_MIN_CHARS].value_counts()
+    long_enough = (stripped.str.len() >= IDENTICAL_MIN_CHARS) & (
+        stripped.str.split().str.len() >= IDENTICAL_MIN_WORDS
+    )
+    counts = stripped[long_enough].value_counts()
     top_count = int(counts.iloc[0]) if len(counts) else 0
     identical = top_count if top_count >= IDENTICAL_MIN_COPIES else 0
+    repeated = (stripped == counts.index[0]) if identical else pd.Series(False, index=ok.index)
     return AnswerHealth(
         answers=len(ok),
         refusals=int(refused.sum()),
-        empty=empty,
+        empty=int(empty.sum()),
         identical=identical,
         top_answer=_quote(counts.index[0]) if identical else None,
         refusal_example=_quote(stripped[refused].iloc[0]) if refused.any() else None,
+        degenerate=int((refused | empty | repeated).sum()),
     )
 
 
