@@ -213,6 +213,7 @@ def prefect_stack(tmp_path_factory):
 LONGEST_FIRST = (
     "test_deploy_e2e.py",  # 514 s
     "test_readme.py",  # 439 s, one test: the last file xdist would otherwise hand out
+    "test_ui_browser.py",  # 260 s alone (its own CI step until it joined the suite)
     "test_student_train.py",  # 367 s
     "test_novelty.py",
     "test_cli.py",  # 277 s
