@@ -6,9 +6,9 @@ page until the run is *Completed*; the API then confirms the run used the change
 the short form (`lion-run / gpu-box`): at most 15 top-level fields, and a run started from it by
 typing only into those fields completes.
 
-Runs in its own CI step (`make test-browser`, which installs Chromium with apt-get); never lets
-Playwright download a browser. Screenshots of the form and of the finished run are written to the
-test's tmp dir.
+Runs in `make test`, which installs Chromium with apt-get (`make test-browser`: this file alone);
+never lets Playwright download a browser. Screenshots of the form and of the finished run are
+written to the test's tmp dir.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ RUN_TIMEOUT_S = 240
 def browser():
     if not CHROMIUM.exists():
         pytest.fail(
-            f"no Chromium at {CHROMIUM}: run `make test-browser` (it installs Debian's "
-            "`chromium` with apt-get) or set LION_CHROMIUM"
+            f"no Chromium at {CHROMIUM}: run `make test` or `make test-browser` (they install "
+            "Debian's `chromium` with apt-get) or set LION_CHROMIUM"
         )
     try:
         from playwright.sync_api import sync_playwright
