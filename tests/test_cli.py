@@ -170,13 +170,9 @@ def _temporary_server(parent: int) -> tuple[int, int] | None:
     return None
 
 
-@pytest.mark.slow
-def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
-    """`lion run` without PREFECT_API_URL starts Prefect's temporary server; kill -9 on the CLI
-    (no atexit handler runs) must not leave that server running."""
-    import signal
-    import time
-
+def _slow_run(tmp_path: Path, **popen) -> subprocess.Popen:
+    """`lion run` of a small config on a slow offline world (5 s per request), without
+    PREFECT_API_URL (so with Prefect's temporary server), stderr in tmp_path/lion.err."""
     from helpers import small_config
 
     cfg_path = tmp_path / "slow.yaml"
@@ -186,8 +182,18 @@ def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a fresh database, 2 cores
     exe = str(Path(sys.executable).parent / "lion")
     with (tmp_path / "lion.err").open("w") as err:
-        cli = subprocess.Popen([exe, "run", "-c", str(cfg_path)], env=env, stderr=err,
-                               stdout=subprocess.DEVNULL)  # fmt: skip
+        return subprocess.Popen([exe, "run", "-c", str(cfg_path)], env=env, stderr=err,
+                                stdout=subprocess.DEVNULL, **popen)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
+    """`lion run` without PREFECT_API_URL starts Prefect's temporary server; kill -9 on the CLI
+    (no atexit handler runs) must not leave that server running."""
+    import signal
+    import time
+
+    cli = _slow_run(tmp_path)
     server = None
     try:
         deadline = time.monotonic() + 180
@@ -216,17 +222,7 @@ def test_sigterm_to_the_cli_ends_it_within_seconds(tmp_path):
     import signal
     import time
 
-    from helpers import small_config
-
-    cfg_path = tmp_path / "slow.yaml"
-    small_config(tmp_path / "root", **{"offline.latency": 5.0}).to_yaml(cfg_path)
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a fresh database, 2 cores
-    exe = str(Path(sys.executable).parent / "lion")
-    with (tmp_path / "lion.err").open("w") as err:
-        cli = subprocess.Popen([exe, "run", "-c", str(cfg_path)], env=env, stderr=err,
-                               stdout=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    cli = _slow_run(tmp_path, start_new_session=True)
     server = None
     try:
         deadline = time.monotonic() + 180
