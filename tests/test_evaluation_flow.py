@@ -118,19 +118,39 @@ def test_a_killed_evaluation_resumes_without_repeating_a_request(
     assert stats["teacher"]["requests"] == asked == result["questions"]
 
 
-def test_distill_evaluates_round_0_and_every_round_on_the_held_out_set(prefect_harness, tmp_path):
+def test_distill_evaluates_round_0_and_every_round_on_the_held_out_set(
+    prefect_harness, tmp_path, offline_server
+):
+    """... and sends per role exactly the requests `lion estimate` predicted, evaluation
+    included (the judge on a world of its own, so that its requests are counted apart)."""
     from helpers import small_config
     from prefect.client.orchestration import get_client
+    from typer.testing import CliRunner
 
+    from flows.cli import app
     from flows.distill import lion_distill
     from lion_core.evaluation import scoreboard
 
+    world, judge_world = offline_server(judge_noise=0.0), offline_server(judge_noise=0.0)
     cfg = small_config(
         tmp_path / "run",
         rounds=1,
+        **{f"{r}.base_url": world.base_url for r in ("teacher", "referee", "generator")},
+        judge={"base_url": judge_world.base_url, "model": "offline-judge", "max_tokens": 200},
         **{"evaluation.sets": ["offline"], "evaluation.sample": 24, "evaluation.bootstrap": 100},
     )
+    cfg.to_yaml(tmp_path / "run.yaml")
+    out = CliRunner().invoke(app, ["estimate", "-c", str(tmp_path / "run.yaml"), "--json"])
+    assert out.exit_code == 0, out.output
+    estimate = json.loads(out.output)["run_requests"]
+    # the teacher: 24 seeds + 24 questions; the judge: 24 questions x 2 orders x rounds 0, 1
+    assert estimate == {"teacher": 48, "referee": 48, "generator": 18, "judge": 96}
     run = lion_distill(cfg)
+    sent = {**world.stats(), "judge": judge_world.stats().pop("referee")}
+    assert set(judge_world.stats()) == {"referee"}
+    for role, expected in estimate.items():
+        assert sent[role]["answered_bodies"] == expected, (role, sent[role])
+        assert sent[role]["answered_twice"] == 0, (role, sent[role])
     store = RunStore.open(cfg.storage.root)
     frame = scoreboard.overall(scoreboard.evaluations(store))
     assert list(frame["round"]) == [0, 1] and set(frame["set"]) == {"offline"}

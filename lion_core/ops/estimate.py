@@ -9,7 +9,13 @@ student answer, counted as `expected_completion_tokens` (or `max_tokens`) of the
 
 Rounds 2.. are projected: `new_per_round` new instructions (all kept) for the teacher, the
 Cache Pool (`new`: those; `all`: the growing Train Pool) twice for the referee, the generator as
-in round 1, at round 1's mean prompt length per role. The evaluation (judge) is not included.
+in round 1, at round 1's mean prompt length per role.
+
+The evaluation (`evaluation.sets`) is exact in requests: the teacher answers each set's
+questions once per run (round 0's row, with the judging of the base student), and the judge
+scores every question in both orders for each evaluated round (round 0, then every round or the
+last: `evaluation.every_round`). Its prompts hold the teacher's and the student's answers,
+counted like the referee's.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from lion_core.config import PRICES_AS_OF, EndpointConfig, LionConfig
+from lion_core.evaluation.evaluate import load_questions, sample_questions
 from lion_core.llm.costs import Estimate, completion_tokens, priced, token_counter
 from lion_core.method.generate import n_requests, wanted_counts
 from lion_core.method.prompts import (
@@ -31,6 +38,7 @@ from lion_core.method.prompts import (
 from lion_core.method.seeds import initial_pool
 
 ROLES = ("teacher", "referee", "generator")
+JUDGE = "judge"
 
 
 @dataclass
@@ -56,7 +64,8 @@ class RunEstimate:
     def to_json(self) -> dict[str, Any]:
         first = self.rounds.get(1, {})
         return {
-            "requests": {r: e.requests for r, e in first.items()},
+            "requests": {r: e.requests for r, e in first.items() if r in ROLES},
+            "run_requests": {r: self.total(r).requests for r in self.modes},
             "tokens": {
                 r: {
                     "prompt": self.total(r).prompt_tokens,
@@ -142,11 +151,53 @@ def estimate_run(config: LionConfig, pool: pd.DataFrame | None = None) -> RunEst
             "referee": _priced(config, "referee", reviews, round(reviews * referee_mean)),
             "generator": first["generator"],
         }
+    if config.evaluation.sets:
+        ends[JUDGE] = config.judge_endpoint()
+        _add_evaluation(config, rounds)
     return RunEstimate(
-        rounds=rounds,
+        rounds=dict(sorted(rounds.items())),
         modes={r: e.mode for r, e in ends.items()},
         exact_tokens={r: token_counter(e.model).exact for r, e in ends.items()},
     )
+
+
+def _add_evaluation(config: LionConfig, rounds: dict[int, dict[str, Estimate]]) -> None:
+    """The evaluation's requests: the teacher's answers to every set once (round 0), the
+    judge's two orders per question in each evaluated round (lion_distill's schedule)."""
+    ev = config.evaluation
+    judge = config.judge_endpoint()
+    answers = completion_tokens(config.teacher) + config.student.generation.max_new_tokens
+    teacher = Estimate()
+    judged = Estimate()
+    for path in ev.sets:
+        questions = sample_questions(
+            load_questions(
+                path,
+                config.storage.options,
+                per_cell=ev.offline_per_cell,
+                max_difficulty=config.offline.max_difficulty,
+                families=config.offline.families,
+            ),
+            ev.sample,
+        )
+        texts = [(row.instruction, row.input or "") for row in questions.itertuples(index=False)]
+        teacher_prompts = sum(_count(config.teacher, teacher_messages(i, x)) for i, x in texts)
+        teacher = teacher + _priced(config, "teacher", len(texts), teacher_prompts)
+        judge_prompts = sum(
+            _count(judge, referee_messages(instruction_text(i, x), "", "")) + answers
+            for i, x in texts
+        )
+        judged = judged + priced(
+            judge,
+            config.pricing,
+            2 * len(texts),
+            2 * judge_prompts,
+            2 * len(texts) * completion_tokens(judge),
+        )
+    evaluated = range(1, config.rounds + 1) if ev.every_round else [config.rounds]
+    rounds[0] = {"teacher": teacher, JUDGE: judged}
+    for k in evaluated:
+        rounds[k][JUDGE] = judged
 
 
 def _count(endpoint: EndpointConfig, messages: list[dict[str, str]]) -> int:
