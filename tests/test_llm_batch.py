@@ -305,6 +305,49 @@ def test_budget_stops_a_call_before_it_sends(offline_server, tmp_path):
         client(needed * 1.1).run(more[20:], desc="more")
 
 
+def test_budgets_on_a_shared_cache_are_per_run_root(offline_server, tmp_path):
+    """Two runs on one `storage.shared_llm_cache`: each run's budget counts what it paid for
+    (`paid_by`), not what the other run paid; answers are still shared."""
+    from helpers import tiny_config
+
+    from lion_core.llm.factory import client_for
+
+    server = offline_server()
+    shared = tmp_path / "shared"
+    reqs, answers = teacher_requests(40)
+    pricing = {"offline-": ModelPrice(input=100.0, output=200.0)}
+    cfg = TeacherConfig(max_tokens=100)
+    needed = costs.estimate(cfg, pricing, (r.message_dicts() for r in reqs[:20])).cost_sync
+
+    def client(run: str) -> LLMClient:
+        config = tiny_config(
+            tmp_path / run,
+            **{"storage.shared_llm_cache": str(shared), "teacher.base_url": server.base_url},
+            **{"teacher.max_tokens": 100, "budget_usd": needed * 1.1},
+        ).with_overrides({"pricing": {"offline-": pricing["offline-"].model_dump()}})
+        return client_for(config, "teacher")
+
+    a = client("a")
+    assert [r.text for r in a.run(reqs[:20], desc="a")] == answers[:20]
+    # B's first 20 are other requests: A's spend does not count against B's budget.
+    b = client("b")
+    assert [r.text for r in b.run(reqs[20:], desc="b")] == answers[20:]
+    storage = Storage(str(shared))
+    paid = {run: sum(spent_usd(storage, str(tmp_path / run)).values()) for run in "ab"}
+    assert paid["a"] == pytest.approx(a.usage.cost_usd) and paid["b"] == pytest.approx(
+        b.usage.cost_usd
+    )
+    assert sum(spent_usd(storage).values()) == pytest.approx(paid["a"] + paid["b"])
+    # A's answers serve B from the shared cache, free; B's own spend stops B's next stage.
+    again = client("b")
+    assert [r.text for r in again.run(reqs[:20], desc="shared")] == answers[:20]
+    assert again.usage.requests == 0
+    more, _ = teacher_requests(60)
+    with pytest.raises(BudgetExceeded) as info:
+        client("b").run(more[40:], desc="more")
+    assert info.value.spent == pytest.approx(paid["b"])
+
+
 def test_limiter_buckets_and_headers():
     now = [0.0]
     limiter = RateLimiter(rpm=60, tpm=None, clock=lambda: now[0])

@@ -392,6 +392,7 @@ def test_cache_shards_are_readable_parquet(offline_server, tmp_path):
         "request",
         "created_at",
         "cost_usd",
+        "paid_by",
     ]
     assert set(frame["key"]) == {client.key(r) for r in reqs}
     first = json.loads(frame["request"].iloc[0])

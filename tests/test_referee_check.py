@@ -233,7 +233,8 @@ def test_cli_referee_check_in_an_ablation_root_uses_its_shared_cache_prices_and_
 ):
     """`lion ablate` shares one response cache across its arms (`storage.shared_llm_cache`):
     the referee check of one arm answers the teacher from what another arm's check paid for,
-    prices the answers with the config's `pricing` and stops at its `budget_usd`."""
+    prices the answers with the config's `pricing` and stops at its `budget_usd` (counting what
+    that arm paid for)."""
     from flows.cli import app
     from lion_core.errors import BudgetExceeded
     from lion_core.evaluation.ablation import arm_config
@@ -273,11 +274,12 @@ def test_cli_referee_check_in_an_ablation_root_uses_its_shared_cache_prices_and_
     assert usage2["referee"]["requests"] == 0
     assert server.stats() == sent
 
-    # What the checks paid is the run's spend: a budget just above it stops the next check
-    # before it sends anything.
-    spent = sum(spent_usd(Storage(str(root))).values())
+    # What an arm's checks paid is that arm's spend (budgets on a shared cache are per run
+    # root): a budget just above it stops its next check before it sends anything.
+    spent = sum(spent_usd(Storage(str(root)), str(root / "lion" / "seed=0")).values())
     assert spent == pytest.approx(usage["teacher"]["cost_usd"] + usage["referee"]["cost_usd"])
-    over = check("uniform", "--pairs", "8", "--set", f"budget_usd={spent + 0.001}")
+    assert sum(spent_usd(Storage(str(root))).values()) == pytest.approx(spent)  # uniform: $0
+    over = check("lion", "--pairs", "8", "--set", f"budget_usd={spent + 0.001}")
     assert over.exit_code != 0 and isinstance(over.exception, BudgetExceeded), over.output
     assert over.exception.spent == pytest.approx(spent)
     assert "teacher" in over.exception.stage

@@ -119,7 +119,8 @@ class LionConfig(Section):
         None,
         gt=0,
         description="Most USD the run may spend on LLM requests (the answers in its response "
-        "cache, priced by `pricing`). Before a stage sends anything, spent + the stage's "
+        "cache, priced by `pricing`; on a shared cache, `storage.shared_llm_cache`, those this "
+        "run paid for: each arm of an ablation has this budget). Before a stage sends anything, spent + the stage's "
         "estimate is checked against it; over it, the run stops with BudgetExceeded, nothing "
         "sent. Raise it and `lion resume`. Empty: no cap.",
         json_schema_extra=OPERATIONAL,

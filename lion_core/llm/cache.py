@@ -66,6 +66,9 @@ CACHE_SCHEMA = pa.schema(
         # USD paid for it (config `pricing`; batch answers at the batch price). Shards written
         # before this column existed read it as null.
         ("cost_usd", pa.float64()),
+        # Who paid: the root of the run that sent it (a shared cache's budgets are per run);
+        # null in rows written before this column existed.
+        ("paid_by", pa.string()),
     ]
 )
 
@@ -128,7 +131,12 @@ class ResponseCache:
     """
 
     def __init__(
-        self, storage: Storage, role: str, *, flush_seconds: float = FLUSH_SECONDS
+        self,
+        storage: Storage,
+        role: str,
+        *,
+        flush_seconds: float = FLUSH_SECONDS,
+        payer: str | None = None,
     ) -> None:
         if not role or "/" in role:
             raise ValueError(f"invalid cache role {role!r}")
@@ -136,6 +144,7 @@ class ResponseCache:
             raise ValueError(f"flush_seconds must be positive, got {flush_seconds!r}")
         self.storage = storage
         self.role = role
+        self.payer = payer  # recorded as `paid_by` on every answer this cache is given
         self.prefix = layout.llm_cache(role)
         self._shared = _Shared.of(storage, self.prefix, flush_seconds)
         self._writer = self._shared.writer
@@ -253,7 +262,7 @@ class ResponseCache:
         """Persist one answer as soon as possible; the future is done when it is kept: on local
         storage once its journal line is written and fsynced, on an object store at once (it
         reaches a shard within `flush_seconds`). `request` is its {model, messages, params}."""
-        return self._writer.record([_row(self.role, result, request)])
+        return self._writer.record([_row(self.role, result, request, self.payer)])
 
     def flush(self) -> concurrent.futures.Future[str | None]:
         """Write everything recorded so far as one shard (compacting this writer's journal);
@@ -279,7 +288,11 @@ class ResponseCache:
     ) -> str | None:
         """Persist `results` (ok and failed) as one new shard at once; returns its URI (None if
         empty). `requests` maps a key to its request payload ({model, messages, params})."""
-        rows = [_row(self.role, r, (requests or {}).get(r.key)) for r in results if not r.cached]
+        rows = [
+            _row(self.role, r, (requests or {}).get(r.key), self.payer)
+            for r in results
+            if not r.cached
+        ]
         if not rows:
             return None
         name = shard_name()
@@ -291,9 +304,10 @@ class ResponseCache:
         return f"ResponseCache({self.uri!r}, answers={len(self)})"
 
 
-def spent_usd(storage: Storage) -> dict[str, float]:
+def spent_usd(storage: Storage, payer: str | None = None) -> dict[str, float]:
     """USD paid per role for the answers in the response caches under `storage` (shards and
-    journals; failed answers too, when they were billed). Reads only the `cost_usd` column."""
+    journals; failed answers too, when they were billed): all of them, or those `payer` paid
+    for (`paid_by`: a run's root on a shared cache). Reads only those two columns."""
     out: dict[str, float] = {}
     for role in storage.listdir(layout.LLM_CACHE):
         prefix = layout.llm_cache(role)
@@ -303,19 +317,32 @@ def spent_usd(storage: Storage) -> dict[str, float]:
         for name in names:
             if _is(name, SHARD):
                 blob = storage.read_bytes(f"{prefix}/{name}")
-                pf = pq.ParquetFile(io.BytesIO(blob))
-                if "cost_usd" in pf.schema_arrow.names:
-                    column = pf.read(columns=["cost_usd"]).column(0)
-                    total += float(pc.sum(column).as_py() or 0.0)
+                total += _paid(pq.ParquetFile(io.BytesIO(blob)), payer)
             elif _is(name, JOURNAL) and shard_of(name) not in names and storage.is_local:
                 with (
                     contextlib.suppress(FileNotFoundError),  # compacted meanwhile
                     open(storage.path(f"{prefix}/{name}"), "rb") as fh,
                 ):
                     rows, _ = _parse_lines(fh.read())
-                    total += sum(float(r.get("cost_usd") or 0.0) for r in rows)
+                    total += sum(
+                        float(r.get("cost_usd") or 0.0)
+                        for r in rows
+                        if payer is None or r.get("paid_by") == payer
+                    )
         out[role] = total
     return out
+
+
+def _paid(shard: pq.ParquetFile, payer: str | None) -> float:
+    """The `cost_usd` sum of a shard's rows (`payer`'s alone when given)."""
+    names = shard.schema_arrow.names
+    if "cost_usd" not in names or (payer is not None and "paid_by" not in names):
+        return 0.0
+    if payer is None:
+        return float(pc.sum(shard.read(columns=["cost_usd"]).column(0)).as_py() or 0.0)
+    table = shard.read(columns=["cost_usd", "paid_by"])
+    mine = table.filter(pc.equal(table.column("paid_by"), payer))
+    return float(pc.sum(mine.column("cost_usd")).as_py() or 0.0)
 
 
 class _Shared:
@@ -602,7 +629,9 @@ class _Journal:
 # ---- rows ---------------------------------------------------------------------------------------
 
 
-def _row(role: str, r: ChatResult, request: Mapping[str, Any] | None) -> dict[str, Any]:
+def _row(
+    role: str, r: ChatResult, request: Mapping[str, Any] | None, payer: str | None = None
+) -> dict[str, Any]:
     return {
         "key": r.key,
         "role": role,
@@ -619,6 +648,7 @@ def _row(role: str, r: ChatResult, request: Mapping[str, Any] | None) -> dict[st
         ),
         "created_at": datetime.now(UTC),
         "cost_usd": r.cost_usd,
+        "paid_by": payer,
     }
 
 

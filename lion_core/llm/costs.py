@@ -186,26 +186,29 @@ def priced(
 class Budget:
     """`budget_usd` for the response cache in `storage` (all roles). `reserve` checks a stage
     before it sends anything and holds its estimate while it runs, so that stages running at
-    once in this process cannot each pass alone and overrun together."""
+    once in this process cannot each pass alone and overrun together. `payer`: on a cache
+    shared by several runs, the run whose answers count (`paid_by`); None: every answer."""
 
-    _reserved: ClassVar[dict[str, float]] = {}  # cache URI -> USD reserved by running stages
+    # (cache URI, payer) -> USD reserved by running stages
+    _reserved: ClassVar[dict[tuple[str, str | None], float]] = {}
     _lock = threading.Lock()
 
-    def __init__(self, limit_usd: float, storage: Any) -> None:
+    def __init__(self, limit_usd: float, storage: Any, payer: str | None = None) -> None:
         self.limit = limit_usd
         self.storage = storage
+        self.payer = payer
 
     def spent(self) -> float:
         from lion_core.llm.cache import spent_usd
 
-        return sum(spent_usd(self.storage).values())
+        return sum(spent_usd(self.storage, self.payer).values())
 
     @contextlib.contextmanager
     def reserve(self, stage: str, needed: float) -> Iterator[None]:
         """Hold `needed` USD for `stage`, or raise BudgetExceeded if it does not fit."""
         from lion_core.run import layout
 
-        key = self.storage.uri(layout.LLM_CACHE)
+        key = (self.storage.uri(layout.LLM_CACHE), self.payer)
         spent = self.spent()
         with self._lock:
             held = self._reserved.get(key, 0.0)

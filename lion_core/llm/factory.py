@@ -5,7 +5,8 @@
 - the response cache on `storage.shared_llm_cache` when set (the arms of `lion ablate` share
   one), else under the run's root (`cache_storage`);
 - the config's `pricing`, and the run's `budget_usd` checked against what that cache says was
-  spent (`costs.Budget`);
+  spent (`costs.Budget`): on a shared cache, what this run paid for (every answer records the
+  run root that paid for it, `paid_by`), so each arm of an ablation has its own budget;
 - the role's endpoint, pointed at the running offline world when its base_url is 'offline',
   and its API key (`resolve_api_key`; a Prefect Secret block through `secret_loader`);
 - the progress callbacks passed in.
@@ -76,16 +77,22 @@ def client_for(
     if endpoint.is_offline and not offline_url:
         raise LLMError(f"{role}.base_url is 'offline' but no offline world is running")
     where = storage if storage is not None else cache_storage(config)
+    payer = Storage(config.storage.root, config.storage.options).uri()
+    shared = where.uri() != payer
     if api_key is None:
         api_key = resolve_api_key(endpoint, role, secret_loader=secret_loader)
     return LLMClient(
         endpoint,
         role=role,
-        cache=ResponseCache(where, role) if cache else None,
+        cache=ResponseCache(where, role, payer=payer) if cache else None,
         base_url=offline_url if endpoint.is_offline else None,
         api_key=api_key,
         pricing=config.pricing if pricing is None else pricing,
-        budget=Budget(config.budget_usd, where) if budget and config.budget_usd else None,
+        budget=(
+            Budget(config.budget_usd, where, payer if shared else None)
+            if budget and config.budget_usd
+            else None
+        ),
         on_batch_progress=on_batch_progress,
         on_progress=on_progress,
         extra_body=extra_body,
