@@ -120,9 +120,9 @@ class LionConfig(Section):
         gt=0,
         description="Most USD the run may spend on LLM requests (the answers in its response "
         "cache, priced by `pricing`; on a shared cache, `storage.shared_llm_cache`, those this "
-        "run paid for: each arm of an ablation has this budget). Before a stage sends anything, spent + the stage's "
-        "estimate is checked against it; over it, the run stops with BudgetExceeded, nothing "
-        "sent. Raise it and `lion resume`. Empty: no cap.",
+        "run paid for: each arm of an ablation has this budget). Before a stage sends "
+        "anything, spent + the stage's estimate is checked against it; over it, the run "
+        "stops with BudgetExceeded, nothing sent. Raise it and `lion resume`. Empty: no cap.",
         json_schema_extra=OPERATIONAL,
     )
     placement: PlacementConfig = Field(
