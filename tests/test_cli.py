@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,38 @@ def _slow_run(tmp_path: Path, **popen) -> subprocess.Popen:
     with (tmp_path / "lion.err").open("w") as err:
         return subprocess.Popen([exe, "run", "-c", str(cfg_path)], env=env, stderr=err,
                                 stdout=subprocess.DEVNULL, **popen)  # fmt: skip
+
+
+def test_the_temporary_prefect_server_gets_a_second_try_when_the_first_times_out(tmp_path):
+    """A first try that does not answer in time (here 0.05 s: never) is killed and the server
+    started again on another port; the CLI gets one server, with a 60 s SQLite timeout."""
+    script = textwrap.dedent(
+        """
+        import json, os, sys
+        import httpx
+        from flows.ephemeral import start_ephemeral_server
+        url = start_ephemeral_server(timeouts=(0.05, 180))
+        children = [p for p in os.listdir("/proc") if p.isdigit()
+                    and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1]
+                    == str(os.getpid())
+                    and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        health = httpx.get(f"{url}/health", timeout=10).status_code
+        print(json.dumps({"url": url, "health": health, "children": len(children),
+                          "db_timeout": os.environ["PREFECT_SERVER_DATABASE_TIMEOUT"]}))
+        sys.stdout.flush()
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.pop("PREFECT_SERVER_DATABASE_TIMEOUT", None)
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["health"] == 200 and result["children"] == 1, result
+    assert result["db_timeout"] == "60"
+    assert "did not answer within 0.05 s (try 1 of 2)" in out.stderr
 
 
 @pytest.mark.slow
