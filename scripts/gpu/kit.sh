@@ -18,7 +18,7 @@ exclude=$(git rev-parse --git-common-dir)/info/exclude
 for path in /.whl/ /.gpu/; do grep -qxF "$path" "$exclude" 2>/dev/null || echo "$path" >>"$exclude"; done
 mkdir -p .whl .gpu/data
 platforms=()
-for p in manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_24 \
+for p in manylinux_2_28 manylinux_2_27 manylinux_2_24 \
   manylinux_2_17 manylinux2014 manylinux_2_5 manylinux1; do platforms+=(--platform "${p}_x86_64"); done
 grep -v '^#' "$HERE/scripts/gpu/wheels.txt" | while read -r req; do
   "${PIP[@]}" download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
