@@ -3,7 +3,7 @@
 On a GPU machine: `python -m pytest -m gpu tests/test_gpu.py -s`. Each runs a benchmark's own
 code, smaller: a Lion round end to end (benchmarks/gpu_round.py) and the 1B training
 throughput, packed against padded and with Liger's kernels (benchmarks/train_throughput.py).
-The numbers measured on an H100 are in docs/student.md.
+The 1B throughput measured earlier on an H100 is in docs/student.md (Results).
 """
 
 from __future__ import annotations
