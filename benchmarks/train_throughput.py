@@ -20,7 +20,12 @@ lookup and padding not counted) / step time / the dense peak measured first with
     .venv/bin/python benchmarks/train_throughput.py                       # CPU, tiny student
     python benchmarks/train_throughput.py --device cuda --model-size 1b   # ~1B, bf16, ZeRO-2
     ... --micro-batch 16 --grad-accum 4 --layout packed --breakdown      # MFU, time per phase
+    ... --micro-batch 16 --layout packed --liger                          # + Liger's kernels
     .venv/bin/python benchmarks/train_throughput.py --repeat 3            # best of 3, busy machine
+
+--liger applies Liger Kernel's fused Triton kernels (`apply_liger_kernel_to_llama`: RoPE,
+RMSNorm, SwiGLU and the fused linear cross-entropy that never materialises the logits) to the
+model, GPU only, with the `liger-kernel` package installed; training does not use them.
 
 Each layout runs in its own process. --compile (torch.compile of each decoder layer) is an
 experiment, not what training does: on an H100 it reached 45% MFU, but one batch shape in three
@@ -215,6 +220,10 @@ def run_layout(args, tok, examples, *, packing: bool, peak: float) -> dict:
         args.model_size, tok, device=device, dtype=dtype, attn=attn, max_length=args.max_length
     )
     model.train()
+    if args.liger:  # Liger's Triton kernels: RoPE, RMSNorm, SwiGLU, fused linear cross-entropy
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama(model=model)
     if args.compile:  # regional compilation: each decoder layer, shapes dynamic
         for layer in model.model.layers:
             layer.compile(dynamic=True)
@@ -296,6 +305,7 @@ def run_layout(args, tok, examples, *, packing: bool, peak: float) -> dict:
     result = {
         "layout": "packed" if packing else "padded",
         "attention": attn,
+        "liger": args.liger,
         "steps": len(timed),
         "seconds": seconds,
         "tokens": tokens,
@@ -331,6 +341,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per update")
     parser.add_argument("--repeat", type=int, default=1, help="best of N (a busy machine)")
     parser.add_argument("--compile", action="store_true", help="experimental, see above")
+    parser.add_argument(
+        "--liger", action="store_true", help="Liger kernels (liger-kernel, GPU only), see above"
+    )
     parser.add_argument("--profile", type=int, default=0, help="profile N steps, print top ops")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -342,6 +355,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.layout == "both":
         return run_both(args, argv)
+    if args.peak is None:  # one layout run on its own
+        args.peak = measure_peak(args.device)
     frame = load_records(limit=args.records)
     t = time.perf_counter()
     tok = records_tokenizer(frame, args.model_size)
@@ -398,6 +413,7 @@ def run_both(args, argv: list[str]) -> dict:
         "model_size": args.model_size,
         "parameters": results["packed"]["parameters"],
         "engine": args.engine,
+        "liger": args.liger,
         "attn": {k: v["attention"] for k, v in results.items()},
         "max_length": args.max_length,
         "micro_batch": args.micro_batch,
@@ -407,7 +423,8 @@ def run_both(args, argv: list[str]) -> dict:
     }
     print(
         f"model {args.model_size} ({summary['parameters'] / 1e6:.0f}M parameters), "
-        f"{args.engine}, micro batch {args.micro_batch}, max length {args.max_length}"
+        f"{args.engine}{' + liger' if args.liger else ''}, micro batch {args.micro_batch}, "
+        f"gradient accumulation {args.grad_accum}, max length {args.max_length}"
     )
     print(f"packed / padded tokens/s: {ratio:.2f}x (target >= 1.5x)")
     if args.json:

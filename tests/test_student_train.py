@@ -432,3 +432,28 @@ def test_launch_command_and_init_choice(tmp_path):
     assert init_uri_for(previous, store, 3) == store.storage.uri("round=2/student")
     assert init_uri_for(previous, store, 1) == store.storage.uri("round=0/student")
     assert materialize("some-org/some-model") == "some-org/some-model"
+
+
+def test_activation_checkpointing_under_the_name_transformers_knows():
+    """transformers 5.2x calls it `activation_checkpointing` (the old name an alias); 5.17, the
+    GPU machines' release, knows only `gradient_checkpointing`, and refused the new name with a
+    TypeError before any step (found preparing the GPU round of issue 25)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from lion_core.student.train import checkpointing_argument
+
+    @dataclasses.dataclass
+    class Old:  # transformers 5.17's TrainingArguments, as far as this goes
+        gradient_checkpointing: bool = False
+
+    @dataclasses.dataclass
+    class New(Old):
+        activation_checkpointing: bool = False
+
+    assert checkpointing_argument(Old) == "gradient_checkpointing"
+    assert checkpointing_argument(New) == "activation_checkpointing"
+    name = checkpointing_argument(TrainingArguments)  # the installed one takes its own name
+    args = TrainingArguments(output_dir="unused", use_cpu=True, **{name: True})
+    assert getattr(args, name) is True

@@ -25,6 +25,7 @@ The job spec (JSON, written by the launcher):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -142,6 +143,15 @@ def make_callbacks(spec: dict[str, Any]):
     return Progress(), CommitCheckpoint()
 
 
+def checkpointing_argument(arguments_class) -> str:
+    """The TrainingArguments field that turns activation checkpointing on: transformers 5.2x
+    renamed `gradient_checkpointing` to `activation_checkpointing` (the old name a deprecated
+    alias); 5.17, the release of the GPU machines' image, knows only the old one."""
+    names = {f.name for f in dataclasses.fields(arguments_class)}
+    new = "activation_checkpointing"
+    return new if new in names else "gradient_checkpointing"
+
+
 def training_arguments(spec: dict[str, Any], cfg, *, n_rows: int, on_gpu: bool, bf16: bool):
     from transformers import TrainingArguments
 
@@ -151,6 +161,7 @@ def training_arguments(spec: dict[str, Any], cfg, *, n_rows: int, on_gpu: bool, 
     kwargs: dict[str, Any] = {}
     if spec["launcher"] == "deepspeed":
         kwargs["deepspeed"] = deepspeed_config(t, bf16=bf16)
+    kwargs[checkpointing_argument(TrainingArguments)] = t.gradient_checkpointing
     _, _, world = _rank()
     steps_per_epoch = math.ceil(
         n_rows / (t.micro_batch_size * world * t.gradient_accumulation_steps)
@@ -170,7 +181,6 @@ def training_arguments(spec: dict[str, Any], cfg, *, n_rows: int, on_gpu: bool, 
         save_steps=t.save_steps,
         save_total_limit=None,  # CommitCheckpoint prunes, after the upload
         bf16=bf16,
-        activation_checkpointing=t.gradient_checkpointing,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=list(t.report_to) or "none",
