@@ -37,7 +37,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TIMEOUT_MS = 60_000
+# A page action may wait on an API call that waits on SQLite's lock, for up to the server's
+# PREFECT_SERVER_DATABASE_TIMEOUT (60 s, tests/prefect_services.py): give each action longer.
+# Under two extra CPU-bound processes one run of four failed at 71 s with 60 s here.
+TIMEOUT_MS = 120_000
 RUN_TIMEOUT_S = 240
 
 
