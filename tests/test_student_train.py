@@ -117,7 +117,13 @@ def _exact_match(uri: str, cfg: LionConfig, instances) -> float:
 def zero2_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("zero2")
     cfg = _cfg(
-        str(root), zero_stage=2, num_gpus=1, max_steps=200, save_steps=50, keep_checkpoints=True
+        str(root),
+        zero_stage=2,
+        num_gpus=1,
+        max_steps=120,
+        save_steps=30,
+        logging_steps=5,
+        keep_checkpoints=True,
     )
     store = RunStore.open(str(root))
     train = _addition(300, seed=1)
@@ -166,22 +172,23 @@ def test_killed_run_resumes_from_its_latest_checkpoint(zero2_run):
     run, result = zero2_run, zero2_run["result"]
     print(f"committed before the kill: {run['committed']}; resumed: {result['resumed_from_step']}")
     assert run["leftovers"] == []  # the whole process group died with the kill
-    assert run["committed"] and run["committed"][0] >= 50
+    assert run["committed"] and run["committed"][0] >= 30
     assert result["resumed_from_step"] == run["committed"][-1]
-    assert result["global_step"] == 200
-    assert result["steps_this_attempt"] == 200 - run["committed"][-1]  # not from step 0
+    assert result["global_step"] == 120
+    assert result["steps_this_attempt"] == 120 - run["committed"][-1]  # not from step 0
     assert result["zero_stage"] == 2 and result["world_size"] == 1
     assert result["layout"] == "packed" and result["bf16"] is False  # fp32 on the CPU
     assert result["data"]["examples"] == 300 and result["data"]["truncated"] == 0
     # keep_checkpoints: the last one stays once the student is committed, the rest go
-    assert run["store"].storage.listdir("round=1/checkpoints") == ["checkpoint-200"]
-    assert complete_checkpoints(run["store"].storage, 1) == [200]
+    assert run["store"].storage.listdir("round=1/checkpoints") == ["checkpoint-120"]
+    assert complete_checkpoints(run["store"].storage, 1) == [120]
 
 
 @pytest.mark.slow
 def test_loss_goes_down(zero2_run):
     losses = [e["loss"] for e in zero2_run["result"]["log_history"] if "loss" in e]
     assert len(losses) >= 15
+    print(f"losses: {[round(x, 3) for x in losses]}")
     assert sum(losses[-3:]) / 3 < 0.25 * sum(losses[:3]) / 3
 
 
