@@ -76,6 +76,8 @@ def round_summary(
         easy_precision=stats.easy_precision if stats else None,
         new_wanted=new.wanted if new else None,
         new_shortfall=sum(new.shortfall.values()) if new and new.shortfall is not None else None,
+        seeds_decontamination=pools.decontamination,
+        decontamination=new.decontamination if new else None,
         seconds=seconds,
     )
 
@@ -201,8 +203,18 @@ SUMMARY_TABLES = (
         "generator_sent",
         "generator_cached",
     ),
-    # the referee's split against the truth (where known) and generation's spread and shortfall
-    ("round", "hard_share", "hard_prec", "easy_prec", "shortfall", "largest", "largest_share"),
+    # the referee's split against the truth (where known), generation's spread and shortfall,
+    # and the instructions the decontamination gate dropped (seeds and new; - without sets)
+    (
+        "round",
+        "hard_share",
+        "hard_prec",
+        "easy_prec",
+        "shortfall",
+        "largest",
+        "largest_share",
+        "contaminated",
+    ),
 )
 SUMMARY_COLUMNS = tuple(dict.fromkeys(c for table in SUMMARY_TABLES for c in table))
 
