@@ -56,10 +56,61 @@ def export(
     typer.echo(export_round(store, round, format, out))  # type: ignore[arg-type]
 
 
-def report(root: RootArgument, endpoint_url: EndpointOption = None) -> None:
-    """Print every evaluated round's relative score and write `<root>/evaluation.png`."""
-    if not print_scoreboard(root, storage_options(endpoint_url), plot=True):
-        fail(f"no evaluation results under {root}: set evaluation.sets, or run lion eval", 1)
+def report(
+    root: RootArgument,
+    round: Annotated[
+        int | None,
+        typer.Option("--round", min=1, help="Only this round's report (default: every round)."),
+    ] = None,
+    open_: Annotated[
+        bool, typer.Option("--open", help="Open the (last) report in a web browser.")
+    ] = False,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Write each finished round's report (`round=<k>/report.html`: what the referee judged,
+    what the generator made from each seed, what the filters dropped) and print where; print
+    every evaluated round's relative score and write `<root>/evaluation.png`."""
+    from lion_core.errors import LionError
+    from lion_core.run.identity import recorded_config
+    from lion_core.run.report import write_report
+    from lion_core.run.store import RunStore
+
+    options = storage_options(endpoint_url)
+    store = RunStore.open(root, options)
+    finished = [k for k in store.rounds() if store.read_round_summary(k) is not None]
+    if round is not None and round not in finished:
+        fail(f"round {round} has not finished under {store.uri()} (no summary.json)", 1)
+    written = []
+    if finished:
+        try:
+            cfg = recorded_config(root, options)
+        except LionError as exc:
+            fail(str(exc), 1)
+        store = RunStore.open(cfg.storage.root, cfg.storage.options)
+        for k in [round] if round is not None else finished:
+            written.append(write_report(store, k, cfg))
+            typer.echo(f"round {k} report: {written[-1]}")
+    scored = print_scoreboard(root, options, plot=True)
+    if not written and not scored:
+        fail(f"no finished round and no evaluation results under {root}", 1)
+    if open_ and written:
+        _open_in_browser(store, written[-1])
+
+
+def _open_in_browser(store, uri: str) -> None:
+    """Open a report: a local file as it is, a remote one (s3://) from a local copy."""
+    import tempfile
+    import webbrowser
+    from pathlib import Path
+
+    if "://" in uri:
+        rel = uri.removeprefix(store.uri()).lstrip("/")
+        local = Path(tempfile.mkdtemp(prefix="lion-report-")) / Path(rel).name
+        local.write_bytes(store.storage.read_bytes(rel))
+        typer.echo(f"a local copy: {local}")
+        uri = str(local)
+    if not webbrowser.open(Path(uri).resolve().as_uri()):
+        typer.echo("no web browser found here: open the file above in one")
 
 
 def eval_cmd(
