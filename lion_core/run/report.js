@@ -33,7 +33,12 @@
       const pages = Math.max(1, Math.ceil(keep.length / PAGE));
       state.page = Math.min(state.page, pages - 1);
       const on = new Set(keep.slice(state.page * PAGE, (state.page + 1) * PAGE));
-      rows.forEach((row) => { row.hidden = !on.has(row); });
+      // rows start hidden (report.css): only a page's rows are ever laid out
+      rows.forEach((row) => {
+        const show = on.has(row);
+        if (row.hidden === show) row.hidden = !show;
+        row.classList.toggle("on", show);
+      });
       const first = keep.length ? state.page * PAGE + 1 : 0;
       controls.querySelector(".count").textContent =
         first + "–" + Math.min(keep.length, (state.page + 1) * PAGE) + " of " + keep.length;

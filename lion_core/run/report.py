@@ -37,11 +37,11 @@ from lion_core.config import LionConfig
 from lion_core.run import layout
 from lion_core.run.store import RunStore
 
-MAX_ROWS = 2000  # Cache Pool rows in the judged table
-MAX_SEEDS = 500  # seeds in the lineage, each with every candidate written from it
+MAX_ROWS = 1000  # Cache Pool rows in the judged table
+MAX_SEEDS = 300  # seeds in the lineage, each with every candidate written from it
 MAX_CATEGORIES = 40  # categories offered by the filter (the others: the search box)
 # Characters kept of each text (the rest: " …").
-CLIP = {"instruction": 600, "answer": 1200, "review": 700, "seed": 300, "candidate": 400}
+CLIP = {"instruction": 500, "answer": 800, "review": 500, "seed": 300, "candidate": 300}
 DROPPED = ("not_novel", "duplicate", "contaminated")
 
 
@@ -385,14 +385,16 @@ def _judged(
         "mean teacher − mean student score; the orders disagree when one order's gap reaches τ "
         "and the other's does not. Click a column to sort.</p>"
     )
-    crosstab = pd.crosstab(frame["category"], frame["verdict"])
-    crosstab["orders disagree"] = frame.groupby("category")["disagree"].sum()
-    crosstab = crosstab.reset_index().rename(columns={"category": "category (whole pool)"})
-    for c in crosstab.columns[1:]:
-        crosstab[c] = crosstab[c].astype(int)
-    crosstab["category (whole pool)"] = crosstab["category (whole pool)"].map(_esc)
-    counts_html = "<details><summary>Counts per category (whole pool)</summary>"
-    counts_html += _html(crosstab.head(200), "category-counts") + "</details>"
+    by = frame.groupby("category")
+    crosstab = frame.groupby(["category", "verdict"]).size().unstack(fill_value=0)
+    crosstab["orders disagree"] = by["disagree"].sum()
+    crosstab["all"] = by.size()
+    crosstab = crosstab.sort_values("all", ascending=False, kind="stable").head(200)
+    crosstab = crosstab.astype(int).reset_index()
+    crosstab["category"] = crosstab["category"].map(_esc)
+    shown_of = f"the {len(crosstab)} largest of {len(counts)}" if len(counts) > 200 else "all"
+    counts_html = f"<details><summary>Counts per category ({shown_of}; whole pool)</summary>"
+    counts_html += _html(crosstab, "category-counts") + "</details>"
     controls = (
         '<div class=controls data-table="judged">'
         '<label>category <select id=category><option value="">all</option>'
@@ -490,8 +492,7 @@ def _sample(frame: pd.DataFrame, max_rows: int, first: set[str], seed: int) -> p
         return frame
     rng = np.random.default_rng([seed, 0x5EED])
     order = rng.permutation(len(frame))
-    ids = frame["instruction_id"].to_numpy()[order]
-    in_first = np.isin(ids, list(first))
+    in_first = frame["instruction_id"].isin(first).to_numpy()[order]
     disagree = frame["disagree"].to_numpy()[order]
     picked = np.concatenate(
         [order[in_first][: max_rows // 2], order[disagree & ~in_first][: max_rows // 4], order]
