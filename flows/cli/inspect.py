@@ -43,17 +43,31 @@ def export(
         str | None,
         typer.Option(help="Where to write (path or URI); default round=<k>/export/ in the run."),
     ] = None,
+    card: Annotated[
+        bool,
+        typer.Option(
+            "--card/--no-card",
+            help="Write the dataset card (README.md, Hugging Face format) beside the data.",
+        ),
+    ] = True,
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Write what round k's student was trained on — instruction, input and the teacher's
-    answer as output — for other training tools."""
-    from lion_core.run.export import FORMATS, export_round
+    answer as output — for other training tools, with its dataset card (README.md: the source
+    run, models, filters and thresholds, counts, decontamination; the license left to you).
+    Prints the data's URI, then the card's."""
+    import posixpath
+
+    from lion_core.run.export import CARD, FORMATS, export_round
     from lion_core.run.store import RunStore
 
     if format not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     store = RunStore.open(root, storage_options(endpoint_url))
-    typer.echo(export_round(store, round, format, out))  # type: ignore[arg-type]
+    uri = export_round(store, round, format, out, card=card)  # type: ignore[arg-type]
+    typer.echo(uri)
+    if card:
+        typer.echo(f"dataset card: {posixpath.join(posixpath.dirname(uri), CARD)}")
 
 
 def report(
