@@ -35,6 +35,7 @@ import pandas as pd
 
 from lion_core.config import LionConfig
 from lion_core.run import layout
+from lion_core.run.lease import check_held
 from lion_core.run.store import RunStore
 
 MAX_ROWS = 1000  # Cache Pool rows in the judged table
@@ -43,6 +44,7 @@ MAX_CATEGORIES = 40  # categories offered by the filter (the others: the search 
 # Characters kept of each text (the rest: " …").
 CLIP = {"instruction": 500, "answer": 800, "review": 500, "seed": 300, "candidate": 300}
 DROPPED = ("not_novel", "duplicate", "contaminated")
+_ROLES = {"teacher": 0, "referee": 1, "generator": 2, "judge": 3}  # the usage table's order
 
 
 def write_report(
@@ -56,6 +58,7 @@ def write_report(
     """Render round `k`'s report and write it to `round=<k>/report.html` (replacing an earlier
     one: the report is a view of the round's snapshots, not one of them); returns its URI."""
     page = render_report(store, k, config, max_rows=max_rows, max_seeds=max_seeds)
+    check_held(store.storage.uri())  # a run that lost its root's lease writes nothing
     return store.storage.write_bytes(layout.report(k), page.encode("utf-8"), overwrite=True)
 
 
@@ -187,7 +190,7 @@ def _numbers(summary: dict[str, Any], data: _RoundData, config: LionConfig) -> s
                  "failed": u.get("failures"), "prompt tokens": u.get("prompt_tokens"),
                  "completion tokens": u.get("completion_tokens"),
                  "USD": f"{u.get('cost_usd', 0.0):.4f}"}
-                for role, u in usage.items()
+                for role, u in sorted(usage.items(), key=lambda kv: _ROLES.get(kv[0], 9))
             ]
         )  # fmt: skip
         cost = sum((u.get("cost_usd") or 0.0) for u in usage.values())
@@ -292,7 +295,9 @@ def _diversity_png(rounds: list[tuple[int, dict[str, Any]]]) -> str:
     left.set_xlabel("round")
     left.set_title("per round", fontsize=10)
     left.legend(fontsize=7, loc="upper left")
-    cats = list(ds[-1].get("categories", {}).items())[:8][::-1]
+    # summary.json sorts its keys: largest first again, the largest at the top
+    counts = ds[-1].get("categories", {}).items()
+    cats = sorted(counts, key=lambda kv: (-kv[1], kv[0]))[:8][::-1]
     if cats:
         right.barh([str(c)[:24] for c, _ in cats], [n for _, n in cats], color="#4c72b0")
     right.set_title(f"round {ks[-1]}: new instructions per category", fontsize=10)
