@@ -124,3 +124,15 @@ def test_the_round_report_samples_a_large_round_and_escapes_every_text(tmp_path)
     assert uri.endswith(f"round={k}/report.html")
     again = (tmp_path / "run" / f"round={k}" / "report.html").read_text()
     assert "both reviews" not in again and "Lineage" in again
+
+    # lion report ROOT --round k renders it again and says where; an unfinished round: exit 1
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    root = str(tmp_path / "run")
+    done = CliRunner().invoke(app, ["report", root, "--round", str(k)])
+    assert done.exit_code == 0, done.output
+    assert f"round {k} report: {uri}" in done.output
+    missing = CliRunner().invoke(app, ["report", root, "--round", "7"])
+    assert missing.exit_code == 1 and "round 7 has not finished" in missing.output
