@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import EchoStudent, train_echo_student
+from helpers import EchoStudent, chromium, train_echo_student
 
 from benchmarks.reference_data import DATA_DIR
 from lion_core.ops.supervise import CPU_WORKERS_ENV, cpu_thread_env
@@ -141,36 +141,12 @@ def echo_student(tmp_path_factory) -> EchoStudent:
 
 # ---- the browser ------------------------------------------------------------------------------
 
-CHROMIUM = Path(os.environ.get("LION_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium, headless, driven by Playwright (never a browser Playwright
-    downloads): for the tests marked `browser` (the Prefect UI, the round report)."""
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"no Chromium at {CHROMIUM}: run `make test` or `make test-browser` (they install "
-            "Debian's `chromium` with apt-get) or set LION_CHROMIUM"
-        )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.fail(f"playwright is not installed ({exc}): .venv/bin/pip install -e '.[dev]'")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    """One Chromium for a test file (`helpers.chromium`)."""
+    with chromium() as opened:
+        yield opened
 
 
 # ---- Prefect ---------------------------------------------------------------------------------

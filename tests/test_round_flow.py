@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import small_config
+from helpers import chromium, small_config
 
 from lion_core.run.store import RunStore
 
@@ -141,7 +141,7 @@ def test_one_round_on_the_offline_world(one_round):
 
 
 @pytest.mark.browser
-def test_the_round_report_in_a_browser(one_round, browser, tmp_path):
+def test_the_round_report_in_a_browser(one_round, tmp_path):
     """round=1/report.html in Chromium, offline (every request but the file's refused): one
     category's hard instructions with both orders' scores, a seed's generated children, a
     dropped candidate's nearest neighbour. Screenshots in the test's tmp dir."""
@@ -152,6 +152,14 @@ def test_the_round_report_in_a_browser(one_round, browser, tmp_path):
     page_text = report.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page_text)  # no network
     assert "<link" not in page_text and "@import" not in page_text
+    with chromium() as browser:  # closed before the next test runs a flow (helpers.chromium)
+        asked = _browse_report(browser, report, cfg, tmp_path)
+    assert all(url.startswith("file:") for url in asked), asked
+
+
+def _browse_report(browser, report: Path, cfg, tmp_path: Path) -> list[str]:
+    """The round report's walk-through (test_the_round_report_in_a_browser); returns every URL
+    the page asked for."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(30_000)
     asked = []
@@ -221,7 +229,7 @@ def test_the_round_report_in_a_browser(one_round, browser, tmp_path):
         raise
     finally:
         page.close()
-    assert all(url.startswith("file:") for url in asked), asked
+    return asked
 
 
 def task_name(task_run) -> str:
