@@ -91,7 +91,8 @@ def test_the_printed_scoreboard_fits_100_columns():
 def test_the_round_report_samples_a_large_round_and_escapes_every_text(tmp_path):
     """A synthetic round (benchmarks/report.py) larger than the caps: the page says what it
     shows of how many, holds no more rows than the caps, escapes the texts, and names no
-    network resource; a round without a referee (an ablation arm) still renders."""
+    network resource; a round without nearest.parquet (written before it existed) or without
+    a referee (an ablation arm) still renders."""
     import io
     import re
 
@@ -117,6 +118,10 @@ def test_the_round_report_samples_a_large_round_and_escapes_every_text(tmp_path)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     # every seed shown in the lineage has its children link, if its row is in the sample
     assert 'class=children href="#lineage"' in page
+
+    # a round written before nearest.parquet existed: its nearest texts computed on the spot
+    store.storage.delete(f"round={k}/nearest.parquet")
+    assert "train pool</td>" in render_report(store, k, cfg, max_rows=100, max_seeds=20)
 
     # an ablation arm's round: no referee, no reviews
     store.storage.delete(f"round={k}/referee.parquet")

@@ -27,6 +27,7 @@ import base64
 import html
 import io
 from datetime import UTC, datetime
+from functools import cached_property
 from importlib import resources
 from typing import Any
 
@@ -126,8 +127,9 @@ class _RoundData:
             # a round written before nearest.parquet existed: computed now, as the task does
             from lion_core.method.lineage import nearest_table
 
-            self.nearest = nearest_table(self.generated, self.known_pool())[0]
+            self.nearest = nearest_table(self.generated, self.known_pool)[0]
 
+    @cached_property
     def known_pool(self) -> pd.DataFrame:
         """The Train Pool and the split's rows it lacks: what novelty judged against, and where
         every seed's parent chain is."""
@@ -146,7 +148,7 @@ class _RoundData:
         from lion_core.method.diversity import FAMILY, LINEAGE, categorize
 
         basis = FAMILY if self.config.generator.is_offline else LINEAGE
-        return categorize(ids.tolist(), self.known_pool(), basis)
+        return categorize(ids.tolist(), self.known_pool, basis)
 
 
 # ---- sections ---------------------------------------------------------------------------------
