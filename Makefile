@@ -35,10 +35,11 @@ test:
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$t} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} \
 	.venv/bin/python -m pytest -q -m "$(MARKS)" -n $(TEST_WORKERS) --dist loadfile --durations=15 $(ARGS)
 
-# Only the Prefect UI driven by Debian's headless Chromium (tests/test_ui_browser.py); installs
-# Chromium with apt-get when it is missing (needs root). Playwright never downloads a browser.
+# Only the browser tests, Debian's headless Chromium: the Prefect UI (tests/test_ui_browser.py)
+# and a round's report (tests/test_round_flow.py); installs Chromium with apt-get when it is
+# missing (needs root). Playwright never downloads a browser.
 test-browser: bootstrap chromium
-	.venv/bin/python -m pytest -q -m browser tests/test_ui_browser.py $(ARGS)
+	.venv/bin/python -m pytest -q -m browser tests/test_ui_browser.py tests/test_round_flow.py $(ARGS)
 
 chromium:
 	@command -v chromium >/dev/null || { \

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -23,6 +24,7 @@ from lion_core.run.records import (
     TeacherAnswers,
     Usage,
 )
+from lion_core.run.report import write_report
 from lion_core.run.schemas import ArtifactRef
 from tasks.runtime.store import run_store
 
@@ -76,6 +78,8 @@ def round_summary(
         easy_precision=stats.easy_precision if stats else None,
         new_wanted=new.wanted if new else None,
         new_shortfall=sum(new.shortfall.values()) if new and new.shortfall is not None else None,
+        seeds_decontamination=pools.decontamination,
+        decontamination=new.decontamination if new else None,
         seconds=seconds,
     )
 
@@ -96,12 +100,14 @@ def publish_round(
     referee: ArtifactRef | None,
     sample: int = 5,
 ) -> None:
-    """The round's summary.json, its table artifact and a markdown sample of hard
-    instructions."""
+    """The round's summary.json, its report (round=<k>/report.html), its table artifact and a
+    markdown sample of hard instructions, both naming the report."""
     round = summary.round
     store = run_store(config)
     store.write_round_summary(round, summary.model_dump(mode="json"))
+    report = write_report(store, round, config)
     table = [{"metric": k, "value": scoreboard.cell(v)} for k, v in summary.flat().items()]
+    table.append({"metric": "report", "value": report})
     create_table_artifact(
         table=table,
         key=artifact_key(config, f"round-{round}"),
@@ -112,7 +118,12 @@ def publish_round(
         return
     hard_rows = store.read_ref(hard).sort_values("gap", ascending=False).head(sample)
     reviews = store.read_ref(referee).set_index("instruction_id")
-    parts = [f"# Round {round}: hardest instructions\n"]
+    parts = [
+        f"# Round {round}: hardest instructions\n",
+        f"The whole round — every judged instruction, both orders, each seed's generated "
+        f"children and the novelty filter's nearest neighbours: [{report}]({_file_link(report)})"
+        " (one self-contained page; open it in a browser).\n",
+    ]
     health = summary.teacher_health
     if health is not None:
         problems = health.problems(config.data_health.warn_share)
@@ -152,6 +163,13 @@ def publish_round(
         key=artifact_key(config, f"round-{round}-hard-sample"),
         description=f"Lion round {round}: a sample of hard instructions",
     )
+
+
+def _file_link(uri: str) -> str:
+    """A link to the report: a local path as a file:// URL, any other URI as it is."""
+    if "://" in uri:
+        return uri
+    return Path(uri).resolve().as_uri()
 
 
 def _heading(text: str, limit: int = 120) -> str:
@@ -201,8 +219,18 @@ SUMMARY_TABLES = (
         "generator_sent",
         "generator_cached",
     ),
-    # the referee's split against the truth (where known) and generation's spread and shortfall
-    ("round", "hard_share", "hard_prec", "easy_prec", "shortfall", "largest", "largest_share"),
+    # the referee's split against the truth (where known), generation's spread and shortfall,
+    # and the instructions the decontamination gate dropped (seeds and new; - without sets)
+    (
+        "round",
+        "hard_share",
+        "hard_prec",
+        "easy_prec",
+        "shortfall",
+        "largest",
+        "largest_share",
+        "contaminated",
+    ),
 )
 SUMMARY_COLUMNS = tuple(dict.fromkeys(c for table in SUMMARY_TABLES for c in table))
 

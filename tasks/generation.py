@@ -6,6 +6,7 @@ import pandas as pd
 from prefect import get_run_logger
 
 from lion_core.config import LionConfig
+from lion_core.method.decontaminate import Gate, question_sets
 from lion_core.method.diversity import diversity, log_warnings
 from lion_core.method.generate import (
     SeedPlan,
@@ -16,6 +17,7 @@ from lion_core.method.generate import (
     shortfall,
 )
 from lion_core.method.health import check_domain, domain_health
+from lion_core.method.lineage import nearest_table
 from lion_core.run.records import Candidates, NewInstructions, Split
 from lion_core.run.schemas import ArtifactRef
 from lion_core.run.store import RunStore
@@ -95,6 +97,10 @@ def novel_instructions(
     store = run_store(config)
     found = pd.concat([store.read_ref(hard.candidates), store.read_ref(easy.candidates)])
     found = found.reset_index(drop=True)
+    # The decontamination gate, before the novelty filter: a candidate close to an evaluation
+    # question never takes a kept instruction's place (top-ups are checked as they come).
+    gate = Gate(question_sets(config), config.evaluation.decontaminate)
+    found = gate.mark(found)
     # What the new instructions must be novel against, and where their parents are: the Train
     # Pool and the round's Cache Pool (with pools.holdback its rows are not in the Train Pool
     # yet; without, this is the Train Pool itself).
@@ -107,7 +113,7 @@ def novel_instructions(
     def ask(seeds: pd.DataFrame, kind: str, start: int) -> pd.DataFrame:
         nonlocal client
         client = client or llm_client(config, "generator", offline_url)
-        return generate_candidates(seeds, kind, 0, client, gen, round, start, len(seeds))
+        return gate.mark(generate_candidates(seeds, kind, 0, client, gen, round, start, len(seeds)))
 
     generated, attempts = fill(found, pool, plan, gen, config.novelty.threshold, ask)
     usage = None
@@ -116,9 +122,21 @@ def novel_instructions(
         usage = usage_record(client)
     counts = generated["status"].value_counts().to_dict()
     short = shortfall(generated, plan)
+    # Each judged candidate's nearest text (the round's lineage); the pool values are also
+    # the diversity statistics' highest ROUGE-L per candidate.
+    nearest, max_rouge = nearest_table(generated, train_pool, gate.matches)
     # Stagnating or collapsing onto one domain? (the offline world's families name categories)
-    stats = diversity(generated, train_pool, offline_families=config.generator.is_offline)
+    stats = diversity(
+        generated, train_pool, offline_families=config.generator.is_offline, max_rouge=max_rouge
+    )
     log_warnings(stats, round)
+    decontamination = gate.summary()
+    if decontamination is not None and decontamination.dropped:
+        get_run_logger().warning(
+            "round %d: decontamination dropped new instruction(s) close to an evaluation "
+            "question: %s",
+            round, decontamination.line(),
+        )  # fmt: skip
     if any(short.values()):
         get_run_logger().warning(
             "round %d: generation is short of %d hard and %d easy new instructions after %d "
@@ -139,4 +157,6 @@ def novel_instructions(
         shortfall=short,
         attempts=attempts,
         usage=usage,
+        nearest=store.write_or_reuse(round, "nearest", nearest),
+        decontamination=decontamination,
     )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
+from prefect import get_run_logger
 
 from lion_core.config import LionConfig
+from lion_core.errors import DataError
+from lion_core.method.decontaminate import decontaminate_pool, question_sets
 from lion_core.method.generate import holdback, new_pool_rows
 from lion_core.method.seeds import initial_pool
 from lion_core.run.records import NewInstructions, Pools
@@ -14,12 +17,35 @@ from tasks.runtime.store import run_store
 
 @lion_task("seed-pools")
 def seed_pools(config: LionConfig) -> Pools:
-    """Round 1's Train and Cache Pools: the seed instructions (both pools start equal)."""
+    """Round 1's Train and Cache Pools: the seed instructions (both pools start equal), less
+    those close to a question of an evaluation set (the decontamination gate: counted per set,
+    kept in `contaminated_seeds`)."""
     store = run_store(config)
     seeds = initial_pool(config)
+    sets = question_sets(config)
+    decontamination = contaminated = None
+    if sets:
+        seeds, dropped, decontamination = decontaminate_pool(
+            seeds, sets, config.evaluation.decontaminate
+        )
+        if decontamination.dropped:
+            get_run_logger().warning(
+                "decontamination: left out %s seed instruction(s) close to an evaluation "
+                "question: %s",
+                decontamination.dropped, decontamination.line(),
+            )  # fmt: skip
+        if seeds.empty:
+            raise DataError(
+                f"every seed instruction is close to an evaluation question "
+                f"({decontamination.line()}): nothing left to distil from",
+                file=config.pools.initial_data,
+            )
+        contaminated = store.write_or_reuse(1, "contaminated_seeds", dropped)
     return Pools(
         train=store.write_or_reuse(1, "train_pool", seeds),
         cache=store.write_or_reuse(1, "cache_pool", seeds),
+        decontamination=decontamination,
+        contaminated=contaminated,
     )
 
 

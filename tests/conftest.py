@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import EchoStudent, train_echo_student
+from helpers import EchoStudent, chromium, train_echo_student
 
 from benchmarks.reference_data import DATA_DIR
 from lion_core.ops.supervise import CPU_WORKERS_ENV, cpu_thread_env
@@ -137,6 +137,16 @@ def echo_student(tmp_path_factory) -> EchoStudent:
     root = shared / "echo-student"
     with FileLock(str(shared / "echo-student.lock")):
         return train_echo_student(root)
+
+
+# ---- the browser ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for a test file (`helpers.chromium`)."""
+    with chromium() as opened:
+        yield opened
 
 
 # ---- Prefect ---------------------------------------------------------------------------------

@@ -1,15 +1,19 @@
 """Plain helpers shared by the test files (the fixtures built from them are in conftest.py):
 configs with a tiny student, the echo tasks the shared test student is trained on, the offline
-world's teacher requests, and answer frames in the answer schema."""
+world's teacher requests, answer frames in the answer schema, and Chromium for the browser
+tests."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
+import pytest
 
 from lion_core.config import LionConfig
 from lion_core.llm import ChatRequest
@@ -176,3 +180,42 @@ def numbered_answers(pool: pd.DataFrame, who: str, failed: set[int] = frozenset(
     order; the positions in `failed` are failed requests."""
     texts = [None if k in failed else f"{who} {k}" for k in range(len(pool))]
     return answer_frame(texts, ids=pool["instruction_id"])
+
+
+# ---- the browser ------------------------------------------------------------------------------
+
+CHROMIUM = Path(os.environ.get("LION_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextlib.contextmanager
+def chromium():
+    """Debian's Chromium, headless, driven by Playwright (never a browser Playwright
+    downloads), for the tests marked `browser`. Playwright's sync API runs an event loop in
+    the calling thread while it is open, where Prefect's sync calls (`State.result()`) would
+    hand back coroutines: a test file that also runs flows opens it only inside its browser
+    test (the round report); tests/test_ui_browser.py keeps one for the file (`browser`)."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: run `make test` or `make test-browser` (they install "
+            "Debian's `chromium` with apt-get) or set LION_CHROMIUM"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.fail(f"playwright is not installed ({exc}): .venv/bin/pip install -e '.[dev]'")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -57,7 +57,8 @@ def test_export_round_trips_through_pandas(tmp_path, fmt):
     store, rows = _round_1(tmp_path / "run")
     result = runner.invoke(app, ["export", str(tmp_path / "run"), "--round", "1", "--format", fmt])
     assert result.exit_code == 0, result.output
-    uri = result.output.strip()
+    uri, card = result.output.strip().splitlines()
+    assert card == "dataset card: " + store.uri("round=1/export/README.md")
     assert uri == store.uri(
         f"round=1/export/train.{fmt}.{'parquet' if fmt == 'parquet' else 'json'}"
     )
@@ -130,3 +131,49 @@ def test_student_model_is_recorded_relative_to_the_run(tmp_path):
     s3 = Storage("s3://bucket/runs/exp", {"anon": True})
     assert s3.relative("s3://bucket/runs/exp/round=1/student") == "round=1/student"
     assert s3.relative("s3://bucket/runs/exp2/round=1/student") is None
+
+
+def test_the_dataset_card_beside_the_data(tmp_path):
+    """README.md in the Hugging Face dataset-card format: a YAML header (license left for the
+    user, the data file as the train split), the source run, models, filters and thresholds,
+    counts and the decontamination result; a README.md lion did not write is never replaced."""
+    import yaml
+    from helpers import tiny_config
+
+    from lion_core.errors import StorageError
+
+    store, _ = _round_1(tmp_path / "run")
+    cfg = tiny_config(tmp_path / "run", **{"evaluation.sets": ["offline", "vicuna.jsonl"]})
+    store.write_run_info({"config": cfg.model_dump(mode="json"), "started_at": "2025-01-01"})
+    counts = {"sets": ["offline", "vicuna"], "rouge_l": 0.7, "ngram": 13, "checked": 5,
+              "dropped": 1, "by_set": {"offline": 0, "vicuna": 1}}  # fmt: skip
+    store.write_round_summary(1, {"round": 1, "seeds_decontamination": counts})
+    result = runner.invoke(app, ["export", str(tmp_path / "run"), "--round", "1"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "run" / "round=1" / "export" / "README.md").read_text()
+    _, head, body = text.split("---\n", 2)
+    meta = yaml.safe_load(head)
+    assert "license" in meta and meta["license"] is None  # the user's to fill in
+    assert meta["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "train.alpaca.json"}]}
+    ]
+    assert meta["size_categories"] == ["n<1K"] and "lion-distill" in meta["tags"]
+    assert "examples: 3" in body and "seed instructions 2, generated from hard seeds 1" in body
+    assert "left out (the teacher's answer failed): 1" in body
+    assert "| teacher (wrote every answer) | offline-teacher | the offline task world |" in body
+    assert f"ROUGE-L F1 > {cfg.novelty.threshold:g}" in body and "τ = 1" in body
+    assert "**1 dropped**" in body and "| seeds at load | 5 | 1 | 0 | 1 |" in body
+    assert f"`{cfg.digest()[:16]}`" in body
+
+    # another README.md where the data goes: refused, nothing written; --no-card writes none
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("# my notes\n")
+    with pytest.raises(StorageError, match="not a dataset card lion wrote"):
+        runner.invoke(app, ["export", str(tmp_path / "run"), "--round", "1", "--out",
+                            str(out / "train.json")], catch_exceptions=False)  # fmt: skip
+    assert not (out / "train.json").exists() and (out / "README.md").read_text() == "# my notes\n"
+    done = runner.invoke(app, ["export", str(tmp_path / "run"), "--round", "1", "--out",
+                               str(out / "train.json"), "--no-card"])  # fmt: skip
+    assert done.exit_code == 0 and (out / "train.json").exists()
+    assert done.output.strip() == str(out / "train.json")

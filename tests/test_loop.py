@@ -463,6 +463,7 @@ def test_lion_ablate_prices_the_arms_and_matches_lions_cost(prefect_harness, tmp
 
 def test_the_printed_split_table_stays_under_100_columns():
     from flows.report import summary_table
+    from lion_core.method.decontaminate import Decontamination
     from lion_core.method.diversity import Diversity, RougeQuantiles
     from lion_core.run.records import RoundSummary, Usage
 
@@ -479,12 +480,17 @@ def test_the_printed_split_table_stays_under_100_columns():
         positional_bias=0.2, new_instructions=6_000, next_train_pool=58_002, student="s",
         usage={"teacher": Usage(requests=104_004)}, seconds={}, diversity=diversity,
         hard_precision=0.987, easy_precision=0.912, new_wanted=6_000, new_shortfall=1_234,
+        decontamination=Decontamination(
+            sets=["vicuna_bench_questions", "mt_bench_questions"], rouge_l=0.7, ngram=13,
+            checked=12_000, dropped=12_345, by_set={"vicuna_bench_questions": 12_345},
+        ),
     )  # fmt: skip
     text = summary_table([summary])
     assert max(len(line) for line in text.splitlines()) <= 100
     last = text.split("\n\n")[-1].splitlines()
     assert last[0].split() == [
-        "round", "hard_share", "hard_prec", "easy_prec", "shortfall", "largest", "largest_share"
+        "round", "hard_share", "hard_prec", "easy_prec", "shortfall", "largest", "largest_share",
+        "contaminated",
     ]  # fmt: skip
     assert last[1].split() == ["12", "0.411", "0.987", "0.912", "1234", "seed", "0123456789ab",
-                               "0.400"]  # fmt: skip
+                               "0.400", "12345"]  # fmt: skip

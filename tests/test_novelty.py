@@ -12,7 +12,14 @@ from rouge_score import rouge_scorer
 
 from benchmarks.reference_data import instruction_texts, near_duplicate
 from lion_core.errors import ConfigError, DataError
-from lion_core.method.novelty import NoveltyStats, filter_novel, max_rouge_l, rouge_l_f1, tokenize
+from lion_core.method.novelty import (
+    NoveltyStats,
+    filter_novel,
+    max_rouge_l,
+    nearest_rouge_l,
+    rouge_l_f1,
+    tokenize,
+)
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
@@ -308,6 +315,30 @@ def test_max_rouge_l_matches_rouge_score_on_real_instructions(shared_data):
     assert got == want
     assert sum(w > 0.5 for w in want) >= 5 and sum(0.25 <= w <= 0.5 for w in want) >= 5
     assert sum(0 < w < 0.25 for w in want) >= 2 and 1.0 in want
+
+
+def test_nearest_rouge_l_names_the_first_pool_text_at_the_maximum():
+    """The index of the nearest pool text is rouge_score's argmax over every pair (the lowest
+    index on a tie), -1 when nothing is shared."""
+    rng = random.Random(13)
+    for _ in range(60):
+        vocab = "abcdef"[: rng.randint(2, 6)]
+
+        def text(vocab=vocab):
+            return " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 12)))
+
+        pool = [text() for _ in range(rng.randint(0, 25))]
+        cands = [text() for _ in range(rng.randint(1, 12))]
+        best, where = nearest_rouge_l(cands, pool)
+        for c, b, w in zip(cands, best, where, strict=True):
+            scores = [SCORER.score(p, c)["rougeL"].fmeasure for p in pool]
+            top = max(scores, default=0.0)
+            assert b == top
+            assert w == (scores.index(top) if top > 0 else -1)
+    assert nearest_rouge_l(["x y", "a b c", "q"], ["a b", "a b c d", "a b c"]) == (
+        [0.0, 1.0, 0.0],
+        [-1, 2, -1],
+    )
 
 
 def test_max_rouge_l_edge_cases():

@@ -83,3 +83,61 @@ def test_the_printed_scoreboard_fits_100_columns():
     assert first[0] == "vicuna_bench_questions:" and second[0] == "offline:"
     assert first[1].split() == list(scoreboard.PRINTED_COLUMNS)
     assert "0.551-0.680" in first[2] and second[2].split()[2] == "-"
+
+
+# ---- the round report (lion_core.run.report) ------------------------------------------------
+
+
+def test_the_round_report_samples_a_large_round_and_escapes_every_text(tmp_path):
+    """A synthetic round (benchmarks/report.py) larger than the caps: the page says what it
+    shows of how many, holds no more rows than the caps, escapes the texts, and names no
+    network resource; a round without nearest.parquet (written before it existed) or without
+    a referee (an ablation arm) still renders."""
+    import io
+    import re
+
+    import pandas as pd
+
+    from benchmarks.report import synthetic_round
+    from lion_core.run.report import render_report, write_report
+
+    store, cfg, k = synthetic_round(tmp_path / "run", 600)
+    teacher = store.read(k, "teacher_answers")
+    teacher["answer"] = "<script>alert(1)</script> " + teacher["answer"]
+    store.storage.delete(f"round={k}/teacher_answers.parquet")
+    store.write(k, "teacher_answers", teacher)
+
+    page = render_report(store, k, cfg, max_rows=100, max_seeds=20)
+    assert "Showing 100 of 600 instructions" in page
+    assert re.search(r"seeds had candidates this round; showing a seeded sample of 20 of them",
+                     page)  # fmt: skip
+    tables = pd.read_html(io.StringIO(page), attrs={"id": "judged"})
+    assert len(tables[0]) == 100
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)" in page
+    assert page.count("<script>") == 1  # report.js, inlined
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    # every seed shown in the lineage has its children link, if its row is in the sample
+    assert 'class=children href="#lineage"' in page
+
+    # a round written before nearest.parquet existed: its nearest texts computed on the spot
+    store.storage.delete(f"round={k}/nearest.parquet")
+    assert "train pool</td>" in render_report(store, k, cfg, max_rows=100, max_seeds=20)
+
+    # an ablation arm's round: no referee, no reviews
+    store.storage.delete(f"round={k}/referee.parquet")
+    uri = write_report(store, k, cfg, max_rows=100, max_seeds=20)
+    assert uri.endswith(f"round={k}/report.html")
+    again = (tmp_path / "run" / f"round={k}" / "report.html").read_text()
+    assert "both reviews" not in again and "Lineage" in again
+
+    # lion report ROOT --round k renders it again and says where; an unfinished round: exit 1
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    root = str(tmp_path / "run")
+    done = CliRunner().invoke(app, ["report", root, "--round", str(k)])
+    assert done.exit_code == 0, done.output
+    assert f"round {k} report: {uri}" in done.output
+    missing = CliRunner().invoke(app, ["report", root, "--round", "7"])
+    assert missing.exit_code == 1 and "round 7 has not finished" in missing.output

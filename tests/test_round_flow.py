@@ -1,5 +1,6 @@
 """The round DAG through Prefect (its test harness: a real API server on SQLite), on the offline
-world: one full round, and a round that fails after the referee stage and is resumed."""
+world: one full round (its report opened in Chromium), and a round that fails after the referee
+stage and is resumed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import small_config
+from helpers import chromium, small_config
 
 from lion_core.run.store import RunStore
 
@@ -20,7 +21,10 @@ def one_round(prefect_harness, tmp_path_factory):
     final state."""
     from flows.round import lion_round
 
-    cfg = small_config(tmp_path_factory.mktemp("one-round") / "run")
+    # the demo's evaluation set: the decontamination gate checks seeds and new instructions
+    cfg = small_config(
+        tmp_path_factory.mktemp("one-round") / "run", **{"evaluation.sets": ["offline"]}
+    )
     return cfg, lion_round(cfg, 1, return_state=True)
 
 
@@ -65,12 +69,30 @@ def test_one_round_on_the_offline_world(one_round):
     )
     assert 0 <= diversity.dropped_share < 1 and diversity.kept_max_rouge.max <= 0.7
     assert store.read_round_summary(1)["diversity"]["kept"] == new
+    # the decontamination gate: the offline world's held-out set passes everything untouched
+    assert summary.seeds_decontamination.checked == 24
+    assert summary.decontamination.checked > 0 and summary.flat()["contaminated"] == 0
+    assert summary.decontamination.by_set == {"offline": 0}
+    assert store.ref(1, "contaminated_seeds").rows == 0
+    # each judged candidate's nearest text (the report's lineage): a not_novel one is above
+    # the novelty threshold against the pool or a kept instruction, a kept one is not
+    nearest = store.read(1, "nearest")
+    judged = store.read(1, "generated").query("status in ['kept', 'not_novel', 'duplicate']")
+    assert sorted(nearest["request_key"]) == sorted(judged["request_key"])
+    kept = nearest["status"] == "kept"
+    assert (nearest.loc[kept, "rouge_l"] <= 0.7).all()
+    assert (nearest.loc[nearest["status"] == "not_novel", "rouge_l"] > 0.7).all()
+    assert nearest["nearest_in"].isin(["train pool", "new", "candidate"]).all()
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts()
     keys = {a.key for a in artifacts}
     assert {"flow-test-round-1", "flow-test-round-1-hard-sample"} <= keys
     table = next(a for a in artifacts if a.key == "flow-test-round-1").data
+    report = store.uri("round=1/report.html")
+    assert Path(report).is_file() and report in str(table)  # the report, named in the artifact
+    sample = next(a for a in artifacts if a.key == "flow-test-round-1-hard-sample").data
+    assert Path(report).resolve().as_uri() in sample
     assert "novelty_dropped_share" in str(table) and "kept_max_rouge_l" in str(table)
     assert "teacher_refusal_share" in str(table)  # data health, in the round's artifact
     assert summary.teacher_health is not None and summary.teacher_health.answers == 24
@@ -116,6 +138,98 @@ def test_one_round_on_the_offline_world(one_round):
     assert all(float(a.data) == 100.0 for a in shown), [(a.description, a.data) for a in shown]
     assert any(a.description.startswith("student: answers: 24 to answer") for a in shown)
     assert sum(a.description.startswith("referee:") for a in shown) >= 2  # an order each, re-asks
+
+
+@pytest.mark.browser
+def test_the_round_report_in_a_browser(one_round, tmp_path):
+    """round=1/report.html in Chromium, offline (every request but the file's refused): one
+    category's hard instructions with both orders' scores, a seed's generated children, a
+    dropped candidate's nearest neighbour. Screenshots in the test's tmp dir."""
+    import re
+
+    cfg, _ = one_round
+    report = Path(cfg.storage.root) / "round=1" / "report.html"
+    page_text = report.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page_text)  # no network
+    assert "<link" not in page_text and "@import" not in page_text
+    with chromium() as browser:  # closed before the next test runs a flow (helpers.chromium)
+        asked = _browse_report(browser, report, cfg, tmp_path)
+    assert all(url.startswith("file:") for url in asked), asked
+
+
+def _browse_report(browser, report: Path, cfg, tmp_path: Path) -> list[str]:
+    """The round report's walk-through (test_the_round_report_in_a_browser); returns every URL
+    the page asked for."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(30_000)
+    asked = []
+
+    def offline(route):
+        asked.append(route.request.url)
+        return route.continue_() if route.request.url.startswith("file:") else route.abort()
+
+    page.route("**/*", offline)
+    rows = "#judged tbody tr:not([hidden])"
+    try:
+        page.goto(report.as_uri())
+        # a category with a hard instruction the generator wrote children from
+        cells = page.eval_on_selector_all(
+            "#judged tbody tr",
+            """rows => rows.map(r => [r.cells[1].textContent, r.cells[2].textContent,
+                                      r.querySelector('a.children') !== null])""",
+        )
+        category = next(c for c, verdict, linked in cells if verdict == "hard" and linked)
+        page.select_option("#category", category)
+        page.select_option("#verdict", "hard")
+        shown = page.eval_on_selector_all(
+            rows, "rows => rows.map(r => [r.cells[1].textContent, r.cells[2].textContent])"
+        )
+        assert shown and all(row == [category, "hard"] for row in shown), shown
+        heads = page.eval_on_selector_all("#judged thead th", "hs => hs.map(h => h.textContent)")
+        scores = [
+            heads.index(f"order {o}: {who}") for o in (1, 2) for who in ("teacher", "student")
+        ]
+        row = page.locator(rows).filter(has=page.locator("a.children")).first
+        values = [float(row.locator("td").nth(i).inner_text()) for i in scores]
+        assert all(1 <= v <= 10 for v in values), values
+        assert values[0] + values[2] - values[1] - values[3] >= 2 * cfg.discrimination.tau
+        page.screenshot(path=str(tmp_path / "report-hard.png"))
+
+        # follow the seed to its generated children
+        link = row.locator("a.children")
+        seed, count = link.get_attribute("data-seed"), int(link.inner_text().split()[0])
+        link.click()
+        assert page.input_value("#seed-filter") == seed
+        children = page.eval_on_selector_all(
+            "#lineage tbody tr:not([hidden])", "rows => rows.map(r => r.cells[0].textContent)"
+        )
+        assert children == [seed] * count
+        page.screenshot(path=str(tmp_path / "report-lineage.png"))
+
+        # a dropped candidate shows its nearest neighbour and their ROUGE-L
+        page.click("#seed-clear")
+        page.select_option("#status", "dropped")
+        lineage_heads = page.eval_on_selector_all(
+            "#lineage thead th", "hs => hs.map(h => h.textContent)"
+        )
+        dropped = page.eval_on_selector_all(
+            "#lineage tbody tr:not([hidden])",
+            "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent.trim()))",
+        )
+        assert dropped, "no dropped candidate in round 1"
+        first = dict(zip(lineage_heads, dropped[0], strict=True))
+        assert first["status"] in ("not_novel", "duplicate", "contaminated"), first
+        assert first["nearest"] and first["nearest in"], first
+        if first["status"] != "contaminated":  # the gate may match on a shared n-gram alone
+            assert float(first["ROUGE-L"]) > cfg.novelty.threshold, first
+        page.locator("#lineage tbody tr:not([hidden])").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "report-dropped.png"))
+    except Exception:
+        page.screenshot(path=str(tmp_path / "report-failure.png"), full_page=True)
+        raise
+    finally:
+        page.close()
+    return asked
 
 
 def task_name(task_run) -> str:

@@ -6,18 +6,16 @@ page until the run is *Completed*; the API then confirms the run used the change
 the short form (`lion-run / gpu-box`): at most 15 top-level fields, and a run started from it by
 typing only into those fields completes.
 
-Runs in `make test`, which installs Chromium with apt-get (`make test-browser`: this file alone);
-never lets Playwright download a browser. Screenshots of the form and of the finished run are
-written to the test's tmp dir.
+Runs in `make test`, which installs Chromium with apt-get (`make test-browser`: the browser tests
+alone; the `browser` fixture is conftest.py's); never lets Playwright download a browser.
+Screenshots of the form and of the finished run are written to the test's tmp dir.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -26,39 +24,11 @@ from prefect_services import REPO, api, deploy
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path(os.environ.get("LION_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # A page action may wait on an API call that waits on SQLite's lock, for up to the server's
 # PREFECT_SERVER_DATABASE_TIMEOUT (60 s, tests/prefect_services.py): give each action longer.
 # Under two extra CPU-bound processes one run of four failed at 71 s with 60 s here.
 TIMEOUT_MS = 120_000
 RUN_TIMEOUT_S = 240
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"no Chromium at {CHROMIUM}: run `make test` or `make test-browser` (they install "
-            "Debian's `chromium` with apt-get) or set LION_CHROMIUM"
-        )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.fail(f"playwright is not installed ({exc}): .venv/bin/pip install -e '.[dev]'")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

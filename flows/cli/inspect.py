@@ -43,23 +43,88 @@ def export(
         str | None,
         typer.Option(help="Where to write (path or URI); default round=<k>/export/ in the run."),
     ] = None,
+    card: Annotated[
+        bool,
+        typer.Option(
+            "--card/--no-card",
+            help="Write the dataset card (README.md, Hugging Face format) beside the data.",
+        ),
+    ] = True,
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Write what round k's student was trained on — instruction, input and the teacher's
-    answer as output — for other training tools."""
-    from lion_core.run.export import FORMATS, export_round
+    answer as output — for other training tools, with its dataset card (README.md: the source
+    run, models, filters and thresholds, counts, decontamination; the license left to you).
+    Prints the data's URI, then the card's."""
+    import posixpath
+
+    from lion_core.run.export import CARD, FORMATS, export_round
     from lion_core.run.store import RunStore
 
     if format not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     store = RunStore.open(root, storage_options(endpoint_url))
-    typer.echo(export_round(store, round, format, out))  # type: ignore[arg-type]
+    uri = export_round(store, round, format, out, card=card)  # type: ignore[arg-type]
+    typer.echo(uri)
+    if card:
+        typer.echo(f"dataset card: {posixpath.join(posixpath.dirname(uri), CARD)}")
 
 
-def report(root: RootArgument, endpoint_url: EndpointOption = None) -> None:
-    """Print every evaluated round's relative score and write `<root>/evaluation.png`."""
-    if not print_scoreboard(root, storage_options(endpoint_url), plot=True):
-        fail(f"no evaluation results under {root}: set evaluation.sets, or run lion eval", 1)
+def report(
+    root: RootArgument,
+    round: Annotated[
+        int | None,
+        typer.Option("--round", min=1, help="Only this round's report (default: every round)."),
+    ] = None,
+    open_: Annotated[
+        bool, typer.Option("--open", help="Open the (last) report in a web browser.")
+    ] = False,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Write each finished round's report (`round=<k>/report.html`: what the referee judged,
+    what the generator made from each seed, what the filters dropped) and print where; print
+    every evaluated round's relative score and write `<root>/evaluation.png`."""
+    from lion_core.errors import LionError
+    from lion_core.run.identity import recorded_config
+    from lion_core.run.report import write_report
+    from lion_core.run.store import RunStore
+
+    options = storage_options(endpoint_url)
+    store = RunStore.open(root, options)
+    finished = [k for k in store.rounds() if store.read_round_summary(k) is not None]
+    if round is not None and round not in finished:
+        fail(f"round {round} has not finished under {store.uri()} (no summary.json)", 1)
+    written = []
+    if finished:
+        try:
+            cfg = recorded_config(root, options)
+        except LionError as exc:
+            fail(str(exc), 1)
+        store = RunStore.open(cfg.storage.root, cfg.storage.options)
+        for k in [round] if round is not None else finished:
+            written.append(write_report(store, k, cfg))
+            typer.echo(f"round {k} report: {written[-1]}")
+    scored = print_scoreboard(root, options, plot=True)
+    if not written and not scored:
+        fail(f"no finished round and no evaluation results under {root}", 1)
+    if open_ and written:
+        _open_in_browser(store, written[-1])
+
+
+def _open_in_browser(store, uri: str) -> None:
+    """Open a report: a local file as it is, a remote one (s3://) from a local copy."""
+    import tempfile
+    import webbrowser
+    from pathlib import Path
+
+    if "://" in uri:
+        rel = uri.removeprefix(store.uri()).lstrip("/")
+        local = Path(tempfile.mkdtemp(prefix="lion-report-")) / Path(rel).name
+        local.write_bytes(store.storage.read_bytes(rel))
+        typer.echo(f"a local copy: {local}")
+        uri = str(local)
+    if not webbrowser.open(Path(uri).resolve().as_uri()):
+        typer.echo("no web browser found here: open the file above in one")
 
 
 def eval_cmd(

@@ -34,7 +34,7 @@ from lion_core.config.endpoints import (
     RefereeConfig,
     TeacherConfig,
 )
-from lion_core.config.evaluation import DATA_FORMATS, EvaluationConfig
+from lion_core.config.evaluation import DATA_FORMATS, DecontaminateConfig, EvaluationConfig
 from lion_core.config.method import (
     DEFAULT_REFUSALS,
     DataHealthConfig,
@@ -64,6 +64,7 @@ __all__ = [
     "PRICES_AS_OF",
     "BatchConfig",
     "DataHealthConfig",
+    "DecontaminateConfig",
     "DiscriminationConfig",
     "EndpointConfig",
     "EvaluationConfig",

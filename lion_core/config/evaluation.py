@@ -4,10 +4,32 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from lion_core.config.base import OFFLINE, Section
+from lion_core.config.base import ADDED, OFFLINE, Section
 
 # The data files a path in the config may name (seed data, question sets).
 DATA_FORMATS = (".jsonl", ".json", ".parquet", ".csv")
+
+
+class DecontaminateConfig(Section):
+    """The decontamination gate: no instruction close to an evaluation question enters a pool.
+
+    Seeds are checked as they are loaded, new instructions before the novelty filter
+    (lion_core.method.decontaminate)."""
+
+    rouge_l: float = Field(
+        0.7,
+        ge=0.0,
+        le=1.0,
+        description="Drop a seed or new instruction whose ROUGE-L F1 with a question of an "
+        "evaluation set is above this (computed as the novelty filter computes it); 1 = off.",
+    )
+    ngram: int = Field(
+        13,
+        ge=0,
+        le=1000,
+        description="... or that shares a run of this many tokens with one (lowercase letters "
+        "and digits, as ROUGE-L tokenises; 13 as open-instruct); 0 = off.",
+    )
 
 
 class EvaluationConfig(Section):
@@ -60,6 +82,14 @@ class EvaluationConfig(Section):
     )
     lm_eval_num_fewshot: int | None = Field(
         None, ge=0, description="Few-shot examples per lm-eval prompt; empty: each task's own."
+    )
+
+    decontaminate: DecontaminateConfig = Field(
+        default_factory=DecontaminateConfig,
+        description="Every seed (at load) and every new instruction is checked against every "
+        "question of each set; the close ones are dropped and counted per set. No sets: no "
+        "check.",
+        json_schema_extra=ADDED,
     )
 
     @field_validator("sets")

@@ -16,6 +16,8 @@ Every candidate keeps a status, so the round can say where its instructions went
     punctuation  starts with punctuation
     non_ascii    starts with a non-ASCII character (generator.drop_non_ascii_start)
     candidate    passed the post-filters (before select_novel)
+    contaminated close to an evaluation question (lion_core.method.decontaminate; checked
+                 before select_novel, which leaves it alone)
     duplicate    exactly an instruction of the train pool or of an earlier candidate
     not_novel    ROUGE-L F1 above the threshold with the pool or an earlier kept candidate
     surplus      novel, but its kind already had enough

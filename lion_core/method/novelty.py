@@ -37,6 +37,7 @@ __all__ = [
     "filter_novel",
     "max_rouge_l",
     "near_pool",
+    "nearest_rouge_l",
     "rouge_l_f1",
     "tokenize",
 ]
@@ -215,14 +216,25 @@ def max_rouge_l(candidates: list[str], pool: list[str]) -> list[float]:
     whose bound also reaches the candidate's best so far are aligned, highest overlap first.
     Cost: one pass of the product per level for the candidates still open, plus the alignments.
     """
+    return nearest_rouge_l(candidates, pool)[0]
+
+
+def nearest_rouge_l(candidates: list[str], pool: list[str]) -> tuple[list[float], list[int]]:
+    """Each candidate's highest ROUGE-L F1 against the pool (as `max_rouge_l`) and the index
+    of the pool text that reaches it — the lowest such index when several do; -1 when the best
+    is 0.0 (an empty pool, or no shared token)."""
     _check_texts(candidates, pool)
     n = len(candidates)
     best = np.zeros(n, dtype=np.float64)
+    arg = np.full(n, -1, dtype=np.int64)
     if not n or not pool:
-        return best.tolist()
+        return best.tolist(), arg.tolist()
     corpus = _Corpus(list(candidates) + list(pool))
     cand = np.arange(n)
     targets = np.arange(n, n + len(pool))
+    # The best target so far per candidate; beyond every target while none is found, so that
+    # the first pair found at F1 0.0 is no better than none.
+    where = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     open_ = np.ones(n, dtype=bool)
     for level in _MAX_LEVELS:
         live = np.flatnonzero(open_)
@@ -238,19 +250,26 @@ def max_rouge_l(candidates: list[str], pool: list[str]) -> list[float]:
             pending.append((q_docs[keep], t_docs[keep], bound[keep]))
             n_pending += int(keep.sum())
             if n_pending >= _FLUSH:
-                _raise_best(corpus, pending, best)
+                _raise_best(corpus, pending, best, where)
                 pending, n_pending = [], 0
         if pending:
-            _raise_best(corpus, pending, best)
+            _raise_best(corpus, pending, best, where)
         open_[live] = best[live] < level
-    return best.tolist()
+    found = best > 0
+    arg[found] = where[found] - n
+    return best.tolist(), arg.tolist()
 
 
 def _raise_best(
-    corpus: _Corpus, pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]], best: np.ndarray
+    corpus: _Corpus,
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    best: np.ndarray,
+    where: np.ndarray,
 ) -> None:
-    """Raise best[q] to the F1 of the pending pairs (q, t, bound) that may beat it: in rounds,
-    highest bound first per candidate, skipping pairs whose bound is below the best so far."""
+    """Raise best[q] to the F1 of the pending pairs (q, t, bound) that may beat it, and set
+    where[q] to the target reaching it (the lowest on a tie): in rounds, highest bound first
+    per candidate, skipping pairs whose bound is below the best so far (a pair whose bound
+    reaches the best within the margin is aligned, so no tie is missed)."""
     q_docs = np.concatenate([p[0] for p in pending])
     t_docs = np.concatenate([p[1] for p in pending])
     bound = np.concatenate([p[2] for p in pending])
@@ -264,9 +283,19 @@ def _raise_best(
     rank = np.arange(len(q_docs)) - np.repeat(starts, np.diff(np.append(starts, len(q_docs))))
     for lo, hi in ((0, 1), (1, 4), (4, 16), (16, 64), (64, len(q_docs) + 1)):
         sel = (rank >= lo) & (rank < hi) & (bound >= best[q_docs] - _BOUND_MARGIN)
-        if sel.any():
-            f = _f1_pairs(corpus, q_docs[sel], t_docs[sel])
-            np.maximum.at(best, q_docs[sel], f)
+        if not sel.any():
+            continue
+        q, t = q_docs[sel], t_docs[sel]
+        f = _f1_pairs(corpus, q, t)
+        # per candidate, its best pair of this round (highest F1, then lowest target)
+        first = np.lexsort((t, -f, q))
+        q, t, f = q[first], t[first], f[first]
+        head = np.ones(len(q), dtype=bool)
+        head[1:] = q[1:] != q[:-1]
+        q, t, f = q[head], t[head], f[head]
+        better = (f > best[q]) | ((f == best[q]) & (t < where[q]))
+        best[q[better]] = f[better]
+        where[q[better]] = t[better]
 
 
 class _Corpus:

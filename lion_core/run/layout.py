@@ -6,6 +6,7 @@
     <root>/lease.lock                               local roots: serializes lease updates (flock)
     <root>/round=<k>/<artifact>.parquet             k = 1..rounds (+1 for the final pools)
     <root>/round=<k>/summary.json                   what round k reports (RoundSummary)
+    <root>/round=<k>/report.html                    round k's report, one self-contained page
     <root>/round=0/student/                         the base student (round-0 checkpoint)
     <root>/round=<k>/student/                       the student trained in round k
     <root>/round=<k>/checkpoints/checkpoint-<step>/ mid-run training checkpoints (until committed)
@@ -63,6 +64,11 @@ def artifact(k: int, name: str) -> str:
 def round_summary(k: int) -> str:
     """Round k's summary (lion_core.run.records.RoundSummary as JSON), rewritten by each run."""
     return f"{round_dir(k)}/summary.json"
+
+
+def report(k: int) -> str:
+    """Round k's report (lion_core.run.report), rewritten whenever it is rendered."""
+    return f"{round_dir(k)}/report.html"
 
 
 def student(k: int) -> str:

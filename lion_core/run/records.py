@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lion_core import errors
 from lion_core.errors import LionError, ResultRecordError
 from lion_core.evaluation.evaluate import EvalSummary
+from lion_core.method.decontaminate import Decontamination
 from lion_core.method.diversity import Diversity, RougeQuantiles
 from lion_core.method.health import AnswerHealth, DomainHealth
 from lion_core.run.schemas import ArtifactRef
@@ -92,10 +93,14 @@ class Usage(Record):
 
 
 class Pools(Record):
-    """A round's Train and Cache Pools."""
+    """A round's Train and Cache Pools. `decontamination`: round 1's, what the decontamination
+    gate did to the seeds (None without evaluation sets, in later rounds, and in results written
+    before it existed); `contaminated`: the seeds it dropped (`contaminated_seeds`)."""
 
     train: ArtifactRef
     cache: ArtifactRef
+    decontamination: Decontamination | None = Field(None, json_schema_extra=ADDED)
+    contaminated: ArtifactRef | None = Field(None, json_schema_extra=ADDED)
 
 
 class TeacherAnswers(Record):
@@ -167,6 +172,10 @@ class NewInstructions(Record):
     shortfall: dict[str, int] | None = Field(None, json_schema_extra=ADDED)
     attempts: int | None = Field(None, json_schema_extra=ADDED)
     usage: Usage | None = Field(None, json_schema_extra=ADDED)
+    # Each judged or contaminated candidate's nearest text (lion_core.method.lineage), and what
+    # the decontamination gate dropped (None without evaluation sets, and before they existed).
+    nearest: ArtifactRef | None = Field(None, json_schema_extra=ADDED)
+    decontamination: Decontamination | None = Field(None, json_schema_extra=ADDED)
 
     @property
     def kept(self) -> int:
@@ -209,16 +218,34 @@ class RoundSummary(Record):
     # (generator.max_attempts passes); None in summaries written before they existed.
     new_wanted: int | None = None
     new_shortfall: int | None = None
+    # The decontamination gate: the seeds it dropped (round 1) and the new instructions it
+    # dropped; None without evaluation sets (and in summaries written before it existed).
+    seeds_decontamination: Decontamination | None = None
+    decontamination: Decontamination | None = None
+
+    def contamination(self) -> Decontamination | None:
+        """Seeds and new instructions together (None when neither was checked)."""
+        parts = [d for d in (self.seeds_decontamination, self.decontamination) if d is not None]
+        return sum(parts[1:], parts[0]) if parts else None
 
     def flat(self) -> dict[str, Any]:
         """One level deep: `<role>_<counter>`, `cost_usd` (all roles) and `<stage>_seconds`
         columns (`<role>_sent`: requests sent to the endpoint; `<role>_cached`: answered from the
         run's response cache; `<role>_failures`: requests that failed and were tolerated,
-        `<role>.max_failed_share`), and a few diversity rows (the whole of it is in
-        summary.json)."""
+        `<role>.max_failed_share`), a few diversity rows (the whole of it is in
+        summary.json), and `contaminated` (seeds and new instructions the decontamination gate
+        dropped; None without evaluation sets) with `contaminated_<set>` per set."""
         row = self.model_dump(
-            exclude={"usage", "seconds", "diversity", "teacher_health", "generated_health"}
-        )
+            exclude={
+                "usage", "seconds", "diversity", "teacher_health", "generated_health",
+                "seeds_decontamination", "decontamination",
+            }
+        )  # fmt: skip
+        both = self.contamination()
+        row["contaminated"] = both.dropped if both is not None else None
+        if both is not None:
+            for name, n in both.by_set.items():
+                row[f"contaminated_{name}"] = n
         if self.teacher_health is not None:
             h = self.teacher_health
             row["teacher_refusal_share"] = h.share(h.refusals)

@@ -78,11 +78,34 @@ SPLIT_SCHEMA = pa.schema(
 GENERATED_SCHEMA = pa.schema(
     [
         *POOL_SCHEMA,
-        # kept | surplus | not_novel | duplicate | candidate (passed the post-filters, not yet
-        # judged) | failed | truncated | empty | echo | too_short | punctuation | non_ascii
+        # kept | surplus | capped | not_novel | duplicate | contaminated (close to an evaluation
+        # question) | candidate (passed the post-filters, not yet judged) | failed | truncated |
+        # empty | echo | too_short | punctuation | non_ascii
         ("status", pa.string()),
         ("error", pa.string()),
         ("request_key", pa.string()),
+    ]
+)
+
+# What the novelty filter and the decontamination gate compared an instruction with: one row
+# per candidate they judged (kept, not_novel, duplicate, contaminated), or per seed the gate
+# dropped; the text it came nearest to and their ROUGE-L F1 (lion_core.method.lineage).
+NEAREST_SCHEMA = pa.schema(
+    [
+        ("instruction_id", pa.string()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("source", pa.string()),  # seed | hard | easy
+        ("parent_id", pa.string()),  # the seed it was generated from (null for seeds)
+        ("request_key", pa.string()),  # its generator request (null for seeds)
+        ("status", pa.string()),  # kept | not_novel | duplicate | contaminated
+        ("rouge_l", pa.float64()),  # ROUGE-L F1 with the nearest text (0: nothing shared)
+        ("nearest_id", pa.string()),  # its instruction_id or question_id (null: none)
+        ("nearest", pa.string()),
+        # train pool | new (kept this round) | candidate (an identical earlier candidate) |
+        # evaluation <set>
+        ("nearest_in", pa.string()),
+        ("ngram", pa.string()),  # the n-gram shared with an evaluation question, if any
     ]
 )
 
@@ -202,6 +225,8 @@ ARTIFACT_SCHEMAS: dict[str, pa.Schema] = {
     "referee_2": REFEREE_ORDER_SCHEMA,
     "candidates_hard": GENERATED_SCHEMA,
     "candidates_easy": GENERATED_SCHEMA,
+    "nearest": NEAREST_SCHEMA,  # each judged candidate's nearest text (novel-instructions)
+    "contaminated_seeds": NEAREST_SCHEMA,  # round 1: the seeds the decontamination gate dropped
 }
 
 
