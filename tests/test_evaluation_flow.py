@@ -142,7 +142,9 @@ def test_distill_evaluates_round_0_and_every_round_on_the_held_out_set(
     cfg.to_yaml(tmp_path / "run.yaml")
     out = CliRunner().invoke(app, ["estimate", "-c", str(tmp_path / "run.yaml"), "--json"])
     assert out.exit_code == 0, out.output
-    estimate = json.loads(out.output)["run_requests"]
+    full = json.loads(out.output)
+    estimate = full["run_requests"]
+    assert full["generator_max"]["run"] == 18 * cfg.generator.max_attempts  # top-ups, at most
     # the teacher: 24 seeds + 24 questions; the judge: 24 questions x 2 orders x rounds 0, 1
     assert estimate == {"teacher": 48, "referee": 48, "generator": 18, "judge": 96}
     run = lion_distill(cfg)

@@ -2,8 +2,17 @@
 
 Round 1 is exact in requests (the Lion arm, no referee re-asks): the teacher answers every seed,
 the referee reviews each in both orders, the generator is asked `ceil(wanted * oversample)`
-times per kind. Prompt tokens are counted on the real prompts (tiktoken for OpenAI model names,
-else characters / 4: `lion_core.llm.costs`); the referee's prompt holds a teacher answer and a
+times per kind on its first pass. Its top-up passes (`generator.max_attempts`) ask again for what
+a kind is still short of, which depends on how many candidates the novelty filter drops: each
+asks at most as much as the first, so `generator_max` (first pass × max_attempts per round) bounds
+the generator's requests from above. The referee's and the judge's counts are upper bounds too:
+a pair whose two answers are the same text has one prompt for both orders (the client sends it
+once), and a pair with a missing answer is not sent — measured on a 1-round demo: teacher 244 of
+244, generator 240 of 240, referee 265 of 320 (55 Cache-Pool answers of the student equal to the
+teacher's), judge 334 of 336.
+
+Prompt tokens are counted on the real prompts (tiktoken for OpenAI model names, else
+characters / 4: `lion_core.llm.costs`); the referee's prompt holds a teacher answer and a
 student answer, counted as `expected_completion_tokens` (or `max_tokens`) of the teacher and
 `student.generation.max_new_tokens`. Completion tokens are each role's expected length.
 
@@ -11,11 +20,11 @@ Rounds 2.. are projected: `new_per_round` new instructions (all kept) for the te
 Cache Pool (`new`: those; `all`: the growing Train Pool) twice for the referee, the generator as
 in round 1, at round 1's mean prompt length per role.
 
-The evaluation (`evaluation.sets`) is exact in requests: the teacher answers each set's
-questions once per run (round 0's row, with the judging of the base student), and the judge
-scores every question in both orders for each evaluated round (round 0, then every round or the
-last: `evaluation.every_round`). Its prompts hold the teacher's and the student's answers,
-counted like the referee's.
+The evaluation (`evaluation.sets`) is counted like round 1 (the judge an upper bound): the
+teacher answers each set's questions once per run (round 0's row, with the judging of the base
+student), and the judge scores every question in both orders for each evaluated round (round 0,
+then every round or the last: `evaluation.every_round`). Its prompts hold the teacher's and the
+student's answers, counted like the referee's.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ class RunEstimate:
     rounds: dict[int, dict[str, Estimate]]
     modes: dict[str, str]
     exact_tokens: dict[str, bool] = field(default_factory=dict)
+    generator_attempts: int = 1  # generator.max_attempts: passes per round at most
 
     def total(self, role: str | None = None) -> Estimate:
         out = Estimate()
@@ -61,11 +71,17 @@ class RunEstimate:
         """The cost with each role in its configured mode (sync or batch)."""
         return sum(self.total(r).cost(m) for r, m in self.modes.items())
 
+    def generator_max(self) -> int:
+        """The generator's requests if every round used all its top-up passes."""
+        return self.generator_attempts * self.total("generator").requests
+
     def to_json(self) -> dict[str, Any]:
         first = self.rounds.get(1, {})
+        first_max = self.generator_attempts * first["generator"].requests if first else 0
         return {
             "requests": {r: e.requests for r, e in first.items() if r in ROLES},
             "run_requests": {r: self.total(r).requests for r in self.modes},
+            "generator_max": {"round_1": first_max, "run": self.generator_max()},
             "tokens": {
                 r: {
                     "prompt": self.total(r).prompt_tokens,
@@ -158,6 +174,7 @@ def estimate_run(config: LionConfig, pool: pd.DataFrame | None = None) -> RunEst
         rounds=dict(sorted(rounds.items())),
         modes={r: e.mode for r, e in ends.items()},
         exact_tokens={r: token_counter(e.model).exact for r, e in ends.items()},
+        generator_attempts=config.generator.max_attempts,
     )
 
 
@@ -248,6 +265,11 @@ def text_table(est: RunEstimate) -> str:
         f"\nas configured (each role's mode): ${_usd(est.configured_cost())}; prices as of "
         f"{PRICES_AS_OF} (config `pricing`)"
     )
+    if est.generator_attempts > 1:
+        lines.append(
+            f"generator: first passes shown; with every top-up pass (generator.max_attempts="
+            f"{est.generator_attempts}) at most {est.generator_max():,} requests"
+        )
     return "\n".join(lines)
 
 
