@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect_services import migrated_database
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -180,7 +181,8 @@ def _slow_run(tmp_path: Path, **popen) -> subprocess.Popen:
     small_config(tmp_path / "root", **{"offline.latency": 5.0}).to_yaml(cfg_path)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a fresh database, 2 cores
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # 2 busy cores
+    migrated_database(tmp_path / "prefect-home" / "prefect.db")  # start-up without migrations
     exe = str(Path(sys.executable).parent / "lion")
     with (tmp_path / "lion.err").open("w") as err:
         return subprocess.Popen([exe, "run", "-c", str(cfg_path)], env=env, stderr=err,
