@@ -211,6 +211,7 @@ def test_the_temporary_prefect_server_gets_a_second_try_when_the_first_times_out
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.pop("PREFECT_SERVER_DATABASE_TIMEOUT", None)
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    migrated_database(tmp_path / "prefect-home" / "prefect.db")
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
