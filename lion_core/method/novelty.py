@@ -26,9 +26,10 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain
+from itertools import pairwise
 
 import numpy as np
+import pandas as pd
 
 from lion_core.errors import ConfigError, DataError
 
@@ -63,11 +64,123 @@ _TABLE_CELLS = 1 << 22  # 64-bit words in one chunk's match-mask table (32 MB)
 _ORDER_CHUNK = 1024  # candidates resolved among themselves at a time
 _WORD = 64
 _WORKERS = min(2, os.cpu_count() or 1)  # threads scoring blocks
+_HEAVY_WORDS = 2  # sketch words of exact bits for the most frequent features (see _Corpus.sketch)
+_SKETCH_WORDS = 8  # 64-bit words per text in the sketch bound
 
 
 def tokenize(text: str) -> list[str]:
     """rouge_score's default tokens (no stemming) of `text`."""
     return _TOKEN_RE.findall(text.lower())
+
+
+# The same tokens, fast, for many texts at once. Texts are joined by " \x00 ", encoded as UTF-8
+# and mapped byte by byte to digits: "0"-"9" -> 1..10, letters of either case -> 11..36 (rouge_score
+# lowercases), the NUL between texts -> 63, anything else -> 0, a separator (the bytes of a
+# non-ASCII character are all >= 0x80, so they separate too). Tokens are then the maximal runs of
+# non-zero bytes, exactly the runs of [a-z0-9] in text.lower(), with two exceptions handled before
+# encoding: the only characters whose lower() holds an ASCII letter or digit (tests check this
+# against the running Python's Unicode tables).
+_DIGITS = bytes(
+    63
+    if c == 0
+    else c - 47
+    if 48 <= c <= 57
+    else c - 86
+    if 97 <= c <= 122
+    else c - 54
+    if 65 <= c <= 90
+    else 0
+    for c in range(256)
+)
+_LOWER_TO_ASCII = {"\u0130": "i ", "\u212a": "k"}  # "İ".lower() == "i̇", "K".lower() == "k"
+_TEXT_SEP = 63
+_PACKED = 10  # tokens of up to 10 characters are packed 6 bits a character; longer ones looked up
+_LONG = 1 << 61  # codes of the longer tokens start here (packed ones are below 64**10 = 2**60)
+_TEXTS_PER_CHUNK = 1 << 14
+
+
+def _token_ids(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every text's tokens (those of `tokenize`) as int32 ids, all texts end to end; the number
+    of tokens per text; the number of distinct tokens. Equal tokens get equal ids."""
+    long_words: dict[bytes, int] = {}
+    codes, counts = [], []
+    for lo in range(0, len(texts), _TEXTS_PER_CHUNK):
+        chunk = texts[lo : lo + _TEXTS_PER_CHUNK]
+        joined = " \x00 ".join(chunk)
+        if joined.count("\x00") != len(chunk) - 1:  # a text holds a NUL: one text at a time
+            code, count = _codes_one_by_one(chunk, long_words)
+        else:
+            for char, lowered in _LOWER_TO_ASCII.items():
+                if char in joined:
+                    joined = joined.replace(char, lowered)
+            digits = joined.encode("utf-8", "surrogatepass").translate(_DIGITS)
+            code, count = _codes(digits, long_words)
+        codes.append(code)
+        counts.append(count)
+    code = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64)
+    lengths = np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+    ids, vocab = pd.factorize(code)  # a hash table: far faster than sorting 10**7 codes
+    return ids.astype(np.int32), lengths.astype(np.int64), len(vocab)
+
+
+def _codes(digits: bytes, long_words: dict[bytes, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Token codes of texts given as `_DIGITS` bytes joined by separators, and tokens per text.
+    A code is the token's digits packed 6 bits each (unique for up to `_PACKED` characters), or
+    `_LONG` plus the token's index in `long_words`."""
+    a = np.frombuffer(digits, dtype=np.uint8)
+    edge = np.flatnonzero(np.diff((a != 0).view(np.int8), prepend=0, append=0))
+    starts, ends = edge[0::2], edge[1::2]
+    n = (ends - starts).astype(np.uint64)
+    # 8 bytes from any offset, big-endian: the token's first characters in the top bytes
+    padded = digits + bytes(16)
+    window = np.ndarray((len(padded) - 7,), dtype=">u8", buffer=padded, strides=(1,))
+    first = window[starts].astype(np.uint64)
+    eight = np.uint64(8)
+    code = _pack6(first >> (eight * (eight - np.minimum(n, eight))))
+    mid = np.flatnonzero((n > eight) & (n <= _PACKED))
+    if len(mid):
+        rest = n[mid] - eight
+        second = window[starts[mid] + 8].astype(np.uint64) >> (eight * (eight - rest))
+        code[mid] = (_pack6(first[mid]) << (np.uint64(6) * rest)) | _pack6(second)
+    code = code.astype(np.int64)
+    for i in np.flatnonzero(n > _PACKED).tolist():
+        word = digits[starts[i] : ends[i]]
+        code[i] = _LONG + long_words.setdefault(word, len(long_words))
+    sep = np.flatnonzero(code == _TEXT_SEP)  # a separator is a run of its own (spaces around)
+    count = np.diff(np.concatenate([[-1], sep, [len(code)]])) - 1
+    return np.delete(code, sep), count
+
+
+def _pack6(x: np.ndarray) -> np.ndarray:
+    """Eight bytes below 64 each (big-endian in a uint64) packed into 48 bits, 6 per byte."""
+    m16, m32 = np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF)
+    x = (((x >> np.uint64(8)) & m16) << np.uint64(6)) | (x & m16)
+    x = (((x >> np.uint64(16)) & m32) << np.uint64(12)) | (x & m32)
+    return ((x >> np.uint64(32)) << np.uint64(24)) | (x & np.uint64(0xFFFFFFFF))
+
+
+def _codes_one_by_one(
+    texts: list[str], long_words: dict[bytes, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_codes` for texts that may hold NULs: `tokenize` each, then the same codes."""
+    code, count = [], []
+    for text in texts:
+        words = tokenize(text)
+        count.append(len(words))
+        for word in words:
+            digits = word.encode("ascii").translate(_DIGITS)
+            if len(digits) <= _PACKED:
+                code.append(_pack_int(digits))
+            else:
+                code.append(_LONG + long_words.setdefault(digits, len(long_words)))
+    return np.array(code, dtype=np.int64), np.array(count, dtype=np.int64)
+
+
+def _pack_int(digits: bytes) -> int:
+    value = 0
+    for d in digits:
+        value = value << 6 | d
+    return value
 
 
 def rouge_l_f1(target: Sequence[str], prediction: Sequence[str]) -> float:
@@ -302,37 +415,92 @@ class _Corpus:
     """All texts as int token ids, plus per-text occurrence features for the overlap bound.
 
     A text's features are (token, k) for the k-th occurrence of each token, so the number of
-    features two texts share is exactly their multiset token overlap.
+    features two texts share is exactly their multiset token overlap. Feature ids are ranks by
+    frequency over all the texts, rarest first (0 = rarest), and each text's features are
+    stored in that order: the global order the prefix filter of `_Join` needs.
     """
 
     def __init__(self, texts: list[str]) -> None:
-        per_text = [tokenize(text) for text in texts]
-        lengths = np.fromiter(map(len, per_text), dtype=np.int64, count=len(texts))
-        flat = list(chain.from_iterable(per_text))
-        vocab = {word: i for i, word in enumerate(dict.fromkeys(flat))}
-        self.n_vocab = max(len(vocab), 1)
-        self.tokens = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
+        tokens, lengths, n_vocab = _token_ids(texts)
+        self.n_vocab = max(n_vocab, 1)
+        self.tokens = tokens
         self.lengths = lengths
         self.offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self.offsets[1:])
 
-        # Features: sort each text's tokens (only the multiset matters), number the repeats of a
-        # token 0, 1, 2, ...; repeat 0 of token w is feature w, later repeats get ids after V.
+        # Number the repeats of a token within a text 0, 1, 2, ... (only the multiset matters,
+        # so sort each text's tokens); repeat 0 of token w is feature w, later repeats get ids
+        # after the vocabulary.
         doc = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
-        key = np.sort(doc * self.n_vocab + self.tokens)
-        tok = key % self.n_vocab
-        repeat = np.zeros(len(key), dtype=bool)
-        repeat[1:] = key[1:] == key[:-1]
-        run_start = np.flatnonzero(~repeat)
-        rank = np.arange(len(key)) - np.repeat(run_start, np.diff(np.append(run_start, len(key))))
-        feat = tok.copy()
-        if repeat.any():
-            _, extra = np.unique(
-                tok[repeat] * (int(rank.max()) + 1) + rank[repeat], return_inverse=True
-            )
-            feat[repeat] = self.n_vocab + extra
-        self.feat = feat  # grouped by text, same offsets as the tokens
-        self.n_feat = self.n_vocab + (int(extra.max()) + 1 if repeat.any() else 0)
+        key = doc * self.n_vocab + tokens
+        key.sort()  # the text stays the major key: every text keeps its place
+        tok = key - doc * self.n_vocab
+        at = np.arange(len(key), dtype=np.int64)
+        run = np.ones(len(key), dtype=bool)
+        run[1:] = key[1:] != key[:-1]
+        del key
+        repeat = at - np.maximum.accumulate(np.where(run, at, 0))
+        del at, run
+        feat, n_feat = tok, self.n_vocab
+        rep = np.flatnonzero(repeat)
+        if len(rep):
+            code = tok[rep] * (int(repeat.max()) + 1) + repeat[rep]
+            ids, distinct = pd.factorize(code)
+            feat[rep] = self.n_vocab + ids
+            n_feat += len(distinct)
+        del repeat
+        # Rank the features by frequency, rarest first, and sort each text's features so.
+        order = np.argsort(np.bincount(feat, minlength=n_feat), kind="stable")
+        rank = np.empty(n_feat, dtype=np.int64)
+        rank[order] = np.arange(n_feat)
+        key = doc * n_feat + rank[feat]
+        del feat
+        key.sort()
+        key -= doc * n_feat
+        self.feat = key.astype(np.int32 if n_feat < 1 << 31 else np.int64)
+        self.n_feat = max(n_feat, 1)
+        self._sketch: np.ndarray | None = None
+        self._light: np.ndarray | None = None
+
+    def sketch(self) -> tuple[np.ndarray, np.ndarray]:
+        """`_SKETCH_WORDS` 64-bit words per text (a column each) for a cheap exact bound on the
+        overlap of two texts, and each text's number of light features. The first
+        `_HEAVY_WORDS` words hold one bit per heavy feature (the most frequent ones) the text
+        has; the others are a parity sketch of its light features (each hashed to one bit,
+        XOR-ed), so the popcount of the XOR of two texts' parity words is at most the size of
+        the symmetric difference of their light features. Hence
+        overlap <= popcount(heavy a AND heavy b) + (light a + light b - that popcount) / 2.
+        """
+        if self._sketch is None:
+            heavy_from = self.n_feat - min(_HEAVY_WORDS * _WORD, self.n_feat)
+            f = self.feat.astype(np.int64)
+            is_heavy = f >= heavy_from
+            hashed = (
+                (f.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+            ).astype(np.int64)
+            n_light_bits = (_SKETCH_WORDS - _HEAVY_WORDS) * _WORD
+            bit = np.where(is_heavy, f - heavy_from, _HEAVY_WORDS * _WORD + hashed % n_light_bits)
+            word = bit // _WORD
+            value = np.left_shift(np.uint64(1), (bit % _WORD).astype(np.uint64))
+            doc = np.repeat(np.arange(len(self.lengths)), self.lengths)
+            sketch = np.zeros((_SKETCH_WORDS, len(self.lengths)), dtype=np.uint64)
+            # heavy bits are distinct within a text, so XOR is OR there
+            np.bitwise_xor.at(sketch.reshape(-1), word * len(self.lengths) + doc, value)
+            light = self.lengths - np.bincount(doc[is_heavy], minlength=len(self.lengths))
+            self._light = light.astype(np.int32)
+            self._sketch = sketch
+        assert self._light is not None
+        return self._sketch, self._light
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values (np.unique without its overheads)."""
+    if not len(values):
+        return values
+    s = np.sort(values)
+    keep = np.ones(len(s), dtype=bool)
+    keep[1:] = s[1:] != s[:-1]
+    return s[keep]
 
 
 def _hits_any(
@@ -340,17 +508,23 @@ def _hits_any(
 ) -> np.ndarray:
     """For each query text, whether its F1 with some target text is > t."""
     hit = np.zeros(len(queries), dtype=bool)
-    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    n_pending = 0
-    for survivors in _overlap_survivors(corpus, queries, targets, t, hit):
-        pending.append(survivors)
-        n_pending += len(survivors[0])
-        st.bound_survivors += len(survivors[0])
-        if n_pending >= _FLUSH:
+    join = _join_for(corpus, queries, targets, t)
+    if join is None:
+        phases = [lambda: _overlap_survivors(corpus, queries, targets, t, hit)]
+    else:  # two rounds: the queries the first one drops never pay for the second
+        phases = [lambda r=r: join.survivors(r, hit) for r in range(len(join.rounds))]
+    for phase in phases:
+        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        n_pending = 0
+        for survivors in phase():
+            pending.append(survivors)
+            n_pending += len(survivors[0])
+            st.bound_survivors += len(survivors[0])
+            if n_pending >= _FLUSH:
+                _verify_first_hit(corpus, queries, pending, t, hit, st)
+                pending, n_pending = [], 0
+        if pending:
             _verify_first_hit(corpus, queries, pending, t, hit, st)
-            pending, n_pending = [], 0
-    if pending:
-        _verify_first_hit(corpus, queries, pending, t, hit, st)
     return hit
 
 
@@ -485,6 +659,302 @@ def _ragged(offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarr
     before = np.cumsum(counts) - counts
     idx = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(starts - before, counts)
     return rows, idx
+
+
+# --- candidate pairs by a set-similarity join -------------------------------------------------
+
+_JOIN_MODE = (
+    "auto"  # "auto": the join where it is estimated cheaper than the product; "always"; "never"
+)
+_JOIN_MIN_PAIRS = (
+    1 << 23
+)  # fewer (query, target) pairs than this: the product, whatever the estimate
+_JOIN_FIRST = 3  # prefix positions of each query probed in the first round
+_JOIN_BLOCK = 1 << 19  # index entries expanded per block of queries
+_CHUNK_BITS = 16
+_JOIN_TARGETS = 1 << _CHUNK_BITS  # targets per chunk of the join's index
+# Rough CPU seconds per index entry the join expands and per (query, target) cell of the product
+# path; they only choose between the two.
+_COST_ENTRY = 3e-8
+_COST_CELL = 4e-8
+
+
+def _join_for(corpus: _Corpus, queries: np.ndarray, targets: np.ndarray, t: float) -> _Join | None:
+    """The join for these queries and targets, or None where the product path is the better bet
+    (few pairs, a low threshold that makes prefixes long) or the only exact one (t outside [0, 1):
+    the join never proposes a pair without a shared token)."""
+    if _JOIN_MODE == "never" or not 0 <= t < 1 or not len(queries) or not len(targets):
+        return None
+    cells = len(queries) * len(targets)
+    if _JOIN_MODE == "auto" and cells < _JOIN_MIN_PAIRS:
+        return None
+    join = _Join(corpus, queries, targets, t)
+    if _JOIN_MODE == "auto" and join.entries * _COST_ENTRY > cells * _COST_CELL:
+        return None
+    return join
+
+
+def _h(lengths: np.ndarray, t: float) -> np.ndarray:
+    """t·len/2 rounded down to a multiple of 1/4: `_QuerySide.h`."""
+    return np.floor(lengths * (4 * (t / 2))) / 4
+
+
+def _need(h_a: np.ndarray, h_b: np.ndarray) -> np.ndarray:
+    """The least overlap the bound lets through, ``overlap > h(la) + h(lb) - _SLACK``, and at least
+    1 (no shared token: LCS 0, F1 0, never above a threshold >= 0)."""
+    return np.maximum(np.floor(h_a + h_b - _SLACK) + 1, 1).astype(np.int64)
+
+
+def _least_need(la: np.ndarray, ha: np.ndarray, lb: np.ndarray, hb: np.ndarray):
+    """For each length of `la` against the sorted lengths `lb`: the index in `lb` of the shortest
+    length a pair can pass the bound with (its needed overlap at most both lengths), len(lb)
+    where none can, and the overlap needed there, the least over all such lengths since the
+    need grows with the length."""
+    first = np.full(len(la), len(lb), dtype=np.int64)
+    least = np.zeros(len(la), dtype=np.int64)
+    if not len(lb):
+        return first, least
+    step = max(1, (1 << 20) // max(len(lb), 1))
+    for lo in range(0, len(la), step):
+        need = _need(ha[lo : lo + step, None], hb[None, :])
+        ok = need <= np.minimum(la[lo : lo + step, None], lb[None, :])
+        at = np.argmax(ok, axis=1)
+        first[lo : lo + step] = np.where(ok.any(axis=1), at, len(lb))
+        least[lo : lo + step] = need[np.arange(len(at)), at]
+    return first, least
+
+
+def _spans(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For spans (start, count) of a flat array: each element's span and its offset in it."""
+    rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(
+        np.cumsum(counts) - counts, counts
+    )
+    return rows, within
+
+
+class _Join:
+    """The candidate pairs of the overlap bound, found by a set-similarity join instead of the
+    all-pairs product: its work grows with the pairs that share a rare enough feature, not with
+    all pairs (AllPairs / PPJoin: Bayardo et al. 2007, Xiao et al. 2008).
+
+    A pair passes the bound only with overlap >= a = `_need`(la, lb). Features are ordered
+    globally, rarest first (`_Corpus.feat`). Let c be the first feature the two texts share, at
+    position i in query x and j in target y: the other a - 1 shared features come after it in
+    both, so i <= lx - a and j <= ly - a, and a <= min(lx, ly) (length filter). So every such pair
+    meets at some feature f with
+
+    * i < lx - a_min(lx) + 1 and j < ly - a_min(ly) + 1, a_min the least need over the lengths on
+      the other side (the prefix filter: only those positions are probed and indexed),
+    * need(lx, ly) <= lx - i (probed target lengths: a range, the index being sorted by feature,
+      then length) and need(lx, ly) <= ly - j (each index entry keeps the longest query length
+      it serves; checked once expanded).
+
+    The entries so found are grouped into pairs, and a pair is proposed only if a sketch bound
+    (`_Corpus.sketch`) on its overlap still reaches the need: every pair the product path would
+    propose is proposed, and few others. Queries are probed in two rounds: first their
+    `_JOIN_FIRST` rarest prefix features (cheap, and it finds most near-duplicates), then, for
+    the queries not yet dropped, the rest of their prefix, leaving out pairs proposed before.
+    The targets are split into chunks of `_JOIN_TARGETS`, each with its own index, so that the
+    random reads of a block (index entries, sketches) stay within a few megabytes.
+    """
+
+    def __init__(self, corpus: _Corpus, queries: np.ndarray, targets: np.ndarray, t: float):
+        self.corpus, self.queries, self.targets, self.t = corpus, queries, targets, t
+        lengths = corpus.lengths
+        self.q4 = np.floor(lengths * (2 * t)).astype(np.int32)  # 4·h(len): _need in integers
+        lq, lt = lengths[queries], lengths[targets]
+        uq = np.flatnonzero(np.bincount(lq, minlength=1)[1:]) + 1  # distinct lengths > 0
+        ut = np.flatnonzero(np.bincount(lt, minlength=1)[1:]) + 1
+        hq, ht = _h(uq, t), _h(ut, t)
+        q_first, q_least = _least_need(uq, hq, ut, ht)
+        t_first, t_least = _least_need(ut, ht, uq, hq)
+        # prefix lengths per distinct length (a trailing 0 for the empty texts)
+        q_prefix = np.append(np.where(q_first < len(ut), uq - q_least + 1, 0), 0)
+        t_prefix = np.append(np.where(t_first < len(uq), ut - t_least + 1, 0), 0)
+        n_ut, n_t = max(len(ut), 1), len(targets)
+
+        # The index: every target's prefix features, sorted by (chunk of targets, feature,
+        # length), each with its target (within the chunk) and the longest query length (as an
+        # index in uq) it may pair with.
+        t_len = np.searchsorted(ut, lt)
+        rows, j = _spans(t_prefix[np.where(lt > 0, t_len, len(ut))])
+        ly = lt[rows]
+        longest = np.searchsorted(hq, (ly - j) - _h(ly, t) + _SLACK, side="left") - 1
+        ok = longest >= 0
+        rows, j, longest = rows[ok], j[ok], longest[ok]
+        key = corpus.feat[corpus.offsets[targets][rows] + j].astype(np.int64) * n_ut
+        key += t_len[rows]
+        chunk, local = rows >> _CHUNK_BITS, rows & (_JOIN_TARGETS - 1)
+        k_bits, m_bits = int(corpus.n_feat * n_ut).bit_length(), len(uq).bit_length()
+        c_bits = int(n_t >> _CHUNK_BITS).bit_length()
+        if c_bits + k_bits + _CHUNK_BITS + m_bits <= 63:  # one sort of packed entries
+            low = _CHUNK_BITS + m_bits
+            packed = (((chunk << k_bits) | key) << low) | (local << m_bits) | longest
+            packed.sort()
+            key, chunk = (packed >> low) & ((1 << k_bits) - 1), packed >> (low + k_bits)
+            local = (packed >> m_bits) & (_JOIN_TARGETS - 1)
+            longest = packed & ((1 << m_bits) - 1)
+            del packed
+        else:
+            order = np.lexsort((key, chunk))
+            key, chunk, local, longest = key[order], chunk[order], local[order], longest[order]
+        n_chunks = (n_t + _JOIN_TARGETS - 1) >> _CHUNK_BITS
+        self.chunk_at = np.searchsorted(chunk, np.arange(n_chunks + 1))
+        self.ikey, self.iy, self.im = key, local.astype(np.uint32), longest.astype(np.int32)
+
+        # The probes: every query's prefix features, with the index keys bounding their range.
+        q_len = np.searchsorted(uq, lq)
+        rows, i = _spans(q_prefix[np.where(lq > 0, q_len, len(uq))])
+        lx, lxi = lq[rows], q_len[rows]
+        f = corpus.feat[corpus.offsets[queries][rows] + i].astype(np.int64) * n_ut
+        top = np.searchsorted(ht, (lx - i) - _h(lx, t) + _SLACK, side="left") - 1
+        reach = top >= q_first[lxi]
+        rows, i, lxi, f, top = rows[reach], i[reach], lxi[reach], f[reach], top[reach]
+        self.e_q, self.e_lxi = rows, lxi.astype(np.int32)
+        self.e_from, self.e_to = f + q_first[lxi], f + top  # index keys in [from, to]
+        self.from_order = np.argsort(self.e_from, kind="stable")  # sorted needles search fast
+        self.to_order = np.argsort(self.e_to, kind="stable")
+        first = i < _JOIN_FIRST
+        self.rounds = [first, ~first]
+        self.entries = sum(
+            int(self._ranges(c, np.ones(len(rows), dtype=bool))[1].sum()) for c in range(n_chunks)
+        )
+        self._proposed: list[list[np.ndarray]] = [[] for _ in range(n_chunks)]
+
+    def _ranges(self, c: int, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Start and count, in chunk c's index, of the entries each probe marked in `live` may
+        pair with (0 for the others)."""
+        keys = self.ikey[self.chunk_at[c] : self.chunk_at[c + 1]]
+        lo = np.zeros(len(live), dtype=np.int64)
+        hi = np.zeros(len(live), dtype=np.int64)
+        order = self.from_order[live[self.from_order]]
+        lo[order] = np.searchsorted(keys, self.e_from[order], side="left")
+        order = self.to_order[live[self.to_order]]
+        hi[order] = np.searchsorted(keys, self.e_to[order], side="right")
+        return lo, np.maximum(hi - lo, 0)
+
+    def survivors(
+        self, round_no: int, done: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (query index, target text, overlap bound) for the pairs of a round, block by
+        block; queries marked in `done` (by the consumer, between blocks) are left out."""
+        sketch, light = self.corpus.sketch()  # here, not in the worker threads
+        in_flight: deque[Future] = deque()
+        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+            for c in range(len(self.chunk_at) - 1):
+                yield from self._drain(in_flight, done, round_no, 2 * _WORKERS)
+                live = self.rounds[round_no] & ~done[self.e_q]
+                lo, count = self._ranges(c, live)
+                ent = np.flatnonzero(count)
+                if not len(ent):
+                    continue
+                base = c << _CHUNK_BITS
+                targets = self.targets[base : base + _JOIN_TARGETS]
+                chunk = (
+                    sketch[:, targets],
+                    light[targets],
+                    self.q4[targets],
+                    self.iy[self.chunk_at[c] : self.chunk_at[c + 1]],
+                    self.im[self.chunk_at[c] : self.chunk_at[c + 1]],
+                )
+                seen = None
+                if round_no:
+                    keys = np.concatenate(self._proposed[c] or [np.zeros(0, dtype=np.int64)])
+                    seen = np.sort(keys[~done[keys >> _CHUNK_BITS]])
+                # Blocks of whole queries: at most _JOIN_BLOCK entries (unless one query has
+                # more) and _JOIN_TARGETS queries, so that pairs are keyed in uint32.
+                q = self.e_q[ent]
+                starts = np.flatnonzero(np.concatenate([[True], q[1:] != q[:-1]]))
+                per_query = np.add.reduceat(count[ent], starts)
+                block = (np.cumsum(per_query) - per_query) // _JOIN_BLOCK
+                block += np.arange(len(starts)) >> _CHUNK_BITS << 40
+                cuts = starts[np.flatnonzero(np.concatenate([[True], block[1:] != block[:-1]]))]
+                bounds = np.append(cuts, len(ent)).tolist()
+                for a, b in pairwise(bounds):
+                    part = ent[a:b]
+                    part = part[~done[self.e_q[part]]]
+                    if len(part):
+                        args = (c, part, lo[part], count[part], chunk, seen)
+                        in_flight.append(pool.submit(self._block, *args))
+                    yield from self._drain(in_flight, done, round_no, _WORKERS)
+            yield from self._drain(in_flight, done, round_no, 0)
+
+    def _drain(
+        self, in_flight: deque[Future], done: np.ndarray, round_no: int, keep: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        while len(in_flight) > keep:
+            c, q_pos, t_local, bound = in_flight.popleft().result()
+            if not round_no:
+                self._proposed[c].append(q_pos << _CHUNK_BITS | t_local)
+            fresh = ~done[q_pos]
+            if fresh.any():
+                t_pos = (c << _CHUNK_BITS) + t_local[fresh]
+                yield q_pos[fresh], self.targets[t_pos], bound[fresh]
+
+    def _block(
+        self,
+        c: int,
+        ent: np.ndarray,
+        lo: np.ndarray,
+        count: np.ndarray,
+        chunk: tuple[np.ndarray, ...],
+        seen: np.ndarray | None,
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """The pairs proposed by the probes `ent` (whole queries) in chunk c: (c, query index,
+        target index within the chunk, overlap bound)."""
+        t_sketch, t_light, t_q4, iy, im = chunk
+        src = np.arange(int(count.sum()), dtype=np.int64)
+        src += np.repeat(lo - (np.cumsum(count) - count), count)
+        ok = np.repeat(self.e_lxi[ent], count) <= im[src]
+        q = self.e_q[ent]
+        first_q = int(q[0])
+        pair = np.repeat((q - first_q).astype(np.uint32) << np.uint32(_CHUNK_BITS), count)[ok]
+        pair += iy[src[ok]]
+        pair.sort()
+        distinct = np.ones(len(pair), dtype=bool)
+        distinct[1:] = pair[1:] != pair[:-1]
+        pair = pair[distinct]
+        q_pos = (pair >> np.uint32(_CHUNK_BITS)).astype(np.int64) + first_q
+        t_local = (pair & np.uint32(_JOIN_TARGETS - 1)).astype(np.int64)
+        bound = self._bound(self.queries[q_pos], t_local, t_sketch, t_light, t_q4)
+        ok = bound >= 0
+        q_pos, t_local, bound = q_pos[ok], t_local[ok], bound[ok]
+        if seen is not None and len(seen) and len(q_pos):  # proposed in the first round
+            key = q_pos << _CHUNK_BITS | t_local
+            new = seen[np.minimum(np.searchsorted(seen, key), len(seen) - 1)] != key
+            q_pos, t_local, bound = q_pos[new], t_local[new], bound[new]
+        return c, q_pos, t_local, bound
+
+    def _bound(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        b_sketch: np.ndarray,
+        b_light: np.ndarray,
+        b_q4: np.ndarray,
+    ) -> np.ndarray:
+        """An upper bound on the overlap of each pair (query text a, chunk target b) from their
+        sketches, or -1 where it is below the need (the pair cannot pass the bound). Half the
+        words first, the rest only for the pairs still in."""
+        sketch, light = self.corpus.sketch()
+        need = np.maximum((self.q4[a] + b_q4[b] + 2) // 4, 1)  # _need, in integers
+        heavy = np.zeros(len(a), dtype=np.int32)
+        for w in range(_HEAVY_WORDS):
+            heavy += np.bitwise_count(sketch[w][a] & b_sketch[w][b])
+        light_sum = light[a] + b_light[b]
+        odd = np.zeros(len(a), dtype=np.int32)
+        half = (_HEAVY_WORDS + _SKETCH_WORDS) // 2
+        for w in range(_HEAVY_WORDS, half):
+            odd += np.bitwise_count(sketch[w][a] ^ b_sketch[w][b])
+        live = np.flatnonzero(heavy + (light_sum - odd) // 2 >= need)
+        a, b, odd = a[live], b[live], odd[live]
+        for w in range(half, _SKETCH_WORDS):
+            odd += np.bitwise_count(sketch[w][a] ^ b_sketch[w][b])
+        out = np.full(len(need), -1, dtype=np.int64)
+        final = heavy[live] + (light_sum[live] - odd) // 2
+        out[live] = np.where(final >= need[live], final, -1)
+        return out
 
 
 def _verify_first_hit(
