@@ -223,6 +223,8 @@ class NoveltyStats:
     dropped_by_candidates: int = 0
     pairs: int = 0  # comparisons the original loop makes: every candidate x (pool + kept before)
     bound_survivors: int = 0  # pairs whose overlap bound allowed F1 > threshold
+    expanded: int = 0  # (probe, index entry) matches the join expanded (0 on the product path)
+    sketched: int = 0  # distinct pairs the join bounded with sketches
     aligned: int = 0  # pairs whose exact LCS was computed
     seconds: float = 0.0
 
@@ -525,6 +527,9 @@ def _hits_any(
                 pending, n_pending = [], 0
         if pending:
             _verify_first_hit(corpus, queries, pending, t, hit, st)
+    if join is not None:
+        st.expanded += join.expanded
+        st.sketched += join.sketched
     return hit
 
 
@@ -671,6 +676,8 @@ _JOIN_MIN_PAIRS = (
 )  # fewer (query, target) pairs than this: the product, whatever the estimate
 _JOIN_FIRST = 3  # prefix positions of each query probed in the first round
 _JOIN_BLOCK = 1 << 19  # index entries expanded per block of queries
+_JOIN_ELL = 2  # pairs must share this many probed features (the l-prefix lemma)
+_JOIN_BANDS = 8  # bands of query lengths probed separately
 _CHUNK_BITS = 16
 _JOIN_TARGETS = 1 << _CHUNK_BITS  # targets per chunk of the join's index
 # Rough CPU seconds per index entry the join expands and per (query, target) cell of the product
@@ -769,18 +776,27 @@ class _Join:
         hq, ht = _h(uq, t), _h(ut, t)
         q_first, q_least = _least_need(uq, hq, ut, ht)
         t_first, t_least = _least_need(ut, ht, uq, hq)
+        more = _JOIN_ELL - 1  # the l-prefix: l - need + _JOIN_ELL features
         # prefix lengths per distinct length (a trailing 0 for the empty texts)
-        q_prefix = np.append(np.where(q_first < len(ut), uq - q_least + 1, 0), 0)
-        t_prefix = np.append(np.where(t_first < len(uq), ut - t_least + 1, 0), 0)
+        q_prefix = np.append(
+            np.where(q_first < len(ut), np.minimum(uq - q_least + 1 + more, uq), 0), 0
+        )
+        t_prefix = np.append(
+            np.where(t_first < len(uq), np.minimum(ut - t_least + 1 + more, ut), 0), 0
+        )
         n_ut, n_t = max(len(ut), 1), len(targets)
+        # Pairs must share min(_JOIN_ELL, need) probed features; a query whose least need
+        # against any target is below _JOIN_ELL settles for one.
+        least_q4 = int(self.q4[targets][lt > 0].min()) if (lt > 0).any() else 0
+        self.q_min = np.where((self.q4[queries] + least_q4 + 2) // 4 >= _JOIN_ELL, _JOIN_ELL, 1)
 
         # The index: every target's prefix features, sorted by (chunk of targets, feature,
         # length), each with its target (within the chunk) and the longest query length (as an
-        # index in uq) it may pair with.
+        # index in uq) it may pair with, packed in one word.
         t_len = np.searchsorted(ut, lt)
         rows, j = _spans(t_prefix[np.where(lt > 0, t_len, len(ut))])
         ly = lt[rows]
-        longest = np.searchsorted(hq, (ly - j) - _h(ly, t) + _SLACK, side="left") - 1
+        longest = np.searchsorted(hq, (ly - j + more) - _h(ly, t) + _SLACK, side="left") - 1
         ok = longest >= 0
         rows, j, longest = rows[ok], j[ok], longest[ok]
         key = corpus.feat[corpus.offsets[targets][rows] + j].astype(np.int64) * n_ut
@@ -801,31 +817,40 @@ class _Join:
             key, chunk, local, longest = key[order], chunk[order], local[order], longest[order]
         n_chunks = (n_t + _JOIN_TARGETS - 1) >> _CHUNK_BITS
         self.chunk_at = np.searchsorted(chunk, np.arange(n_chunks + 1))
-        self.ikey, self.iy, self.im = key, local.astype(np.uint32), longest.astype(np.int32)
+        # index word: local target << shift | longest (shift 16 in uint32 when lengths allow)
+        self.shift = 16 if len(uq) < 1 << 16 else 32
+        self.word = np.uint32 if self.shift == 16 else np.uint64
+        self.ikey = key
+        self.iw = (local.astype(self.word) << self.word(self.shift)) | longest.astype(self.word)
 
         # The probes: every query's prefix features, with the index keys bounding their range.
         q_len = np.searchsorted(uq, lq)
         rows, i = _spans(q_prefix[np.where(lq > 0, q_len, len(uq))])
         lx, lxi = lq[rows], q_len[rows]
         f = corpus.feat[corpus.offsets[queries][rows] + i].astype(np.int64) * n_ut
-        top = np.searchsorted(ht, (lx - i) - _h(lx, t) + _SLACK, side="left") - 1
+        top = np.searchsorted(ht, (lx - i + more) - _h(lx, t) + _SLACK, side="left") - 1
         reach = top >= q_first[lxi]
         rows, i, lxi, f, top = rows[reach], i[reach], lxi[reach], f[reach], top[reach]
-        self.e_q, self.e_lxi = rows, lxi.astype(np.int32)
+        self.e_q, self.e_lxi = rows, lxi.astype(self.word)
         self.e_from, self.e_to = f + q_first[lxi], f + top  # index keys in [from, to]
         self.from_order = np.argsort(self.e_from, kind="stable")  # sorted needles search fast
         self.to_order = np.argsort(self.e_to, kind="stable")
-        first = i < _JOIN_FIRST
-        self.rounds = [first, ~first]
+        # Round 0: the rarest features, any shared one proposes; round 1: the whole l-prefix.
+        self.rounds = [i < _JOIN_FIRST, np.ones(len(i), dtype=bool)]
+        # Bands of query lengths (as indices in uq), about even in probes: each expands only
+        # the index entries serving its shortest length.
+        cuts = np.quantile(lxi, np.linspace(0, 1, _JOIN_BANDS + 1)[1:-1]) if len(lxi) else []
+        self.bands = np.unique(np.concatenate([[0], np.ceil(cuts), [len(uq) + 1]]).astype(int))
         self.entries = sum(
-            int(self._ranges(c, np.ones(len(rows), dtype=bool))[1].sum()) for c in range(n_chunks)
+            int(self._ranges(keys, live)[1].sum())
+            for _, keys, _, live in self._slices(1, np.zeros(len(queries), dtype=bool))
         )
         self._proposed: list[list[np.ndarray]] = [[] for _ in range(n_chunks)]
+        self.expanded = self.sketched = 0
 
-    def _ranges(self, c: int, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Start and count, in chunk c's index, of the entries each probe marked in `live` may
+    def _ranges(self, keys: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Start and count, in the index `keys`, of the entries each probe marked in `live` may
         pair with (0 for the others)."""
-        keys = self.ikey[self.chunk_at[c] : self.chunk_at[c + 1]]
         lo = np.zeros(len(live), dtype=np.int64)
         hi = np.zeros(len(live), dtype=np.int64)
         order = self.from_order[live[self.from_order]]
@@ -834,6 +859,22 @@ class _Join:
         hi[order] = np.searchsorted(keys, self.e_to[order], side="right")
         return lo, np.maximum(hi - lo, 0)
 
+    def _slices(self, round_no: int, done: np.ndarray) -> Iterator[tuple]:
+        """The round's work, a slice at a time: (chunk c, index entries of the slice: keys and
+        words, live probes) for each chunk of targets and each band of query lengths, the index
+        restricted to the entries that serve the band's shortest length."""
+        mask = self.word((1 << self.shift) - 1)
+        for c in range(len(self.chunk_at) - 1):
+            at = slice(self.chunk_at[c], self.chunk_at[c + 1])
+            keys, words = self.ikey[at], self.iw[at]
+            longest = words & mask
+            for lo, hi in pairwise(self.bands.tolist()):
+                live = self.rounds[round_no] & ~done[self.e_q]
+                live &= (self.e_lxi >= lo) & (self.e_lxi < hi)
+                if live.any():
+                    serves = longest >= lo
+                    yield c, keys[serves], words[serves], live
+
     def survivors(
         self, round_no: int, done: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -841,42 +882,38 @@ class _Join:
         block; queries marked in `done` (by the consumer, between blocks) are left out."""
         sketch, light = self.corpus.sketch()  # here, not in the worker threads
         in_flight: deque[Future] = deque()
+        seen, chunk, chunk_no = None, (), -1
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-            for c in range(len(self.chunk_at) - 1):
+            for c, keys, words, live in self._slices(round_no, done):
                 yield from self._drain(in_flight, done, round_no, 2 * _WORKERS)
-                live = self.rounds[round_no] & ~done[self.e_q]
-                lo, count = self._ranges(c, live)
+                lo, count = self._ranges(keys, live & ~done[self.e_q])
                 ent = np.flatnonzero(count)
                 if not len(ent):
                     continue
-                base = c << _CHUNK_BITS
-                targets = self.targets[base : base + _JOIN_TARGETS]
-                chunk = (
-                    sketch[:, targets],
-                    light[targets],
-                    self.q4[targets],
-                    self.iy[self.chunk_at[c] : self.chunk_at[c + 1]],
-                    self.im[self.chunk_at[c] : self.chunk_at[c + 1]],
-                )
-                seen = None
-                if round_no:
-                    keys = np.concatenate(self._proposed[c] or [np.zeros(0, dtype=np.int64)])
-                    seen = np.sort(keys[~done[keys >> _CHUNK_BITS]])
+                if c != chunk_no:
+                    chunk_no, base = c, c << _CHUNK_BITS
+                    targets = self.targets[base : base + _JOIN_TARGETS]
+                    chunk = (sketch[:, targets], light[targets], self.q4[targets])
+                    if round_no:
+                        old = np.concatenate(self._proposed[c] or [np.zeros(0, dtype=np.int64)])
+                        seen = np.sort(old[~done[old >> _CHUNK_BITS]])
                 # Blocks of whole queries: at most _JOIN_BLOCK entries (unless one query has
-                # more) and _JOIN_TARGETS queries, so that pairs are keyed in uint32.
+                # more) and 2**16 queries (pairs keyed in uint32).
                 q = self.e_q[ent]
-                starts = np.flatnonzero(np.concatenate([[True], q[1:] != q[:-1]]))
+                new_q = np.concatenate([[True], q[1:] != q[:-1]])
+                rank = np.cumsum(new_q) - 1
+                starts = np.flatnonzero(new_q)
                 per_query = np.add.reduceat(count[ent], starts)
+                rows = 1 << 16 if self.shift == 16 else 1 << 40
                 block = (np.cumsum(per_query) - per_query) // _JOIN_BLOCK
-                block += np.arange(len(starts)) >> _CHUNK_BITS << 40
+                block += np.arange(len(starts)) // rows << 40
                 cuts = starts[np.flatnonzero(np.concatenate([[True], block[1:] != block[:-1]]))]
                 bounds = np.append(cuts, len(ent)).tolist()
                 for a, b in pairwise(bounds):
                     part = ent[a:b]
-                    part = part[~done[self.e_q[part]]]
-                    if len(part):
-                        args = (c, part, lo[part], count[part], chunk, seen)
-                        in_flight.append(pool.submit(self._block, *args))
+                    row = rank[a:b] - rank[a]
+                    args = (c, part, lo[part], count[part], row, (*chunk, words), round_no, seen)
+                    in_flight.append(pool.submit(self._block, *args))
                     yield from self._drain(in_flight, done, round_no, _WORKERS)
             yield from self._drain(in_flight, done, round_no, 0)
 
@@ -884,7 +921,9 @@ class _Join:
         self, in_flight: deque[Future], done: np.ndarray, round_no: int, keep: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         while len(in_flight) > keep:
-            c, q_pos, t_local, bound = in_flight.popleft().result()
+            c, q_pos, t_local, bound, expanded, sketched = in_flight.popleft().result()
+            self.expanded += expanded
+            self.sketched += sketched
             if not round_no:
                 self._proposed[c].append(q_pos << _CHUNK_BITS | t_local)
             fresh = ~done[q_pos]
@@ -898,25 +937,37 @@ class _Join:
         ent: np.ndarray,
         lo: np.ndarray,
         count: np.ndarray,
+        row: np.ndarray,
         chunk: tuple[np.ndarray, ...],
+        round_no: int,
         seen: np.ndarray | None,
-    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-        """The pairs proposed by the probes `ent` (whole queries) in chunk c: (c, query index,
-        target index within the chunk, overlap bound)."""
-        t_sketch, t_light, t_q4, iy, im = chunk
-        src = np.arange(int(count.sum()), dtype=np.int64)
-        src += np.repeat(lo - (np.cumsum(count) - count), count)
-        ok = np.repeat(self.e_lxi[ent], count) <= im[src]
-        q = self.e_q[ent]
-        first_q = int(q[0])
-        pair = np.repeat((q - first_q).astype(np.uint32) << np.uint32(_CHUNK_BITS), count)[ok]
-        pair += iy[src[ok]]
-        pair.sort()
-        distinct = np.ones(len(pair), dtype=bool)
-        distinct[1:] = pair[1:] != pair[:-1]
-        pair = pair[distinct]
-        q_pos = (pair >> np.uint32(_CHUNK_BITS)).astype(np.int64) + first_q
-        t_local = (pair & np.uint32(_JOIN_TARGETS - 1)).astype(np.int64)
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """The pairs proposed by the probes `ent` (whole queries, `row` the rank of each one's
+        query in the block) in chunk c: (c, query index, target index within the chunk,
+        overlap bound, entries expanded, pairs sketched)."""
+        t_sketch, t_light, t_q4, iw = chunk  # iw: the slice's index words
+        n_c, word, shift = len(t_q4), self.word, self.word(self.shift)
+        # src: the index entries [lo, lo + count) of every probe, end to end
+        step = np.ones(int(count.sum()), dtype=np.int64)
+        ends = np.cumsum(count)
+        step[0] = lo[0]
+        step[ends[:-1]] = lo[1:] - lo[:-1] - count[:-1] + 1
+        entry = iw[np.cumsum(step, out=step)]
+        probe = np.repeat((row.astype(word) << shift) | self.e_lxi[ent], count)
+        mask = word((1 << self.shift) - 1)
+        ok = (probe & mask) <= (entry & mask)  # the entry serves the probe's query length
+        cell = ((probe >> shift) * word(n_c) + (entry >> shift))[ok]
+        cell.sort()
+        if not len(cell):
+            empty = np.zeros(0, dtype=np.int64)
+            return c, empty, empty, empty, len(step), 0
+        run = np.flatnonzero(np.concatenate([[True], cell[1:] != cell[:-1], [True]]))
+        cells = cell[run[:-1]].astype(np.int64)
+        shared = np.diff(run)  # probed features the pair shares
+        q = self.e_q[ent][np.concatenate([[True], row[1:] != row[:-1]])]
+        if round_no:
+            cells = cells[shared >= self.q_min[q[cells // n_c]]]
+        q_pos, t_local = q[cells // n_c], cells % n_c
         bound = self._bound(self.queries[q_pos], t_local, t_sketch, t_light, t_q4)
         ok = bound >= 0
         q_pos, t_local, bound = q_pos[ok], t_local[ok], bound[ok]
@@ -924,7 +975,7 @@ class _Join:
             key = q_pos << _CHUNK_BITS | t_local
             new = seen[np.minimum(np.searchsorted(seen, key), len(seen) - 1)] != key
             q_pos, t_local, bound = q_pos[new], t_local[new], bound[new]
-        return c, q_pos, t_local, bound
+        return c, q_pos, t_local, bound, len(step), len(cells)
 
     def _bound(
         self,
