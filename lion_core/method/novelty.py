@@ -841,39 +841,52 @@ class _Join:
         # the index entries serving its shortest length.
         cuts = np.quantile(lxi, np.linspace(0, 1, _JOIN_BANDS + 1)[1:-1]) if len(lxi) else []
         self.bands = np.unique(np.concatenate([[0], np.ceil(cuts), [len(uq) + 1]]).astype(int))
+        band = np.searchsorted(self.bands, self.e_lxi, side="right") - 1
+        self.band_probes = [
+            [
+                (int(self.bands[b]), (order[sel[order]], back[sel[back]]))
+                for b in range(len(self.bands) - 1)
+                for sel in [in_round & (band == b)]
+                if sel.any()
+            ]
+            for in_round in self.rounds
+            for order, back in [(self.from_order, self.to_order)]
+        ]
+        nobody = np.zeros(len(queries), dtype=bool)
         self.entries = sum(
-            int(self._ranges(keys, live)[1].sum())
-            for _, keys, _, live in self._slices(1, np.zeros(len(queries), dtype=bool))
+            int(self._ranges(keys, probes, nobody)[1].sum())
+            for _, keys, _, probes in self._slices(1, nobody)
         )
         self._proposed: list[list[np.ndarray]] = [[] for _ in range(n_chunks)]
         self.expanded = self.sketched = 0
 
-    def _ranges(self, keys: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Start and count, in the index `keys`, of the entries each probe marked in `live` may
-        pair with (0 for the others)."""
-        lo = np.zeros(len(live), dtype=np.int64)
-        hi = np.zeros(len(live), dtype=np.int64)
-        order = self.from_order[live[self.from_order]]
-        lo[order] = np.searchsorted(keys, self.e_from[order], side="left")
-        order = self.to_order[live[self.to_order]]
-        hi[order] = np.searchsorted(keys, self.e_to[order], side="right")
+    def _ranges(
+        self, keys: np.ndarray, probes: tuple[np.ndarray, np.ndarray], done: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Start and count, in the index `keys`, of the entries each probe may pair with: the
+        probes given in two orders (by their first key and by their last, so that the sorted
+        needles search fast), those of queries marked in `done` left out (count 0)."""
+        lo = np.zeros(len(self.e_q), dtype=np.int64)
+        hi = np.zeros(len(self.e_q), dtype=np.int64)
+        by_from, by_to = probes
+        by_from = by_from[~done[self.e_q[by_from]]]
+        by_to = by_to[~done[self.e_q[by_to]]]
+        lo[by_from] = np.searchsorted(keys, self.e_from[by_from], side="left")
+        hi[by_to] = np.searchsorted(keys, self.e_to[by_to], side="right")
         return lo, np.maximum(hi - lo, 0)
 
     def _slices(self, round_no: int, done: np.ndarray) -> Iterator[tuple]:
         """The round's work, a slice at a time: (chunk c, index entries of the slice: keys and
-        words, live probes) for each chunk of targets and each band of query lengths, the index
+        words, its probes) for each chunk of targets and each band of query lengths, the index
         restricted to the entries that serve the band's shortest length."""
         mask = self.word((1 << self.shift) - 1)
         for c in range(len(self.chunk_at) - 1):
             at = slice(self.chunk_at[c], self.chunk_at[c + 1])
             keys, words = self.ikey[at], self.iw[at]
             longest = words & mask
-            for lo, hi in pairwise(self.bands.tolist()):
-                live = self.rounds[round_no] & ~done[self.e_q]
-                live &= (self.e_lxi >= lo) & (self.e_lxi < hi)
-                if live.any():
-                    serves = longest >= lo
-                    yield c, keys[serves], words[serves], live
+            for shortest, probes in self.band_probes[round_no]:
+                serves = longest >= shortest
+                yield c, keys[serves], words[serves], probes
 
     def survivors(
         self, round_no: int, done: np.ndarray
@@ -884,9 +897,9 @@ class _Join:
         in_flight: deque[Future] = deque()
         seen, chunk, chunk_no = None, (), -1
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-            for c, keys, words, live in self._slices(round_no, done):
+            for c, keys, words, probes in self._slices(round_no, done):
                 yield from self._drain(in_flight, done, round_no, 2 * _WORKERS)
-                lo, count = self._ranges(keys, live & ~done[self.e_q])
+                lo, count = self._ranges(keys, probes, done)
                 ent = np.flatnonzero(count)
                 if not len(ent):
                     continue
@@ -946,9 +959,9 @@ class _Join:
         query in the block) in chunk c: (c, query index, target index within the chunk,
         overlap bound, entries expanded, pairs sketched)."""
         t_sketch, t_light, t_q4, iw = chunk  # iw: the slice's index words
-        n_c, word, shift = len(t_q4), self.word, self.word(self.shift)
+        word, shift = self.word, self.word(self.shift)
         # src: the index entries [lo, lo + count) of every probe, end to end
-        step = np.ones(int(count.sum()), dtype=np.int64)
+        step = np.ones(int(count.sum()), dtype=np.int32 if len(iw) < 1 << 31 else np.int64)
         ends = np.cumsum(count)
         step[0] = lo[0]
         step[ends[:-1]] = lo[1:] - lo[:-1] - count[:-1] + 1
@@ -956,18 +969,18 @@ class _Join:
         probe = np.repeat((row.astype(word) << shift) | self.e_lxi[ent], count)
         mask = word((1 << self.shift) - 1)
         ok = (probe & mask) <= (entry & mask)  # the entry serves the probe's query length
-        cell = ((probe >> shift) * word(n_c) + (entry >> shift))[ok]
+        # pair = query row << 16 | target in the chunk
+        cell = (((probe >> shift) << word(_CHUNK_BITS)) | (entry >> shift))[ok]
         cell.sort()
         if not len(cell):
             empty = np.zeros(0, dtype=np.int64)
             return c, empty, empty, empty, len(step), 0
         run = np.flatnonzero(np.concatenate([[True], cell[1:] != cell[:-1], [True]]))
         cells = cell[run[:-1]].astype(np.int64)
-        shared = np.diff(run)  # probed features the pair shares
         q = self.e_q[ent][np.concatenate([[True], row[1:] != row[:-1]])]
-        if round_no:
-            cells = cells[shared >= self.q_min[q[cells // n_c]]]
-        q_pos, t_local = q[cells // n_c], cells % n_c
+        if round_no:  # probed features the pair shares, at least min(_JOIN_ELL, need)
+            cells = cells[np.diff(run) >= self.q_min[q[cells >> _CHUNK_BITS]]]
+        q_pos, t_local = q[cells >> _CHUNK_BITS], cells & (_JOIN_TARGETS - 1)
         bound = self._bound(self.queries[q_pos], t_local, t_sketch, t_light, t_q4)
         ok = bound >= 0
         q_pos, t_local, bound = q_pos[ok], t_local[ok], bound[ok]
