@@ -462,12 +462,17 @@ def test_join_proposes_every_pair_the_bound_lets_through(t):
         test_threshold_ties_cover_both_outcomes,
     ],
 )
-def test_join_makes_the_same_decisions(check, monkeypatch):
+@pytest.mark.parametrize("chunks", [None, (2, 3)])
+def test_join_makes_the_same_decisions(check, chunks, monkeypatch):
     """The equivalence tests above, with the join forced wherever it may run (the product path
-    otherwise takes inputs this small)."""
+    otherwise takes inputs this small); and with the candidates resolved among themselves in
+    chunks of 2 (3 from 24 candidates), so that earlier kept ones are a pool of their own."""
     from lion_core.method import novelty
 
     monkeypatch.setattr(novelty, "_JOIN_MODE", "always")
+    if chunks:
+        monkeypatch.setattr(novelty, "_ORDER_CHUNK", chunks[0])
+        monkeypatch.setattr(novelty, "_ORDER_CHUNK_LARGE", chunks[1])
     check()
 
 
