@@ -9,10 +9,12 @@ pairs/s per core, 6K candidates against a 70K pool took more than a day.
 
 Fast: almost every pair is rejected by a cheap, *exact upper bound* on its F1 and never aligned.
 F1 is ``2·lcs / (la + lb)``, and ``lcs`` is at most the multiset token overlap of the two texts,
-so a pair with ``2·overlap / (la + lb)`` below the threshold can be skipped. Overlaps of all pairs
-come from one matrix product over the most shared tokens (BLAS) plus an inverted index over the
-rest; the few survivors get their exact LCS from a bit-parallel algorithm vectorised over pairs,
-best-bounded pair first, stopping at a candidate's first hit. See docs/novelty.md.
+so a pair with ``2·overlap / (la + lb)`` below the threshold can be skipped. The pairs the bound
+lets through are found by a set-similarity join on large inputs (`_Join`: length and positional
+prefix filters over a rarest-first order of (token, occurrence) features, then a sketch bound),
+by one matrix product over the most shared tokens plus an inverted index on small ones; the few
+survivors get their exact LCS from a bit-parallel algorithm vectorised over pairs, best-bounded
+pair first, stopping at a candidate's first hit. See docs/novelty.md.
 """
 
 from __future__ import annotations
