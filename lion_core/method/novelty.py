@@ -499,16 +499,6 @@ class _Corpus:
         return self._sketch, self._light
 
 
-def _distinct(values: np.ndarray) -> np.ndarray:
-    """The sorted distinct values (np.unique without its overheads)."""
-    if not len(values):
-        return values
-    s = np.sort(values)
-    keep = np.ones(len(s), dtype=bool)
-    keep[1:] = s[1:] != s[:-1]
-    return s[keep]
-
-
 def _hits_any(
     corpus: _Corpus, queries: np.ndarray, targets: np.ndarray, t: float, st: NoveltyStats
 ) -> np.ndarray:
@@ -763,25 +753,27 @@ class _Join:
     all-pairs product: its work grows with the pairs that share a rare enough feature, not with
     all pairs (AllPairs / PPJoin: Bayardo et al. 2007, Xiao et al. 2008).
 
-    A pair passes the bound only with overlap >= a = `_need`(la, lb). Features are ordered
-    globally, rarest first (`_Corpus.feat`). Let c be the first feature the two texts share, at
-    position i in query x and j in target y: the other a - 1 shared features come after it in
-    both, so i <= lx - a and j <= ly - a, and a <= min(lx, ly) (length filter). So every such pair
-    meets at some feature f with
+    A pair passes the bound only with overlap >= a = `_need`(la, lb), and a <= min(lx, ly) (the
+    length filter). Features are ordered globally, rarest first (`_Corpus.feat`). The k-th
+    feature a query x and a target y share has the a - k others after it in both, so it sits at
+    a position i <= lx - a + k - 1 in x and j <= ly - a + k - 1 in y. With l = `_JOIN_ELL`, the
+    first min(l, a) shared features therefore all meet
 
-    * i < lx - a_min(lx) + 1 and j < ly - a_min(ly) + 1, a_min the least need over the lengths on
-      the other side (the prefix filter: only those positions are probed and indexed),
-    * need(lx, ly) <= lx - i (probed target lengths: a range, the index being sorted by feature,
-      then length) and need(lx, ly) <= ly - j (each index entry keeps the longest query length
-      it serves; checked once expanded).
+    * i < lx - a_min(lx) + l and j < ly - a_min(ly) + l, a_min the least need over the lengths
+      on the other side (the prefix filter: only those positions are probed and indexed),
+    * need(lx, ly) <= lx - i + l - 1 (the target lengths a probe scans: one range, the index
+      being sorted by feature, then length) and need(lx, ly) <= ly - j + l - 1 (each index
+      entry keeps the longest query length it serves, checked once expanded; queries go in
+      bands of lengths, each scanning only the entries that serve its shortest length).
 
-    The entries so found are grouped into pairs, and a pair is proposed only if a sketch bound
-    (`_Corpus.sketch`) on its overlap still reaches the need: every pair the product path would
-    propose is proposed, and few others. Queries are probed in two rounds: first their
-    `_JOIN_FIRST` rarest prefix features (cheap, and it finds most near-duplicates), then, for
-    the queries not yet dropped, the rest of their prefix, leaving out pairs proposed before.
-    The targets are split into chunks of `_JOIN_TARGETS`, each with its own index, so that the
-    random reads of a block (index entries, sketches) stay within a few megabytes.
+    So a pair sharing fewer than min(l, need) such features cannot pass the bound. The others
+    are proposed only if a sketch bound (`_Corpus.sketch`) on their overlap still reaches the
+    need: every pair the product path would propose is proposed, and few others. Queries are
+    probed in two rounds: first their `_JOIN_FIRST` rarest prefix features, any one shared
+    proposing a pair (cheap, and it finds most near-duplicates); then, for the queries not yet
+    dropped, the whole prefix with the count, leaving out the pairs proposed before. The targets
+    are split into chunks of `_JOIN_TARGETS`, each with its own index, so that the random reads
+    of a block (index words, sketches) stay within a few megabytes.
     """
 
     def __init__(self, corpus: _Corpus, queries: np.ndarray, targets: np.ndarray, t: float):
