@@ -347,3 +347,201 @@ def test_max_rouge_l_edge_cases():
     assert max_rouge_l(["a b c", "x y", "", "?!"], ["a b c", "", "z"]) == [1.0, 0.0, 0.0, 0.0]
     with pytest.raises(DataError, match=r"pool\[1\]"):
         max_rouge_l(["ok"], ["fine", None])
+
+
+# --- the fast tokenizer and the set-similarity join ---------------------------------------------
+
+
+def _same_tokens(texts: list[str]) -> None:
+    """`_token_ids` gives every text `tokenize`'s tokens: the same counts, equal ids exactly for
+    equal tokens."""
+    from lion_core.method.novelty import _token_ids
+
+    ids, lengths, n_vocab = _token_ids(texts)
+    expected = [tokenize(t) for t in texts]
+    assert lengths.tolist() == [len(e) for e in expected]
+    word_of: dict[int, str] = {}
+    for i, word in zip(ids.tolist(), [w for e in expected for w in e], strict=True):
+        assert word_of.setdefault(i, word) == word, (i, word, word_of[i])
+    assert len(set(word_of.values())) == len(word_of) == n_vocab
+
+
+def test_fast_token_ids_match_tokenize(shared_data, monkeypatch):
+    """The bytes-level tokenizer against `tokenize` (itself checked against rouge_score above):
+    real instructions, Unicode, NULs (a chunk with one is tokenised text by text), lone
+    surrogates, tokens of every length around the 10 packed characters, chunk boundaries."""
+    from lion_core.method import novelty
+
+    data = instruction_texts(shared_data)
+    _same_tokens([t for group in data.values() for t in group] + UNICODE_CASES)
+    rng = random.Random(21)
+    alphabet = "aZ09 .\x00İK\u212a\u0130ßΣσς東\ud800é\n\t-_" + "abcdefXYZ" * 3
+    odd = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(2000)]
+    odd += ["a" * n for n in range(1, 25)] + ["Q" * n + "9" * n for n in range(1, 13)]
+    monkeypatch.setattr(novelty, "_TEXTS_PER_CHUNK", 7)
+    _same_tokens(odd)
+    _same_tokens([o.replace("\x00", " ") for o in odd])  # every chunk on the fast path
+    _same_tokens([])
+    _same_tokens(["", "\x00"])
+
+
+def test_only_two_characters_lower_to_ascii():
+    """The fast tokenizer maps non-ASCII characters to separators, except those whose lower()
+    holds an ASCII letter or digit, replaced beforehand: checked against this Python's Unicode
+    tables, so that an upgrade adding one fails here rather than changing tokens."""
+    import re
+    import sys
+
+    from lion_core.method.novelty import _LOWER_TO_ASCII
+
+    ascii_token = re.compile("[a-z0-9]")
+    found = {
+        chr(c): chr(c).lower()
+        for c in range(128, sys.maxunicode + 1)
+        if ascii_token.search(chr(c).lower())
+    }
+    assert set(found) == set(_LOWER_TO_ASCII)
+    for char, lowered in _LOWER_TO_ASCII.items():
+        assert tokenize(lowered) == tokenize(found[char])
+
+
+def _bound_pairs(texts: list[str], n_queries: int, t: float) -> set[tuple[int, int]]:
+    """Every (query, target) pair whose multiset token overlap lets F1 above t through the bound
+    (overlap > h(la) + h(lb) - 1/2, h(l) = floor(2tl)/4), by brute force with Counters."""
+    tokens = [Counter(tokenize(x)) for x in texts]
+    lengths = [sum(c.values()) for c in tokens]
+
+    def h(length: int) -> float:
+        return math.floor(length * 2 * t) / 4
+
+    return {
+        (q, y)
+        for q in range(n_queries)
+        for y in range(n_queries, len(texts))
+        if sum((tokens[q] & tokens[y]).values()) > h(lengths[q]) + h(lengths[y]) - 0.5
+        and sum((tokens[q] & tokens[y]).values()) > 0
+    }
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 0.5, 0.7, 0.9, 0.99])
+def test_join_proposes_every_pair_the_bound_lets_through(t):
+    """The join's candidate search is complete: every pair that passes the overlap bound (the
+    product path's survivors) is proposed, for texts from 1 token (need 1) to 150 (several
+    words), small vocabularies (repeats everywhere), thresholds from 0 to 0.99."""
+    from lion_core.method.novelty import _Corpus, _Join
+
+    rng = random.Random(int(t * 100) + 5)
+    texts = []
+    for _ in range(260):
+        vocab = "abcdefghijklmnopqrst"[: rng.choice([2, 5, 20])]
+        n = rng.choice([0, 1, 2, 3, rng.randint(4, 30), rng.randint(60, 150)])
+        texts.append(" ".join(rng.choice(vocab) for _ in range(n)))
+    texts += [near_duplicate(x, 0.2, rng, list("abcdefg")) for x in texts[:60]]
+    rng.shuffle(texts)
+    n_queries = 90
+    corpus = _Corpus(texts)
+    join = _Join(corpus, np.arange(n_queries), np.arange(n_queries, len(texts)), t)
+    proposed = set()
+    nobody = np.zeros(n_queries, dtype=bool)
+    for round_no in range(len(join.rounds)):
+        for q_pos, t_docs, bound in join.survivors(round_no, nobody):
+            assert (bound >= 1).all()
+            proposed |= set(zip(q_pos.tolist(), t_docs.tolist(), strict=True))
+    expected = _bound_pairs(texts, n_queries, t)
+    assert expected <= proposed
+    assert len(proposed) <= 2 * len(expected) + 10  # the sketch bound keeps it close
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        test_decisions_match_on_small_vocabularies,
+        test_decisions_match_on_long_texts,
+        test_duplicates_among_candidates,
+        test_edge_cases,
+        test_threshold_ties_cover_both_outcomes,
+    ],
+)
+@pytest.mark.parametrize("chunks", [None, (2, 3)])
+def test_join_makes_the_same_decisions(check, chunks, monkeypatch):
+    """The equivalence tests above, with the join forced wherever it may run (the product path
+    otherwise takes inputs this small); and with the candidates resolved among themselves in
+    chunks of 2 (3 from 24 candidates), so that earlier kept ones are a pool of their own."""
+    from lion_core.method import novelty
+
+    monkeypatch.setattr(novelty, "_JOIN_MODE", "always")
+    if chunks:
+        monkeypatch.setattr(novelty, "_ORDER_CHUNK", chunks[0])
+        monkeypatch.setattr(novelty, "_ORDER_CHUNK_LARGE", chunks[1])
+    check()
+
+
+def test_join_at_the_threshold(monkeypatch):
+    from lion_core.method import novelty
+
+    monkeypatch.setattr(novelty, "_JOIN_MODE", "always")
+    for lcs, la, lb, threshold in [(7, 10, 10, 0.7), (7, 7, 13, 0.7), (14, 20, 20, 0.7)]:
+        test_scores_exactly_at_the_threshold(lcs, la, lb, threshold)
+
+
+def test_join_engages_prunes_and_matches_rouge_score(shared_data):
+    """A pool big enough for the join to be chosen on its own (300 candidates x 30,000 pool
+    texts, 9M pairs): it expands a small fraction of the pairs, and the decisions are those
+    of rouge_score. The reference finds the pairs that matter independently (the multiset
+    token overlap of every pair, numpy over rouge_score's tokens: F1 <= 2 overlap / (la + lb)),
+    scores them with rouge_score's `_score_lcs` and replays the original loop."""
+    rng = random.Random(31)
+    data = instruction_texts(shared_data)
+    texts = [t for group in data.values() for t in group]
+    rng.shuffle(texts)
+    words = [w for t in texts for w in t.split()]
+    half = len(texts) // 2
+    pool = texts[:half]
+    while len(pool) < 30_000:
+        pool.append(near_duplicate(rng.choice(texts[:half]), rng.uniform(0.1, 0.6), rng, words))
+    candidates = [
+        near_duplicate(
+            rng.choice(texts[half:] if rng.random() < 0.7 else texts[:half]),
+            rng.uniform(0.05, 0.5),
+            rng,
+            words,
+        )
+        for _ in range(280)
+    ]
+    candidates += rng.sample(candidates, 10) + rng.sample(pool, 10)
+
+    stats = NoveltyStats()
+    got = filter_novel(candidates, pool, stats=stats)
+    assert stats.expanded > 0  # the join ran, not the product
+    assert stats.expanded < stats.pairs / 10 and stats.sketched < stats.pairs / 50
+
+    # the reference: multiset overlaps of all (candidate, text) pairs over (token, k) features
+    tok = [rouge_tokens(x) for x in candidates + pool]
+    feature: dict[tuple[str, int], int] = {}
+    feats = []
+    for words_ in tok:
+        seen: Counter = Counter()
+        row = []
+        for w in words_:
+            row.append(feature.setdefault((w, seen[w]), len(feature)))
+            seen[w] += 1
+        feats.append(row)
+    flat = np.array([f for row in feats for f in row], dtype=np.int64)
+    lengths = np.array([len(row) for row in feats])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    nonempty = lengths > 0
+    n_c = len(candidates)
+    keep: list[bool] = []
+    for i in range(n_c):
+        mine = np.zeros(len(feature) + 1, dtype=np.int64)
+        mine[feats[i]] = 1
+        overlap = np.zeros(len(tok), dtype=np.int64)
+        overlap[nonempty] = np.add.reduceat(mine[flat], starts[nonempty])
+        others = [j for j in range(n_c, len(tok))] + [j for j in range(i) if keep[j]]
+        others = np.array(others, dtype=np.int64)
+        bound = 2 * overlap[others] / np.maximum(lengths[i] + lengths[others], 1)
+        close = others[bound > 0.7 - 1e-9][np.argsort(-bound[bound > 0.7 - 1e-9], kind="stable")]
+        scores = (rouge_scorer._score_lcs(tok[i], tok[j]).fmeasure for j in close.tolist())
+        keep.append(not any(f > 0.7 for f in scores))  # stops at the first pair above
+    assert got == keep
+    assert 20 <= sum(keep) <= n_c - 20  # decisions go both ways

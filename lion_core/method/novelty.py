@@ -9,10 +9,12 @@ pairs/s per core, 6K candidates against a 70K pool took more than a day.
 
 Fast: almost every pair is rejected by a cheap, *exact upper bound* on its F1 and never aligned.
 F1 is ``2·lcs / (la + lb)``, and ``lcs`` is at most the multiset token overlap of the two texts,
-so a pair with ``2·overlap / (la + lb)`` below the threshold can be skipped. Overlaps of all pairs
-come from one matrix product over the most shared tokens (BLAS) plus an inverted index over the
-rest; the few survivors get their exact LCS from a bit-parallel algorithm vectorised over pairs,
-best-bounded pair first, stopping at a candidate's first hit. See docs/novelty.md.
+so a pair with ``2·overlap / (la + lb)`` below the threshold can be skipped. The pairs the bound
+lets through are found by a set-similarity join on large inputs (`_Join`: length and positional
+prefix filters over a rarest-first order of (token, occurrence) features, then a sketch bound),
+by one matrix product over the most shared tokens plus an inverted index on small ones; the few
+survivors get their exact LCS from a bit-parallel algorithm vectorised over pairs, best-bounded
+pair first, stopping at a candidate's first hit. See docs/novelty.md.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain
+from itertools import pairwise
 
 import numpy as np
+import pandas as pd
 
 from lion_core.errors import ConfigError, DataError
 
@@ -60,14 +63,127 @@ _FLUSH = 1 << 16  # verify pending pairs once this many have piled up
 _CHUNK_TEXTS = 256  # distinct bit-side texts per LCS chunk (size of the match-mask table)
 _CHUNK_PAIRS = 1 << 17  # pairs per LCS chunk
 _TABLE_CELLS = 1 << 22  # 64-bit words in one chunk's match-mask table (32 MB)
-_ORDER_CHUNK = 1024  # candidates resolved among themselves at a time
+_ORDER_CHUNK = 1024  # candidates resolved among themselves at a time...
+_ORDER_CHUNK_LARGE = 4096  # ...or this many, with 8 times as many candidates (fewer joins)
 _WORD = 64
 _WORKERS = min(2, os.cpu_count() or 1)  # threads scoring blocks
+_HEAVY_WORDS = 2  # sketch words of exact bits for the most frequent features (see _Corpus.sketch)
+_SKETCH_WORDS = 8  # 64-bit words per text in the sketch bound
 
 
 def tokenize(text: str) -> list[str]:
     """rouge_score's default tokens (no stemming) of `text`."""
     return _TOKEN_RE.findall(text.lower())
+
+
+# The same tokens, fast, for many texts at once. Texts are joined by " \x00 ", encoded as UTF-8
+# and mapped byte by byte to digits: "0"-"9" -> 1..10, letters of either case -> 11..36 (rouge_score
+# lowercases), the NUL between texts -> 63, anything else -> 0, a separator (the bytes of a
+# non-ASCII character are all >= 0x80, so they separate too). Tokens are then the maximal runs of
+# non-zero bytes, exactly the runs of [a-z0-9] in text.lower(), with two exceptions handled before
+# encoding: the only characters whose lower() holds an ASCII letter or digit (tests check this
+# against the running Python's Unicode tables).
+_DIGITS = bytes(
+    63
+    if c == 0
+    else c - 47
+    if 48 <= c <= 57
+    else c - 86
+    if 97 <= c <= 122
+    else c - 54
+    if 65 <= c <= 90
+    else 0
+    for c in range(256)
+)
+_LOWER_TO_ASCII = {"\u0130": "i ", "\u212a": "k"}  # "İ".lower() == "i̇", "K".lower() == "k"
+_TEXT_SEP = 63
+_PACKED = 10  # tokens of up to 10 characters are packed 6 bits a character; longer ones looked up
+_LONG = 1 << 61  # codes of the longer tokens start here (packed ones are below 64**10 = 2**60)
+_TEXTS_PER_CHUNK = 1 << 14
+
+
+def _token_ids(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every text's tokens (those of `tokenize`) as int32 ids, all texts end to end; the number
+    of tokens per text; the number of distinct tokens. Equal tokens get equal ids."""
+    long_words: dict[bytes, int] = {}
+    codes, counts = [], []
+    for lo in range(0, len(texts), _TEXTS_PER_CHUNK):
+        chunk = texts[lo : lo + _TEXTS_PER_CHUNK]
+        joined = " \x00 ".join(chunk)
+        if joined.count("\x00") != len(chunk) - 1:  # a text holds a NUL: one text at a time
+            code, count = _codes_one_by_one(chunk, long_words)
+        else:
+            for char, lowered in _LOWER_TO_ASCII.items():
+                if char in joined:
+                    joined = joined.replace(char, lowered)
+            digits = joined.encode("utf-8", "surrogatepass").translate(_DIGITS)
+            code, count = _codes(digits, long_words)
+        codes.append(code)
+        counts.append(count)
+    code = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64)
+    lengths = np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+    ids, vocab = pd.factorize(code)  # a hash table: far faster than sorting 10**7 codes
+    return ids.astype(np.int32), lengths.astype(np.int64), len(vocab)
+
+
+def _codes(digits: bytes, long_words: dict[bytes, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Token codes of texts given as `_DIGITS` bytes joined by separators, and tokens per text.
+    A code is the token's digits packed 6 bits each (unique for up to `_PACKED` characters), or
+    `_LONG` plus the token's index in `long_words`."""
+    a = np.frombuffer(digits, dtype=np.uint8)
+    edge = np.flatnonzero(np.diff((a != 0).view(np.int8), prepend=0, append=0))
+    starts, ends = edge[0::2], edge[1::2]
+    n = (ends - starts).astype(np.uint64)
+    # 8 bytes from any offset, big-endian: the token's first characters in the top bytes
+    padded = digits + bytes(16)
+    window = np.ndarray((len(padded) - 7,), dtype=">u8", buffer=padded, strides=(1,))
+    first = window[starts].astype(np.uint64)
+    eight = np.uint64(8)
+    code = _pack6(first >> (eight * (eight - np.minimum(n, eight))))
+    mid = np.flatnonzero((n > eight) & (n <= _PACKED))
+    if len(mid):
+        rest = n[mid] - eight
+        second = window[starts[mid] + 8].astype(np.uint64) >> (eight * (eight - rest))
+        code[mid] = (_pack6(first[mid]) << (np.uint64(6) * rest)) | _pack6(second)
+    code = code.astype(np.int64)
+    for i in np.flatnonzero(n > _PACKED).tolist():
+        word = digits[starts[i] : ends[i]]
+        code[i] = _LONG + long_words.setdefault(word, len(long_words))
+    sep = np.flatnonzero(code == _TEXT_SEP)  # a separator is a run of its own (spaces around)
+    count = np.diff(np.concatenate([[-1], sep, [len(code)]])) - 1
+    return np.delete(code, sep), count
+
+
+def _pack6(x: np.ndarray) -> np.ndarray:
+    """Eight bytes below 64 each (big-endian in a uint64) packed into 48 bits, 6 per byte."""
+    m16, m32 = np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF)
+    x = (((x >> np.uint64(8)) & m16) << np.uint64(6)) | (x & m16)
+    x = (((x >> np.uint64(16)) & m32) << np.uint64(12)) | (x & m32)
+    return ((x >> np.uint64(32)) << np.uint64(24)) | (x & np.uint64(0xFFFFFFFF))
+
+
+def _codes_one_by_one(
+    texts: list[str], long_words: dict[bytes, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_codes` for texts that may hold NULs: `tokenize` each, then the same codes."""
+    code, count = [], []
+    for text in texts:
+        words = tokenize(text)
+        count.append(len(words))
+        for word in words:
+            digits = word.encode("ascii").translate(_DIGITS)
+            if len(digits) <= _PACKED:
+                code.append(_pack_int(digits))
+            else:
+                code.append(_LONG + long_words.setdefault(digits, len(long_words)))
+    return np.array(code, dtype=np.int64), np.array(count, dtype=np.int64)
+
+
+def _pack_int(digits: bytes) -> int:
+    value = 0
+    for d in digits:
+        value = value << 6 | d
+    return value
 
 
 def rouge_l_f1(target: Sequence[str], prediction: Sequence[str]) -> float:
@@ -110,6 +226,8 @@ class NoveltyStats:
     dropped_by_candidates: int = 0
     pairs: int = 0  # comparisons the original loop makes: every candidate x (pool + kept before)
     bound_survivors: int = 0  # pairs whose overlap bound allowed F1 > threshold
+    expanded: int = 0  # (probe, index entry) matches the join expanded (0 on the product path)
+    sketched: int = 0  # distinct pairs the join bounded with sketches
     aligned: int = 0  # pairs whose exact LCS was computed
     seconds: float = 0.0
 
@@ -155,8 +273,9 @@ def filter_novel(
             keep &= ~by_pool
         # 2. Against the candidates kept before, in chunks, in order: a chunk is checked
         #    against the candidates kept in earlier chunks (like a pool), then within itself.
-        for lo in range(0, n, _ORDER_CHUNK):
-            chunk = cand[lo : lo + _ORDER_CHUNK]
+        step = _ORDER_CHUNK if n < 8 * _ORDER_CHUNK_LARGE else _ORDER_CHUNK_LARGE
+        for lo in range(0, n, step):
+            chunk = cand[lo : lo + step]
             chunk = chunk[keep[chunk]]
             earlier = np.flatnonzero(keep[:lo])
             if len(chunk) and len(earlier):
@@ -302,37 +421,82 @@ class _Corpus:
     """All texts as int token ids, plus per-text occurrence features for the overlap bound.
 
     A text's features are (token, k) for the k-th occurrence of each token, so the number of
-    features two texts share is exactly their multiset token overlap.
+    features two texts share is exactly their multiset token overlap. Feature ids are ranks by
+    frequency over all the texts, rarest first (0 = rarest), and each text's features are
+    stored in that order: the global order the prefix filter of `_Join` needs.
     """
 
     def __init__(self, texts: list[str]) -> None:
-        per_text = [tokenize(text) for text in texts]
-        lengths = np.fromiter(map(len, per_text), dtype=np.int64, count=len(texts))
-        flat = list(chain.from_iterable(per_text))
-        vocab = {word: i for i, word in enumerate(dict.fromkeys(flat))}
-        self.n_vocab = max(len(vocab), 1)
-        self.tokens = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
+        tokens, lengths, n_vocab = _token_ids(texts)
+        self.n_vocab = max(n_vocab, 1)
+        self.tokens = tokens
         self.lengths = lengths
         self.offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self.offsets[1:])
 
-        # Features: sort each text's tokens (only the multiset matters), number the repeats of a
-        # token 0, 1, 2, ...; repeat 0 of token w is feature w, later repeats get ids after V.
+        # Number the repeats of a token within a text 0, 1, 2, ... (only the multiset matters,
+        # so sort each text's tokens); repeat 0 of token w is feature w, later repeats get ids
+        # after the vocabulary.
         doc = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
-        key = np.sort(doc * self.n_vocab + self.tokens)
-        tok = key % self.n_vocab
-        repeat = np.zeros(len(key), dtype=bool)
-        repeat[1:] = key[1:] == key[:-1]
-        run_start = np.flatnonzero(~repeat)
-        rank = np.arange(len(key)) - np.repeat(run_start, np.diff(np.append(run_start, len(key))))
-        feat = tok.copy()
-        if repeat.any():
-            _, extra = np.unique(
-                tok[repeat] * (int(rank.max()) + 1) + rank[repeat], return_inverse=True
-            )
-            feat[repeat] = self.n_vocab + extra
-        self.feat = feat  # grouped by text, same offsets as the tokens
-        self.n_feat = self.n_vocab + (int(extra.max()) + 1 if repeat.any() else 0)
+        key = doc * self.n_vocab + tokens
+        key.sort()  # the text stays the major key: every text keeps its place
+        tok = key - doc * self.n_vocab
+        at = np.arange(len(key), dtype=np.int64)
+        run = np.ones(len(key), dtype=bool)
+        run[1:] = key[1:] != key[:-1]
+        del key
+        repeat = at - np.maximum.accumulate(np.where(run, at, 0))
+        del at, run
+        feat, n_feat = tok, self.n_vocab
+        rep = np.flatnonzero(repeat)
+        if len(rep):
+            code = tok[rep] * (int(repeat.max()) + 1) + repeat[rep]
+            ids, distinct = pd.factorize(code)
+            feat[rep] = self.n_vocab + ids
+            n_feat += len(distinct)
+        del repeat
+        # Rank the features by frequency, rarest first, and sort each text's features so.
+        order = np.argsort(np.bincount(feat, minlength=n_feat), kind="stable")
+        rank = np.empty(n_feat, dtype=np.int64)
+        rank[order] = np.arange(n_feat)
+        key = doc * n_feat + rank[feat]
+        del feat
+        key.sort()
+        key -= doc * n_feat
+        self.feat = key.astype(np.int32 if n_feat < 1 << 31 else np.int64)
+        self.n_feat = max(n_feat, 1)
+        self._sketch: np.ndarray | None = None
+        self._light: np.ndarray | None = None
+
+    def sketch(self) -> tuple[np.ndarray, np.ndarray]:
+        """`_SKETCH_WORDS` 64-bit words per text (a column each) for a cheap exact bound on the
+        overlap of two texts, and each text's number of light features. The first
+        `_HEAVY_WORDS` words hold one bit per heavy feature (the most frequent ones) the text
+        has; the others are a parity sketch of its light features (each hashed to one bit,
+        XOR-ed), so the popcount of the XOR of two texts' parity words is at most the size of
+        the symmetric difference of their light features. Hence
+        overlap <= popcount(heavy a AND heavy b) + (light a + light b - that popcount) / 2.
+        """
+        if self._sketch is None:
+            heavy_from = self.n_feat - min(_HEAVY_WORDS * _WORD, self.n_feat)
+            f = self.feat.astype(np.int64)
+            is_heavy = f >= heavy_from
+            hashed = (
+                (f.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+            ).astype(np.int64)
+            n_light_bits = (_SKETCH_WORDS - _HEAVY_WORDS) * _WORD
+            bit = np.where(is_heavy, f - heavy_from, _HEAVY_WORDS * _WORD + hashed % n_light_bits)
+            word = bit // _WORD
+            value = np.left_shift(np.uint64(1), (bit % _WORD).astype(np.uint64))
+            doc = np.repeat(np.arange(len(self.lengths)), self.lengths)
+            sketch = np.zeros((_SKETCH_WORDS, len(self.lengths)), dtype=np.uint64)
+            # heavy bits are distinct within a text, so XOR is OR there
+            np.bitwise_xor.at(sketch.reshape(-1), word * len(self.lengths) + doc, value)
+            light = self.lengths - np.bincount(doc[is_heavy], minlength=len(self.lengths))
+            self._light = light.astype(np.int32)
+            self._sketch = sketch
+        assert self._light is not None
+        return self._sketch, self._light
 
 
 def _hits_any(
@@ -340,18 +504,41 @@ def _hits_any(
 ) -> np.ndarray:
     """For each query text, whether its F1 with some target text is > t."""
     hit = np.zeros(len(queries), dtype=bool)
-    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    n_pending = 0
-    for survivors in _overlap_survivors(corpus, queries, targets, t, hit):
-        pending.append(survivors)
-        n_pending += len(survivors[0])
-        st.bound_survivors += len(survivors[0])
-        if n_pending >= _FLUSH:
+    join = _join_for(corpus, queries, targets, t)
+    if join is None:
+        phases = [lambda: _overlap_survivors(corpus, queries, targets, t, hit)]
+    else:  # two rounds: the queries the first one drops never pay for the second
+        phases = [lambda r=r: join.survivors(r, hit) for r in range(len(join.rounds))]
+    for phase in phases:
+        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        n_pending = 0
+        for survivors in phase():
+            pending.append(survivors)
+            n_pending += len(survivors[0])
+            st.bound_survivors += len(survivors[0])
+            if n_pending >= _FLUSH:
+                _verify_first_hit(corpus, queries, pending, t, hit, st)
+                pending, n_pending = [], 0
+        if pending:
             _verify_first_hit(corpus, queries, pending, t, hit, st)
-            pending, n_pending = [], 0
-    if pending:
-        _verify_first_hit(corpus, queries, pending, t, hit, st)
+    if join is not None:
+        st.expanded += join.expanded
+        st.sketched += join.sketched
     return hit
+
+
+def _all_survivors(
+    corpus: _Corpus, queries: np.ndarray, targets: np.ndarray, t: float
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(query index, target text, overlap bound) of every pair the bound lets through, from the
+    join or the product, whichever `_join_for` picks."""
+    never = np.zeros(len(queries), dtype=bool)
+    join = _join_for(corpus, queries, targets, t)
+    if join is None:
+        yield from _overlap_survivors(corpus, queries, targets, t, never)
+    else:
+        for round_no in range(len(join.rounds)):
+            yield from join.survivors(round_no, never)
 
 
 def _overlap_survivors(
@@ -487,6 +674,363 @@ def _ragged(offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return rows, idx
 
 
+# --- candidate pairs by a set-similarity join -------------------------------------------------
+
+_JOIN_MODE = (
+    "auto"  # "auto": the join where it is estimated cheaper than the product; "always"; "never"
+)
+_JOIN_MIN_PAIRS = (
+    1 << 23
+)  # fewer (query, target) pairs than this: the product, whatever the estimate
+_JOIN_FIRST = 3  # prefix positions of each query probed in the first round
+_JOIN_BLOCK = 1 << 19  # index entries expanded per block of queries
+_JOIN_ELL = 2  # pairs must share this many probed features (the l-prefix lemma)
+_JOIN_BANDS = 8  # bands of query lengths probed separately
+_CHUNK_BITS = 16
+_JOIN_TARGETS = 1 << _CHUNK_BITS  # targets per chunk of the join's index
+# Rough CPU seconds per index entry the join expands and per (query, target) cell of the product
+# path; they only choose between the two.
+_COST_ENTRY = 3e-8
+_COST_CELL = 4e-8
+
+
+def _join_for(corpus: _Corpus, queries: np.ndarray, targets: np.ndarray, t: float) -> _Join | None:
+    """The join for these queries and targets, or None where the product path is the better bet
+    (few pairs, a low threshold that makes prefixes long) or the only exact one (t outside [0, 1):
+    the join never proposes a pair without a shared token)."""
+    if _JOIN_MODE == "never" or not 0 <= t < 1 or not len(queries) or not len(targets):
+        return None
+    cells = len(queries) * len(targets)
+    if _JOIN_MODE == "auto" and cells < _JOIN_MIN_PAIRS:
+        return None
+    join = _Join(corpus, queries, targets, t)
+    if _JOIN_MODE == "auto" and join.entries * _COST_ENTRY > cells * _COST_CELL:
+        return None
+    return join
+
+
+def _h(lengths: np.ndarray, t: float) -> np.ndarray:
+    """t·len/2 rounded down to a multiple of 1/4: `_QuerySide.h`."""
+    return np.floor(lengths * (4 * (t / 2))) / 4
+
+
+def _need(h_a: np.ndarray, h_b: np.ndarray) -> np.ndarray:
+    """The least overlap the bound lets through, ``overlap > h(la) + h(lb) - _SLACK``, and at least
+    1 (no shared token: LCS 0, F1 0, never above a threshold >= 0)."""
+    return np.maximum(np.floor(h_a + h_b - _SLACK) + 1, 1).astype(np.int64)
+
+
+def _least_need(la: np.ndarray, ha: np.ndarray, lb: np.ndarray, hb: np.ndarray):
+    """For each length of `la` against the sorted lengths `lb`: the index in `lb` of the shortest
+    length a pair can pass the bound with (its needed overlap at most both lengths), len(lb)
+    where none can, and the overlap needed there, the least over all such lengths since the
+    need grows with the length."""
+    first = np.full(len(la), len(lb), dtype=np.int64)
+    least = np.zeros(len(la), dtype=np.int64)
+    if not len(lb):
+        return first, least
+    step = max(1, (1 << 20) // max(len(lb), 1))
+    for lo in range(0, len(la), step):
+        need = _need(ha[lo : lo + step, None], hb[None, :])
+        ok = need <= np.minimum(la[lo : lo + step, None], lb[None, :])
+        at = np.argmax(ok, axis=1)
+        first[lo : lo + step] = np.where(ok.any(axis=1), at, len(lb))
+        least[lo : lo + step] = need[np.arange(len(at)), at]
+    return first, least
+
+
+def _spans(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For spans (start, count) of a flat array: each element's span and its offset in it."""
+    rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(
+        np.cumsum(counts) - counts, counts
+    )
+    return rows, within
+
+
+class _Join:
+    """The candidate pairs of the overlap bound, found by a set-similarity join instead of the
+    all-pairs product: its work grows with the pairs that share a rare enough feature, not with
+    all pairs (AllPairs / PPJoin: Bayardo et al. 2007, Xiao et al. 2008).
+
+    A pair passes the bound only with overlap >= a = `_need`(la, lb), and a <= min(lx, ly) (the
+    length filter). Features are ordered globally, rarest first (`_Corpus.feat`). The k-th
+    feature a query x and a target y share has the a - k others after it in both, so it sits at
+    a position i <= lx - a + k - 1 in x and j <= ly - a + k - 1 in y. With l = `_JOIN_ELL`, the
+    first min(l, a) shared features therefore all meet
+
+    * i < lx - a_min(lx) + l and j < ly - a_min(ly) + l, a_min the least need over the lengths
+      on the other side (the prefix filter: only those positions are probed and indexed),
+    * need(lx, ly) <= lx - i + l - 1 (the target lengths a probe scans: one range, the index
+      being sorted by feature, then length) and need(lx, ly) <= ly - j + l - 1 (each index
+      entry keeps the longest query length it serves, checked once expanded; queries go in
+      bands of lengths, each scanning only the entries that serve its shortest length).
+
+    So a pair sharing fewer than min(l, need) such features cannot pass the bound. The others
+    are proposed only if a sketch bound (`_Corpus.sketch`) on their overlap still reaches the
+    need: every pair the product path would propose is proposed, and few others. Queries are
+    probed in two rounds: first their `_JOIN_FIRST` rarest prefix features, any one shared
+    proposing a pair (cheap, and it finds most near-duplicates); then, for the queries not yet
+    dropped, the whole prefix with the count, leaving out the pairs proposed before. The targets
+    are split into chunks of `_JOIN_TARGETS`, each with its own index, so that the random reads
+    of a block (index words, sketches) stay within a few megabytes.
+    """
+
+    def __init__(self, corpus: _Corpus, queries: np.ndarray, targets: np.ndarray, t: float):
+        self.corpus, self.queries, self.targets, self.t = corpus, queries, targets, t
+        lengths = corpus.lengths
+        self.q4 = np.floor(lengths * (2 * t)).astype(np.int32)  # 4·h(len): _need in integers
+        lq, lt = lengths[queries], lengths[targets]
+        uq = np.flatnonzero(np.bincount(lq, minlength=1)[1:]) + 1  # distinct lengths > 0
+        ut = np.flatnonzero(np.bincount(lt, minlength=1)[1:]) + 1
+        hq, ht = _h(uq, t), _h(ut, t)
+        q_first, q_least = _least_need(uq, hq, ut, ht)
+        t_first, t_least = _least_need(ut, ht, uq, hq)
+        more = _JOIN_ELL - 1  # the l-prefix: l - need + _JOIN_ELL features
+        # prefix lengths per distinct length (a trailing 0 for the empty texts)
+        q_prefix = np.append(
+            np.where(q_first < len(ut), np.minimum(uq - q_least + 1 + more, uq), 0), 0
+        )
+        t_prefix = np.append(
+            np.where(t_first < len(uq), np.minimum(ut - t_least + 1 + more, ut), 0), 0
+        )
+        n_ut, n_t = max(len(ut), 1), len(targets)
+        # Pairs must share min(_JOIN_ELL, need) probed features; a query whose least need
+        # against any target is below _JOIN_ELL settles for one.
+        least_q4 = int(self.q4[targets][lt > 0].min()) if (lt > 0).any() else 0
+        self.q_min = np.where((self.q4[queries] + least_q4 + 2) // 4 >= _JOIN_ELL, _JOIN_ELL, 1)
+
+        # The index: every target's prefix features, sorted by (chunk of targets, feature,
+        # length), each with its target (within the chunk) and the longest query length (as an
+        # index in uq) it may pair with, packed in one word.
+        t_len = np.searchsorted(ut, lt)
+        rows, j = _spans(t_prefix[np.where(lt > 0, t_len, len(ut))])
+        ly = lt[rows]
+        longest = np.searchsorted(hq, (ly - j + more) - _h(ly, t) + _SLACK, side="left") - 1
+        ok = longest >= 0
+        rows, j, longest = rows[ok], j[ok], longest[ok]
+        key = corpus.feat[corpus.offsets[targets][rows] + j].astype(np.int64) * n_ut
+        key += t_len[rows]
+        chunk, local = rows >> _CHUNK_BITS, rows & (_JOIN_TARGETS - 1)
+        k_bits, m_bits = int(corpus.n_feat * n_ut).bit_length(), len(uq).bit_length()
+        c_bits = int(n_t >> _CHUNK_BITS).bit_length()
+        if c_bits + k_bits + _CHUNK_BITS + m_bits <= 63:  # one sort of packed entries
+            low = _CHUNK_BITS + m_bits
+            packed = (((chunk << k_bits) | key) << low) | (local << m_bits) | longest
+            packed.sort()
+            key, chunk = (packed >> low) & ((1 << k_bits) - 1), packed >> (low + k_bits)
+            local = (packed >> m_bits) & (_JOIN_TARGETS - 1)
+            longest = packed & ((1 << m_bits) - 1)
+            del packed
+        else:
+            order = np.lexsort((key, chunk))
+            key, chunk, local, longest = key[order], chunk[order], local[order], longest[order]
+        n_chunks = (n_t + _JOIN_TARGETS - 1) >> _CHUNK_BITS
+        self.chunk_at = np.searchsorted(chunk, np.arange(n_chunks + 1))
+        # index word: local target << shift | longest (shift 16 in uint32 when lengths allow)
+        self.shift = 16 if len(uq) < 1 << 16 else 32
+        self.word = np.uint32 if self.shift == 16 else np.uint64
+        self.ikey = key
+        self.iw = (local.astype(self.word) << self.word(self.shift)) | longest.astype(self.word)
+
+        # The probes: every query's prefix features, with the index keys bounding their range.
+        q_len = np.searchsorted(uq, lq)
+        rows, i = _spans(q_prefix[np.where(lq > 0, q_len, len(uq))])
+        lx, lxi = lq[rows], q_len[rows]
+        f = corpus.feat[corpus.offsets[queries][rows] + i].astype(np.int64) * n_ut
+        top = np.searchsorted(ht, (lx - i + more) - _h(lx, t) + _SLACK, side="left") - 1
+        reach = top >= q_first[lxi]
+        rows, i, lxi, f, top = rows[reach], i[reach], lxi[reach], f[reach], top[reach]
+        self.e_q, self.e_lxi = rows, lxi.astype(self.word)
+        self.e_from, self.e_to = f + q_first[lxi], f + top  # index keys in [from, to]
+        self.from_order = np.argsort(self.e_from, kind="stable")  # sorted needles search fast
+        self.to_order = np.argsort(self.e_to, kind="stable")
+        # Round 0: the rarest features, any shared one proposes; round 1: the whole l-prefix.
+        self.rounds = [i < _JOIN_FIRST, np.ones(len(i), dtype=bool)]
+        # Bands of query lengths (as indices in uq), about even in probes: each expands only
+        # the index entries serving its shortest length.
+        cuts = np.quantile(lxi, np.linspace(0, 1, _JOIN_BANDS + 1)[1:-1]) if len(lxi) else []
+        self.bands = np.unique(np.concatenate([[0], np.ceil(cuts), [len(uq) + 1]]).astype(int))
+        band = np.searchsorted(self.bands, self.e_lxi, side="right") - 1
+        self.band_probes = [
+            [
+                (int(self.bands[b]), (order[sel[order]], back[sel[back]]))
+                for b in range(len(self.bands) - 1)
+                for sel in [in_round & (band == b)]
+                if sel.any()
+            ]
+            for in_round in self.rounds
+            for order, back in [(self.from_order, self.to_order)]
+        ]
+        nobody = np.zeros(len(queries), dtype=bool)
+        self.entries = sum(
+            int(self._ranges(keys, probes, nobody)[1].sum())
+            for _, keys, _, probes in self._slices(1, nobody)
+        )
+        self._proposed: list[list[np.ndarray]] = [[] for _ in range(n_chunks)]
+        self.expanded = self.sketched = 0
+
+    def _ranges(
+        self, keys: np.ndarray, probes: tuple[np.ndarray, np.ndarray], done: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Start and count, in the index `keys`, of the entries each probe may pair with: the
+        probes given in two orders (by their first key and by their last, so that the sorted
+        needles search fast), those of queries marked in `done` left out (count 0)."""
+        lo = np.zeros(len(self.e_q), dtype=np.int64)
+        hi = np.zeros(len(self.e_q), dtype=np.int64)
+        by_from, by_to = probes
+        by_from = by_from[~done[self.e_q[by_from]]]
+        by_to = by_to[~done[self.e_q[by_to]]]
+        lo[by_from] = np.searchsorted(keys, self.e_from[by_from], side="left")
+        hi[by_to] = np.searchsorted(keys, self.e_to[by_to], side="right")
+        return lo, np.maximum(hi - lo, 0)
+
+    def _slices(self, round_no: int, done: np.ndarray) -> Iterator[tuple]:
+        """The round's work, a slice at a time: (chunk c, index entries of the slice: keys and
+        words, its probes) for each chunk of targets and each band of query lengths, the index
+        restricted to the entries that serve the band's shortest length."""
+        mask = self.word((1 << self.shift) - 1)
+        for c in range(len(self.chunk_at) - 1):
+            at = slice(self.chunk_at[c], self.chunk_at[c + 1])
+            keys, words = self.ikey[at], self.iw[at]
+            longest = words & mask
+            for shortest, probes in self.band_probes[round_no]:
+                serves = longest >= shortest
+                yield c, keys[serves], words[serves], probes
+
+    def survivors(
+        self, round_no: int, done: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (query index, target text, overlap bound) for the pairs of a round, block by
+        block; queries marked in `done` (by the consumer, between blocks) are left out."""
+        sketch, light = self.corpus.sketch()  # here, not in the worker threads
+        in_flight: deque[Future] = deque()
+        seen, chunk, chunk_no = None, (), -1
+        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+            for c, keys, words, probes in self._slices(round_no, done):
+                yield from self._drain(in_flight, done, round_no, 2 * _WORKERS)
+                lo, count = self._ranges(keys, probes, done)
+                ent = np.flatnonzero(count)
+                if not len(ent):
+                    continue
+                if c != chunk_no:
+                    chunk_no, base = c, c << _CHUNK_BITS
+                    targets = self.targets[base : base + _JOIN_TARGETS]
+                    chunk = (sketch[:, targets], light[targets], self.q4[targets])
+                    if round_no:
+                        old = np.concatenate(self._proposed[c] or [np.zeros(0, dtype=np.int64)])
+                        seen = np.sort(old[~done[old >> _CHUNK_BITS]])
+                # Blocks of whole queries: at most _JOIN_BLOCK entries (unless one query has
+                # more) and 2**16 queries (pairs keyed in uint32).
+                q = self.e_q[ent]
+                new_q = np.concatenate([[True], q[1:] != q[:-1]])
+                rank = np.cumsum(new_q) - 1
+                starts = np.flatnonzero(new_q)
+                per_query = np.add.reduceat(count[ent], starts)
+                rows = 1 << 16 if self.shift == 16 else 1 << 40
+                block = (np.cumsum(per_query) - per_query) // _JOIN_BLOCK
+                block += np.arange(len(starts)) // rows << 40
+                cuts = starts[np.flatnonzero(np.concatenate([[True], block[1:] != block[:-1]]))]
+                bounds = np.append(cuts, len(ent)).tolist()
+                for a, b in pairwise(bounds):
+                    part = ent[a:b]
+                    row = rank[a:b] - rank[a]
+                    args = (c, part, lo[part], count[part], row, (*chunk, words), round_no, seen)
+                    in_flight.append(pool.submit(self._block, *args))
+                    yield from self._drain(in_flight, done, round_no, _WORKERS)
+            yield from self._drain(in_flight, done, round_no, 0)
+
+    def _drain(
+        self, in_flight: deque[Future], done: np.ndarray, round_no: int, keep: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        while len(in_flight) > keep:
+            c, q_pos, t_local, bound, expanded, sketched = in_flight.popleft().result()
+            self.expanded += expanded
+            self.sketched += sketched
+            if not round_no:
+                self._proposed[c].append(q_pos << _CHUNK_BITS | t_local)
+            fresh = ~done[q_pos]
+            if fresh.any():
+                t_pos = (c << _CHUNK_BITS) + t_local[fresh]
+                yield q_pos[fresh], self.targets[t_pos], bound[fresh]
+
+    def _block(
+        self,
+        c: int,
+        ent: np.ndarray,
+        lo: np.ndarray,
+        count: np.ndarray,
+        row: np.ndarray,
+        chunk: tuple[np.ndarray, ...],
+        round_no: int,
+        seen: np.ndarray | None,
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """The pairs proposed by the probes `ent` (whole queries, `row` the rank of each one's
+        query in the block) in chunk c: (c, query index, target index within the chunk,
+        overlap bound, entries expanded, pairs sketched)."""
+        t_sketch, t_light, t_q4, iw = chunk  # iw: the slice's index words
+        word, shift = self.word, self.word(self.shift)
+        # src: the index entries [lo, lo + count) of every probe, end to end
+        step = np.ones(int(count.sum()), dtype=np.int32 if len(iw) < 1 << 31 else np.int64)
+        ends = np.cumsum(count)
+        step[0] = lo[0]
+        step[ends[:-1]] = lo[1:] - lo[:-1] - count[:-1] + 1
+        entry = iw[np.cumsum(step, out=step)]
+        probe = np.repeat((row.astype(word) << shift) | self.e_lxi[ent], count)
+        mask = word((1 << self.shift) - 1)
+        ok = (probe & mask) <= (entry & mask)  # the entry serves the probe's query length
+        # pair = query row << 16 | target in the chunk
+        cell = (((probe >> shift) << word(_CHUNK_BITS)) | (entry >> shift))[ok]
+        cell.sort()
+        if not len(cell):
+            empty = np.zeros(0, dtype=np.int64)
+            return c, empty, empty, empty, len(step), 0
+        run = np.flatnonzero(np.concatenate([[True], cell[1:] != cell[:-1], [True]]))
+        cells = cell[run[:-1]].astype(np.int64)
+        q = self.e_q[ent][np.concatenate([[True], row[1:] != row[:-1]])]
+        if round_no:  # probed features the pair shares, at least min(_JOIN_ELL, need)
+            cells = cells[np.diff(run) >= self.q_min[q[cells >> _CHUNK_BITS]]]
+        q_pos, t_local = q[cells >> _CHUNK_BITS], cells & (_JOIN_TARGETS - 1)
+        bound = self._bound(self.queries[q_pos], t_local, t_sketch, t_light, t_q4)
+        ok = bound >= 0
+        q_pos, t_local, bound = q_pos[ok], t_local[ok], bound[ok]
+        if seen is not None and len(seen) and len(q_pos):  # proposed in the first round
+            key = q_pos << _CHUNK_BITS | t_local
+            new = seen[np.minimum(np.searchsorted(seen, key), len(seen) - 1)] != key
+            q_pos, t_local, bound = q_pos[new], t_local[new], bound[new]
+        return c, q_pos, t_local, bound, len(step), len(cells)
+
+    def _bound(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        b_sketch: np.ndarray,
+        b_light: np.ndarray,
+        b_q4: np.ndarray,
+    ) -> np.ndarray:
+        """An upper bound on the overlap of each pair (query text a, chunk target b) from their
+        sketches, or -1 where it is below the need (the pair cannot pass the bound). Half the
+        words first, the rest only for the pairs still in."""
+        sketch, light = self.corpus.sketch()
+        need = np.maximum((self.q4[a] + b_q4[b] + 2) // 4, 1)  # _need, in integers
+        heavy = np.zeros(len(a), dtype=np.int32)
+        for w in range(_HEAVY_WORDS):
+            heavy += np.bitwise_count(sketch[w][a] & b_sketch[w][b])
+        light_sum = light[a] + b_light[b]
+        odd = np.zeros(len(a), dtype=np.int32)
+        half = (_HEAVY_WORDS + _SKETCH_WORDS) // 2
+        for w in range(_HEAVY_WORDS, half):
+            odd += np.bitwise_count(sketch[w][a] ^ b_sketch[w][b])
+        live = np.flatnonzero(heavy + (light_sum - odd) // 2 >= need)
+        a, b, odd = a[live], b[live], odd[live]
+        for w in range(half, _SKETCH_WORDS):
+            odd += np.bitwise_count(sketch[w][a] ^ b_sketch[w][b])
+        out = np.full(len(need), -1, dtype=np.int64)
+        final = heavy[live] + (light_sum[live] - odd) // 2
+        out[live] = np.where(final >= need[live], final, -1)
+        return out
+
+
 def _verify_first_hit(
     corpus: _Corpus,
     queries: np.ndarray,
@@ -521,8 +1065,7 @@ def _resolve_in_order(corpus: _Corpus, chunk: np.ndarray, t: float, st: NoveltyS
     dropped when its F1 with an earlier kept one is > t."""
     keep = np.ones(len(chunk), dtype=bool)
     later, earlier = [], []
-    never = np.zeros(len(chunk), dtype=bool)
-    for q_pos, t_docs, _ in _overlap_survivors(corpus, chunk, chunk, t, never):
+    for q_pos, t_docs, _ in _all_survivors(corpus, chunk, chunk, t):
         before = t_docs < chunk[q_pos]
         later.append(q_pos[before])
         earlier.append(np.searchsorted(chunk, t_docs[before]))  # chunk is sorted
