@@ -299,6 +299,74 @@ def test_combine_keeps_order_and_flags_a_missing_order():
     assert both.loc[1, "error"] == "missing_review: order 2 has no review"
 
 
+def _combine_row_by_row(order1: pd.DataFrame, order2: pd.DataFrame) -> pd.DataFrame:
+    """combine's rule, one pair at a time (as it was written before it went column-wise)."""
+    from lion_core.method.referee import MISSING_REVIEW, _merge_errors, _with_order
+
+    one = order1.drop_duplicates("instruction_id").set_index("instruction_id")
+    two = order2.drop_duplicates("instruction_id").set_index("instruction_id")
+    rows = []
+    for iid in [*one.index, *(i for i in two.index if i not in one.index)]:
+        row, errors = {"instruction_id": iid}, []
+        for k, df in ((1, one), (2, two)):
+            side = df.loc[iid] if iid in df.index else None
+            if side is None:
+                row.update({f"teacher_score_{k}": None, f"student_score_{k}": None})
+                row[f"review_{k}"] = None
+                errors.append(f"{MISSING_REVIEW}: order {k} has no review")
+                continue
+            row[f"teacher_score_{k}"] = side["teacher_score"]
+            row[f"student_score_{k}"] = side["student_score"]
+            row[f"review_{k}"] = None if pd.isna(side["review"]) else side["review"]
+            if side["status"] != "scored":
+                errors.append(_with_order(side["error"], k))
+        if errors:
+            row.update(teacher_score=None, student_score=None, status="unscored")
+            row["error"] = _merge_errors(errors)
+        else:
+            for who in ("teacher", "student"):
+                row[f"{who}_score"] = (row[f"{who}_score_1"] + row[f"{who}_score_2"]) / 2
+            row.update(status="scored", error=None)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=REFEREE_SCHEMA.names)
+    floats = [f.name for f in REFEREE_SCHEMA if str(f.type) == "double"]
+    return frame.astype(dict.fromkeys(floats, "float64"))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_combine_column_wise_matches_pair_by_pair(seed):
+    """Orders with missing pairs, duplicates, unscored rows (with and without an error text),
+    null reviews and both orders missing the same answer: combine equals the pair-by-pair rule."""
+    import random
+
+    rng = random.Random(seed)
+    errors = [None, "request_failed: 500", "missing_answer: the student has none", "garbled"]
+
+    def order(ids: list[str]) -> pd.DataFrame:
+        rows = []
+        for iid in ids:
+            ok = rng.random() < 0.7
+            rows.append({
+                "instruction_id": iid,
+                "teacher_score": float(rng.randint(1, 10)) if ok or rng.random() < 0.3 else None,
+                "student_score": float(rng.randint(1, 10)) if ok else None,
+                "review": rng.choice([None, "Scores: 8 3", "x"]),
+                "status": "scored" if ok else "unscored",
+                "error": None if ok else rng.choice(errors),
+                "attempts": 1,
+            })  # fmt: skip
+        return pd.DataFrame(rows)
+
+    ids = [f"i{n}" for n in range(300)]
+    one = order([i for i in ids if rng.random() < 0.9] + ["i3", "i3"])
+    two = order([i for i in reversed(ids) if rng.random() < 0.9])
+    both = combine(one, two)
+    pd.testing.assert_frame_equal(both, _combine_row_by_row(one, two))
+    assert set(both["status"]) == {"scored", "unscored"}
+    assert both["error"].str.contains("missing_review").any()
+    assert combine(one.iloc[:0], two.iloc[:0]).empty
+
+
 def test_bad_order_and_bad_pairs_are_refused():
     with pytest.raises(ValueError, match="order must be 1 or 2"):
         score_order(_pairs(1), Scripted(lambda r: ""), RefereeConfig(), 3)

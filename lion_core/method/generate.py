@@ -208,18 +208,22 @@ def seed_categories(frame: pd.DataFrame, offline: bool) -> dict[str, str]:
     """instruction_id -> category of each seed: the offline world's family when the world
     wrote the instructions (`offline`), else the seed's parent (or itself, for a seed of the
     initial data), as `lion_core.method.diversity` groups new instructions."""
-    out: dict[str, str] = {}
-    if offline:
-        from lion_core.offline.world import solve
+    rows = frame.drop_duplicates("instruction_id")
+    ids = rows["instruction_id"].tolist()  # columns as lists: itertuples over Arrow-backed
+    if not offline:  # strings cost more than the work here (52K seeds: 1.9 s of 9)
+        parents = rows["parent_id"].tolist()
+        return {
+            iid: f"seed {(p if isinstance(p, str) else iid)[:12]}"
+            for iid, p in zip(ids, parents, strict=True)
+        }
+    from lion_core.offline.world import solve
 
-    for row in frame.drop_duplicates("instruction_id").itertuples(index=False):
-        if offline:
-            inp = row.input if isinstance(row.input, str) else ""
-            inst = solve(str(row.instruction), inp)
-            out[row.instruction_id] = inst.family if inst is not None else "unrecognised"
-        else:
-            parent = row.parent_id if isinstance(row.parent_id, str) else row.instruction_id
-            out[row.instruction_id] = f"seed {parent[:12]}"
+    out: dict[str, str] = {}
+    for iid, instruction, inp in zip(
+        ids, rows["instruction"].tolist(), rows["input"].tolist(), strict=True
+    ):
+        inst = solve(str(instruction), inp if isinstance(inp, str) else "")
+        out[iid] = inst.family if inst is not None else "unrecognised"
     return out
 
 

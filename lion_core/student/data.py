@@ -59,41 +59,85 @@ def _user_turn(instruction: str, input: str | None) -> dict[str, str]:
     return {"role": "user", "content": instruction_text(instruction, input)}
 
 
-def _chat_prompt(tokenizer, user: dict[str, str]) -> str:
-    """The chat-template text of the user's turn and the opening of the assistant's."""
-    return tokenizer.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
+def _chat_prompts(tokenizer, users: list[dict[str, str]]) -> list[str]:
+    """The chat-template text of each user's turn and the opening of the assistant's."""
+    if not users:
+        return []
+    return tokenizer.apply_chat_template(
+        [[user] for user in users], add_generation_prompt=True, tokenize=False
+    )
+
+
+# Texts per tokenizer call: one batched call per chunk (the fast tokenizer's Rust batch, no
+# Python per row), chunks so that a 520K-row pool never holds one huge encoding at once.
+ENCODE_CHUNK = 8192
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens added: the ids `tokenizer.encode` gives each
+    text alone, from one call per ENCODE_CHUNK texts (tests/test_student_data.py checks it)."""
+    out: list[list[int]] = []
+    for at in range(0, len(texts), ENCODE_CHUNK):
+        batch = tokenizer(texts[at : at + ENCODE_CHUNK], add_special_tokens=False)
+        out.extend(list(ids) for ids in batch["input_ids"])
+    return out
+
+
+def encode_prompts(
+    tokenizer, instructions: list[str], inputs: list[str | None], template: str
+) -> list[list[int]]:
+    """Token ids of each prompt, exactly as training saw it (generation uses the same ids)."""
+    if template == "chat_template":
+        users = [_user_turn(i, x) for i, x in zip(instructions, inputs, strict=True)]
+        return _encode(tokenizer, _chat_prompts(tokenizer, users))
+    texts = [alpaca_prompt(i, x) for i, x in zip(instructions, inputs, strict=True)]
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    return [bos + ids for ids in _encode(tokenizer, texts)]
+
+
+def encode_responses(
+    tokenizer,
+    instructions: list[str],
+    inputs: list[str | None],
+    answers: list[str],
+    template: str,
+) -> list[list[int]]:
+    """Token ids of each answer, ending with the end-of-sequence (or end-of-turn) token: with
+    the chat template, what the template puts after the prompt (where the full conversation
+    starts with the prompt's text; else the answer alone, as with the Alpaca template)."""
+    eos = tokenizer.eos_token_id
+    out: list[list[int] | None] = [None] * len(answers)
+    if template == "chat_template":
+        users = [_user_turn(i, x) for i, x in zip(instructions, inputs, strict=True)]
+        prompts = _chat_prompts(tokenizer, users)
+        chats = [
+            [u, {"role": "assistant", "content": a}] for u, a in zip(users, answers, strict=True)
+        ]
+        fulls = tokenizer.apply_chat_template(chats, tokenize=False) if chats else []
+        rows = [k for k, prompt in enumerate(prompts) if fulls[k].startswith(prompt)]
+        tails = _encode(tokenizer, [fulls[k][len(prompts[k]) :] for k in rows])
+        for k, ids in zip(rows, tails, strict=True):
+            if ids and eos is not None and eos not in ids:
+                ids.append(eos)
+            out[k] = ids
+    rest = [k for k, ids in enumerate(out) if ids is None]
+    for k, ids in zip(rest, _encode(tokenizer, [answers[k] for k in rest]), strict=True):
+        if eos is not None:
+            ids.append(eos)
+        out[k] = ids
+    return out  # type: ignore[return-value]
 
 
 def encode_prompt(tokenizer, instruction: str, input: str | None, template: str) -> list[int]:
-    """Token ids of the prompt, exactly as training saw it (generation uses the same ids)."""
-    if template == "chat_template":
-        text = _chat_prompt(tokenizer, _user_turn(instruction, input))
-        return tokenizer.encode(text, add_special_tokens=False)
-    ids = tokenizer.encode(alpaca_prompt(instruction, input), add_special_tokens=False)
-    if tokenizer.bos_token_id is not None:
-        ids = [tokenizer.bos_token_id, *ids]
-    return ids
+    """One prompt's token ids (`encode_prompts`)."""
+    return encode_prompts(tokenizer, [instruction], [input], template)[0]
 
 
 def encode_response(
     tokenizer, instruction: str, input: str | None, answer: str, template: str
 ) -> list[int]:
-    """Token ids of the answer, ending with the end-of-sequence (or end-of-turn) token."""
-    if template == "chat_template":
-        user = _user_turn(instruction, input)
-        prompt = _chat_prompt(tokenizer, user)
-        full = tokenizer.apply_chat_template(
-            [user, {"role": "assistant", "content": answer}], tokenize=False
-        )
-        if full.startswith(prompt):
-            ids = tokenizer.encode(full[len(prompt) :], add_special_tokens=False)
-            if ids and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-                ids.append(tokenizer.eos_token_id)
-            return ids
-    ids = tokenizer.encode(answer, add_special_tokens=False)
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    """One answer's token ids (`encode_responses`)."""
+    return encode_responses(tokenizer, [instruction], [input], [answer], template)[0]
 
 
 @dataclass
@@ -132,6 +176,12 @@ def encode_example(
     """(example, truncated). The example is None when not one answer token fits."""
     prompt = encode_prompt(tokenizer, instruction, input, template)
     response = encode_response(tokenizer, instruction, input, answer, template)
+    return _example(prompt, response, max_length)
+
+
+def _example(
+    prompt: list[int], response: list[int], max_length: int
+) -> tuple[Example | None, bool]:
     ids = prompt + response
     labels = [IGNORE] * len(prompt) + response
     truncated = len(ids) > max_length
@@ -161,8 +211,11 @@ def tokenize_frame(df: pd.DataFrame, tokenizer, template: str, max_length: int) 
     """Tokenise every (instruction, input, answer) row; count truncated and dropped rows."""
     df = check_train_frame(df)
     data = TokenizedData(examples=[], rows=len(df))
-    for instruction, inp, answer in zip(df["instruction"], df["input"], df["answer"], strict=True):
-        ex, truncated = encode_example(tokenizer, instruction, inp, answer, template, max_length)
+    columns = [df[c].tolist() for c in ("instruction", "input", "answer")]
+    prompts = encode_prompts(tokenizer, *columns[:2], template)
+    responses = encode_responses(tokenizer, *columns, template)
+    for prompt, response in zip(prompts, responses, strict=True):
+        ex, truncated = _example(prompt, response, max_length)
         data.truncated += int(truncated)
         if ex is None:
             data.dropped += 1

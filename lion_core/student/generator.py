@@ -40,7 +40,7 @@ from lion_core.run.store import RunStore
 from lion_core.student.answer_store import Answer, commit
 from lion_core.student.attention import sdpa_kernels
 from lion_core.student.checkpoints import materialize, scratch_for
-from lion_core.student.data import encode_prompt
+from lion_core.student.data import encode_prompts
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +101,16 @@ class BatchedGenerator:
         return next(self.model.parameters()).device
 
     def encode(self, instruction: str, input: str | None) -> list[int]:
-        ids = encode_prompt(self.tok, instruction, input or "", self.template)
-        return fit_prompt(ids, self.max_positions, self.gen.max_new_tokens)
+        return self.encode_all([instruction], [input])[0]
+
+    def encode_all(self, instructions: list[str], inputs: list[str | None]) -> list[list[int]]:
+        """Each prompt's token ids, cut to leave room for the answer (`fit_prompt`)."""
+        ids = encode_prompts(self.tok, instructions, [x or "" for x in inputs], self.template)
+        return [fit_prompt(p, self.max_positions, self.gen.max_new_tokens) for p in ids]
 
     def answer(self, rows: pd.DataFrame) -> Iterator[list[Answer]]:
         """Yield the answers batch by batch (each batch can be committed at once)."""
-        prompts = [
-            self.encode(i, x) for i, x in zip(rows["instruction"], rows["input"], strict=True)
-        ]
+        prompts = self.encode_all(rows["instruction"].tolist(), rows["input"].tolist())
         yield from self.answer_prompts(list(rows["instruction_id"]), prompts)
 
     def answer_prompts(self, ids: list[str], prompts: list[list[int]]) -> Iterator[list[Answer]]:
@@ -280,10 +282,10 @@ def run_workers(
 
 
 def shard_rows(rows: pd.DataFrame, shard: int, shards: int, tokenizer, template: str):
-    lengths = [
-        len(encode_prompt(tokenizer, i, x, template))
-        for i, x in zip(rows["instruction"], rows["input"], strict=True)
-    ]
+    prompts = encode_prompts(
+        tokenizer, rows["instruction"].tolist(), rows["input"].tolist(), template
+    )
+    lengths = [len(p) for p in prompts]
     order = sorted(range(len(rows)), key=lambda j: -lengths[j])
     return rows.iloc[order[shard::shards]]
 
