@@ -461,3 +461,53 @@ def test_completion_requests_render_to_completions_with_their_prompt_in_the_key(
     )
     with pytest.raises(LLMError, match="'ids-1' is a completion"):
         client.run([ChatRequest.completion([1, 2], tag="ids-1")])
+
+
+def test_concurrency_is_per_role_over_clients_running_at_once(offline_server, tmp_path):
+    """The referee's two orders (and the generator's two kinds) are two clients of one role
+    running side by side in two threads: together they keep `concurrency` requests in flight,
+    not twice as many (the world counts the most it held at once)."""
+    server = offline_server(latency=0.2)
+    endpoint = RefereeConfig(concurrency=4)
+    reqs, _ = teacher_requests(24)
+    clients = [make_client(server, None, role="referee", endpoint=endpoint) for _ in range(2)]
+    results: list = [None, None]
+
+    def run(k: int) -> None:
+        results[k] = clients[k].run(reqs[k * 12 : (k + 1) * 12])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.ok for rs in results for r in rs)
+    assert server.stats()["teacher"]["max_in_flight"] == 4
+    assert clients[0].inflight is clients[1].inflight and clients[0].inflight.count == 0
+
+
+def test_in_flight_slots_survive_cancelled_waiters():
+    """Waiters cancelled while queued, or after a slot was handed to them, give nothing away
+    and lose nothing: every slot comes back, and no more than the limit is ever held, with
+    tasks of two event loops in two threads."""
+    from lion_core.llm.ratelimit import InFlightLimit
+
+    gate = InFlightLimit(3)
+
+    async def use(seconds: float) -> None:
+        async with gate:
+            await asyncio.sleep(seconds)
+
+    async def main(seed: int) -> None:
+        tasks = [asyncio.create_task(use(0.002 * (i % 5))) for i in range(60)]
+        await asyncio.sleep(0.01)
+        for task in tasks[seed::4]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    threads = [threading.Thread(target=asyncio.run, args=(main(k),)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert gate.count == 0 and gate.peak == 3 and not gate._waiters

@@ -94,7 +94,12 @@ class EndpointConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling probability mass.")
     max_tokens: int = Field(1024, ge=1, description="Maximum tokens in one answer.")
     concurrency: int = Field(
-        16, ge=1, le=1024, description="Requests in flight at once.", json_schema_extra=OPERATIONAL
+        16,
+        ge=1,
+        le=1024,
+        description="This role's requests in flight at once, over every client of the process "
+        "(the referee's two orders and the generator's two kinds share it).",
+        json_schema_extra=OPERATIONAL,
     )
     timeout: float = Field(
         120.0, gt=0, description="Seconds to wait for one answer.", json_schema_extra=OPERATIONAL

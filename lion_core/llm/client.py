@@ -52,7 +52,7 @@ from lion_core.llm.cache import ResponseCache
 from lion_core.llm.costs import Budget, Estimate, estimate, price_of
 from lion_core.llm.keys import resolve_api_key
 from lion_core.llm.online import OnlineSender
-from lion_core.llm.ratelimit import RateLimiter
+from lion_core.llm.ratelimit import InFlightLimit, RateLimiter
 from lion_core.llm.sending import (
     CACHED,
     JOINED,
@@ -128,6 +128,9 @@ class LLMClient:
         self.gone = gone
         self.limiter = RateLimiter.shared(
             (self.base_url, endpoint.model), endpoint.rpm, endpoint.tpm
+        )
+        self.inflight = InFlightLimit.shared(
+            (role, self.base_url, endpoint.model), endpoint.concurrency
         )
         self.usage = UsageCounter()
         # Every key asked through this client -> its latest failed result, or None if answered.
@@ -209,6 +212,7 @@ class LLMClient:
             open_api=self.open_api,
             cache=self.cache,
             limiter=self.limiter,
+            inflight=self.inflight,
             usage=self.usage,
             price=self.price,
             allow_empty=self.allow_empty,

@@ -221,8 +221,13 @@ class _OnlineCall:
         )
 
     async def post(self, api: openai.AsyncOpenAI, job: RenderedRequest, tokens: int) -> Any:
-        """One HTTP attempt, paced by the role's rate limiter, whose buckets its answer's
-        x-ratelimit-* headers tighten."""
+        """One HTTP attempt, in one of the role's in-flight slots (`endpoint.concurrency` over
+        every client of the process), paced by the role's rate limiter, whose buckets its
+        answer's x-ratelimit-* headers tighten."""
+        async with self.ctx.inflight:
+            return await self._post(api, job, tokens)
+
+    async def _post(self, api: openai.AsyncOpenAI, job: RenderedRequest, tokens: int) -> Any:
         limiter = self.ctx.limiter
         await limiter.acquire(tokens)
         headers = None

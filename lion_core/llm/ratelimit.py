@@ -24,6 +24,7 @@ import asyncio
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -207,3 +208,77 @@ def _number(value: str | None) -> float | None:
         return float(value)
     except ValueError:
         return None
+
+
+class InFlightLimit:
+    """At most `limit` requests of one role in flight at once in this process, however many
+    clients send them: the referee's two orders and the generator's two kinds run side by
+    side, each client with `concurrency` workers, and without this a role's `concurrency`
+    meant twice as many requests at the endpoint. Shared by every client of one (role, base
+    URL, model), across threads and their event loops; a freed slot goes to the longest
+    waiter (woken in its own loop)."""
+
+    _shared: ClassVar[dict[tuple[str, str, str], InFlightLimit]] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0  # slots held
+        self.peak = 0  # most slots held at once
+        self._lock = threading.Lock()
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+
+    @classmethod
+    def shared(cls, key: tuple[str, str, str], limit: int) -> InFlightLimit:
+        """The process's gate for `key` (role, base URL, model), at the `limit` of the
+        client made last (a config's concurrency, unlike a provider's rate limit, is a choice
+        each run makes: a worker process running one flow after another follows each)."""
+        with cls._shared_lock:
+            gate = cls._shared.get(key)
+            if gate is None:
+                gate = cls._shared[key] = cls(limit)
+            gate.limit = limit
+            return gate
+
+    async def __aenter__(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self.count < self.limit and not self._waiters:
+                self._take()
+                return
+            waiter = (loop, loop.create_future())
+            self._waiters.append(waiter)
+        try:
+            await waiter[1]  # the slot was handed over, already counted
+        except asyncio.CancelledError:
+            with self._lock:
+                queued = waiter in self._waiters
+                if queued:
+                    self._waiters.remove(waiter)
+            if not queued and waiter[1].done() and not waiter[1].cancelled():
+                self._release()  # handed over, then cancelled before it resumed: pass it on
+            raise  # (handed over but not delivered yet: _deliver passes it on)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _take(self) -> None:
+        self.count += 1
+        self.peak = max(self.peak, self.count)
+
+    def _release(self) -> None:
+        with self._lock:
+            self.count -= 1
+            while self._waiters and self.count < self.limit:
+                loop, future = self._waiters.popleft()
+                try:
+                    loop.call_soon_threadsafe(self._deliver, future)
+                except RuntimeError:  # its loop is closed: nobody waits there any more
+                    continue
+                self._take()
+
+    def _deliver(self, future: asyncio.Future[None]) -> None:
+        if future.cancelled():
+            self._release()
+        else:
+            future.set_result(None)

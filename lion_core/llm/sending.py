@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from lion_core.config import EndpointConfig, ModelPrice
     from lion_core.llm.cache import ResponseCache
-    from lion_core.llm.ratelimit import RateLimiter
+    from lion_core.llm.ratelimit import InFlightLimit, RateLimiter
     from lion_core.llm.types import ChatResult, RenderedRequest
 
 # How a request of a call was answered (`SendContext.deliver`).
@@ -84,6 +84,7 @@ class SendContext:
     open_api: Callable[[int], openai.AsyncOpenAI]  # an SDK client with n pooled connections
     cache: ResponseCache | None
     limiter: RateLimiter
+    inflight: InFlightLimit  # the role's requests in flight, over every client of the process
     usage: UsageCounter
     price: ModelPrice
     allow_empty: bool = False  # an empty answer is an answer, not a failure

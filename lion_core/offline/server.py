@@ -75,6 +75,8 @@ class _RoleStats:
     batch_sizes: list[int] = field(default_factory=list)  # lines of each batch, in order
     cancelled_batches: int = 0
     limited_tokens: int = 0  # tokens of requests let through the world's rpm/tpm limits
+    in_flight: int = 0  # chat requests received and not answered yet
+    max_in_flight: int = 0  # the most at once
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +85,7 @@ class _RoleStats:
             "batch_sizes": list(self.batch_sizes),
             "cancelled_batches": self.cancelled_batches,
             "limited_tokens": self.limited_tokens,
+            "max_in_flight": self.max_in_flight,
             "requests": self.requests,
             "distinct_bodies": len(self.bodies),
             "status": {str(code): n for code, n in sorted(self.status.items())},
@@ -104,6 +107,8 @@ class Stats:
             entry = self._roles[role]
             entry.requests += 1
             entry.bodies.add(body)
+            entry.in_flight += 1
+            entry.max_in_flight = max(entry.max_in_flight, entry.in_flight)
 
     def status(self, role: str, body: str, code: int) -> None:
         with self._lock:
@@ -111,6 +116,16 @@ class Stats:
             entry.status[code] += 1
             if code == 200:
                 entry.answered[body] += 1
+            self._answered(entry)
+
+    def abandoned(self, role: str) -> None:
+        """A request whose client went away before its answer (no status sent)."""
+        with self._lock:
+            self._answered(self._roles[role])
+
+    @staticmethod
+    def _answered(entry: _RoleStats) -> None:
+        entry.in_flight = max(0, entry.in_flight - 1)
 
     def limited(self, role: str, tokens: int) -> None:
         with self._lock:
@@ -314,7 +329,11 @@ class OfflineWorld:
         u429, u500, uslow, ugarble = self.dice.roll()
         delay = self.cfg.latency + (faults.slow_seconds if uslow < faults.rate_slow else 0.0)
         if delay > 0:
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:  # the client hung up (its timeout)
+                self.stats.abandoned(role)
+                raise
         if u429 < faults.rate_429:
             self.stats.status(role, body_hash, 429)
             ms = faults.retry_after * 1000
