@@ -511,3 +511,25 @@ def test_in_flight_slots_survive_cancelled_waiters():
     for t in threads:
         t.join()
     assert gate.count == 0 and gate.peak == 3 and not gate._waiters
+
+
+def test_a_raised_in_flight_limit_lets_waiters_in_at_once():
+    from lion_core.llm.ratelimit import InFlightLimit
+
+    key = ("referee", "http://raised.invalid/v1", "m")
+    gate = InFlightLimit.shared(key, 1)
+
+    async def main() -> None:
+        async def second() -> None:
+            async with gate:
+                pass
+
+        async with gate:
+            waiter = asyncio.create_task(second())
+            await asyncio.sleep(0.02)
+            assert not waiter.done()  # one slot, held
+            InFlightLimit.shared(key, 2)  # the next client's concurrency
+            await asyncio.wait_for(waiter, 2)
+
+    asyncio.run(main())
+    assert gate.count == 0 and gate.peak == 2

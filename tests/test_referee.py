@@ -362,6 +362,8 @@ def test_combine_column_wise_matches_pair_by_pair(seed):
     two = order([i for i in reversed(ids) if rng.random() < 0.9])
     both = combine(one, two)
     pd.testing.assert_frame_equal(both, _combine_row_by_row(one, two))
+    # A nullable string status (pd.NA where an order lacks a pair) reads the same.
+    pd.testing.assert_frame_equal(combine(one, two.astype({"status": "string"})), both)
     assert set(both["status"]) == {"scored", "unscored"}
     assert both["error"].str.contains("missing_review").any()
     assert combine(one.iloc[:0], two.iloc[:0]).empty

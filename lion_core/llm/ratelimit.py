@@ -237,8 +237,10 @@ class InFlightLimit:
             gate = cls._shared.get(key)
             if gate is None:
                 gate = cls._shared[key] = cls(limit)
+        with gate._lock:
             gate.limit = limit
-            return gate
+            gate._hand_out()  # a raised limit frees slots for those waiting now
+        return gate
 
     async def __aenter__(self) -> None:
         loop = asyncio.get_running_loop()
@@ -269,13 +271,16 @@ class InFlightLimit:
     def _release(self) -> None:
         with self._lock:
             self.count -= 1
-            while self._waiters and self.count < self.limit:
-                loop, future = self._waiters.popleft()
-                try:
-                    loop.call_soon_threadsafe(self._deliver, future)
-                except RuntimeError:  # its loop is closed: nobody waits there any more
-                    continue
-                self._take()
+            self._hand_out()
+
+    def _hand_out(self) -> None:  # with self._lock held
+        while self._waiters and self.count < self.limit:
+            loop, future = self._waiters.popleft()
+            try:
+                loop.call_soon_threadsafe(self._deliver, future)
+            except RuntimeError:  # its loop is closed: nobody waits there any more
+                continue
+            self._take()
 
     def _deliver(self, future: asyncio.Future[None]) -> None:
         if future.cancelled():

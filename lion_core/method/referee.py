@@ -419,7 +419,7 @@ def combine(order1: pd.DataFrame, order2: pd.DataFrame) -> pd.DataFrame:
             frame[f"{who}_score_{k}"] = pd.to_numeric(side[f"{who}_score"]).to_numpy(float)
         review = side["review"].to_numpy(dtype=object)
         frame[f"review_{k}"] = [None if _isnull(v) else v for v in review]
-        failed = present & (side["status"].to_numpy(dtype=object) != "scored")
+        failed = present & ~side["status"].eq("scored").fillna(False).to_numpy(dtype=bool)
         for at in np.flatnonzero(~present):
             errors[at].append(f"{MISSING_REVIEW}: order {k} has no review")
         for at, error in zip(np.flatnonzero(failed), side["error"].to_numpy()[failed], strict=True):

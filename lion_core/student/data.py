@@ -212,19 +212,27 @@ def tokenize_frame(df: pd.DataFrame, tokenizer, template: str, max_length: int) 
     df = check_train_frame(df)
     data = TokenizedData(examples=[], rows=len(df))
     columns = [df[c].tolist() for c in ("instruction", "input", "answer")]
-    prompts = encode_prompts(tokenizer, *columns[:2], template)
-    responses = encode_responses(tokenizer, *columns, template)
-    for prompt, response in zip(prompts, responses, strict=True):
-        ex, truncated = _example(prompt, response, max_length)
-        data.truncated += int(truncated)
-        if ex is None:
-            data.dropped += 1
-            continue
-        data.examples.append(ex)
-        data.tokens += len(ex)
-        data.response_tokens += sum(1 for label in ex.labels if label != IGNORE)
+    for at in range(0, len(df), ENCODE_CHUNK):  # a chunk's ids at a time, beside the examples
+        chunk = [column[at : at + ENCODE_CHUNK] for column in columns]
+        prompts = encode_prompts(tokenizer, *chunk[:2], template)
+        responses = encode_responses(tokenizer, *chunk, template)
+        for prompt, response in zip(prompts, responses, strict=True):
+            _add_example(data, prompt, response, max_length)
     data.lengths = [len(e) for e in data.examples]
     return data
+
+
+def _add_example(
+    data: TokenizedData, prompt: list[int], response: list[int], max_length: int
+) -> None:
+    ex, truncated = _example(prompt, response, max_length)
+    data.truncated += int(truncated)
+    if ex is None:
+        data.dropped += 1
+        return
+    data.examples.append(ex)
+    data.tokens += len(ex)
+    data.response_tokens += sum(1 for label in ex.labels if label != IGNORE)
 
 
 # ------------------------------------------------------------------------------------------
