@@ -420,6 +420,13 @@ def test_forbidden_stops_the_batch(tmp_path):
         ("text/plain", b"upstream proxy: service temporarily rerouted, try later " * 20),
         ("application/json", b"<html><body>502 Bad Gateway</body></html>" + b" " * 300),
         ("application/json", b'{"detail": "chat is not served here"}'),
+        # chat completions in shape only: a choice, a message or a text of the wrong type
+        ("application/json", b'{"choices": ["chat is not served here"]}'),
+        ("application/json", b'{"choices": [{"message": "chat is not served here"}]}'),
+        (
+            "application/json",
+            b'{"choices": [{"message": {"content": ["chat is not served here"]}}]}',
+        ),
     ],
 )
 def test_a_200_that_is_not_a_chat_completion_is_one_failed_request(content_type, body, tmp_path):

@@ -201,9 +201,8 @@ class _OnlineCall:
                 return self.failed(job, _not_a_completion(exc.doc, job.path), attempt + 1)
             else:
                 self.responded = True
-                if not isinstance(getattr(response, "choices", None), list):
-                    # A 200 that is no chat completion (a proxy's page, another API's JSON): the
-                    # SDK hands back the text, or a model without choices.
+                if not (isinstance(response, dict) and isinstance(response.get("choices"), list)):
+                    # A 200 that is no chat completion (a proxy's page, another API's JSON).
                     return self.failed(job, _not_a_completion(response, job.path), attempt + 1)
                 return self.answer(job, response, attempt + 1)
             if attempt < retries:
@@ -239,7 +238,7 @@ class _OnlineCall:
             cast = Completion if job.request.is_completion else ChatCompletion
             raw = await api.post(job.path, body=job.body, cast_to=cast, options=_RAW)
             headers = raw.headers
-            return raw.parse()
+            return _body(raw.http_response)
         except openai.APIStatusError as exc:
             headers = exc.response.headers
             raise
@@ -268,14 +267,23 @@ class _OnlineCall:
     def answer(self, job: RenderedRequest, response: Any, attempts: int) -> ChatResult:
         """The result of a 200: ok with its text, or failed when the text is empty (unless the
         client allows empty answers)."""
-        choice = response.choices[0] if response.choices else None
-        text = None
-        if choice is not None:
-            text = choice.text if job.request.is_completion else choice.message.content
-        finish = choice.finish_reason if choice is not None else None
-        usage = response.usage
-        prompt_tokens = (usage.prompt_tokens if usage else 0) or 0
-        completion_tokens = (usage.completion_tokens if usage else 0) or 0
+        choices = response["choices"]
+        choice = choices[0] if choices else {}
+        if not isinstance(choice, dict):
+            return self.failed(job, _not_a_completion(response, job.path), attempts)
+        if job.request.is_completion:
+            text = choice.get("text")
+        else:
+            message = choice.get("message", {})
+            if not isinstance(message, dict):
+                return self.failed(job, _not_a_completion(response, job.path), attempts)
+            text = message.get("content")
+        if text is not None and not isinstance(text, str):
+            return self.failed(job, _not_a_completion(response, job.path), attempts)
+        finish = choice.get("finish_reason")
+        usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+        prompt_tokens = _count(usage.get("prompt_tokens"))
+        completion_tokens = _count(usage.get("completion_tokens"))
         cost = self.ctx.charge(prompt_tokens, completion_tokens, batch=False)
         if text is None or (not self.ctx.allow_empty and not text.strip()):
             failed = self.failed(job, f"empty answer (finish_reason={finish})", attempts)
@@ -422,10 +430,24 @@ def _no_answer(exc: openai.APIConnectionError, timeout: float) -> str:
     return f"no answer: {type(root).__name__}: {text}"
 
 
+def _body(response: Any) -> Any:
+    """A 200's body: its JSON as plain Python (no SDK models: building a `ChatCompletion` cost
+    ~9% of the client's CPU per request at high concurrency, docs/llm-client.md), or its text
+    when it is not JSON. A body that says it is JSON and is not raises `JSONDecodeError`."""
+    if "json" not in response.headers.get("content-type", ""):
+        return response.text
+    return json.loads(response.content)
+
+
+def _count(value: Any) -> int:
+    """A token count from the answer's usage: 0 when missing or not a number."""
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
 def _not_a_completion(body: object, path: str = "/chat/completions") -> str:
     """The error of a 200 whose body is not a (chat) completion, with the body's first bytes."""
-    if isinstance(body, openai.BaseModel):
-        body = json.dumps(body.to_dict(mode="json"), ensure_ascii=False)
+    if isinstance(body, dict | list):
+        body = json.dumps(body, ensure_ascii=False)
     text = body if isinstance(body, str) else repr(body)
     more = f"... ({len(text)} characters)" if len(text) > _BODY_PREVIEW else ""
     kind = "completion" if path == "/completions" else "chat completion"
