@@ -366,7 +366,8 @@ def test_combine_column_wise_matches_pair_by_pair(seed):
     pd.testing.assert_frame_equal(combine(one, two.astype({"status": "string"})), both)
     assert set(both["status"]) == {"scored", "unscored"}
     assert both["error"].str.contains("missing_review").any()
-    assert combine(one.iloc[:0], two.iloc[:0]).empty
+    empty = combine(one.iloc[:0], two.iloc[:0])
+    pd.testing.assert_frame_equal(empty, _combine_row_by_row(one.iloc[:0], two.iloc[:0]))
 
 
 def test_bad_order_and_bad_pairs_are_refused():
