@@ -95,49 +95,47 @@ def encode_prompts(
     return [bos + ids for ids in _encode(tokenizer, texts)]
 
 
-def encode_responses(
+def encode_pairs(
     tokenizer,
     instructions: list[str],
     inputs: list[str | None],
     answers: list[str],
     template: str,
-) -> list[list[int]]:
-    """Token ids of each answer, ending with the end-of-sequence (or end-of-turn) token: with
-    the chat template, what the template puts after the prompt (where the full conversation
-    starts with the prompt's text; else the answer alone, as with the Alpaca template)."""
-    eos = tokenizer.eos_token_id
+) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, answer ids) of each row. The prompt's are `encode_prompts`'; the answer's
+    end with the end-of-sequence (or end-of-turn) token: with the chat template, what the
+    template puts after the prompt (where the full conversation starts with the prompt's text;
+    else the answer alone, as with the Alpaca template). Each row's prompt is rendered once."""
+    if template != "chat_template":
+        prompt_ids = encode_prompts(tokenizer, instructions, inputs, template)
+        return prompt_ids, _answers(tokenizer, answers)
+    users = [_user_turn(i, x) for i, x in zip(instructions, inputs, strict=True)]
+    prompts = _chat_prompts(tokenizer, users)
+    chats = [[u, {"role": "assistant", "content": a}] for u, a in zip(users, answers, strict=True)]
+    fulls = tokenizer.apply_chat_template(chats, tokenize=False) if chats else []
+    rows = [k for k, prompt in enumerate(prompts) if fulls[k].startswith(prompt)]
+    tails = _encode(tokenizer, [fulls[k][len(prompts[k]) :] for k in rows])
     out: list[list[int] | None] = [None] * len(answers)
-    if template == "chat_template":
-        users = [_user_turn(i, x) for i, x in zip(instructions, inputs, strict=True)]
-        prompts = _chat_prompts(tokenizer, users)
-        chats = [
-            [u, {"role": "assistant", "content": a}] for u, a in zip(users, answers, strict=True)
-        ]
-        fulls = tokenizer.apply_chat_template(chats, tokenize=False) if chats else []
-        rows = [k for k, prompt in enumerate(prompts) if fulls[k].startswith(prompt)]
-        tails = _encode(tokenizer, [fulls[k][len(prompts[k]) :] for k in rows])
-        for k, ids in zip(rows, tails, strict=True):
-            if ids and eos is not None and eos not in ids:
-                ids.append(eos)
-            out[k] = ids
-    rest = [k for k, ids in enumerate(out) if ids is None]
-    for k, ids in zip(rest, _encode(tokenizer, [answers[k] for k in rest]), strict=True):
-        if eos is not None:
+    eos = tokenizer.eos_token_id
+    for k, ids in zip(rows, tails, strict=True):
+        if ids and eos is not None and eos not in ids:
             ids.append(eos)
         out[k] = ids
-    return out  # type: ignore[return-value]
+    rest = [k for k, ids in enumerate(out) if ids is None]
+    for k, ids in zip(rest, _answers(tokenizer, [answers[k] for k in rest]), strict=True):
+        out[k] = ids
+    return _encode(tokenizer, prompts), out  # type: ignore[return-value]
+
+
+def _answers(tokenizer, answers: list[str]) -> list[list[int]]:
+    """Each answer's ids alone, then the end-of-sequence token."""
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return [ids + eos for ids in _encode(tokenizer, answers)]
 
 
 def encode_prompt(tokenizer, instruction: str, input: str | None, template: str) -> list[int]:
     """One prompt's token ids (`encode_prompts`)."""
     return encode_prompts(tokenizer, [instruction], [input], template)[0]
-
-
-def encode_response(
-    tokenizer, instruction: str, input: str | None, answer: str, template: str
-) -> list[int]:
-    """One answer's token ids (`encode_responses`)."""
-    return encode_responses(tokenizer, [instruction], [input], [answer], template)[0]
 
 
 @dataclass
@@ -174,8 +172,7 @@ def encode_example(
     tokenizer, instruction: str, input: str | None, answer: str, template: str, max_length: int
 ) -> tuple[Example | None, bool]:
     """(example, truncated). The example is None when not one answer token fits."""
-    prompt = encode_prompt(tokenizer, instruction, input, template)
-    response = encode_response(tokenizer, instruction, input, answer, template)
+    (prompt,), (response,) = encode_pairs(tokenizer, [instruction], [input], [answer], template)
     return _example(prompt, response, max_length)
 
 
@@ -214,9 +211,7 @@ def tokenize_frame(df: pd.DataFrame, tokenizer, template: str, max_length: int) 
     columns = [df[c].tolist() for c in ("instruction", "input", "answer")]
     for at in range(0, len(df), ENCODE_CHUNK):  # a chunk's ids at a time, beside the examples
         chunk = [column[at : at + ENCODE_CHUNK] for column in columns]
-        prompts = encode_prompts(tokenizer, *chunk[:2], template)
-        responses = encode_responses(tokenizer, *chunk, template)
-        for prompt, response in zip(prompts, responses, strict=True):
+        for prompt, response in zip(*encode_pairs(tokenizer, *chunk, template), strict=True):
             _add_example(data, prompt, response, max_length)
     data.lengths = [len(e) for e in data.examples]
     return data
