@@ -54,6 +54,20 @@ def fit_prompt(ids: list[int], max_positions: int | None, max_new_tokens: int) -
     return ids
 
 
+def fitted_prompts(
+    tokenizer,
+    instructions: list[str],
+    inputs: list[str | None],
+    template: str,
+    max_positions: int | None,
+    gen: StudentGenerationConfig,
+) -> list[list[int]]:
+    """Each prompt's token ids as both engines send them: `encode_prompts` (one tokenizer call
+    per chunk of rows), each cut to leave room for the answer (`fit_prompt`)."""
+    ids = encode_prompts(tokenizer, instructions, [x or "" for x in inputs], template)
+    return [fit_prompt(p, max_positions, gen.max_new_tokens) for p in ids]
+
+
 def stop_token_ids(generation_config, tokenizer) -> list[int]:
     """The token ids that end an answer: the model's generation config's EOS (one or several),
     else the tokenizer's."""
@@ -104,9 +118,9 @@ class BatchedGenerator:
         return self.encode_all([instruction], [input])[0]
 
     def encode_all(self, instructions: list[str], inputs: list[str | None]) -> list[list[int]]:
-        """Each prompt's token ids, cut to leave room for the answer (`fit_prompt`)."""
-        ids = encode_prompts(self.tok, instructions, [x or "" for x in inputs], self.template)
-        return [fit_prompt(p, self.max_positions, self.gen.max_new_tokens) for p in ids]
+        return fitted_prompts(
+            self.tok, instructions, inputs, self.template, self.max_positions, self.gen
+        )
 
     def answer(self, rows: pd.DataFrame) -> Iterator[list[Answer]]:
         """Yield the answers batch by batch (each batch can be committed at once)."""

@@ -9,7 +9,7 @@ For one answering task (a round's Cache Pool, an evaluation set):
    logger and a log file) — or an endpoint the user keeps warm (`server.base_url`) is used;
 2. readiness: `GET /v1/models` must list the served name within `server.ready_timeout`, else
    `GenerationError` with the server log's last lines;
-3. every prompt is rendered exactly as the `hf` engine renders it (`encode_prompt`, the Alpaca
+3. every prompt is rendered exactly as the `hf` engine renders it (`fitted_prompts`, the Alpaca
    or chat template, cut to the model's positions the same way) and sent as **token ids** to
    `POST /v1/completions` — no tokenizer or chat template on the server side can change it —
    greedy at temperature 0 (or sampled with a per-instruction seed), `max_tokens` =
@@ -49,8 +49,7 @@ from lion_core.ops.supervise import ProcessGroup, cpu_thread_env, free_port
 from lion_core.run.storage import Storage
 from lion_core.student.answer_store import Answer, commit
 from lion_core.student.checkpoints import content_digest, resolve_model, scratch_for
-from lion_core.student.data import encode_prompt
-from lion_core.student.generator import batch_seed, fit_prompt, stop_token_ids
+from lion_core.student.generator import batch_seed, fitted_prompts, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +87,9 @@ def render_prompts(cfg: LionConfig, source: str, revision: str | None, rows) -> 
     max_positions = getattr(config, "max_position_embeddings", None)
     gen = cfg.student.generation
     template = cfg.student.prompt_template
-    ids = [
-        fit_prompt(encode_prompt(tok, i, x or "", template), max_positions, gen.max_new_tokens)
-        for i, x in zip(rows["instruction"], rows["input"], strict=True)
-    ]
+    ids = fitted_prompts(
+        tok, rows["instruction"].tolist(), rows["input"].tolist(), template, max_positions, gen
+    )
     return ServedPrompts(ids, stop_token_ids(generation, tok))
 
 
