@@ -53,6 +53,7 @@ from lion_core.llm.sending import (
     SENT,
     HasSendContext,
     SendContext,
+    answer_fields,
     wait_for,
 )
 from lion_core.llm.types import ChatResult, RenderedRequest
@@ -480,13 +481,10 @@ class BatchRun:
         return self._failed(key, f"batch line failed: {prefix}{message}")
 
     def _answer(self, key: str, body: Mapping[str, Any]) -> ChatResult:
-        choices = body.get("choices") or []
-        choice = choices[0] if choices else {}
-        text = (choice.get("message") or {}).get("content")
-        finish = choice.get("finish_reason")
-        usage = body.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
+        fields = answer_fields(body)
+        if fields is None:
+            return self._failed(key, "batch line failed: HTTP 200 but not a chat completion")
+        text, finish, prompt, completion = fields
         cost = self.ctx.charge(prompt, completion, batch=True)
         tag = self._tag(key)
         if not text or not str(text).strip():

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from lion_core.errors import EndpointGoneError, EndpointRejectedError, EndpointUnreachableError
 from lion_core.llm.cache import ResponseCache, SendAbandoned
 from lion_core.llm.ratelimit import limiter_tokens
-from lion_core.llm.sending import CACHED, JOINED, SENT, SendContext, wait_for
+from lion_core.llm.sending import CACHED, JOINED, SENT, SendContext, answer_fields, wait_for
 from lion_core.llm.types import ChatResult, RenderedRequest
 
 log = logging.getLogger("lion_core.llm")
@@ -267,23 +267,10 @@ class _OnlineCall:
     def answer(self, job: RenderedRequest, response: Any, attempts: int) -> ChatResult:
         """The result of a 200: ok with its text, or failed when the text is empty (unless the
         client allows empty answers)."""
-        choices = response["choices"]
-        choice = choices[0] if choices else {}
-        if not isinstance(choice, dict):
+        fields = answer_fields(response, job.request.is_completion)
+        if fields is None:
             return self.failed(job, _not_a_completion(response, job.path), attempts)
-        if job.request.is_completion:
-            text = choice.get("text")
-        else:
-            message = choice.get("message", {})
-            if not isinstance(message, dict):
-                return self.failed(job, _not_a_completion(response, job.path), attempts)
-            text = message.get("content")
-        if text is not None and not isinstance(text, str):
-            return self.failed(job, _not_a_completion(response, job.path), attempts)
-        finish = choice.get("finish_reason")
-        usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
-        prompt_tokens = _count(usage.get("prompt_tokens"))
-        completion_tokens = _count(usage.get("completion_tokens"))
+        text, finish, prompt_tokens, completion_tokens = fields
         cost = self.ctx.charge(prompt_tokens, completion_tokens, batch=False)
         if text is None or (not self.ctx.allow_empty and not text.strip()):
             failed = self.failed(job, f"empty answer (finish_reason={finish})", attempts)
@@ -437,11 +424,6 @@ def _body(response: Any) -> Any:
     if "json" not in response.headers.get("content-type", ""):
         return response.text
     return json.loads(response.content)
-
-
-def _count(value: Any) -> int:
-    """A token count from the answer's usage: 0 when missing or not a number."""
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
 def _not_a_completion(body: object, path: str = "/chat/completions") -> str:

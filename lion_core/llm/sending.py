@@ -17,7 +17,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from lion_core.llm.costs import cost_usd
 
@@ -153,3 +153,52 @@ async def wait_for(future: concurrent.futures.Future[_T]) -> _T:
 def _set_done(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+# ---- what an answer's body says (online answers and Batch API output lines alike) ----------
+
+
+class AnswerFields(NamedTuple):
+    text: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def answer_fields(body: Mapping[str, Any], is_completion: bool = False) -> AnswerFields | None:
+    """The text, finish reason and token counts of a (chat) completion's JSON body, read as
+    plain JSON; None when its `choices`, a choice, the message or the text has the wrong type.
+    No choice, or no text in it: text None."""
+    choices = body.get("choices") or []
+    if not isinstance(choices, list):
+        return None
+    choice = choices[0] if choices else {}
+    if not isinstance(choice, Mapping):
+        return None
+    if is_completion:
+        text = choice.get("text")
+    else:
+        message = choice.get("message") or {}
+        if not isinstance(message, Mapping):
+            return None
+        text = message.get("content")
+    if text is not None and not isinstance(text, str):
+        return None
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, Mapping) else {}
+    return AnswerFields(
+        text,
+        choice.get("finish_reason"),
+        _count(usage.get("prompt_tokens")),
+        _count(usage.get("completion_tokens")),
+    )
+
+
+def _count(value: Any) -> int:
+    """A token count from an answer's usage: 0 when missing or not a number."""
+    if isinstance(value, bool):
+        return 0
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
