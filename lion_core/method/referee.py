@@ -440,10 +440,6 @@ def _by_id(order: pd.DataFrame) -> pd.DataFrame:
     return order.set_index(pd.Index(order["instruction_id"].to_numpy(dtype=object), dtype=object))
 
 
-def _float(value: Any) -> float | None:
-    return None if _isnull(value) else float(value)
-
-
 def _with_order(error: Any, k: int) -> str:
     """'code: detail' -> 'code: order k: detail' (the code stays first for counting)."""
     text = "unscored" if _isnull(error) else str(error)
