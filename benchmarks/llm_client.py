@@ -21,41 +21,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import openai
-import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, from anywhere
+
+from benchmarks.offline_world import serve_offline
 from lion_core.config import TeacherConfig
 from lion_core.llm import ChatRequest, LLMClient, ResponseCache
 from lion_core.method.prompts import teacher_messages
 from lion_core.offline.world import seed_instances
 from lion_core.run.storage import Storage
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def start_server(latency: float, workdir: Path) -> tuple[subprocess.Popen[str], str]:
-    cfg = workdir / "offline.yaml"
-    cfg.write_text(yaml.safe_dump({"offline": {"latency": latency}}))
-    lion = Path(sys.executable).parent / "lion"
-    cmd = [str(lion), "serve-offline", "--port", "0", "-c", str(cfg)]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    m = re.search(r"(http://\S+/v1)", line)
-    if not m:
-        proc.kill()
-        raise SystemExit(f"offline server did not start: {line!r}")
-    return proc, m.group(1)
 
 
 def make_requests(n: int, salt: str) -> list[ChatRequest]:
@@ -113,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="lion-bench-"))
-    proc, base_url = start_server(args.latency, workdir)
+    proc, base_url = serve_offline({"latency": args.latency}, workdir)
     try:
         print(
             f"offline server {base_url}, latency {args.latency * 1000:.0f} ms, "

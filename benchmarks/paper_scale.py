@@ -45,6 +45,10 @@ from pathlib import Path
 import psutil
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, from anywhere
+
+from benchmarks.offline_world import serve_offline
+
 REPO = Path(__file__).resolve().parents[1]
 LION = Path(sys.executable).parent / "lion"
 # The task runs that send each role's requests (req/s: requests over their wall-clock span).
@@ -56,6 +60,7 @@ ROLE_TASKS = {
 
 
 def world_config(faults: float) -> dict:
+    """The offline section of `lion serve-offline`: latency 0, and the injected faults."""
     offline = {"latency": 0.0}
     if faults:
         offline["faults"] = {
@@ -64,7 +69,7 @@ def world_config(faults: float) -> dict:
             "rate_500": faults,
             "rate_garbled": faults,
         }
-    return {"offline": offline}
+    return offline
 
 
 def run_config(args: argparse.Namespace, root: Path, url: str) -> dict:
@@ -131,23 +136,6 @@ class Peaks:
                 self.peak[label] = max(self.peak[label], rss)
 
 
-def start_world(root: Path, faults: float) -> tuple[subprocess.Popen, str]:
-    cfg = root / "world.yaml"
-    cfg.write_text(yaml.safe_dump(world_config(faults)))
-    err = (root / "world.err").open("w")
-    proc = subprocess.Popen(
-        [str(LION), "serve-offline", "--port", "0", "-c", str(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=err,
-        text=True,
-    )
-    match = re.search(r"(http://\S+/v1)", proc.stdout.readline())
-    if not match:
-        proc.kill()
-        raise SystemExit(f"lion serve-offline did not start: {(root / 'world.err').read_text()}")
-    return proc, match.group(1)
-
-
 def task_runs(prefect_home: Path) -> list[dict]:
     """Every finished task run: its name, its flow run's name, start and end (Unix seconds)."""
     db = prefect_home / "prefect.db"
@@ -196,7 +184,7 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
           f"load average at start {load_start[0]:.2f}; root {root}", flush=True)  # fmt: skip
 
-    world, url = start_world(root, args.faults)
+    world, url = serve_offline(world_config(args.faults), root)
     cfg_path = root / "run.yaml"
     cfg_path.write_text(yaml.safe_dump(run_config(args, root, url), sort_keys=False))
     env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PYTHONUNBUFFERED": "1"}

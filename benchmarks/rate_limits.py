@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,32 +32,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import openai
-import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, from anywhere
+
+from benchmarks.offline_world import serve_offline
 from lion_core.config import TeacherConfig
 from lion_core.llm import ChatRequest, LLMClient
 from lion_core.llm.ratelimit import limiter_tokens
 from lion_core.method.prompts import teacher_messages
 from lion_core.offline.world import seed_instances
 
-REPO = Path(__file__).resolve().parent.parent
 WARMUP = 60.0  # the first minute: the bucket's initial allowance is spent in a burst
-
-
-def start_world(tpm: int, latency: float, workdir: Path) -> tuple[subprocess.Popen[str], str]:
-    cfg = workdir / "offline.yaml"
-    cfg.write_text(yaml.safe_dump({"offline": {"tpm": tpm, "latency": latency}}))
-    lion = Path(sys.executable).parent / "lion"
-    proc = subprocess.Popen(
-        [str(lion), "serve-offline", "--port", "0", "-c", str(cfg)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    m = re.search(r"(http://\S+/v1)", proc.stdout.readline())
-    if not m:
-        proc.kill()
-        raise SystemExit("the offline world did not start")
-    return proc, m.group(1)
 
 
 def stats(base_url: str) -> dict:
@@ -175,7 +158,7 @@ def main() -> None:
         sides = {k: v for k, v in sides.items() if (args.only == "sdk") == k.startswith("SDK")}
     for name, run in sides.items():
         with tempfile.TemporaryDirectory() as tmp:
-            proc, base_url = start_world(args.tpm, args.latency, Path(tmp))
+            proc, base_url = serve_offline({"tpm": args.tpm, "latency": args.latency}, Path(tmp))
             try:
                 r = run(base_url, args)
             finally:
