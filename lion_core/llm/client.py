@@ -37,7 +37,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
+import os
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -338,10 +341,23 @@ def _http_client(concurrency: int, timeout: float) -> Any:
     limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
         max_connections=concurrency, max_keepalive_connections=concurrency
     )
+    tls = _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
     aio = getattr(openai, "DefaultAioHttpClient", None)
     if aio is not None:
         try:
-            return aio(limits=limits, timeout=timeout)
+            return aio(limits=limits, timeout=timeout, verify=tls)
         except RuntimeError:  # the aiohttp extra is not installed
             pass
-    return openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
+    return openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout, verify=tls)
+
+
+@functools.cache
+def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    """The TLS context the SDK's HTTP client would build, built once per process (and per
+    SSL_CERT_FILE / SSL_CERT_DIR, which it reads): loading the CA store costs ~50 ms of CPU,
+    and every call opens a client. An SSLContext is safe to share between threads."""
+    try:
+        import httpx2 as http  # the SDK's HTTP library from openai 3
+    except ImportError:
+        import httpx as http
+    return http.create_ssl_context()

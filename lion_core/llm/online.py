@@ -26,13 +26,11 @@ from dataclasses import replace
 from typing import Any
 
 import openai
-from openai._constants import RAW_RESPONSE_HEADER
-from openai.types import Completion
-from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
 from lion_core.errors import EndpointGoneError, EndpointRejectedError, EndpointUnreachableError
 from lion_core.llm.cache import ResponseCache, SendAbandoned
+from lion_core.llm.poster import Poster
 from lion_core.llm.ratelimit import limiter_tokens
 from lion_core.llm.sending import CACHED, JOINED, SENT, SendContext, answer_fields, wait_for
 from lion_core.llm.types import ChatResult, RenderedRequest
@@ -48,7 +46,6 @@ _REJECTED = {
     404: "check {role}.model and {role}.base_url",
 }
 _BODY_PREVIEW = 200  # characters of an unexpected body quoted in an error
-_RAW = {"headers": {RAW_RESPONSE_HEADER: "true"}}  # the SDK hands back headers with the body
 
 
 class OnlineSender:
@@ -84,7 +81,8 @@ class _OnlineCall:
         concurrency = min(self.endpoint.concurrency, len(self.todo))
         jobs = iter(self.todo)
         error: BaseException | None = None
-        async with self.ctx.open_api(concurrency) as api:
+        async with self.ctx.open_api(concurrency) as sdk:
+            api = Poster(sdk)
 
             async def worker() -> None:
                 for job in jobs:  # a shared iterator: each job is taken once
@@ -126,9 +124,7 @@ class _OnlineCall:
 
     # ---- one request --------------------------------------------------------------------
 
-    async def through_cache(
-        self, api: openai.AsyncOpenAI, job: RenderedRequest, cache: ResponseCache
-    ) -> None:
+    async def through_cache(self, api: Poster, job: RenderedRequest, cache: ResponseCache) -> None:
         """Answer `job` once per process: from the cache if answered meanwhile, by waiting for
         another client of this process that is sending the same body, else by sending it and
         recording the answer, which is kept before this worker goes on."""
@@ -164,7 +160,7 @@ class _OnlineCall:
                 f"{self.ctx.base_url})"
             )
 
-    async def send(self, api: openai.AsyncOpenAI, job: RenderedRequest) -> ChatResult:
+    async def send(self, api: Poster, job: RenderedRequest) -> ChatResult:
         """POST the job's body, retrying transient failures; never raises for an HTTP error."""
         retries = self.endpoint.retries
         error, no_answer = "", False
@@ -219,26 +215,24 @@ class _OnlineCall:
             no_answer=no_answer,
         )
 
-    async def post(self, api: openai.AsyncOpenAI, job: RenderedRequest, tokens: int) -> Any:
+    async def post(self, api: Poster, job: RenderedRequest, tokens: int) -> Any:
         """One HTTP attempt, in one of the role's in-flight slots (`endpoint.concurrency` over
         every client of the process), paced by the role's rate limiter, whose buckets its
         answer's x-ratelimit-* headers tighten."""
         async with self.ctx.inflight:
             return await self._post(api, job, tokens)
 
-    async def _post(self, api: openai.AsyncOpenAI, job: RenderedRequest, tokens: int) -> Any:
+    async def _post(self, api: Poster, job: RenderedRequest, tokens: int) -> Any:
         limiter = self.ctx.limiter
         await limiter.acquire(tokens)
         headers = None
         try:
-            # `post` is the SDK's own request path without `create`'s per-call parameter
-            # transform, which costs ~1 ms of CPU per request and does nothing for a plain JSON
-            # body like ours; errors, timeouts and response parsing are the same. The raw
-            # response gives the headers too.
-            cast = Completion if job.request.is_completion else ChatCompletion
-            raw = await api.post(job.path, body=job.body, cast_to=cast, options=_RAW)
-            headers = raw.headers
-            return _body(raw.http_response)
+            # Not `create`: its per-call parameter transform costs ~1 ms of CPU per request and
+            # does nothing for a plain JSON body like ours. `Poster` sends the body with the
+            # headers the SDK builds, raising the SDK's errors (poster.py).
+            response = await api(job.path, job.body)
+            headers = response.headers
+            return _body(response)
         except openai.APIStatusError as exc:
             headers = exc.response.headers
             raise

@@ -1,0 +1,177 @@
+"""`Poster` (lion_core/llm/poster.py) sends what the SDK's `AsyncOpenAI.post` sends and raises
+what it raises: checked side by side against a loopback server that records every request, for
+answers, error statuses, a closed port and a timeout, and with the SDK's own path forced."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletion
+
+from lion_core.llm.client import _http_client
+from lion_core.llm.poster import Poster
+
+BODY = {
+    "model": "m",
+    "messages": [{"role": "user", "content": 'héllo \u2028 "quoted" 🦁'}],
+    "temperature": 0.7,
+    "top_p": 1.0,
+    "max_tokens": 16,
+}
+COMPLETION = {
+    "id": "x",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+
+
+@contextmanager
+def recording_server(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None, delay: float = 0
+) -> Iterator[tuple[str, list[tuple[str, dict[str, str], bytes]]]]:
+    """A loopback server answering every POST with `status` and `body` (JSON) after `delay`
+    seconds; yields its base URL and the (path, headers, body) of each request."""
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+    payload = json.dumps(body).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            content = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, content))
+            time.sleep(delay)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _sdk(base_url: str, timeout: float = 30) -> openai.AsyncOpenAI:
+    """The SDK client as LLMClient.open_api builds it."""
+    return openai.AsyncOpenAI(
+        api_key="sk-test",
+        base_url=base_url,
+        max_retries=0,
+        timeout=timeout,
+        http_client=_http_client(4, timeout),
+    )
+
+
+async def _both(base_url: str, path: str = "/chat/completions", timeout: float = 30):
+    """(outcome of SDK's post, outcome of Poster, outcome of Poster on the SDK's path): each a
+    (status, JSON body, response headers) or the exception raised."""
+    outcomes = []
+    for how in ("sdk", "fast", "forced"):
+        async with _sdk(base_url, timeout) as api:
+            poster = Poster(api)
+            assert poster.fast  # the installed SDK has what the fast path needs
+            if how == "forced":
+                poster.fast = False
+            try:
+                if how == "sdk":
+                    raw = await api.post(
+                        path,
+                        body=BODY,
+                        cast_to=ChatCompletion,
+                        options={"headers": {"X-Stainless-Raw-Response": "true"}},
+                    )
+                    response = raw.http_response
+                else:
+                    response = await poster(path, BODY)
+                outcomes.append((response.status_code, response.json(), response.headers))
+            except openai.OpenAIError as exc:
+                outcomes.append(exc)
+    return outcomes
+
+
+def test_the_poster_sends_the_sdks_request():
+    with recording_server(200, COMPLETION, {"x-ratelimit-remaining-requests": "7"}) as (url, seen):
+        sdk, fast, forced = asyncio.run(_both(url))
+    assert len(seen) == 3
+    # The SDK's marker asking it for the raw response goes out too; it is not ours to send.
+    for _, headers, _ in seen:
+        headers.pop("x-stainless-raw-response", None)
+    (path, headers, content), *others = seen
+    assert path == "/v1/chat/completions" and json.loads(content) == BODY
+    for other in others:  # same path, same bytes, same headers (auth, SDK version, timeout...)
+        assert other == (path, headers, content)
+    assert headers["authorization"] == "Bearer sk-test"
+    assert headers["user-agent"].startswith("AsyncOpenAI/Python")
+    for outcome in (sdk, fast, forced):
+        status, body, response_headers = outcome
+        assert status == 200 and body == COMPLETION
+        assert response_headers["x-ratelimit-remaining-requests"] == "7"
+
+
+def test_the_poster_sends_completions_to_their_own_path():
+    with recording_server(200, COMPLETION) as (url, seen):
+        asyncio.run(_both(url, "/completions"))
+    assert [path for path, _, _ in seen] == ["/v1/completions"] * 3
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, openai.BadRequestError),
+        (401, openai.AuthenticationError),
+        (404, openai.NotFoundError),
+        (429, openai.RateLimitError),
+        (500, openai.InternalServerError),
+        (503, openai.InternalServerError),
+    ],
+)
+def test_the_poster_raises_the_sdks_status_errors(status, error):
+    answer = {"error": {"message": f"nope {status}", "type": "x", "code": None}}
+    with recording_server(status, answer, {"retry-after-ms": "1500"}) as (url, _):
+        outcomes = asyncio.run(_both(url))
+    for exc in outcomes:
+        assert type(exc) is error, outcomes
+        assert exc.status_code == status and exc.body == answer["error"]
+        assert exc.message == outcomes[0].message
+        assert exc.response.headers["retry-after-ms"] == "1500"
+
+
+def test_the_poster_raises_the_sdks_connection_and_timeout_errors():
+    with recording_server(200, COMPLETION) as (url, _):
+        pass  # closed: nothing listens on its port any more
+    outcomes = asyncio.run(_both(url))
+    # (the SDK's aiohttp transport reports a refused connection as a timeout: the same class
+    # whichever path raised it, an APIConnectionError either way)
+    assert len({type(e) for e in outcomes}) == 1, outcomes
+    assert isinstance(outcomes[0], openai.APIConnectionError), outcomes
+    with recording_server(200, COMPLETION, delay=1.5) as (url, _):
+        outcomes = asyncio.run(_both(url, timeout=0.3))
+    assert [type(e) for e in outcomes] == [openai.APITimeoutError] * 3, outcomes
+
+
+def test_a_client_with_per_request_auth_uses_the_sdks_path():
+    api = openai.AsyncOpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1")
+    api._idempotency_header = "Idempotency-Key"  # a key per request: no shared headers
+    assert not Poster(api).fast
