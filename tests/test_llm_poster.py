@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -158,10 +159,38 @@ def test_the_poster_raises_the_sdks_status_errors(status, error):
         assert exc.response.headers["retry-after-ms"] == "1500"
 
 
+async def _twice(base_url: str, bodies: list[dict[str, Any]], fast: bool) -> None:
+    """POST `bodies` in turn through one Poster (its template reused) or through the SDK."""
+    async with _sdk(base_url) as api:
+        poster = Poster(api)
+        for body in bodies:
+            if fast:
+                await poster("/chat/completions", body)
+            else:
+                await api.post("/chat/completions", body=body, cast_to=ChatCompletion)
+
+
+def test_one_poster_sends_many_bodies_with_the_sdks_headers_and_cookies():
+    """The template is built once and reused: bodies of other sizes get their own length, and a
+    cookie the endpoint set (a load balancer's sticky session) goes back as the SDK sends it."""
+    longer = {**BODY, "messages": [{"role": "user", "content": "x" * 5000}], "max_tokens": 1}
+    bodies = [BODY, longer, BODY]
+    with recording_server(200, COMPLETION, {"Set-Cookie": "sticky=abc; Path=/"}) as (url, seen):
+        asyncio.run(_twice(url, bodies, fast=False))  # a client each: a cookie jar each
+        asyncio.run(_twice(url, bodies, fast=True))
+    sdk, fast = seen[:3], seen[3:]
+    assert [json.loads(content) for _, _, content in fast] == bodies
+    for (_, sdk_headers, sdk_content), (_, headers, content) in zip(sdk, fast, strict=True):
+        assert content == sdk_content and headers == sdk_headers
+        assert headers["content-length"] == str(len(content))
+    assert "cookie" not in fast[0][1]
+    assert fast[1][1]["cookie"] == fast[2][1]["cookie"] == "sticky=abc"
+
+
 def test_the_poster_raises_the_sdks_connection_and_timeout_errors():
-    with recording_server(200, COMPLETION) as (url, _):
-        pass  # closed: nothing listens on its port any more
-    outcomes = asyncio.run(_both(url))
+    with socket.socket() as bound:  # bound, never listening: every connection is refused
+        bound.bind(("127.0.0.1", 0))
+        outcomes = asyncio.run(_both(f"http://127.0.0.1:{bound.getsockname()[1]}/v1"))
     # (the SDK's aiohttp transport reports a refused connection as a timeout: the same class
     # whichever path raised it, an APIConnectionError either way)
     assert len({type(e) for e in outcomes}) == 1, outcomes
@@ -171,7 +200,19 @@ def test_the_poster_raises_the_sdks_connection_and_timeout_errors():
     assert [type(e) for e in outcomes] == [openai.APITimeoutError] * 3, outcomes
 
 
-def test_a_client_with_per_request_auth_uses_the_sdks_path():
-    api = openai.AsyncOpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1")
+def test_clients_that_build_requests_per_request_use_the_sdks_path():
+    base_url = "http://127.0.0.1:9/v1"
+    assert Poster(openai.AsyncOpenAI(api_key="sk-test", base_url=base_url)).fast
+
+    async def key() -> str:  # an API-key provider: a token refreshed per request
+        return "sk-fresh"
+
+    assert not Poster(openai.AsyncOpenAI(api_key=key, base_url=base_url)).fast
+    api = openai.AsyncOpenAI(api_key="sk-test", base_url=base_url)
     api._idempotency_header = "Idempotency-Key"  # a key per request: no shared headers
     assert not Poster(api).fast
+    # Azure's URL holds the deployment, taken from each body's model
+    azure = openai.AsyncAzureOpenAI(
+        api_key="k", api_version="2024-06-01", azure_endpoint="https://x.openai.azure.com"
+    )
+    assert not Poster(azure).fast

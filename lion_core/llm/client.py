@@ -341,21 +341,23 @@ def _http_client(concurrency: int, timeout: float) -> Any:
     limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
         max_connections=concurrency, max_keepalive_connections=concurrency
     )
-    tls = _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
     aio = getattr(openai, "DefaultAioHttpClient", None)
     if aio is not None:
+        tls = _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
         try:
             return aio(limits=limits, timeout=timeout, verify=tls)
         except RuntimeError:  # the aiohttp extra is not installed
             pass
-    return openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout, verify=tls)
+    # httpx's own pool sets ALPN on the context for each connection: it keeps its own context.
+    return openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
 
 
 @functools.cache
 def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
     """The TLS context the SDK's HTTP client would build, built once per process (and per
     SSL_CERT_FILE / SSL_CERT_DIR, which it reads): loading the CA store costs ~50 ms of CPU,
-    and every call opens a client. An SSLContext is safe to share between threads."""
+    and every call opens a client. Shared by the aiohttp transport's connections, which only
+    read it."""
     try:
         import httpx2 as http  # the SDK's HTTP library from openai 3
     except ImportError:

@@ -11,8 +11,10 @@ error (`APIStatusError` and its subclasses), a timeout its `APITimeoutError`, a 
 connection its `APIConnectionError`: the same exceptions, from the same classes, as `post`.
 
 This reaches into the SDK's request builder (private names). Where they are missing (another
-SDK version) or would not apply (a client with custom auth, idempotency keys or an API-key
-provider), `Poster` uses `AsyncOpenAI.post` itself.
+SDK version) or would not apply (a subclass such as `AsyncAzureOpenAI`, whose URL depends on
+the body; a client with custom auth, idempotency keys or an API-key provider), `Poster` uses
+`AsyncOpenAI.post` itself. Cookies the endpoint set are added to each request, as the SDK's
+request builder adds them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
 _RAW = {"headers": {RAW_RESPONSE_HEADER: "true"}}  # the SDK hands back headers with the body
-_PER_REQUEST = ("content-length",)  # computed from each body
+_PER_REQUEST = ("content-length", "cookie")  # computed from each body; the client's cookie jar
 # What makes the SDK change a request's headers per request (token refresh, signing,
 # idempotency keys): with any of them set, every request goes through `post`.
 _PER_REQUEST_AUTH = (
@@ -57,6 +59,7 @@ class Poster:
             self._options = FinalRequestOptions
             self._timeouts = timeout_exceptions()
             self._failures = request_exceptions()
+            self._http = api._client
             self._send = api._client.send
             self._status_error = api._make_status_error_from_response
             self._build = api._build_request
@@ -68,7 +71,10 @@ class Poster:
         except (AttributeError, ImportError, TypeError):
             self.fast = False
         else:
-            self.fast = not any(getattr(api, name, None) for name in _PER_REQUEST_AUTH)
+            # Exactly the SDK's AsyncOpenAI: a subclass may build requests its own way.
+            self.fast = type(api) is openai.AsyncOpenAI and not any(
+                getattr(api, name, None) for name in _PER_REQUEST_AUTH
+            )
 
     async def __call__(self, path: str, body: dict[str, Any]) -> Any:
         if not self.fast:
@@ -79,6 +85,8 @@ class Poster:
         request = self._request_class(
             "POST", url, headers=headers, content=encode_body(body), extensions=extensions
         )
+        if self._http.cookies:  # e.g. a load balancer's sticky-session cookie
+            self._http.cookies.set_cookie_header(request)
         try:
             response = await self._send(request)
         except openai.OpenAIError:
