@@ -48,7 +48,8 @@ def lion_ablate(
                 lion_rounds = ablation.summaries(
                     RunStore.open(lion.storage.root, lion.storage.options)
                 )
-                prices = ablation.unit_prices([lion_rounds])
+                payer = Storage(lion.storage.root, lion.storage.options).uri()  # as recorded
+                prices = ablation.unit_prices(Storage(root, config.storage.options), payer)
                 extra = ablation.equal_cost_extra(lion_rounds, prices, config.rounds)
             cfg = ablation.arm_config(config, root, arm, i, extra)
             log.info("arm %s, seed %d: %s", arm, i, cfg.storage.root)

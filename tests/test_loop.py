@@ -250,8 +250,7 @@ def test_costs_count_each_answer_once_and_equal_cost_buys_referee_money():
                            "generator": (100, 0, 0.5)}),
     ]  # fmt: skip
     assert ablation.answered(lion) == {"teacher": 150, "referee": 300, "generator": 200}
-    prices = ablation.unit_prices([lion])
-    assert prices == pytest.approx({"teacher": 0.01, "referee": 0.02, "generator": 0.005})
+    prices = {"teacher": 0.01, "referee": 0.02, "generator": 0.005}
     cost = ablation.arm_cost(lion, prices)
     assert cost["usd"] == pytest.approx(1.5 + 6.0 + 1.0)
     # referee $6 over 2 rounds; a new instruction costs 2 generator requests (0.01) each round
@@ -260,6 +259,30 @@ def test_costs_count_each_answer_once_and_equal_cost_buys_referee_money():
     cfg = ablation.arm_config(LionConfig(), "/tmp/a", "uniform-cost", 1, extra_new=200)
     assert cfg.arm == "uniform" and cfg.pools.new_per_round == 6200
     assert cfg.storage.root == "/tmp/a/uniform-cost/seed=1"
+
+
+def test_unit_prices_are_what_the_cached_answers_cost_whoever_paid(tmp_path):
+    """Prices come from the shared response cache, not from the runs' usage counters (a resumed
+    run sends nothing and prices nothing): a payer's own answers, else everyone's."""
+    from lion_core.llm import ChatResult, ResponseCache
+    from lion_core.run.storage import Storage
+
+    storage = Storage(str(tmp_path))
+
+    def answers(role: str, payer: str, costs: list[float]) -> None:
+        cache = ResponseCache(storage, role, payer=payer)
+        cache.put_many(
+            ChatResult(key=f"{role}-{payer}-{i}", tag="t", status="ok", text="x", cost_usd=c)
+            for i, c in enumerate(costs)
+        )
+
+    answers("referee", "lion", [0.02, 0.04])
+    answers("referee", "other", [0.10])
+    answers("teacher", "other", [0.01, 0.0, 0.03])  # an unbilled answer (cost 0) is no price
+    assert ablation.unit_prices(storage, "lion") == pytest.approx(
+        {"teacher": 0.02, "referee": 0.03, "generator": 0.0}
+    )
+    assert ablation.unit_prices(storage)["referee"] == pytest.approx(0.16 / 3)
 
 
 def test_paired_differences_have_a_t_interval_over_seeds():
@@ -459,6 +482,14 @@ def test_lion_ablate_prices_the_arms_and_matches_lions_cost(prefect_harness, tmp
     assert extra > 0
     paired = pd.read_parquet(f"{root}/ablation_paired.parquet")
     assert set(paired["arm"]) == {"uniform-cost"} and set(paired["round"]) == {0, 1}
+
+    # Again on the same root, as after an interruption: every run resumes from the cache and
+    # sends nothing, yet uniform-cost gets the same extra instructions (its root is accepted)
+    # and the arms the same USD (before: a ConfigError naming pools.new_per_round, and $0).
+    lion_ablate(cfg, root, ["uniform-cost", "lion"], 1)
+    assert recorded_config(f"{root}/uniform-cost/seed=0").pools.new_per_round - 12 == extra
+    again = pd.read_parquet(f"{root}/ablation_costs.parquet").set_index("arm")
+    pd.testing.assert_frame_equal(again, costs)
 
 
 def test_the_printed_split_table_stays_under_100_columns():

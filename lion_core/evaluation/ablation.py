@@ -20,6 +20,8 @@ import pandas as pd
 
 from lion_core.config import LionConfig
 from lion_core.evaluation import scoreboard
+from lion_core.llm.cache import billed
+from lion_core.run.storage import Storage
 from lion_core.run.store import RunStore
 
 ARMS = ("lion", "uniform", "uniform-cost", "seed-only")
@@ -77,19 +79,24 @@ def answered(rounds: list[dict]) -> dict[str, int]:
     return out
 
 
-def unit_prices(runs: list[list[dict]]) -> dict[str, float]:
-    """USD per answer per role: what the answers actually sent cost (Usage.cost_usd, priced by
-    the config's `pricing`) over how many were sent, pooled over `runs`."""
-    cost = dict.fromkeys(ROLES, 0.0)
-    sent = dict.fromkeys(ROLES, 0)
-    for rounds in runs:
-        for r in rounds:
-            for role in ROLES:
-                u = r["usage"].get(role)
-                if u:
-                    cost[role] += u["cost_usd"]
-                    sent[role] += max(0, u["requests"] - u["failures"])
-    return {role: cost[role] / sent[role] if sent[role] else 0.0 for role in ROLES}
+def unit_prices(storage: Storage, payer: str | None = None) -> dict[str, float]:
+    """USD per answer per role: the mean cost of the billed answers in the response cache
+    under `storage` (priced by the config's `pricing` when they arrived), those `payer` paid
+    for when given (a run's root; all of them for a role it paid none of).
+
+    Read from the cache, not from the runs' usage counters: a run resumed after an
+    interruption answers from the cache and sends nothing, so its round summaries price
+    nothing (a resumed `lion ablate` sized `uniform-cost` with no extra instructions, refused
+    the root it had started, and would have reported $0 per arm)."""
+    everyone = billed(storage)
+    mine = billed(storage, payer) if payer is not None else everyone
+    prices = {}
+    for role in ROLES:
+        usd, n = mine.get(role, (0.0, 0))
+        if not n:
+            usd, n = everyone.get(role, (0.0, 0))
+        prices[role] = usd / n if n else 0.0
+    return prices
 
 
 def arm_cost(rounds: list[dict], prices: dict[str, float]) -> dict[str, float]:
@@ -123,7 +130,7 @@ def costs(config: LionConfig, root: str, arms: list[str], seeds: int) -> pd.Data
         for i in range(seeds):
             cfg = arm_config(config, root, arm, i)
             runs[arm, i] = summaries(RunStore.open(cfg.storage.root, cfg.storage.options))
-    prices = unit_prices(list(runs.values()))
+    prices = unit_prices(Storage(root, config.storage.options))
     rows = []
     for (arm, i), rounds in runs.items():
         kept = sum(int(r["new_instructions"]) for r in rounds)

@@ -308,41 +308,50 @@ def spent_usd(storage: Storage, payer: str | None = None) -> dict[str, float]:
     """USD paid per role for the answers in the response caches under `storage` (shards and
     journals; failed answers too, when they were billed): all of them, or those `payer` paid
     for (`paid_by`: a run's root on a shared cache). Reads only those two columns."""
-    out: dict[str, float] = {}
+    return {role: usd for role, (usd, _) in billed(storage, payer).items()}
+
+
+def billed(storage: Storage, payer: str | None = None) -> dict[str, tuple[float, int]]:
+    """Per role: the USD and the number of the billed answers (cost above 0) in the response
+    caches under `storage`, all of them or `payer`'s (see `spent_usd`). Their ratio is what an
+    answer of that role costs, whichever run or attempt paid for it."""
+    out: dict[str, tuple[float, int]] = {}
     for role in storage.listdir(layout.LLM_CACHE):
         prefix = layout.llm_cache(role)
         storage.fs.invalidate_cache(storage.path(prefix))
         names = storage.listdir(prefix)
-        total = 0.0
+        costs: list[float] = []
         for name in names:
             if _is(name, SHARD):
                 blob = storage.read_bytes(f"{prefix}/{name}")
-                total += _paid(pq.ParquetFile(io.BytesIO(blob)), payer)
+                costs += _costs(pq.ParquetFile(io.BytesIO(blob)), payer)
             elif _is(name, JOURNAL) and shard_of(name) not in names and storage.is_local:
                 with (
                     contextlib.suppress(FileNotFoundError),  # compacted meanwhile
                     open(storage.path(f"{prefix}/{name}"), "rb") as fh,
                 ):
                     rows, _ = _parse_lines(fh.read())
-                    total += sum(
+                    costs += [
                         float(r.get("cost_usd") or 0.0)
                         for r in rows
                         if payer is None or r.get("paid_by") == payer
-                    )
-        out[role] = total
+                    ]
+        paid = [c for c in costs if c > 0]
+        out[role] = (float(sum(paid)), len(paid))
     return out
 
 
-def _paid(shard: pq.ParquetFile, payer: str | None) -> float:
-    """The `cost_usd` sum of a shard's rows (`payer`'s alone when given)."""
+def _costs(shard: pq.ParquetFile, payer: str | None) -> list[float]:
+    """The `cost_usd` of a shard's rows (`payer`'s alone when given)."""
     names = shard.schema_arrow.names
     if "cost_usd" not in names or (payer is not None and "paid_by" not in names):
-        return 0.0
+        return []
     if payer is None:
-        return float(pc.sum(shard.read(columns=["cost_usd"]).column(0)).as_py() or 0.0)
-    table = shard.read(columns=["cost_usd", "paid_by"])
-    mine = table.filter(pc.equal(table.column("paid_by"), payer))
-    return float(pc.sum(mine.column("cost_usd")).as_py() or 0.0)
+        column = shard.read(columns=["cost_usd"]).column(0)
+    else:
+        table = shard.read(columns=["cost_usd", "paid_by"])
+        column = table.filter(pc.equal(table.column("paid_by"), payer)).column("cost_usd")
+    return [float(c or 0.0) for c in column.to_pylist()]
 
 
 class _Shared:
