@@ -61,7 +61,7 @@ def test_degenerate_stops_unless_allowed(caplog):
     with caplog.at_level("WARNING", logger="lion_core.method.health"):
         warnings = check_answers(health, DataHealthConfig(allow_degenerate=True), 3)
     assert len(warnings) == 2 and all(w.startswith("round 3: 9 of 10") for w in warnings)
-    assert [r.getMessage() for r in caplog.records] == warnings
+    assert _messages(caplog) == warnings
 
 
 def test_new_instructions_far_from_the_seeds_domain_are_a_warning(caplog, shared_data):
@@ -91,7 +91,7 @@ def test_new_instructions_far_from_the_seeds_domain_are_a_warning(caplog, shared
     (warning,) = warnings
     assert warning.startswith(f"round 2: {drift.far} of 80 new instructions")
     assert "far from every seed's domain" in warning and "160 seed instructions" in warning
-    assert [r.getMessage() for r in caplog.records] == warnings
+    assert _messages(caplog) == warnings
 
     for new, seeds in ((world_new, world_seeds), (gsm8k_new, gsm8k_seeds)):
         health = domain_health(new, seeds, cfg.far_rouge_l)
@@ -201,3 +201,8 @@ def test_degenerate_answers_are_counted_once_across_kinds():
 
     sorry = "I'm sorry to hear that your order arrived late. A replacement is on its way."
     assert answer_health(answer_frame([sorry] * 2 + ["ok"]), PATTERNS).refusals == 0
+
+
+def _messages(caplog) -> list[str]:
+    """What the health module logged (other loggers, e.g. a leftover Prefect service, may write)."""
+    return [r.getMessage() for r in caplog.records if r.name == "lion_core.method.health"]
