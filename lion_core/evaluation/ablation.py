@@ -88,8 +88,10 @@ def unit_prices(storage: Storage, payer: str | None = None) -> dict[str, float]:
     interruption answers from the cache and sends nothing, so its round summaries price
     nothing (a resumed `lion ablate` sized `uniform-cost` with no extra instructions, refused
     the root it had started, and would have reported $0 per arm)."""
-    everyone = billed(storage)
-    mine = billed(storage, payer) if payer is not None else everyone
+    mine = billed(storage, payer)
+    everyone = mine
+    if payer is not None and not all(mine.get(role, (0.0, 0))[1] for role in ROLES):
+        everyone = billed(storage)  # a role the payer paid none of: everyone's answers
     prices = {}
     for role in ROLES:
         usd, n = mine.get(role, (0.0, 0))

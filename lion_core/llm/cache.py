@@ -320,38 +320,42 @@ def billed(storage: Storage, payer: str | None = None) -> dict[str, tuple[float,
         prefix = layout.llm_cache(role)
         storage.fs.invalidate_cache(storage.path(prefix))
         names = storage.listdir(prefix)
-        costs: list[float] = []
+        usd, n = 0.0, 0
         for name in names:
             if _is(name, SHARD):
                 blob = storage.read_bytes(f"{prefix}/{name}")
-                costs += _costs(pq.ParquetFile(io.BytesIO(blob)), payer)
+                shard_usd, shard_n = _billed(pq.ParquetFile(io.BytesIO(blob)), payer)
+                usd, n = usd + shard_usd, n + shard_n
             elif _is(name, JOURNAL) and shard_of(name) not in names and storage.is_local:
                 with (
                     contextlib.suppress(FileNotFoundError),  # compacted meanwhile
                     open(storage.path(f"{prefix}/{name}"), "rb") as fh,
                 ):
                     rows, _ = _parse_lines(fh.read())
-                    costs += [
-                        float(r.get("cost_usd") or 0.0)
+                    paid = [
+                        cost
                         for r in rows
-                        if payer is None or r.get("paid_by") == payer
+                        if (payer is None or r.get("paid_by") == payer)
+                        and (cost := float(r.get("cost_usd") or 0.0)) > 0
                     ]
-        paid = [c for c in costs if c > 0]
-        out[role] = (float(sum(paid)), len(paid))
+                    usd, n = usd + sum(paid), n + len(paid)
+        out[role] = (usd, n)
     return out
 
 
-def _costs(shard: pq.ParquetFile, payer: str | None) -> list[float]:
-    """The `cost_usd` of a shard's rows (`payer`'s alone when given)."""
+def _billed(shard: pq.ParquetFile, payer: str | None) -> tuple[float, int]:
+    """The sum and number of a shard's billed rows (`cost_usd` above 0; `payer`'s alone when
+    given), computed in Arrow: no Python float per row."""
     names = shard.schema_arrow.names
     if "cost_usd" not in names or (payer is not None and "paid_by" not in names):
-        return []
+        return 0.0, 0
     if payer is None:
         column = shard.read(columns=["cost_usd"]).column(0)
     else:
         table = shard.read(columns=["cost_usd", "paid_by"])
         column = table.filter(pc.equal(table.column("paid_by"), payer)).column("cost_usd")
-    return [float(c or 0.0) for c in column.to_pylist()]
+    paid = pc.filter(column, pc.greater(column, 0))
+    return float(pc.sum(paid).as_py() or 0.0), len(paid)
 
 
 class _Shared:
