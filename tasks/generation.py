@@ -115,7 +115,15 @@ def novel_instructions(
         client = client or llm_client(config, "generator", offline_url)
         return gate.mark(generate_candidates(seeds, kind, 0, client, gen, round, start, len(seeds)))
 
-    generated, attempts = fill(found, pool, plan, gen, config.novelty.threshold, ask)
+    wanted = {"hard": plan.n_hard, "easy": plan.n_easy}
+    generated, attempts, plan = fill(found, pool, plan, gen, config.novelty.threshold, ask)
+    if moved := plan.n_hard - wanted["hard"]:
+        full, other = ("easy", "hard") if moved > 0 else ("hard", "easy")
+        get_run_logger().info(
+            "round %d: every family of the %s seeds is at generator.max_category_share: %d of "
+            "the round's new instructions come from %s seeds instead",
+            round, full, abs(moved), other,
+        )  # fmt: skip
     usage = None
     if client is not None:
         client.raise_for_failures()

@@ -142,10 +142,13 @@ def _world_round(n: int = 40):
 
     from lion_core.offline import FAMILIES, make_instance
 
+    # Families with open answers: a wrong "yes"/"no" shares no character with the truth and
+    # scores 1, where a -2 bias would be clipped.
+    families = [f for f in FAMILIES if f not in ("parity", "compare")]
     rng = random.Random(11)
     rows, teacher, student = [], [], []
     for i in range(n):
-        inst = make_instance(FAMILIES[i % len(FAMILIES)], rng.randint(1, 4), rng)
+        inst = make_instance(families[i % len(families)], rng.randint(1, 4), rng)
         rows.append(seed_row(inst.instruction, inst.input, inst.answer))
         teacher.append(f"The answer is {inst.answer}.")
         if i % 3 == 0:

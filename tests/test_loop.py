@@ -184,6 +184,34 @@ def test_select_novel_caps_a_category_and_relaxes_when_nothing_else_is_left():
     assert select_novel(_candidates(parents, texts), [], 5, 0)["status"].eq("kept").all()
 
 
+def test_a_kind_whose_families_are_full_cedes_its_shortfall_to_the_other():
+    from lion_core.method.generate import SeedPlan, cede
+
+    hard = _seeds(["sort", "count", "addition"])
+    easy = _seeds(["reverse", "reverse"], seed=5)
+    cats = seed_categories(pd.concat([hard, easy]), offline=True)
+    plan = SeedPlan(hard, easy, 5, 5, cats)
+    gen = GeneratorConfig(max_category_share=0.4)  # 4 of the round's 10 per family
+    parent = easy["instruction_id"].iloc[0]
+    texts = [f"Reverse the word number {i} kept." for i in range(6)]
+    cands = _candidates([parent] * 6, texts, kind="easy")
+    cands["status"] = ["kept"] * 4 + ["capped"] * 2  # reverse is full, easy is 1 short
+    ceded = cede(plan, cands, gen)
+    assert (ceded.n_hard, ceded.n_easy) == (6, 4) and shortfall(cands, ceded)["easy"] == 0
+    # the short kind still has room (a top-up may fill it): nothing moves
+    cands["status"] = ["kept"] * 3 + ["not_novel"] * 3
+    assert cede(plan, cands, gen) is plan
+    # the other kind has no room either: nothing moves (the last pass relaxes the cap)
+    assert (
+        cede(
+            SeedPlan(easy, easy, 5, 5, cats),
+            cands.assign(status=["kept"] * 4 + ["capped"] * 2),
+            gen,
+        ).n_easy
+        == 5
+    )
+
+
 # ---- top-up generation, against the offline world --------------------------------------------
 
 
@@ -212,9 +240,9 @@ def test_fill_tops_up_until_the_round_has_its_instructions(offline_server, cap):
         return generate_candidates(seeds, kind, 0, client, many, 1, start, len(seeds))
 
     pool = [i for i in hard["instruction"]] + [i for i in easy["instruction"]]
-    once, passes = fill(first, pool, plan, one, 0.7, ask)
+    once, passes, _ = fill(first, pool, plan, one, 0.7, ask)
     assert passes == 1
-    topped, passes = fill(first, pool, plan, many, 0.7, ask)
+    topped, passes, _ = fill(first, pool, plan, many, 0.7, ask)
     short_once, short = shortfall(once, plan), shortfall(topped, plan)
     assert sum(short_once.values()) > 0, "oversample 1 on templated tasks leaves a shortfall"
     assert sum(short.values()) < sum(short_once.values()) and 1 < passes <= 6

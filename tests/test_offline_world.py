@@ -75,6 +75,28 @@ def test_answers_are_exact_and_short():
         assert len(inst.answer.split()) <= 10, inst
 
 
+def test_closed_answer_families_answer_yes_no_and_odd_even():
+    assert solve("Is 4817 even or odd?").answer == "odd"
+    assert solve("Is the following number even or odd?", "120").answer == "even"
+    assert solve("Is 4815 divisible by 5?").answer == "yes"
+    assert solve("Is 4817 a multiple of 5?").answer == "no"
+    assert solve("Is 4810 divisible by 10?").answer == "yes"
+    assert solve("Is the following number divisible by 2?", "31").answer == "no"
+    assert solve("Is 53 greater than 35?").answer == "yes"
+    assert solve("Is the first number smaller than the second?", "53 and 35").answer == "no"
+    assert solve("Tell me if 9 is an odd number or an even number.").heldout
+    # the two answers of each variant come up about equally often, at every difficulty
+    rng = random.Random(1)
+    for family in ("parity", "compare"):
+        for rare in (False, True):
+            for difficulty in (1, 6, 20):
+                answers = [
+                    make_instance(family, difficulty, rng, rare=rare).answer for _ in range(400)
+                ]
+                top = max(answers.count(a) for a in set(answers))
+                assert len(set(answers)) == 2 and top < 0.62 * len(answers), (family, rare)
+
+
 def test_seed_instances_are_deterministic_distinct_and_balanced():
     a = seed_instances(70, seed=3, max_difficulty=6)
     assert a == seed_instances(70, seed=3, max_difficulty=6)

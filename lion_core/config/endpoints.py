@@ -251,7 +251,8 @@ class GeneratorConfig(EndpointConfig):
         description="Most share of a round's new instructions one seed category (the offline "
         "world's family; for other data the seed's parent) may take: requests are spread "
         "over the categories of the hard/easy seeds in proportion, capped at this share, and "
-        "kept instructions beyond it wait until the others are exhausted. Exceeded only when "
-        "the seeds have too few categories (the referee's hard set demands it). 1 = no cap.",
+        "kept instructions beyond it wait until the others are exhausted; a kind whose "
+        "categories are all full cedes its shortfall to the other kind. Exceeded only when "
+        "the seeds of both kinds have too few categories. 1 = no cap.",
         json_schema_extra=ADDED,
     )

@@ -46,7 +46,8 @@ class OfflineWorldConfig(Section):
         default_factory=list,
         description="The world's families the seeds and the held-out set are drawn from, in "
         "turn (lion_core.offline.world.FAMILIES). Empty: the seven arithmetic, sorting, "
-        "counting, reversing and case families; `repeat` and `capital` are opt-in.",
+        "counting, reversing and case families; `repeat`, `capital`, `parity` and `compare` "
+        "are opt-in.",
         json_schema_extra=ADDED,
     )
     faults: FaultsConfig = Field(

@@ -45,7 +45,7 @@ import math
 import re
 import string
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -545,6 +545,7 @@ def fill(
         )  # fmt: skip
 
     generated = judge(found, found.iloc[:0], last=generator.max_attempts == 1)
+    plan = cede(plan, generated, generator) if capped else plan
     attempts = 1
     while attempts < generator.max_attempts and any(shortfall(generated, plan).values()):
         walks = top_up_plan(plan, generated, generator)
@@ -559,7 +560,33 @@ def fill(
         generated = pd.concat([generated, judged], ignore_index=True)
         rank = generated["source"].map({k: i for i, k in enumerate(KINDS)})
         generated = generated.iloc[rank.argsort(kind="stable")].reset_index(drop=True)
-    return generated, attempts
+        plan = cede(plan, generated, generator) if capped else plan
+    return generated, attempts, plan
+
+
+def cede(plan: SeedPlan, generated: pd.DataFrame, generator: GeneratorConfig) -> SeedPlan:
+    """The plan with a kind's shortfall handed to the other kind when every category of its
+    seeds is at the category cap (`category_room`) and the other kind's seeds still have room:
+    the cap binds before the kinds' split (pools.hard_share), and the round still gets its new
+    instructions. Nothing moves while the short kind has room (its top-ups may still fill it)
+    or the other has none (then the last pass relaxes the cap: the seeds leave no other way)."""
+    short = shortfall(generated, plan)
+    if not any(short.values()) or plan.categories is None:
+        return plan
+    kept = generated.loc[generated["status"] == "kept", "parent_id"]
+    room = category_room(kept, plan.categories, plan.n_hard + plan.n_easy, generator)
+
+    def has_room(kind: Kind) -> bool:
+        ids = plan.seeds(kind)["instruction_id"].unique()
+        return any(room.get(plan.categories.get(i, "unknown"), 0) > 0 for i in ids)
+
+    for kind, other in (("hard", "easy"), ("easy", "hard")):
+        if short[kind] and not has_room(kind) and has_room(other):
+            wanted = {k: plan.wanted(k) for k in KINDS}
+            wanted[kind] -= short[kind]
+            wanted[other] += short[kind]
+            return replace(plan, n_hard=wanted["hard"], n_easy=wanted["easy"])
+    return plan
 
 
 def shortfall(generated: pd.DataFrame, plan: SeedPlan) -> dict[str, int]:

@@ -190,6 +190,33 @@ def _draw_mul(d: int, rng: random.Random) -> dict[str, str]:
     return {"a": str(a), "b": str(b)}
 
 
+def _draw_divisor(d: int, rng: random.Random) -> dict[str, str]:
+    """A d-digit number and a divisor 2, 5 or 10 (read from the last digit), divisible half the
+    time, so that "yes" and "no" are equally likely."""
+    k = rng.choice((2, 5, 10))
+    last = {2: (0, 2, 4, 6, 8), 5: (0, 5), 10: (0,)}[k]
+    if d == 1:  # a one-digit number ends in itself
+        last = tuple(x for x in last if x) or (5,)
+        k = k if k != 10 else 5
+    if rng.random() >= 0.5:
+        last = tuple(x for x in range(10) if x not in last and (x or d > 1))
+    return {"a": str(_number(d, rng) // 10 * 10 + rng.choice(last)), "k": str(k)}
+
+
+def _draw_compare(d: int, rng: random.Random) -> dict[str, str]:
+    """Two distinct numbers of d digits each: comparing them means finding the first digit where
+    they differ, harder the longer they are."""
+    a = _number(d, rng)
+    b = a
+    while b == a and d > 0:
+        b = _number(d, rng)
+    return {"a": str(a), "b": str(b)}
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 # ---- the capital table: made-up countries and their capitals, in tiers ----------------------
 
 CAPITAL_TIERS = MAX_DIFFICULTY
@@ -560,6 +587,79 @@ _FAMILIES: list[Family] = [
             heldout=[
                 Phrasing("Tell me the land whose government sits in {t}."),
                 Phrasing("Report the land governed from the city named below.", "{t}"),
+            ],
+        ),
+    ),
+    Family(
+        "parity",
+        normal=_Variant(
+            [
+                Phrasing("Is {a} even or odd?"),
+                Phrasing("Is the number {a} odd or even?"),
+                Phrasing("Say whether {a} is even or odd."),
+                Phrasing("Is the following number even or odd?", "{a}"),
+            ],
+            {"a": "num"},
+            lambda d, rng: {"a": str(_number(d, rng))},
+            lambda v: "even" if int(v["a"]) % 2 == 0 else "odd",
+            lambda v: _digits(v["a"]),
+            heldout=[
+                Phrasing("Tell me if {a} is an odd number or an even number."),
+                Phrasing("Decide whether the value below is odd or even.", "{a}"),
+            ],
+        ),
+        rare=_Variant(
+            [
+                Phrasing("Is {a} a multiple of {k}?"),
+                Phrasing("Is {a} divisible by {k}?"),
+                Phrasing("Is the following number divisible by {k}?", "{a}"),
+            ],
+            {"a": "num", "k": "num"},
+            _draw_divisor,
+            lambda v: _yes(int(v["a"]) % int(v["k"]) == 0),
+            lambda v: _digits(v["a"]),
+            heldout=[
+                Phrasing("Tell me if {k} goes into {a} with nothing left over."),
+                Phrasing("Decide whether {k} goes into the value below exactly.", "{a}"),
+            ],
+        ),
+    ),
+    Family(
+        "compare",
+        normal=_Variant(
+            [
+                Phrasing("Is {a} greater than {b}?"),
+                Phrasing("Is {a} larger than {b}?"),
+                Phrasing("Is {a} bigger than {b}?"),
+                Phrasing("Is the first number greater than the second?", "{a} and {b}"),
+            ],
+            {"a": "num", "b": "num"},
+            _draw_compare,
+            lambda v: _yes(int(v["a"]) > int(v["b"])),
+            lambda v: _digits(v["a"], v["b"]),
+            heldout=[
+                Phrasing("Tell me if {a} exceeds {b}."),
+                Phrasing(
+                    "Decide whether the first value below exceeds the second.", "{a} then {b}"
+                ),
+            ],
+        ),
+        rare=_Variant(
+            [
+                Phrasing("Is {a} less than {b}?"),
+                Phrasing("Is {a} smaller than {b}?"),
+                Phrasing("Is the first number smaller than the second?", "{a} and {b}"),
+            ],
+            {"a": "num", "b": "num"},
+            _draw_compare,
+            lambda v: _yes(int(v["a"]) < int(v["b"])),
+            lambda v: _digits(v["a"], v["b"]),
+            heldout=[
+                Phrasing("Tell me if {a} falls short of {b}."),
+                Phrasing(
+                    "Decide whether the first value below falls short of the second.",
+                    "{a} then {b}",
+                ),
             ],
         ),
     ),
