@@ -212,6 +212,48 @@ def test_a_kind_whose_families_are_full_cedes_its_shortfall_to_the_other():
     )
 
 
+def test_fill_cedes_only_while_another_pass_follows():
+    from lion_core.method.generate import SeedPlan
+
+    hard = _seeds(["sort", "count", "addition"])
+    easy = _seeds(["reverse", "reverse"], seed=5)
+    cats = seed_categories(pd.concat([hard, easy]), offline=True)
+    plan = SeedPlan(hard, easy, 5, 5, cats)
+    words = ["river", "castle", "orange", "planet", "violin", "garden", "copper", "winter"]
+    words += ["falcon", "marble", "saddle", "pepper", "harbor", "lantern", "meadow", "tunnel"]
+
+    def texts(k: int, at: int) -> list[str]:  # pairwise far apart: every one is novel
+        return [f"{words[at + i]} {words[(at + i + 5) % 16]} number {at + i}" for i in range(k)]
+
+    first = pd.concat(
+        [_candidates([hard["instruction_id"].iloc[i % 3] for i in range(5)], texts(5, 0)),
+         _candidates([easy["instruction_id"].iloc[0]] * 6, texts(6, 5), kind="easy")],
+        ignore_index=True,
+    )  # fmt: skip
+    asked = []
+
+    def ask(seeds, kind, start):
+        asked.append((kind, len(seeds)))
+        return _candidates(list(seeds["instruction_id"]), texts(len(seeds), 11), kind=kind)
+
+    gen = GeneratorConfig(oversample=1.0, max_category_share=0.4, max_attempts=1)
+    # one pass: nothing to cede to; the last pass relaxes the cap for the short kind
+    once, passes, end = fill(first, [], plan, gen, 0.7, ask)
+    assert passes == 1 and end is plan and not asked
+    assert once.loc[once["status"] == "kept", "source"].value_counts()["easy"] == 5
+    # a shortfall left after the last pass stays its own kind's (reported as easy, not hard)
+    short_first = first.iloc[:9]  # easy has 4 candidates: its family full, one short
+    left, _, end = fill(short_first, [], plan, gen, 0.7, ask)
+    assert end is plan and shortfall(left, end) == {"hard": 0, "easy": 1}
+    # two passes: easy's one family is full after the first, so hard asks for the rest
+    gen = gen.model_copy(update={"max_attempts": 2})
+    twice, passes, end = fill(first, [], plan, gen, 0.7, ask)
+    assert passes == 2 and (end.n_hard, end.n_easy) == (6, 4) and asked == [("hard", 1)]
+    kept = twice[twice["status"] == "kept"]
+    assert kept["source"].value_counts().to_dict() == {"hard": 6, "easy": 4}
+    assert shortfall(twice, end) == {"hard": 0, "easy": 0}
+
+
 # ---- top-up generation, against the offline world --------------------------------------------
 
 

@@ -85,6 +85,7 @@ def test_closed_answer_families_answer_yes_no_and_odd_even():
     assert solve("Is 53 greater than 35?").answer == "yes"
     assert solve("Is the first number smaller than the second?", "53 and 35").answer == "no"
     assert solve("Tell me if 9 is an odd number or an even number.").heldout
+    assert solve("Is 10 divisible by 0?") is None  # no divisor 0 in the world
     # the two answers of each variant come up about equally often, at every difficulty
     rng = random.Random(1)
     for family in ("parity", "compare"):

@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # ability (docs/method.md).
         "pools.holdback": 0.5,
         # Generate until the round has its new instructions (as the paper's generator loops),
-        # spread over the seeds' families, none above 40% unless the hard set demands it.
+        # spread over the seeds' families, none above 40% unless the seeds leave no other way.
         "generator.max_attempts": 4,
         "generator.max_category_share": 0.4,
         "evaluation.sets": ["offline"],  # the held-out set: no pool ever contains it

@@ -524,7 +524,7 @@ def fill(
     generator: GeneratorConfig,
     threshold: float,
     ask: Callable[[pd.DataFrame, Kind, int], pd.DataFrame],
-) -> tuple[pd.DataFrame, int]:
+) -> tuple[pd.DataFrame, int, SeedPlan]:
     """Judge the first pass's candidates (`select_novel`), then, while a kind is short and
     passes are left (generator.max_attempts), ask for a top-up (`top_up_plan`; `ask(seeds, kind,
     start)` returns the candidates of one request per seed row, sample numbers from `start`)
@@ -545,7 +545,8 @@ def fill(
         )  # fmt: skip
 
     generated = judge(found, found.iloc[:0], last=generator.max_attempts == 1)
-    plan = cede(plan, generated, generator) if capped else plan
+    # Cede only when another pass follows: the shortfall left after the last pass is the kind's.
+    plan = cede(plan, generated, generator) if capped and generator.max_attempts > 1 else plan
     attempts = 1
     while attempts < generator.max_attempts and any(shortfall(generated, plan).values()):
         walks = top_up_plan(plan, generated, generator)
@@ -560,7 +561,8 @@ def fill(
         generated = pd.concat([generated, judged], ignore_index=True)
         rank = generated["source"].map({k: i for i, k in enumerate(KINDS)})
         generated = generated.iloc[rank.argsort(kind="stable")].reset_index(drop=True)
-        plan = cede(plan, generated, generator) if capped else plan
+        if capped and attempts < generator.max_attempts:
+            plan = cede(plan, generated, generator)
     return generated, attempts, plan
 
 

@@ -58,6 +58,7 @@ _SLOT_PATTERNS = {
     "letter": r"([A-Za-z])",
     "pair": r"([A-Za-z]{2})",
     "words": r"([A-Za-z]+(?:\s+[A-Za-z]+)*)",
+    "divisor": r"([1-9]\d*)",  # never 0: "Is 10 divisible by 0?" is not the world's
 }
 
 
@@ -204,8 +205,7 @@ def _draw_divisor(d: int, rng: random.Random) -> dict[str, str]:
 
 
 def _draw_compare(d: int, rng: random.Random) -> dict[str, str]:
-    """Two distinct numbers of d digits each: comparing them means finding the first digit where
-    they differ, harder the longer they are."""
+    """Two distinct numbers of d digits each (they mostly differ in their first digit already)."""
     a = _number(d, rng)
     b = a
     while b == a and d > 0:
@@ -614,7 +614,7 @@ _FAMILIES: list[Family] = [
                 Phrasing("Is {a} divisible by {k}?"),
                 Phrasing("Is the following number divisible by {k}?", "{a}"),
             ],
-            {"a": "num", "k": "num"},
+            {"a": "num", "k": "divisor"},
             _draw_divisor,
             lambda v: _yes(int(v["a"]) % int(v["k"]) == 0),
             lambda v: _digits(v["a"]),
