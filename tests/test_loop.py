@@ -252,6 +252,14 @@ def test_fill_cedes_only_while_another_pass_follows():
     kept = twice[twice["status"] == "kept"]
     assert kept["source"].value_counts().to_dict() == {"hard": 6, "easy": 4}
     assert shortfall(twice, end) == {"hard": 0, "easy": 0}
+    # a hard candidate left over (surplus) in the first pass is kept instead of a new request
+    spare = _candidates([hard["instruction_id"].iloc[0]], texts(1, 13))
+    with_spare = pd.concat([first, spare], ignore_index=True)
+    asked.clear()
+    reused, passes, end = fill(with_spare, [], plan, gen, 0.7, ask)
+    assert passes == 1 and not asked and (end.n_hard, end.n_easy) == (6, 4)
+    assert reused.loc[reused["status"] == "kept", "instruction"].isin(spare["instruction"]).any()
+    assert shortfall(reused, end) == {"hard": 0, "easy": 0}
 
 
 # ---- top-up generation, against the offline world --------------------------------------------

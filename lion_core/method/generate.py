@@ -528,8 +528,12 @@ def fill(
     """Judge the first pass's candidates (`select_novel`), then, while a kind is short and
     passes are left (generator.max_attempts), ask for a top-up (`top_up_plan`; `ask(seeds, kind,
     start)` returns the candidates of one request per seed row, sample numbers from `start`)
-    and judge it against the pool and everything kept so far. Returns every candidate with its
-    status (hard first, then easy, each in request order) and the passes made."""
+    and judge it against the pool and everything kept so far. With a category cap, a kind whose
+    seeds' categories are all full cedes its shortfall to the other kind (`cede`) while another
+    pass follows, and the other kind's surplus candidates are judged again before anything more
+    is asked (they were paid for). Returns every candidate with its status (hard first, then
+    easy, each in request order), the passes made and the plan as it ended (its wanted counts
+    per kind)."""
     capped = generator.max_category_share < 1 and plan.categories is not None
     wanted = plan.n_hard + plan.n_easy
 
@@ -544,9 +548,24 @@ def fill(
             short["easy"], threshold, category_of=plan.categories, room=room, relax=last,
         )  # fmt: skip
 
+    def cede_and_rejudge(generated: pd.DataFrame) -> pd.DataFrame:
+        nonlocal plan
+        ceded = cede(plan, generated, generator)
+        surplus = generated["status"] == "surplus"
+        if ceded is plan or not surplus.any():
+            plan = ceded
+            return generated
+        plan = ceded  # the receiving kind's quota grew: its surplus candidates may now be kept
+        again = judge(generated[surplus].assign(status="candidate"), generated[~surplus], False)
+        status = dict(zip(_keys(again), again["status"], strict=True))
+        generated = generated.copy()
+        generated.loc[surplus, "status"] = [status[k] for k in _keys(generated[surplus])]
+        return generated
+
     generated = judge(found, found.iloc[:0], last=generator.max_attempts == 1)
     # Cede only when another pass follows: the shortfall left after the last pass is the kind's.
-    plan = cede(plan, generated, generator) if capped and generator.max_attempts > 1 else plan
+    if capped and generator.max_attempts > 1:
+        generated = cede_and_rejudge(generated)
     attempts = 1
     while attempts < generator.max_attempts and any(shortfall(generated, plan).values()):
         walks = top_up_plan(plan, generated, generator)
@@ -562,8 +581,13 @@ def fill(
         rank = generated["source"].map({k: i for i, k in enumerate(KINDS)})
         generated = generated.iloc[rank.argsort(kind="stable")].reset_index(drop=True)
         if capped and attempts < generator.max_attempts:
-            plan = cede(plan, generated, generator)
+            generated = cede_and_rejudge(generated)
     return generated, attempts, plan
+
+
+def _keys(frame: pd.DataFrame) -> list[tuple]:
+    """`_row_key` of every row, column-wise."""
+    return list(zip(frame["source"], frame["request_key"], frame["instruction_id"], strict=True))
 
 
 def cede(plan: SeedPlan, generated: pd.DataFrame, generator: GeneratorConfig) -> SeedPlan:
