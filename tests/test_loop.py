@@ -260,6 +260,14 @@ def test_fill_cedes_only_while_another_pass_follows():
     assert passes == 1 and not asked and (end.n_hard, end.n_easy) == (6, 4)
     assert reused.loc[reused["status"] == "kept", "instruction"].isin(spare["instruction"]).any()
     assert shortfall(reused, end) == {"hard": 0, "easy": 0}
+    # ... judged against everything kept: a near copy of a kept easy one is not novel
+    easy_kept = twice.loc[(twice["status"] == "kept") & (twice["source"] == "easy"), "instruction"]
+    near = _candidates([hard["instruction_id"].iloc[0]], [easy_kept.iloc[0] + " again"])
+    asked.clear()
+    copied, passes, _ = fill(pd.concat([first, near], ignore_index=True), [], plan, gen, 0.7, ask)
+    status = copied.set_index("instruction")["status"]
+    assert status[near["instruction"].iloc[0]] == "not_novel"
+    assert passes == 2 and asked == [("hard", 1)]
 
 
 # ---- top-up generation, against the offline world --------------------------------------------
