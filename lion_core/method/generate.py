@@ -445,26 +445,33 @@ def select_novel(
                 frame.at[i, "status"] = "not_novel"
         queue = rest
 
-    capped = frame.index[frame["status"] == "capped"]
-    if relax and room is not None and len(capped) and any(need.values()):
-        again = frame.loc[capped].assign(status="candidate")
-        judged = select_novel(
-            again[GENERATED_SCHEMA.names], list(pool_instructions) + kept_texts,
-            need["hard"], need["easy"], threshold,
+    capped = frame["status"] == "capped"
+    if relax and room is not None and capped.any() and any(need.values()):
+        frame = _judge_again(
+            frame, capped, lambda again: select_novel(
+                again, list(pool_instructions) + kept_texts, need["hard"], need["easy"],
+                threshold,
+            ),
         )  # fmt: skip
-        by_key = dict(zip(_row_keys(judged), judged["status"], strict=True))
-        for i in capped:
-            frame.at[i, "status"] = by_key[_row_key(frame.loc[i])]
     frame = frame.sort_values(["_kind_rank", "_row"], kind="stable")
     return frame[GENERATED_SCHEMA.names].reset_index(drop=True)
 
 
-def _row_key(row: pd.Series) -> tuple:
-    return (row["source"], row["request_key"], row["instruction_id"])
+def _judge_again(
+    frame: pd.DataFrame, rows: pd.Series, judge: Callable[[pd.DataFrame], pd.DataFrame]
+) -> pd.DataFrame:
+    """`frame` with the statuses of `rows` (a mask) replaced by what `judge` makes of them as
+    candidates again, matched back by (source, request_key, instruction_id)."""
+    judged = judge(frame.loc[rows, GENERATED_SCHEMA.names].assign(status="candidate"))
+    status = dict(zip(_row_keys(judged), judged["status"], strict=True))
+    frame = frame.copy()
+    frame.loc[rows, "status"] = [status[k] for k in _row_keys(frame.loc[rows])]
+    return frame
 
 
 def _row_keys(frame: pd.DataFrame) -> list[tuple]:
-    return [_row_key(row) for _, row in frame.iterrows()]
+    """What identifies a candidate row: its kind, its request and its text."""
+    return list(zip(frame["source"], frame["request_key"], frame["instruction_id"], strict=True))
 
 
 def top_up_plan(
@@ -550,17 +557,14 @@ def fill(
 
     def cede_and_rejudge(generated: pd.DataFrame) -> pd.DataFrame:
         nonlocal plan
-        ceded = cede(plan, generated, generator)
+        before, plan = plan, cede(plan, generated, generator)
         surplus = generated["status"] == "surplus"
-        if ceded is plan or not surplus.any():
-            plan = ceded
+        if plan is before or not surplus.any():
             return generated
-        plan = ceded  # the receiving kind's quota grew: its surplus candidates may now be kept
-        again = judge(generated[surplus].assign(status="candidate"), generated[~surplus], False)
-        status = dict(zip(_keys(again), again["status"], strict=True))
-        generated = generated.copy()
-        generated.loc[surplus, "status"] = [status[k] for k in _keys(generated[surplus])]
-        return generated
+        # the receiving kind's quota grew: its surplus candidates may now be kept
+        return _judge_again(
+            generated, surplus, lambda again: judge(again, generated[~surplus], False)
+        )
 
     generated = judge(found, found.iloc[:0], last=generator.max_attempts == 1)
     # Cede only when another pass follows: the shortfall left after the last pass is the kind's.
@@ -583,11 +587,6 @@ def fill(
         if capped and attempts < generator.max_attempts:
             generated = cede_and_rejudge(generated)
     return generated, attempts, plan
-
-
-def _keys(frame: pd.DataFrame) -> list[tuple]:
-    """`_row_key` of every row, column-wise."""
-    return list(zip(frame["source"], frame["request_key"], frame["instruction_id"], strict=True))
 
 
 def cede(plan: SeedPlan, generated: pd.DataFrame, generator: GeneratorConfig) -> SeedPlan:

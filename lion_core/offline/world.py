@@ -208,7 +208,7 @@ def _draw_compare(d: int, rng: random.Random) -> dict[str, str]:
     """Two distinct numbers of d digits each (they mostly differ in their first digit already)."""
     a = _number(d, rng)
     b = a
-    while b == a and d > 0:
+    while b == a:
         b = _number(d, rng)
     return {"a": str(a), "b": str(b)}
 
