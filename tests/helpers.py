@@ -6,6 +6,7 @@ tests."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -219,3 +220,9 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+def logged(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRecord]:
+    """The records `logger` wrote: other loggers may write into caplog too (a Prefect service
+    left behind by an earlier test in the same worker logs its failures late)."""
+    return [r for r in caplog.records if r.name == logger]

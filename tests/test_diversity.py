@@ -7,6 +7,7 @@ import logging
 
 import pandas as pd
 import pytest
+from helpers import logged
 from rouge_score import rouge_scorer
 
 from lion_core.method.diversity import (
@@ -105,7 +106,7 @@ def test_scores_are_rouge_score_values():
 
 
 def _records(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "lion_core.method.diversity"]
+    return logged(caplog, "lion_core.method.diversity")
 
 
 def _statuses(n_kept: int, n_dropped: int, parents: list[dict]) -> pd.DataFrame:
@@ -123,7 +124,7 @@ def test_dropped_share_warning_fires_above_80_percent(caplog):
     with caplog.at_level(logging.WARNING, logger="lion_core.method.diversity"):
         messages = log_warnings(above, round=3)
     assert len(messages) == 1 and "stagnating" in messages[0] and "82%" in messages[0]
-    ours = _records(caplog)  # other loggers (a leftover Prefect service) may write too
+    ours = _records(caplog)
     assert [r.levelno for r in ours] == [logging.WARNING]
     assert ours[0].getMessage().startswith("round 3: generation is stagnating")
 

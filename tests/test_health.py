@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import answer_frame
+from helpers import answer_frame, logged
 
 from lion_core.config import DataHealthConfig, LionConfig
 from lion_core.errors import DataHealthError
@@ -204,5 +204,4 @@ def test_degenerate_answers_are_counted_once_across_kinds():
 
 
 def _messages(caplog) -> list[str]:
-    """What the health module logged (other loggers, e.g. a leftover Prefect service, may write)."""
-    return [r.getMessage() for r in caplog.records if r.name == "lion_core.method.health"]
+    return [r.getMessage() for r in logged(caplog, "lion_core.method.health")]

@@ -10,6 +10,7 @@ import textwrap
 
 import pandas as pd
 import pytest
+from helpers import logged
 
 from lion_core.config import LionConfig
 from lion_core.errors import DataError, SchemaError, SnapshotExistsError
@@ -244,7 +245,7 @@ def test_initial_data_formats_agree(tmp_path, caplog):
         pd.testing.assert_frame_equal(seeds.pool, loaded[0].pool)
     assert len(loaded[0].pool) == 2  # the duplicate is dropped, counted and reported
     assert [s.duplicates for s in loaded] == [1, 1, 1, 1]
-    warned = [r.getMessage() for r in caplog.records if r.name == "lion_core.method.seeds"]
+    warned = [r.getMessage() for r in logged(caplog, "lion_core.method.seeds")]
     assert len(warned) == 4 and "a.csv" in warned[2] and "1 duplicate" in warned[2]
     assert set(loaded[0].pool["source"]) == {"seed"}
     assert load_initial_data(str(tmp_path / "a.json"), limit=1).pool.shape[0] == 1
