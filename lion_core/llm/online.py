@@ -85,6 +85,9 @@ class _OnlineCall:
             api = Poster(sdk)
 
             async def worker() -> None:
+                # This worker's previous answer, handed to the cache and maybe still being
+                # written: its next answer waits for it, its next request does not.
+                keeping: concurrent.futures.Future[Any] | None = None
                 for job in jobs:  # a shared iterator: each job is taken once
                     if self.flush_error is not None:
                         raise self.flush_error
@@ -94,13 +97,18 @@ class _OnlineCall:
                     try:
                         if self.cache is None:
                             self.collect(job, await self.send(api, job), SENT)
-                        else:
-                            await self.through_cache(api, job, self.cache)
+                            continue
+                        kept = await self.through_cache(api, job, self.cache)
                     except EndpointRejectedError as exc:
                         # No new request, no retry; those in flight finish (paid for) and
                         # are kept.
                         self.rejected_by = self.rejected_by or exc
                         return
+                    if keeping is not None:
+                        await wait_for(keeping)
+                    keeping = kept
+                if keeping is not None:
+                    await wait_for(keeping)
 
             workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
             try:
@@ -124,20 +132,23 @@ class _OnlineCall:
 
     # ---- one request --------------------------------------------------------------------
 
-    async def through_cache(self, api: Poster, job: RenderedRequest, cache: ResponseCache) -> None:
+    async def through_cache(
+        self, api: Poster, job: RenderedRequest, cache: ResponseCache
+    ) -> concurrent.futures.Future[Any] | None:
         """Answer `job` once per process: from the cache if answered meanwhile, by waiting for
         another client of this process that is sending the same body, else by sending it and
-        recording the answer, which is kept before this worker goes on."""
+        handing the answer to the cache the moment it arrives. Returns the future of that
+        answer being kept (None when nothing was sent)."""
         while True:
             claim = cache.claim(job.key)
             if claim.answer is not None:
                 self.collect(job, claim.answer, CACHED)
-                return
+                return None
             if claim.pending is None:
                 break
             try:
                 self.collect(job, await wait_for(claim.pending), JOINED)
-                return
+                return None
             except SendAbandoned:  # its sender stopped: claim it again
                 continue
         result: ChatResult | None = None
@@ -145,7 +156,7 @@ class _OnlineCall:
             result = await self.send(api, job)
             kept = cache.record(result, job.payload)
             self.collect(job, result, SENT)
-            await wait_for(kept)  # on disk before this worker sends another request
+            return kept
         finally:
             cache.release(job.key, result)
 
