@@ -12,6 +12,7 @@ from rouge_score import rouge_scorer
 
 from benchmarks.reference_data import instruction_texts, near_duplicate
 from lion_core.errors import ConfigError, DataError
+from lion_core.method import join_kernel
 from lion_core.method.novelty import (
     NoveltyStats,
     filter_novel,
@@ -423,13 +424,21 @@ def _bound_pairs(texts: list[str], n_queries: int, t: float) -> set[tuple[int, i
     }
 
 
+KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not join_kernel.available(), reason="numba is not installed"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("t", [0.0, 0.3, 0.5, 0.7, 0.9, 0.99])
-def test_join_proposes_every_pair_the_bound_lets_through(t):
+def test_join_proposes_every_pair_the_bound_lets_through(t, kernel, monkeypatch):
     """The join's candidate search is complete: every pair that passes the overlap bound (the
     product path's survivors) is proposed, for texts from 1 token (need 1) to 150 (several
-    words), small vocabularies (repeats everywhere), thresholds from 0 to 0.99."""
+    words), small vocabularies (repeats everywhere), thresholds from 0 to 0.99; with the
+    blocks counted by numpy and by the compiled kernel."""
+    from lion_core.method import novelty
     from lion_core.method.novelty import _Corpus, _Join
 
+    monkeypatch.setattr(novelty, "_JOIN_KERNEL", kernel)
     rng = random.Random(int(t * 100) + 5)
     texts = []
     for _ in range(260):
@@ -463,17 +472,60 @@ def test_join_proposes_every_pair_the_bound_lets_through(t):
     ],
 )
 @pytest.mark.parametrize("chunks", [None, (2, 3)])
-def test_join_makes_the_same_decisions(check, chunks, monkeypatch):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_join_makes_the_same_decisions(check, chunks, kernel, monkeypatch):
     """The equivalence tests above, with the join forced wherever it may run (the product path
-    otherwise takes inputs this small); and with the candidates resolved among themselves in
-    chunks of 2 (3 from 24 candidates), so that earlier kept ones are a pool of their own."""
+    otherwise takes inputs this small), its blocks counted by numpy and by the compiled kernel;
+    and with the candidates resolved among themselves in chunks of 2 (3 from 24 candidates), so
+    that earlier kept ones are a pool of their own."""
     from lion_core.method import novelty
 
     monkeypatch.setattr(novelty, "_JOIN_MODE", "always")
+    monkeypatch.setattr(novelty, "_JOIN_KERNEL", kernel)
     if chunks:
         monkeypatch.setattr(novelty, "_ORDER_CHUNK", chunks[0])
         monkeypatch.setattr(novelty, "_ORDER_CHUNK_LARGE", chunks[1])
     check()
+
+
+@pytest.mark.skipif(not join_kernel.available(), reason="numba is not installed")
+@pytest.mark.parametrize("t", [0.3, 0.5, 0.7])
+def test_compiled_kernel_yields_what_numpy_yields(t, monkeypatch):
+    """The compiled block (join_kernel) and the numpy block give the join the same pairs with
+    the same bounds in each round (the kernel's order within a query differs), and count the
+    same entries and sketched pairs: texts of 1 to 40 tokens over vocabularies of 3 to 60
+    words, both rounds, several chunks of targets and blocks of queries."""
+    from lion_core.method import novelty
+    from lion_core.method.novelty import _Corpus, _Join
+
+    monkeypatch.setattr(novelty, "_JOIN_TARGETS", 1 << 10)  # several chunks of targets
+    monkeypatch.setattr(novelty, "_CHUNK_BITS", 10)
+    monkeypatch.setattr(novelty, "_JOIN_BLOCK", 1 << 12)  # several blocks per chunk
+    rng = random.Random(int(t * 10))
+    words = [f"w{i}" for i in range(60)]
+    texts = [
+        " ".join(rng.choice(words[: rng.randint(3, 60)]) for _ in range(rng.randint(1, 40)))
+        for _ in range(2700)
+    ]
+    texts += [near_duplicate(x, 0.3, rng, words) for x in texts[:300]]  # pairs near t
+    rng.shuffle(texts)
+    corpus, n_queries = _Corpus(texts), 300
+    seen = {}
+    for kernel in ("numpy", "numba"):
+        monkeypatch.setattr(novelty, "_JOIN_KERNEL", kernel)
+        join = _Join(corpus, np.arange(n_queries), np.arange(n_queries, len(texts)), t)
+        nobody = np.zeros(n_queries, dtype=bool)
+        out = [
+            sorted(
+                triple
+                for q_pos, t_docs, bound in join.survivors(round_no, nobody)
+                for triple in zip(q_pos.tolist(), t_docs.tolist(), bound.tolist(), strict=True)
+            )
+            for round_no in range(len(join.rounds))
+        ]
+        seen[kernel] = (out, join.expanded, join.sketched)
+    assert all(seen["numpy"][0]), "a round proposed no pair: the test proves nothing"
+    assert seen["numba"] == seen["numpy"]
 
 
 def test_join_at_the_threshold(monkeypatch):

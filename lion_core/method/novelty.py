@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from lion_core.errors import ConfigError, DataError
+from lion_core.method import join_kernel
 
 __all__ = [
     "NoveltyStats",
@@ -467,6 +468,7 @@ class _Corpus:
         self.n_feat = max(n_feat, 1)
         self._sketch: np.ndarray | None = None
         self._light: np.ndarray | None = None
+        self._sketch_rows: np.ndarray | None = None
 
     def sketch(self) -> tuple[np.ndarray, np.ndarray]:
         """`_SKETCH_WORDS` 64-bit words per text (a column each) for a cheap exact bound on the
@@ -497,6 +499,13 @@ class _Corpus:
             self._sketch = sketch
         assert self._light is not None
         return self._sketch, self._light
+
+    def sketch_rows(self) -> np.ndarray:
+        """The sketch with each text's words side by side, (texts, `_SKETCH_WORDS`): one cache
+        line a text, for the compiled join kernel, which reads a pair's words together."""
+        if self._sketch_rows is None:
+            self._sketch_rows = np.ascontiguousarray(self.sketch()[0].T)
+        return self._sketch_rows
 
 
 def _hits_any(
@@ -682,6 +691,9 @@ _JOIN_MODE = (
 _JOIN_MIN_PAIRS = (
     1 << 23
 )  # fewer (query, target) pairs than this: the product, whatever the estimate
+# How a block of the join is counted: "numba" (join_kernel, compiled) where numba imports,
+# else "numpy" (every expanded entry sorted); the same pairs either way.
+_JOIN_KERNEL = "numba" if join_kernel.available() else "numpy"
 _JOIN_FIRST = 3  # prefix positions of each query probed in the first round
 _JOIN_BLOCK = 1 << 19  # index entries expanded per block of queries
 _JOIN_ELL = 2  # pairs must share this many probed features (the l-prefix lemma)
@@ -904,6 +916,9 @@ class _Join:
         """Yield (query index, target text, overlap bound) for the pairs of a round, block by
         block; queries marked in `done` (by the consumer, between blocks) are left out."""
         sketch, light = self.corpus.sketch()  # here, not in the worker threads
+        compiled = _JOIN_KERNEL == "numba"
+        if compiled:  # the kernel reads a text's words side by side
+            sketch = self.corpus.sketch_rows()
         in_flight: deque[Future] = deque()
         seen, chunk, chunk_no = None, (), -1
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
@@ -916,7 +931,8 @@ class _Join:
                 if c != chunk_no:
                     chunk_no, base = c, c << _CHUNK_BITS
                     targets = self.targets[base : base + _JOIN_TARGETS]
-                    chunk = (sketch[:, targets], light[targets], self.q4[targets])
+                    t_sketch = sketch[targets] if compiled else sketch[:, targets]
+                    chunk = (t_sketch, light[targets], self.q4[targets])
                     if round_no:
                         old = np.concatenate(self._proposed[c] or [np.zeros(0, dtype=np.int64)])
                         seen = np.sort(old[~done[old >> _CHUNK_BITS]])
@@ -969,6 +985,8 @@ class _Join:
         query in the block) in chunk c: (c, query index, target index within the chunk,
         overlap bound, entries expanded, pairs sketched)."""
         t_sketch, t_light, t_q4, iw = chunk  # iw: the slice's index words
+        if _JOIN_KERNEL == "numba":  # the chunk's sketch is by text (`_Corpus.sketch_rows`)
+            return self._block_compiled(c, ent, lo, count, row, chunk, round_no, seen)
         word, shift = self.word, self.word(self.shift)
         # src: the index entries [lo, lo + count) of every probe, end to end
         step = np.ones(int(count.sum()), dtype=np.int32 if len(iw) < 1 << 31 else np.int64)
@@ -994,11 +1012,34 @@ class _Join:
         bound = self._bound(self.queries[q_pos], t_local, t_sketch, t_light, t_q4)
         ok = bound >= 0
         q_pos, t_local, bound = q_pos[ok], t_local[ok], bound[ok]
-        if seen is not None and len(seen) and len(q_pos):  # proposed in the first round
-            key = q_pos << _CHUNK_BITS | t_local
-            new = seen[np.minimum(np.searchsorted(seen, key), len(seen) - 1)] != key
-            q_pos, t_local, bound = q_pos[new], t_local[new], bound[new]
+        q_pos, t_local, bound = _unseen(seen, q_pos, t_local, bound)
         return c, q_pos, t_local, bound, len(step), len(cells)
+
+    def _block_compiled(
+        self,
+        c: int,
+        ent: np.ndarray,
+        lo: np.ndarray,
+        count: np.ndarray,
+        row: np.ndarray,
+        chunk: tuple[np.ndarray, ...],
+        round_no: int,
+        seen: np.ndarray | None,
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """`_block` by the compiled kernel (`join_kernel.block`): the same pairs with the same
+        bounds, counted per target instead of sorted (so within a query in the order its
+        targets were first reached, not by target)."""
+        t_sketch, t_light, t_q4, iw = chunk
+        light, sketch = self.corpus.sketch()[1], self.corpus.sketch_rows()
+        q = self.e_q[ent][np.concatenate([[True], row[1:] != row[:-1]])]  # query of each row
+        q_min = self.q_min[q] if round_no else np.ones(len(q), dtype=self.q_min.dtype)
+        rows, t_local, bound, expanded, sketched = join_kernel.block(
+            lo, count, row, self.e_lxi[ent], iw, self.shift, q_min, self.queries[q],
+            self.q4, t_q4, sketch, t_sketch, light, t_light,
+            _HEAVY_WORDS, (_HEAVY_WORDS + _SKETCH_WORDS) // 2, _JOIN_TARGETS,
+        )  # fmt: skip
+        q_pos, t_local, bound = _unseen(seen, q[rows], t_local, bound)
+        return c, q_pos, t_local, bound, int(expanded), int(sketched)
 
     def _bound(
         self,
@@ -1029,6 +1070,18 @@ class _Join:
         final = heavy[live] + (light_sum[live] - odd) // 2
         out[live] = np.where(final >= need[live], final, -1)
         return out
+
+
+def _unseen(
+    seen: np.ndarray | None, q_pos: np.ndarray, t_local: np.ndarray, bound: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs not among `seen` (sorted keys q_pos << _CHUNK_BITS | t_local: those the join's
+    first round proposed already)."""
+    if seen is not None and len(seen) and len(q_pos):
+        key = q_pos << _CHUNK_BITS | t_local
+        new = seen[np.minimum(np.searchsorted(seen, key), len(seen) - 1)] != key
+        q_pos, t_local, bound = q_pos[new], t_local[new], bound[new]
+    return q_pos, t_local, bound
 
 
 def _verify_first_hit(
