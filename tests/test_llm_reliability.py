@@ -160,8 +160,9 @@ def test_a_worker_sends_while_its_answer_is_written_but_keeps_at_most_one_waitin
     offline_server, tmp_path, monkeypatch
 ):
     """A worker's next request does not wait for its previous answer's fsync (a slow disk
-    costs no throughput), but its next answer does: with the journal stuck, a worker holds at
-    most one answer not yet kept and one request in flight, and sends nothing more."""
+    costs no throughput), but the request after it does: with the journal stuck, a worker of
+    concurrency 1 sends two requests, holds their two answers unkept, and sends nothing more;
+    once the disk moves, every answer is written."""
     from lion_core.llm import cache as cache_module
 
     gate, appends = threading.Event(), []
@@ -182,7 +183,7 @@ def test_a_worker_sends_while_its_answer_is_written_but_keeps_at_most_one_waitin
         base_url=server.base_url,
     )
     out: list = []
-    runner = threading.Thread(target=lambda: out.extend(client.run(reqs)))
+    runner = threading.Thread(target=lambda: out.extend(client.run(reqs)), daemon=True)
     runner.start()
     try:
         deadline = time.monotonic() + 30
@@ -197,7 +198,47 @@ def test_a_worker_sends_while_its_answer_is_written_but_keeps_at_most_one_waitin
         runner.join(30)
     assert [r.text for r in out] == answers
     assert server.stats()["teacher"]["requests"] == 5
-    assert len(ResponseCache(Storage(str(tmp_path)), "teacher")) == 5
+    assert len(ResponseCache(Storage(str(tmp_path)), "teacher").frame()) == 5  # on disk
+
+
+def test_a_failed_journal_write_stops_the_run_also_when_the_endpoint_rejects(
+    tmp_path, monkeypatch
+):
+    """An answer whose journal line cannot be written is not lost silently: the run raises the
+    storage error, also when the endpoint rejects the role meanwhile (the worker stops sending
+    but still waits for its answer to be kept)."""
+    from lion_core.errors import StorageError
+    from lion_core.llm import cache as cache_module
+
+    def full_disk(journal, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module._Journal, "append", full_disk)
+    for revoke in (False, True):
+        with offline_world() as server:
+            server.world.api_key = "sk-our-key"
+            cache = ResponseCache(Storage(str(tmp_path / f"revoke={revoke}")), "teacher")
+            if revoke:  # the key stops working the moment the first answer reaches the cache
+                record = cache.record
+
+                def record_and_revoke(result, request=None, record=record, server=server):
+                    server.world.api_key = "sk-another-key"
+                    return record(result, request)
+
+                monkeypatch.setattr(cache, "record", record_and_revoke)
+            client = LLMClient(
+                TeacherConfig(concurrency=1),
+                role="teacher",
+                cache=cache,
+                base_url=server.base_url,
+                api_key="sk-our-key",
+                **FAST,
+            )
+            with pytest.raises(StorageError, match="No space left"):
+                client.run(teacher_requests(4)[0])
+            stats = server.stats()["teacher"]
+        assert stats["requests"] == 2, stats  # the second request's answer waits for the first
+        assert stats["status"].get("401", 0) == int(revoke), stats
 
 
 def test_kill_on_object_store_loses_at_most_flush_seconds(offline_server, tmp_path, s3_root):

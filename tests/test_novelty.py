@@ -528,6 +528,22 @@ def test_compiled_kernel_yields_what_numpy_yields(t, monkeypatch):
     assert seen["numba"] == seen["numpy"]
 
 
+def test_join_counts_in_numpy_where_numba_does_not_import(monkeypatch):
+    """numba installed but not importable (built for another numpy, say): the join falls back
+    to its numpy blocks, with the same decisions, instead of failing in a worker thread."""
+    import sys
+
+    from lion_core.method import novelty
+    from lion_core.method.novelty import _Corpus, _Join
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    monkeypatch.setattr(join_kernel, "_compiled", None)
+    monkeypatch.setattr(novelty, "_JOIN_MODE", "always")
+    texts = ["a b c d e f", "q r s t u", "x y z w", "a b c d e f"]
+    assert not _Join(_Corpus(texts), np.arange(2), np.arange(2, 4), 0.7).compiled
+    assert filter_novel(texts[:2], texts[2:]) == [False, True]
+
+
 def test_join_at_the_threshold(monkeypatch):
     from lion_core.method import novelty
 

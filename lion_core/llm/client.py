@@ -14,11 +14,12 @@
 - 401, 403 and 404 (a bad key, a wrong model or URL) stop the batch at once: no new request, no
   retry; the requests in flight finish, everything answered is flushed, and
   `EndpointRejectedError` is raised.
-- Every answer is recorded in the cache as it arrives, before its worker takes the next request
-  (local storage: an fsynced journal line), and the cache is flushed into a Parquet shard every
-  `endpoint.cache_shard_size` answers and at the end; a killed process loses only the requests in
-  flight (object stores: plus at most `flush_seconds` of answers). A re-run sends only what is
-  missing.
+- Every answer is handed to the cache as it arrives (local storage: an fsynced journal line);
+  its worker sends its next request meanwhile, and the one after only once the answer is kept.
+  The cache is flushed into a Parquet shard every `endpoint.cache_shard_size` answers and at the
+  end; a killed process loses only the requests in flight and the answers whose journal line
+  was being written, at most 2 × `concurrency` (object stores: plus at most `flush_seconds` of
+  answers). A re-run sends only what is missing.
 - If the endpoint cannot be reached at all, the cache is flushed and `EndpointUnreachableError`
   is raised.
 - Sending is paced below the role's `rpm` / `tpm` and the provider's x-ratelimit-* headers

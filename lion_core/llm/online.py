@@ -3,8 +3,9 @@
 
 `OnlineSender` is the `Sender` of `mode: sync`. Per request it claims the key process-wide
 (joining another client of this process that is sending the same body), POSTs the body paced by
-the role's rate limiter, retries transient failures with backoff, records the answer in the
-response cache before its worker takes the next request, and delivers it. It stops the call
+the role's rate limiter, retries transient failures with backoff, hands the answer to the
+response cache the moment it arrives, and delivers it; a worker sends its next request while
+that answer is written, and the one after only once it is kept. It stops the call
 when the endpoint rejects the role (401/403/404: `EndpointRejectedError`) or cannot be reached
 (`EndpointUnreachableError`), flushing what was answered; it flushes the cache every
 `endpoint.cache_shard_size` answers and at the end, and shows progress (a tqdm bar, log lines, the
@@ -86,13 +87,13 @@ class _OnlineCall:
 
             async def worker() -> None:
                 # This worker's previous answer, handed to the cache and maybe still being
-                # written: its next answer waits for it, its next request does not.
+                # written: the request after next waits for it, the next one does not.
                 keeping: concurrent.futures.Future[Any] | None = None
                 for job in jobs:  # a shared iterator: each job is taken once
                     if self.flush_error is not None:
                         raise self.flush_error
                     if self.rejected_by is not None:
-                        return
+                        break
                     self.check_gone()
                     try:
                         if self.cache is None:
@@ -103,11 +104,11 @@ class _OnlineCall:
                         # No new request, no retry; those in flight finish (paid for) and
                         # are kept.
                         self.rejected_by = self.rejected_by or exc
-                        return
+                        break
                     if keeping is not None:
                         await wait_for(keeping)
                     keeping = kept
-                if keeping is not None:
+                if keeping is not None:  # a failed write surfaces here, rejected or not
                     await wait_for(keeping)
 
             workers = [asyncio.create_task(worker()) for _ in range(concurrency)]

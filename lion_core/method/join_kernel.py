@@ -11,7 +11,8 @@ targets were first reached, not sorted by target (nothing downstream depends on 
 Two threads run it at once (`nogil`). Compiled on first use (a few seconds) and cached next to
 this file, or in the user's cache folder where that one is not writable.
 
-`available()` says whether numba could be imported; where it cannot, the numpy path runs.
+`ready()` imports numba and says whether the kernel can run; where it cannot (numba missing or
+not importable), the join counts its blocks in numpy.
 """
 
 from __future__ import annotations
@@ -119,15 +120,17 @@ _compiled: Callable[..., Any] | None = None
 _lock = threading.Lock()
 
 
-def block(*args: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """`_block`, compiled by numba on the first call (loaded from numba's cache after the
-    first process)."""
+def ready() -> bool:
+    """Import numba and prepare the kernel (compiled at its first call); False where numba is
+    missing or does not import (e.g. built for another numpy): the join then counts in numpy."""
     global _compiled, _popcount
     if _compiled is None:
         with _lock:
             if _compiled is None:
-                import numba
-
+                try:
+                    import numba
+                except ImportError:
+                    return False
                 try:
                     pop = numba.njit(inline="always", cache=True)(_popcount)
                     kernel = numba.njit(nogil=True, cache=True)(_block)
@@ -135,4 +138,11 @@ def block(*args: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
                     pop = numba.njit(inline="always")(_popcount)
                     kernel = numba.njit(nogil=True)(_block)
                 _popcount, _compiled = pop, kernel
+    return True
+
+
+def block(*args: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """`_block`, compiled by numba on the first call (loaded from numba's cache after the
+    first process); `ready()` first."""
+    assert _compiled is not None, "join_kernel.ready() was not called"
     return _compiled(*args)

@@ -693,7 +693,7 @@ _JOIN_MIN_PAIRS = (
 )  # fewer (query, target) pairs than this: the product, whatever the estimate
 # How a block of the join is counted: "numba" (join_kernel, compiled) where numba imports,
 # else "numpy" (every expanded entry sorted); the same pairs either way.
-_JOIN_KERNEL = "numba" if join_kernel.available() else "numpy"
+_JOIN_KERNEL = "numba"
 _JOIN_FIRST = 3  # prefix positions of each query probed in the first round
 _JOIN_BLOCK = 1 << 19  # index entries expanded per block of queries
 _JOIN_ELL = 2  # pairs must share this many probed features (the l-prefix lemma)
@@ -880,6 +880,9 @@ class _Join:
             for _, keys, _, probes in self._slices(1, nobody)
         )
         self._proposed: list[list[np.ndarray]] = [[] for _ in range(n_chunks)]
+        # Blocks counted by the compiled kernel where numba imports (decided once per join: the
+        # chunks' sketch layout depends on it), else by numpy.
+        self.compiled = _JOIN_KERNEL == "numba" and join_kernel.ready()
         self.expanded = self.sketched = 0
 
     def _ranges(
@@ -916,7 +919,7 @@ class _Join:
         """Yield (query index, target text, overlap bound) for the pairs of a round, block by
         block; queries marked in `done` (by the consumer, between blocks) are left out."""
         sketch, light = self.corpus.sketch()  # here, not in the worker threads
-        compiled = _JOIN_KERNEL == "numba"
+        compiled = self.compiled
         if compiled:  # the kernel reads a text's words side by side
             sketch = self.corpus.sketch_rows()
         in_flight: deque[Future] = deque()
@@ -985,7 +988,7 @@ class _Join:
         query in the block) in chunk c: (c, query index, target index within the chunk,
         overlap bound, entries expanded, pairs sketched)."""
         t_sketch, t_light, t_q4, iw = chunk  # iw: the slice's index words
-        if _JOIN_KERNEL == "numba":  # the chunk's sketch is by text (`_Corpus.sketch_rows`)
+        if self.compiled:  # the chunk's sketch is by text (`_Corpus.sketch_rows`)
             return self._block_compiled(c, ent, lo, count, row, chunk, round_no, seen)
         word, shift = self.word, self.word(self.shift)
         # src: the index entries [lo, lo + count) of every probe, end to end
