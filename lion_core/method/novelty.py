@@ -922,6 +922,7 @@ class _Join:
         compiled = self.compiled
         if compiled:  # the kernel reads a text's words side by side
             sketch = self.corpus.sketch_rows()
+        count_block = self._block_compiled if compiled else self._block
         in_flight: deque[Future] = deque()
         seen, chunk, chunk_no = None, (), -1
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
@@ -955,7 +956,7 @@ class _Join:
                     part = ent[a:b]
                     row = rank[a:b] - rank[a]
                     args = (c, part, lo[part], count[part], row, (*chunk, words), round_no, seen)
-                    in_flight.append(pool.submit(self._block, *args))
+                    in_flight.append(pool.submit(count_block, *args))
                     yield from self._drain(in_flight, done, round_no, _WORKERS)
             yield from self._drain(in_flight, done, round_no, 0)
 
@@ -988,8 +989,6 @@ class _Join:
         query in the block) in chunk c: (c, query index, target index within the chunk,
         overlap bound, entries expanded, pairs sketched)."""
         t_sketch, t_light, t_q4, iw = chunk  # iw: the slice's index words
-        if self.compiled:  # the chunk's sketch is by text (`_Corpus.sketch_rows`)
-            return self._block_compiled(c, ent, lo, count, row, chunk, round_no, seen)
         word, shift = self.word, self.word(self.shift)
         # src: the index entries [lo, lo + count) of every probe, end to end
         step = np.ones(int(count.sum()), dtype=np.int32 if len(iw) < 1 << 31 else np.int64)
@@ -1008,7 +1007,7 @@ class _Join:
             return c, empty, empty, empty, len(step), 0
         run = np.flatnonzero(np.concatenate([[True], cell[1:] != cell[:-1], [True]]))
         cells = cell[run[:-1]].astype(np.int64)
-        q = self.e_q[ent][np.concatenate([[True], row[1:] != row[:-1]])]
+        q = self._row_queries(ent, row)
         if round_no:  # probed features the pair shares, at least min(_JOIN_ELL, need)
             cells = cells[np.diff(run) >= self.q_min[q[cells >> _CHUNK_BITS]]]
         q_pos, t_local = q[cells >> _CHUNK_BITS], cells & (_JOIN_TARGETS - 1)
@@ -1031,10 +1030,11 @@ class _Join:
     ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, int, int]:
         """`_block` by the compiled kernel (`join_kernel.block`): the same pairs with the same
         bounds, counted per target instead of sorted (so within a query in the order its
-        targets were first reached, not by target)."""
+        targets were first reached, not by target). The chunk's sketch is by text
+        (`_Corpus.sketch_rows`)."""
         t_sketch, t_light, t_q4, iw = chunk
         light, sketch = self.corpus.sketch()[1], self.corpus.sketch_rows()
-        q = self.e_q[ent][np.concatenate([[True], row[1:] != row[:-1]])]  # query of each row
+        q = self._row_queries(ent, row)
         q_min = self.q_min[q] if round_no else np.ones(len(q), dtype=self.q_min.dtype)
         rows, t_local, bound, expanded, sketched = join_kernel.block(
             lo, count, row, self.e_lxi[ent], iw, self.shift, q_min, self.queries[q],
@@ -1043,6 +1043,10 @@ class _Join:
         )  # fmt: skip
         q_pos, t_local, bound = _unseen(seen, q[rows], t_local, bound)
         return c, q_pos, t_local, bound, int(expanded), int(sketched)
+
+    def _row_queries(self, ent: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """The query index of each row of a block (its probes `ent`, grouped by `row`)."""
+        return self.e_q[ent][np.concatenate([[True], row[1:] != row[:-1]])]
 
     def _bound(
         self,
