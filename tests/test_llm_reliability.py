@@ -201,9 +201,7 @@ def test_a_worker_sends_while_its_answer_is_written_but_keeps_at_most_one_waitin
     assert len(ResponseCache(Storage(str(tmp_path)), "teacher").frame()) == 5  # on disk
 
 
-def test_a_failed_journal_write_stops_the_run_also_when_the_endpoint_rejects(
-    tmp_path, monkeypatch
-):
+def test_a_failed_journal_write_stops_the_run_also_when_the_endpoint_rejects(tmp_path, monkeypatch):
     """An answer whose journal line cannot be written is not lost silently: the run raises the
     storage error, also when the endpoint rejects the role meanwhile (the worker stops sending
     but still waits for its answer to be kept)."""

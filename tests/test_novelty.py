@@ -279,6 +279,10 @@ def test_bad_input_is_named():
 # --- highest F1 against the pool (diversity statistics) ----------------------------------------
 
 
+KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not join_kernel.available(), reason="numba is not installed"))]  # fmt: skip
+
+
 def reference_max(candidates, pool):
     """rouge_score's F1 of each candidate against every pool text; the highest, 0.0 if none."""
     pool_tokens = [rouge_tokens(p) for p in pool]
@@ -348,6 +352,53 @@ def test_max_rouge_l_edge_cases():
     assert max_rouge_l(["a b c", "x y", "", "?!"], ["a b c", "", "z"]) == [1.0, 0.0, 0.0, 0.0]
     with pytest.raises(DataError, match=r"pool\[1\]"):
         max_rouge_l(["ok"], ["fine", None])
+
+
+def test_nearest_rouge_l_looks_only_above_a_given_f1():
+    """With `above`, a candidate gets the nearest pool text only where its F1 is strictly above
+    the value given (ties with it included: 0.0 and -1); else what it gets without."""
+    rng = random.Random(14)
+    for _ in range(40):
+        vocab = "abcde"[: rng.randint(2, 5)]
+
+        def text(vocab=vocab):
+            return " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 10)))
+
+        pool = [text() for _ in range(rng.randint(1, 20))]
+        cands = [text() for _ in range(rng.randint(1, 12))]
+        best, where = nearest_rouge_l(cands, pool)
+        above = [rng.choice([b, 0.0, rng.random(), max(b - 0.1, 0.0), 1.0]) for b in best]
+        got = nearest_rouge_l(cands, pool, above)
+        want = [(b, w) if b > a else (0.0, -1) for b, w, a in zip(best, where, above, strict=True)]
+        assert list(zip(*got, strict=True)) == want
+    with pytest.raises(ValueError, match="above"):
+        nearest_rouge_l(["a"], ["a"], [0.1, 0.2])
+
+
+def test_nearest_rouge_l_names_the_first_of_repeated_pool_texts():
+    """The search runs over distinct texts: a pool text repeated (one instruction, many inputs)
+    is found at its first index, a tie between two repeated texts goes to the one first seen,
+    and repeated candidates get the same answer."""
+    pool = ["q", "a b d", "x y", "a b c", "a b d", "x y", "a b c"]
+    cands = ["a b c", "x y", "a b", "a b c", "zz"]
+    assert nearest_rouge_l(cands, pool) == ([1.0, 1.0, 0.8, 1.0, 0.0], [3, 2, 1, 3, -1])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_nearest_search_through_the_join_matches_rouge_score(kernel, shared_data, monkeypatch):
+    """The maxima and nearest texts above, with the join forced at every level of the search
+    (the product path otherwise takes inputs this small), counted by numpy and by the compiled
+    kernel."""
+    from lion_core.method import novelty
+
+    monkeypatch.setattr(novelty, "_JOIN_MODE", "always")
+    monkeypatch.setattr(novelty, "_JOIN_KERNEL", kernel)
+    test_max_rouge_l_matches_rouge_score_on_small_vocabularies()
+    test_max_rouge_l_matches_rouge_score_on_real_instructions(shared_data)
+    test_nearest_rouge_l_names_the_first_pool_text_at_the_maximum()
+    test_nearest_rouge_l_names_the_first_of_repeated_pool_texts()
+    test_nearest_rouge_l_looks_only_above_a_given_f1()
+    test_max_rouge_l_edge_cases()
 
 
 # --- the fast tokenizer and the set-similarity join ---------------------------------------------
@@ -422,10 +473,6 @@ def _bound_pairs(texts: list[str], n_queries: int, t: float) -> set[tuple[int, i
         if sum((tokens[q] & tokens[y]).values()) > h(lengths[q]) + h(lengths[y]) - 0.5
         and sum((tokens[q] & tokens[y]).values()) > 0
     }
-
-
-KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
-    not join_kernel.available(), reason="numba is not installed"))]  # fmt: skip
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -52,9 +52,13 @@ def nearest_table(
     if len(dropped) and len(kept):
         kept_texts = kept["instruction"].astype(str).tolist()
         kept_ids = kept["instruction_id"].tolist()
-        f_new, w_new = nearest_rouge_l(dropped["instruction"].astype(str).tolist(), kept_texts)
+        # only a kept text nearer than the pool's nearest is looked for
+        above = [found[i][0] for i in dropped.index]
+        f_new, w_new = nearest_rouge_l(
+            dropped["instruction"].astype(str).tolist(), kept_texts, above
+        )
         for i, f, w in zip(dropped.index, f_new, w_new, strict=True):
-            if w >= 0 and f > found[i][0]:
+            if w >= 0:
                 found[i] = (f, kept_ids[w], kept_texts[w], "new")
     # a duplicate of an earlier candidate the round did not keep (surplus, capped)
     first_of: dict[str, int] = {}

@@ -317,9 +317,12 @@ def _check_texts(candidates: list[str], pool: list[str]) -> None:
 
 
 # Thresholds `max_rouge_l` tries in turn: a candidate whose best F1 found at a level is at least
-# that level is settled (every pair the bound skipped there has F1 <= the level); the others go
-# on to the next, lower level. The last level, 0, lets every pair through the bound.
-_MAX_LEVELS = (0.5, 0.25, 0.0)
+# that level is settled (every pair the bound skipped there has F1 < the level); the others go
+# on to the next, lower level. The last level, 0, lets every pair through the bound. High levels
+# first: most generated instructions are near some pool text, and a level lets through every pair
+# whose bound reaches it, so settling at 0.9 or 0.8 aligns far fewer pairs than at 0.5 (on a 10x
+# offline round, where one template has thousands of pool texts at F1 0.8, half the time).
+_MAX_LEVELS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.25, 0.0)
 # A pair is aligned only if its real-arithmetic bound 2*overlap/(la + lb) reaches the best F1
 # found so far minus this margin (far above the few ulps by which a float F1 can exceed it).
 _BOUND_MARGIN = 1e-9
@@ -331,24 +334,61 @@ def max_rouge_l(candidates: list[str], pool: list[str]) -> list[float]:
 
     `filter_novel` cannot give this for free: its bound skips every pair that cannot exceed the
     threshold and it stops at a candidate's first hit, so it never learns the maximum. This
-    reuses the same machinery as a branch and bound: at each of `_MAX_LEVELS` the matrix
-    product yields the pairs whose overlap bound allows F1 above the level, and only those
-    whose bound also reaches the candidate's best so far are aligned, highest overlap first.
-    Cost: one pass of the product per level for the candidates still open, plus the alignments.
+    reuses the same machinery as a branch and bound: at each of `_MAX_LEVELS` the join (or the
+    product, where `_join_for` picks it) yields the pairs whose overlap bound allows F1 above
+    the level, and only those whose bound also reaches the candidate's best so far are aligned,
+    highest overlap first. Cost: one pass per level for the candidates still open, plus the
+    alignments; it grows with the pairs near the candidates, not with all pairs.
     """
     return nearest_rouge_l(candidates, pool)[0]
 
 
-def nearest_rouge_l(candidates: list[str], pool: list[str]) -> tuple[list[float], list[int]]:
+def nearest_rouge_l(
+    candidates: list[str], pool: list[str], above: Sequence[float] | None = None
+) -> tuple[list[float], list[int]]:
     """Each candidate's highest ROUGE-L F1 against the pool (as `max_rouge_l`) and the index
     of the pool text that reaches it — the lowest such index when several do; -1 when the best
-    is 0.0 (an empty pool, or no shared token)."""
+    is 0.0 (an empty pool, or no shared token).
+
+    `above`: per candidate, an F1 the caller already has from elsewhere; only pool texts
+    strictly above it are looked for (0.0 and -1 where there is none), which spares the search
+    the levels below it."""
     _check_texts(candidates, pool)
+    floor = np.zeros(len(candidates)) if above is None else np.asarray(above, dtype=np.float64)
+    if floor.shape != (len(candidates),):
+        raise ValueError(f"above: {floor.shape[0]} values for {len(candidates)} candidates")
+    if not candidates or not pool:
+        return [0.0] * len(candidates), [-1] * len(candidates)
+    # Equal texts score alike: search the distinct ones (a pool repeats an instruction once per
+    # input, thousands of times in the offline world), the first of equal pool texts standing
+    # for all of them, so that the lowest index still wins a tie.
+    cand_first, cand_of = _distinct(list(zip(candidates, floor.tolist(), strict=True)))
+    pool_first, _ = _distinct(pool)
+    best, where = _nearest_distinct(
+        [candidates[i] for i in cand_first], [pool[i] for i in pool_first], floor[cand_first]
+    )
+    found = where >= 0
+    where[found] = pool_first[where[found]]
+    return best[cand_of].tolist(), where[cand_of].tolist()
+
+
+def _distinct(items: list) -> tuple[np.ndarray, np.ndarray]:
+    """The index of each distinct item's first appearance, in order, and each item's position
+    among the distinct ones."""
+    first: dict[object, int] = {}
+    of = np.fromiter((first.setdefault(x, len(first)) for x in items), np.int64, len(items))
+    return np.unique(of, return_index=True)[1], of
+
+
+def _nearest_distinct(
+    candidates: list[str], pool: list[str], floor: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`nearest_rouge_l` for non-empty lists, as arrays, with `above` as `floor`."""
     n = len(candidates)
-    best = np.zeros(n, dtype=np.float64)
+    # The best F1 so far per candidate, from its floor: a candidate whose floor reaches a level
+    # is settled there as if it had found that F1.
+    best = floor.copy()
     arg = np.full(n, -1, dtype=np.int64)
-    if not n or not pool:
-        return best.tolist(), arg.tolist()
     corpus = _Corpus(list(candidates) + list(pool))
     cand = np.arange(n)
     targets = np.arange(n, n + len(pool))
@@ -360,10 +400,9 @@ def nearest_rouge_l(candidates: list[str], pool: list[str]) -> tuple[list[float]
         live = np.flatnonzero(open_)
         if not len(live):
             break
-        never = np.zeros(len(live), dtype=bool)
         pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         n_pending = 0
-        for q_pos, t_docs, overlap in _overlap_survivors(corpus, cand[live], targets, level, never):
+        for q_pos, t_docs, overlap in _all_survivors(corpus, cand[live], targets, level):
             q_docs = live[q_pos]
             bound = 2.0 * overlap / np.maximum(corpus.lengths[q_docs] + corpus.lengths[t_docs], 1)
             keep = bound >= best[q_docs] - _BOUND_MARGIN
@@ -375,9 +414,9 @@ def nearest_rouge_l(candidates: list[str], pool: list[str]) -> tuple[list[float]
         if pending:
             _raise_best(corpus, pending, best, where)
         open_[live] = best[live] < level
-    found = best > 0
+    found = (best > 0) & (best > floor)
     arg[found] = where[found] - n
-    return best.tolist(), arg.tolist()
+    return np.where(found, best, 0.0), arg
 
 
 def _raise_best(
