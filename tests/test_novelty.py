@@ -304,8 +304,8 @@ def test_max_rouge_l_matches_rouge_score_on_small_vocabularies():
 
 
 def test_max_rouge_l_matches_rouge_score_on_real_instructions(shared_data):
-    """Real instructions and edits of them, with maxima at every level of the search (above 0.5,
-    0.25-0.5, below 0.25), and texts long enough for multi-word bit vectors."""
+    """Real instructions and edits of them, with maxima at every level of the search (0.5 and
+    above, 0.25-0.5, below 0.25), and texts long enough for multi-word bit vectors."""
     rng = random.Random(12)
     data = {k: list(v) for k, v in instruction_texts(shared_data).items()}
     for group in data.values():
@@ -371,21 +371,22 @@ def test_nearest_rouge_l_looks_only_above_a_given_f1():
         got = nearest_rouge_l(cands, pool, above)
         want = [(b, w) if b > a else (0.0, -1) for b, w, a in zip(best, where, above, strict=True)]
         assert list(zip(*got, strict=True)) == want
-    with pytest.raises(ValueError, match="above"):
-        nearest_rouge_l(["a"], ["a"], [0.1, 0.2])
+    for wrong in ([0.1, 0.2], 0.5, [None]):
+        with pytest.raises(ValueError, match="above"):
+            nearest_rouge_l(["a"], ["a"], wrong)
 
 
 def test_nearest_rouge_l_names_the_first_of_repeated_pool_texts():
     """The search runs over distinct texts: a pool text repeated (one instruction, many inputs)
     is found at its first index, a tie between two repeated texts goes to the one first seen,
     and repeated candidates get the same answer."""
-    pool = ["q", "a b d", "x y", "a b c", "a b d", "x y", "a b c"]
-    cands = ["a b c", "x y", "a b", "a b c", "zz"]
-    assert nearest_rouge_l(cands, pool) == ([1.0, 1.0, 0.8, 1.0, 0.0], [3, 2, 1, 3, -1])
+    pool = ["a b d", "a b d", "q", "x y", "a b c", "x y", "q", "a b c"]
+    cands = ["a b c", "x y", "a b", "a b c", "zz", "q"]
+    assert nearest_rouge_l(cands, pool) == ([1.0, 1.0, 0.8, 1.0, 0.0, 1.0], [4, 3, 0, 4, -1, 2])
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_nearest_search_through_the_join_matches_rouge_score(kernel, shared_data, monkeypatch):
+def test_nearest_search_through_the_join_matches_rouge_score(kernel, monkeypatch):
     """The maxima and nearest texts above, with the join forced at every level of the search
     (the product path otherwise takes inputs this small), counted by numpy and by the compiled
     kernel."""
@@ -394,11 +395,19 @@ def test_nearest_search_through_the_join_matches_rouge_score(kernel, shared_data
     monkeypatch.setattr(novelty, "_JOIN_MODE", "always")
     monkeypatch.setattr(novelty, "_JOIN_KERNEL", kernel)
     test_max_rouge_l_matches_rouge_score_on_small_vocabularies()
-    test_max_rouge_l_matches_rouge_score_on_real_instructions(shared_data)
     test_nearest_rouge_l_names_the_first_pool_text_at_the_maximum()
     test_nearest_rouge_l_names_the_first_of_repeated_pool_texts()
     test_nearest_rouge_l_looks_only_above_a_given_f1()
     test_max_rouge_l_edge_cases()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_max_rouge_l_through_the_join_on_real_instructions(kernel, shared_data, monkeypatch):
+    from lion_core.method import novelty
+
+    monkeypatch.setattr(novelty, "_JOIN_MODE", "always")
+    monkeypatch.setattr(novelty, "_JOIN_KERNEL", kernel)
+    test_max_rouge_l_matches_rouge_score_on_real_instructions(shared_data)
 
 
 # --- the fast tokenizer and the set-similarity join ---------------------------------------------

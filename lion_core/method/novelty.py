@@ -355,8 +355,8 @@ def nearest_rouge_l(
     the levels below it."""
     _check_texts(candidates, pool)
     floor = np.zeros(len(candidates)) if above is None else np.asarray(above, dtype=np.float64)
-    if floor.shape != (len(candidates),):
-        raise ValueError(f"above: {floor.shape[0]} values for {len(candidates)} candidates")
+    if floor.shape != (len(candidates),) or np.isnan(floor).any():
+        raise ValueError(f"above: one F1 per candidate ({len(candidates)}), got {above!r:.200}")
     if not candidates or not pool:
         return [0.0] * len(candidates), [-1] * len(candidates)
     # Equal texts score alike: search the distinct ones (a pool repeats an instruction once per
