@@ -290,16 +290,23 @@ def reference_max(candidates, pool):
     return [best_f1(rouge_tokens(c), pool_tokens, counts) or 0.0 for c in candidates]
 
 
-def test_max_rouge_l_matches_rouge_score_on_small_vocabularies():
-    rng = random.Random(11)
-    for _ in range(150):
-        vocab = "abcdefghij"[: rng.randint(2, 10)]
+def small_vocab_cases(seed, cases, letters, max_len, max_pool, max_cands, min_pool=0):
+    """(rng, candidates, pool) of `cases` random cases: texts of 0 to `max_len` words over the
+    first 2 or more of `letters`, so that repeats and ties are everywhere."""
+    rng = random.Random(seed)
+    for _ in range(cases):
+        vocab = letters[: rng.randint(2, len(letters))]
 
         def text(vocab=vocab):
-            return " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 20)))
+            return " ".join(rng.choice(vocab) for _ in range(rng.randint(0, max_len)))
 
-        pool = [text() for _ in range(rng.randint(0, 30))]
-        cands = [text() for _ in range(rng.randint(1, 20))] + rng.sample(pool, min(2, len(pool)))
+        pool = [text() for _ in range(rng.randint(min_pool, max_pool))]
+        yield rng, [text() for _ in range(rng.randint(1, max_cands))], pool
+
+
+def test_max_rouge_l_matches_rouge_score_on_small_vocabularies():
+    for rng, cands, pool in small_vocab_cases(11, 150, "abcdefghij", 20, 30, 20):
+        cands += rng.sample(pool, min(2, len(pool)))
         assert max_rouge_l(cands, pool) == reference_max(cands, pool)
 
 
@@ -325,15 +332,7 @@ def test_max_rouge_l_matches_rouge_score_on_real_instructions(shared_data):
 def test_nearest_rouge_l_names_the_first_pool_text_at_the_maximum():
     """The index of the nearest pool text is rouge_score's argmax over every pair (the lowest
     index on a tie), -1 when nothing is shared."""
-    rng = random.Random(13)
-    for _ in range(60):
-        vocab = "abcdef"[: rng.randint(2, 6)]
-
-        def text(vocab=vocab):
-            return " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 12)))
-
-        pool = [text() for _ in range(rng.randint(0, 25))]
-        cands = [text() for _ in range(rng.randint(1, 12))]
+    for _, cands, pool in small_vocab_cases(13, 60, "abcdef", 12, 25, 12):
         best, where = nearest_rouge_l(cands, pool)
         for c, b, w in zip(cands, best, where, strict=True):
             scores = [SCORER.score(p, c)["rougeL"].fmeasure for p in pool]
@@ -357,15 +356,7 @@ def test_max_rouge_l_edge_cases():
 def test_nearest_rouge_l_looks_only_above_a_given_f1():
     """With `above`, a candidate gets the nearest pool text only where its F1 is strictly above
     the value given (ties with it included: 0.0 and -1); else what it gets without."""
-    rng = random.Random(14)
-    for _ in range(40):
-        vocab = "abcde"[: rng.randint(2, 5)]
-
-        def text(vocab=vocab):
-            return " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 10)))
-
-        pool = [text() for _ in range(rng.randint(1, 20))]
-        cands = [text() for _ in range(rng.randint(1, 12))]
+    for rng, cands, pool in small_vocab_cases(14, 40, "abcde", 10, 20, 12, min_pool=1):
         best, where = nearest_rouge_l(cands, pool)
         above = [rng.choice([b, 0.0, rng.random(), max(b - 0.1, 0.0), 1.0]) for b in best]
         got = nearest_rouge_l(cands, pool, above)
