@@ -25,7 +25,6 @@ import json
 import os
 import pickle
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, from anywhere
 
-from benchmarks.novelty import baseline_module, build_workload
+from benchmarks.novelty import baseline_module, build_workload, child_json
 from benchmarks.reference_data import DATA_DIR, instruction_texts
 from lion_core.method.novelty import nearest_rouge_l
 
@@ -60,16 +59,8 @@ def child(workload: Path, method: str, baseline: str, out: Path) -> None:
 
 
 def run_child(workload: Path, method: str, baseline: str, limit: float | None) -> dict | str:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = Path(f.name)
-    command = [sys.executable, __file__, "--child", str(workload), method, baseline, str(out)]
-    try:
-        subprocess.run(command, check=True, timeout=limit)
-        return json.loads(out.read_text())
-    except subprocess.TimeoutExpired:
-        return f"stopped after {limit:.0f} s"
-    finally:
-        out.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--child", str(workload), method, baseline]
+    return child_json(command, [], limit)
 
 
 def main() -> None:

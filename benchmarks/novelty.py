@@ -137,13 +137,18 @@ def child(workload: Path, method: str, baseline: str, threshold: float, out: Pat
 def run_child(
     workload: Path, method: str, baseline: str, threshold: float, limit: float | None
 ) -> dict | str:
+    command = [sys.executable, __file__, "--child", str(workload), method, baseline]
+    return child_json(command, ["--threshold", str(threshold)], limit)
+
+
+def child_json(command: list[str], options: list[str], limit: float | None) -> dict | str:
+    """Run `command` + [a JSON file's path] + `options` in a child process and return the JSON
+    it wrote there, or a line saying it was stopped after `limit` seconds."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
-    command = [sys.executable, __file__, "--child", str(workload), method, baseline, str(out)]
-    command += ["--threshold", str(threshold)]
     started = load()
     try:
-        subprocess.run(command, check=True, timeout=limit)
+        subprocess.run([*command, str(out), *options], check=True, timeout=limit)
     except subprocess.TimeoutExpired:
         return f"stopped after {limit:.0f} s (load {started:.2f} -> {load():.2f})"
     finally:

@@ -10,27 +10,11 @@ from lion_core.method.novelty import rouge_l_f1, tokenize
 from lion_core.run.schemas import NEAREST_SCHEMA
 
 
-def _generated(rows: list[tuple[str, str]]) -> pd.DataFrame:
+def _pool(texts: list[str], prefix: str = "p") -> pd.DataFrame:
+    """POOL_SCHEMA rows of seeds, ids `prefix`0, `prefix`1, ..."""
     return pd.DataFrame(
         {
-            "instruction_id": [f"g{i}" for i in range(len(rows))],
-            "instruction": [text for text, _ in rows],
-            "input": "",
-            "reference": None,
-            "source": "hard",
-            "parent_id": "s0",
-            "round": 1,
-            "status": [status for _, status in rows],
-            "error": None,
-            "request_key": [f"k{i}" for i in range(len(rows))],
-        }
-    )
-
-
-def _pool(texts: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "instruction_id": [f"p{i}" for i in range(len(texts))],
+            "instruction_id": [f"{prefix}{i}" for i in range(len(texts))],
             "instruction": texts,
             "input": "",
             "reference": None,
@@ -38,6 +22,18 @@ def _pool(texts: list[str]) -> pd.DataFrame:
             "parent_id": None,
             "round": 0,
         }
+    )
+
+
+def _generated(rows: list[tuple[str, str]]) -> pd.DataFrame:
+    """GENERATED_SCHEMA rows of round 1's hard candidates: (instruction, status) each."""
+    return _pool([text for text, _ in rows], prefix="g").assign(
+        source="hard",
+        parent_id="s0",
+        round=1,
+        status=[status for _, status in rows],
+        error=None,
+        request_key=[f"k{i}" for i in range(len(rows))],
     )
 
 
