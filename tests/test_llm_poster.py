@@ -1,10 +1,13 @@
 """`Poster` (lion_core/llm/poster.py) sends what the SDK's `AsyncOpenAI.post` sends and raises
 what it raises: checked side by side against a loopback server that records every request, for
-answers, error statuses, a closed port and a timeout, and with the SDK's own path forced."""
+answers, error statuses, a closed port and a timeout, a compressed answer and a redirect, each
+way `Poster` can send: straight to the aiohttp session, through httpx2, and the SDK's own
+path forced."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import threading
@@ -42,19 +45,36 @@ COMPLETION = {
 
 @contextmanager
 def recording_server(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None, delay: float = 0
+    status: int,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    delay: float = 0,
+    *,
+    gzipped: bool = False,
+    moved: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, list[tuple[str, dict[str, str], bytes]]]]:
-    """A loopback server answering every POST with `status` and `body` (JSON) after `delay`
-    seconds; yields its base URL and the (path, headers, body) of each request."""
+    """A loopback server answering every POST with `status` and `body` (JSON, gzipped if
+    asked) after `delay` seconds, or a POST to a path in `moved` with a 307 to its new path;
+    yields its base URL and the (path, headers, body) of each request."""
     seen: list[tuple[str, dict[str, str], bytes]] = []
     payload = json.dumps(body).encode()
+    if gzipped:
+        payload = gzip.compress(payload)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             content = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, content))
+            if moved and self.path in moved:
+                self.send_response(307)
+                self.send_header("Location", moved[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             time.sleep(delay)
             self.send_response(status)
+            if gzipped:
+                self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             for name, value in (headers or {}).items():
@@ -85,16 +105,26 @@ def _sdk(base_url: str, timeout: float = 30) -> openai.AsyncOpenAI:
     )
 
 
+WAYS = ("sdk", "direct", "httpx", "forced")  # post itself, then Poster's three ways
+
+
+def _poster(api: openai.AsyncOpenAI, how: str) -> Poster:
+    """A Poster sending `how`: "direct" (to the aiohttp session), "httpx" (through httpx2) or
+    "forced" (through `post`)."""
+    poster = Poster(api)
+    assert poster.fast and poster.direct  # the installed SDK has what both need
+    poster.direct = how == "direct"
+    poster.fast = how != "forced"
+    return poster
+
+
 async def _both(base_url: str, path: str = "/chat/completions", timeout: float = 30):
-    """(outcome of SDK's post, outcome of Poster, outcome of Poster on the SDK's path): each a
-    (status, JSON body, response headers) or the exception raised."""
+    """The outcome of the SDK's post, then of Poster each way (`WAYS`): each a (status, JSON
+    body, response headers) or the exception raised."""
     outcomes = []
-    for how in ("sdk", "fast", "forced"):
+    for how in WAYS:
         async with _sdk(base_url, timeout) as api:
-            poster = Poster(api)
-            assert poster.fast  # the installed SDK has what the fast path needs
-            if how == "forced":
-                poster.fast = False
+            poster = _poster(api, how)
             try:
                 if how == "sdk":
                     raw = await api.post(
@@ -114,8 +144,8 @@ async def _both(base_url: str, path: str = "/chat/completions", timeout: float =
 
 def test_the_poster_sends_the_sdks_request():
     with recording_server(200, COMPLETION, {"x-ratelimit-remaining-requests": "7"}) as (url, seen):
-        sdk, fast, forced = asyncio.run(_both(url))
-    assert len(seen) == 3
+        outcomes = asyncio.run(_both(url))
+    assert len(seen) == len(WAYS)
     # The SDK's marker asking it for the raw response goes out too; it is not ours to send.
     for _, headers, _ in seen:
         headers.pop("x-stainless-raw-response", None)
@@ -125,7 +155,7 @@ def test_the_poster_sends_the_sdks_request():
         assert other == (path, headers, content)
     assert headers["authorization"] == "Bearer sk-test"
     assert headers["user-agent"].startswith("AsyncOpenAI/Python")
-    for outcome in (sdk, fast, forced):
+    for outcome in outcomes:
         status, body, response_headers = outcome
         assert status == 200 and body == COMPLETION
         assert response_headers["x-ratelimit-remaining-requests"] == "7"
@@ -134,7 +164,45 @@ def test_the_poster_sends_the_sdks_request():
 def test_the_poster_sends_completions_to_their_own_path():
     with recording_server(200, COMPLETION) as (url, seen):
         asyncio.run(_both(url, "/completions"))
-    assert [path for path, _, _ in seen] == ["/v1/completions"] * 3
+    assert [path for path, _, _ in seen] == ["/v1/completions"] * len(WAYS)
+
+
+def test_the_poster_decodes_a_compressed_answer_and_follows_a_redirect():
+    with recording_server(200, COMPLETION, gzipped=True) as (url, _):
+        outcomes = asyncio.run(_both(url))
+    assert all(status == 200 and body == COMPLETION for status, body, _ in outcomes), outcomes
+    old, new = "/v1/chat/completions", "/v2/chat/completions"
+    with recording_server(200, COMPLETION, moved={old: new}) as (url, seen):
+        outcomes = asyncio.run(_both(url))
+        assert all(status == 200 and body == COMPLETION for status, body, _ in outcomes)
+        # The direct way hands the redirect to httpx2, which sends the body again and follows.
+        assert [path for path, _, _ in seen] == [old, new, old, old, new, old, new, old, new]
+        assert len({content for _, _, content in seen}) == 1  # the body goes along
+        seen.clear()
+        asyncio.run(_twice(url, [BODY, BODY], "direct"))
+    assert [path for path, _, _ in seen] == [old, old, new, old, new]  # once per path
+
+
+def test_the_poster_leaves_a_proxied_url_to_httpx(monkeypatch):
+    """A proxy from the environment covers the URL: the body goes through httpx2, which sends
+    it to the proxy (here a closed port: the SDK's connection error), never straight there."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+
+        async def post(url: str) -> Poster:
+            async with _sdk(url) as api:
+                poster = Poster(api)
+                with pytest.raises(openai.APIConnectionError):
+                    await poster("/chat/completions", BODY)
+                return poster
+
+        with recording_server(200, COMPLETION) as (url, seen):
+            poster = asyncio.run(post(url))
+    assert seen == [] and poster.direct
+    assert poster._templates["/chat/completions"].direct is None
 
 
 @pytest.mark.parametrize(
@@ -159,12 +227,13 @@ def test_the_poster_raises_the_sdks_status_errors(status, error):
         assert exc.response.headers["retry-after-ms"] == "1500"
 
 
-async def _twice(base_url: str, bodies: list[dict[str, Any]], fast: bool) -> None:
-    """POST `bodies` in turn through one Poster (its template reused) or through the SDK."""
+async def _twice(base_url: str, bodies: list[dict[str, Any]], how: str) -> None:
+    """POST `bodies` in turn through one Poster sending `how` (its template reused) or through
+    the SDK ("sdk")."""
     async with _sdk(base_url) as api:
-        poster = Poster(api)
+        poster = _poster(api, how) if how != "sdk" else None
         for body in bodies:
-            if fast:
+            if poster is not None:
                 await poster("/chat/completions", body)
             else:
                 await api.post("/chat/completions", body=body, cast_to=ChatCompletion)
@@ -176,15 +245,19 @@ def test_one_poster_sends_many_bodies_with_the_sdks_headers_and_cookies():
     longer = {**BODY, "messages": [{"role": "user", "content": "x" * 5000}], "max_tokens": 1}
     bodies = [BODY, longer, BODY]
     with recording_server(200, COMPLETION, {"Set-Cookie": "sticky=abc; Path=/"}) as (url, seen):
-        asyncio.run(_twice(url, bodies, fast=False))  # a client each: a cookie jar each
-        asyncio.run(_twice(url, bodies, fast=True))
-    sdk, fast = seen[:3], seen[3:]
-    assert [json.loads(content) for _, _, content in fast] == bodies
-    for (_, sdk_headers, sdk_content), (_, headers, content) in zip(sdk, fast, strict=True):
-        assert content == sdk_content and headers == sdk_headers
-        assert headers["content-length"] == str(len(content))
-    assert "cookie" not in fast[0][1]
-    assert fast[1][1]["cookie"] == fast[2][1]["cookie"] == "sticky=abc"
+        for how in WAYS:  # a client each: a cookie jar each
+            asyncio.run(_twice(url, bodies, how))
+    for _, headers, _ in seen:  # the forced way's marker asking for the raw response
+        headers.pop("x-stainless-raw-response", None)
+    sdk = seen[:3]
+    for k in range(1, len(WAYS)):
+        way = seen[3 * k : 3 * k + 3]
+        assert [json.loads(content) for _, _, content in way] == bodies
+        for (_, sdk_headers, sdk_content), (_, headers, content) in zip(sdk, way, strict=True):
+            assert content == sdk_content and headers == sdk_headers
+            assert headers["content-length"] == str(len(content))
+        assert "cookie" not in way[0][1]
+        assert way[1][1]["cookie"] == way[2][1]["cookie"] == "sticky=abc"
 
 
 def test_the_poster_raises_the_sdks_connection_and_timeout_errors():
@@ -197,7 +270,7 @@ def test_the_poster_raises_the_sdks_connection_and_timeout_errors():
     assert isinstance(outcomes[0], openai.APIConnectionError), outcomes
     with recording_server(200, COMPLETION, delay=1.5) as (url, _):
         outcomes = asyncio.run(_both(url, timeout=0.3))
-    assert [type(e) for e in outcomes] == [openai.APITimeoutError] * 3, outcomes
+    assert [type(e) for e in outcomes] == [openai.APITimeoutError] * len(WAYS), outcomes
 
 
 def test_clients_that_build_requests_per_request_use_the_sdks_path():

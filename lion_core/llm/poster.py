@@ -1,14 +1,21 @@
 """`Poster`: POST a JSON body to an OpenAI-compatible endpoint the way the official SDK's
-`AsyncOpenAI.post` does, at half its CPU per request.
+`AsyncOpenAI.post` does, at a third of its CPU per request.
 
 The SDK builds every request from scratch: it copies and validates its options, merges headers,
 query and URL, encodes the body and builds an HTTP request, ~1 ms of CPU per request before a
 byte is sent (docs/llm-client.md, "CPU per request"). A call's requests differ only in their
 bodies, so `Poster` lets the SDK build the first request of each path (auth, user agent, its
 platform and timeout headers, the URL) and sends every body with those headers through the
-SDK's own HTTP client. A 2xx answer is returned as is; any other status raises the SDK's status
-error (`APIStatusError` and its subclasses), a timeout its `APITimeoutError`, a failed
-connection its `APIConnectionError`: the same exceptions, from the same classes, as `post`.
+SDK's own HTTP client. A 2xx answer is returned (status, headers, body); any other status raises
+the SDK's status error (`APIStatusError` and its subclasses), a timeout its `APITimeoutError`, a
+failed connection its `APIConnectionError`: the same exceptions, from the same classes, as `post`.
+
+Where the SDK's HTTP client is its aiohttp transport (what `LLMClient` opens when the `aiohttp`
+extra is installed) and no proxy applies to the URL, the body goes straight to that transport's
+aiohttp session, with the same headers and timeouts, skipping httpx2's request and response
+objects (a third of the client's CPU per request at concurrency 256): the same connections,
+bytes on the wire and exceptions. A redirect, or a compressed body, is handed to httpx2 as the
+SDK would handle it.
 
 This reaches into the SDK's request builder (private names). Where they are missing (another
 SDK version) or would not apply (a subclass such as `AsyncAzureOpenAI`, whose URL depends on
@@ -20,12 +27,18 @@ request builder adds them.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import openai
 from openai._constants import RAW_RESPONSE_HEADER
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
+
+try:  # the SDK's aiohttp transport (the `aiohttp` extra)
+    import aiohttp
+    from openai._vendor.httpx_aiohttp import transport as _aio
+except ImportError:  # pragma: no cover - another SDK version, or no aiohttp
+    _aio = None  # type: ignore[assignment]
 
 _RAW = {"headers": {RAW_RESPONSE_HEADER: "true"}}  # the SDK hands back headers with the body
 _PER_REQUEST = ("content-length", "cookie")  # computed from each body; the client's cookie jar
@@ -45,13 +58,49 @@ def encode_body(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
+class Answer(NamedTuple):
+    """A 2xx answer read straight from aiohttp: what callers read of httpx's `Response`."""
+
+    status_code: int
+    headers: Any  # aiohttp's case-insensitive multidict
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        charset = "utf-8"
+        for part in self.headers.get("content-type", "").split(";")[1:]:
+            name, _, value = part.strip().partition("=")
+            if name.lower() == "charset" and value:
+                charset = value.strip('"')
+        try:
+            return self.content.decode(charset, errors="replace")
+        except LookupError:  # a charset Python does not know
+            return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class _Direct(NamedTuple):
+    """What a POST to one path sends through the aiohttp session itself."""
+
+    url: str
+    headers: dict[str, str]
+    timeout: Any  # aiohttp.ClientTimeout
+    server_hostname: str | None
+
+
 class Poster:
     """`await poster(path, body)` -> the HTTP response of POST `path` (a 2xx), or the SDK's
-    exception. One per SDK client; `fast` says whether the SDK's internals were found."""
+    exception. One per SDK client; `fast` says whether the SDK's internals were found,
+    `direct` whether bodies go to the SDK transport's aiohttp session itself (to URLs that no
+    proxy covers)."""
 
     def __init__(self, api: openai.AsyncOpenAI) -> None:
         self.api = api
-        self._templates: dict[str, tuple[Any, dict[str, str], dict[str, Any]]] = {}
+        self._templates: dict[str, _Template] = {}
+        self._aiohttp: Any = None  # the SDK's aiohttp transport
+        self.direct = False
         try:
             from openai._base_client import request_exceptions, timeout_exceptions
             from openai._models import FinalRequestOptions
@@ -75,13 +124,29 @@ class Poster:
             self.fast = type(api) is openai.AsyncOpenAI and not any(
                 getattr(api, name, None) for name in _PER_REQUEST_AUTH
             )
+            transport = getattr(self._http, "_transport", None)
+            if (
+                self.fast
+                and _aio is not None
+                and type(transport) is getattr(_aio, "AiohttpTransport", None)
+                and hasattr(_aio, "map_aiohttp_exceptions")
+                and transport.proxy is None
+                and hasattr(self._http, "_transport_for_url")
+            ):
+                self._aiohttp, self.direct = transport, True
 
     async def __call__(self, path: str, body: dict[str, Any]) -> Any:
         if not self.fast:
             cast = Completion if path == "/completions" else ChatCompletion
             raw = await self.api.post(path, body=body, cast_to=cast, options=_RAW)
             return raw.http_response
-        url, headers, extensions = self._templates.get(path) or await self._template(path)
+        url, headers, extensions, direct = self._templates.get(path) or await self._template(path)
+        if direct is not None and self.direct:
+            answer = await self._direct(direct, body)
+            if answer is not None:
+                return answer
+            # A redirect: httpx2 follows it, as the SDK does, now and for the path's next bodies.
+            self._templates[path] = self._templates[path]._replace(direct=None)
         request = self._request_class(
             "POST", url, headers=headers, content=encode_body(body), extensions=extensions
         )
@@ -99,14 +164,93 @@ class Poster:
             raise self._status_error(response)
         return response
 
-    async def _template(self, path: str) -> tuple[Any, dict[str, str], dict[str, Any]]:
+    async def _direct(self, direct: _Direct, body: dict[str, Any]) -> Any:
+        """POST `body` through the aiohttp session of the SDK's transport: the 2xx `Answer`,
+        the SDK's exception, or None for a redirect (the caller sends it again through httpx2,
+        which follows it as the SDK does)."""
+        transport = self._aiohttp
+        if not isinstance(transport.client, aiohttp.ClientSession):  # as the transport does
+            transport.client = transport.get_client()
+        headers = direct.headers
+        if self._http.cookies:  # the SDK client's jar, as it would add them
+            probe = self._request_class("POST", direct.url)
+            self._http.cookies.set_cookie_header(probe)
+            if "cookie" in probe.headers:
+                headers = {**headers, "cookie": probe.headers["cookie"]}
+        content = encode_body(body)
+        try:
+            with _aio.map_aiohttp_exceptions():
+                async with transport.client.request(
+                    "POST",
+                    direct.url,
+                    headers=headers,
+                    data=content,
+                    allow_redirects=False,
+                    auto_decompress=False,
+                    compress=False,
+                    timeout=direct.timeout,
+                    server_hostname=direct.server_hostname,
+                ) as response:
+                    status, raw_headers = response.status, response.raw_headers
+                    received = await response.read()
+        except self._timeouts as exc:
+            raise openai.APITimeoutError(request=self._request(direct, headers, content)) from exc
+        except self._failures as exc:
+            raise openai.APIConnectionError(
+                request=self._request(direct, headers, content)
+            ) from exc
+        if 300 <= status < 400 and self._http.follow_redirects:
+            return None
+        plain = 200 <= status < 300 and "content-encoding" not in response.headers
+        if plain and "set-cookie" not in response.headers:
+            return Answer(status, response.headers, received)
+        # What httpx2 would make of it: decoded, its cookies in the SDK client's jar.
+        full = _aio.httpx.Response(
+            status,
+            headers=raw_headers,
+            content=received,
+            request=self._request(direct, headers, content),
+        )
+        self._http.cookies.extract_cookies(full)
+        if not 200 <= status < 300:
+            raise self._status_error(full)
+        return full
+
+    def _request(self, direct: _Direct, headers: dict[str, str], content: bytes) -> Any:
+        """The httpx2 request `_direct` sent (for the SDK's errors and cookie jar)."""
+        return self._request_class("POST", direct.url, headers=headers, content=content)
+
+    async def _template(self, path: str) -> _Template:
         """The URL, headers and request extensions (the timeout) the SDK gives a POST to
-        `path`, built once through its own steps."""
+        `path`, built once through its own steps; and, where the direct way applies to the
+        URL, what it sends."""
         options = self._options.construct(method="post", url=path, json_data={})
         options = await self._prepare_options(options)
         request = self._build(options)
         await self._prepare_request(request)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _PER_REQUEST}
-        template = (request.url, headers, dict(request.extensions))
+        extensions = dict(request.extensions)
+        direct = None
+        if self.direct and self._http._transport_for_url(request.url) is self._aiohttp:
+            # (not a proxy's transport, mounted for this URL from e.g. HTTPS_PROXY)
+            timeout = extensions.get("timeout", {})
+            direct = _Direct(
+                str(request.url),
+                headers,
+                aiohttp.ClientTimeout(
+                    sock_connect=timeout.get("connect"),
+                    sock_read=timeout.get("read"),
+                    connect=timeout.get("pool"),
+                ),
+                extensions.get("sni_hostname"),
+            )
+        template = _Template(request.url, headers, extensions, direct)
         self._templates[path] = template
         return template
+
+
+class _Template(NamedTuple):
+    url: Any
+    headers: dict[str, str]
+    extensions: dict[str, Any]
+    direct: _Direct | None
