@@ -22,7 +22,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from lion_core.llm.client import _http_client
-from lion_core.llm.poster import Poster
+from lion_core.llm.poster import Answer, Poster
 
 BODY = {
     "model": "m",
@@ -47,19 +47,21 @@ COMPLETION = {
 def recording_server(
     status: int,
     body: dict[str, Any],
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
     delay: float = 0,
     *,
     gzipped: bool = False,
     moved: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, list[tuple[str, dict[str, str], bytes]]]]:
     """A loopback server answering every POST with `status` and `body` (JSON, gzipped if
-    asked) after `delay` seconds, or a POST to a path in `moved` with a 307 to its new path;
-    yields its base URL and the (path, headers, body) of each request."""
+    asked; `headers` as a list may repeat a name) after `delay` seconds, or a POST to a path
+    in `moved` with a 307 to its new path; yields its base URL and the (path, headers, body)
+    of each request."""
     seen: list[tuple[str, dict[str, str], bytes]] = []
     payload = json.dumps(body).encode()
     if gzipped:
         payload = gzip.compress(payload)
+    extra = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -77,7 +79,7 @@ def recording_server(
                 self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
-            for name, value in (headers or {}).items():
+            for name, value in extra:
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(payload)
@@ -118,7 +120,9 @@ def _poster(api: openai.AsyncOpenAI, how: str) -> Poster:
     return poster
 
 
-async def _both(base_url: str, path: str = "/chat/completions", timeout: float = 30):
+async def _both(
+    base_url: str, path: str = "/chat/completions", timeout: float = 30, body: Any = BODY
+):
     """The outcome of the SDK's post, then of Poster each way (`WAYS`): each a (status, JSON
     body, response headers) or the exception raised."""
     outcomes = []
@@ -129,13 +133,13 @@ async def _both(base_url: str, path: str = "/chat/completions", timeout: float =
                 if how == "sdk":
                     raw = await api.post(
                         path,
-                        body=BODY,
+                        body=body,
                         cast_to=ChatCompletion,
                         options={"headers": {"X-Stainless-Raw-Response": "true"}},
                     )
                     response = raw.http_response
                 else:
-                    response = await poster(path, BODY)
+                    response = await poster(path, body)
                 outcomes.append((response.status_code, response.json(), response.headers))
             except openai.OpenAIError as exc:
                 outcomes.append(exc)
@@ -167,20 +171,51 @@ def test_the_poster_sends_completions_to_their_own_path():
     assert [path for path, _, _ in seen] == ["/v1/completions"] * len(WAYS)
 
 
-def test_the_poster_decodes_a_compressed_answer_and_follows_a_redirect():
+def test_the_direct_way_reads_a_plain_answer_itself_and_leaves_the_rest_to_httpx():
+    async def post(url: str) -> Any:
+        async with _sdk(url) as api:
+            poster = _poster(api, "direct")
+            return await poster("/chat/completions", BODY)
+
+    with recording_server(200, COMPLETION) as (url, _):
+        assert type(asyncio.run(post(url))) is Answer
+    for kind in ({"gzipped": True}, {"headers": {"Set-Cookie": "a=b"}}):
+        with recording_server(200, COMPLETION, **kind) as (url, _):
+            assert type(asyncio.run(post(url))) is not Answer, kind  # httpx2's response
+
+
+def test_the_poster_decodes_a_compressed_answer_and_fails_a_broken_one_alike():
     with recording_server(200, COMPLETION, gzipped=True) as (url, _):
         outcomes = asyncio.run(_both(url))
     assert all(status == 200 and body == COMPLETION for status, body, _ in outcomes), outcomes
+    # says gzip, is not: the SDK's connection error (retried by the sender), every way
+    for status in (200, 500):
+        with recording_server(status, COMPLETION, {"Content-Encoding": "gzip"}) as (url, _):
+            outcomes = asyncio.run(_both(url))
+        assert [type(e) for e in outcomes] == [openai.APIConnectionError] * len(WAYS), outcomes
+
+
+def test_the_poster_joins_repeated_headers_as_httpx_does():
+    repeated = [("x-ratelimit-remaining-requests", "5"), ("x-ratelimit-remaining-requests", "3")]
+    with recording_server(200, COMPLETION, repeated) as (url, _):
+        outcomes = asyncio.run(_both(url))
+    assert [h.get("x-ratelimit-remaining-requests") for _, _, h in outcomes] == ["5, 3"] * 4
+
+
+def test_the_poster_follows_a_redirect_once_and_fails_other_3xx_alike():
     old, new = "/v1/chat/completions", "/v2/chat/completions"
     with recording_server(200, COMPLETION, moved={old: new}) as (url, seen):
         outcomes = asyncio.run(_both(url))
         assert all(status == 200 and body == COMPLETION for status, body, _ in outcomes)
-        # The direct way hands the redirect to httpx2, which sends the body again and follows.
-        assert [path for path, _, _ in seen] == [old, new, old, old, new, old, new, old, new]
+        assert [path for path, _, _ in seen] == [old, new] * len(WAYS)  # no body sent twice
         assert len({content for _, _, content in seen}) == 1  # the body goes along
         seen.clear()
-        asyncio.run(_twice(url, [BODY, BODY], "direct"))
-    assert [path for path, _, _ in seen] == [old, old, new, old, new]  # once per path
+        asyncio.run(_twice(url, [BODY, BODY], "direct"))  # then httpx2 sends the path's bodies
+    assert [path for path, _, _ in seen] == [old, new, old, new]
+    with recording_server(300, {"error": {"message": "pick one"}}) as (url, seen):
+        outcomes = asyncio.run(_both(url))
+    assert [type(e) for e in outcomes] == [openai.APIStatusError] * len(WAYS), outcomes
+    assert {e.status_code for e in outcomes} == {300} and len(seen) == len(WAYS)
 
 
 def test_the_poster_leaves_a_proxied_url_to_httpx(monkeypatch):

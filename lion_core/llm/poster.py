@@ -69,9 +69,9 @@ class Answer(NamedTuple):
     def text(self) -> str:
         charset = "utf-8"
         for part in self.headers.get("content-type", "").split(";")[1:]:
-            name, _, value = part.strip().partition("=")
-            if name.lower() == "charset" and value:
-                charset = value.strip('"')
+            name, _, value = part.partition("=")
+            if name.strip().lower() == "charset" and value.strip():
+                charset = value.strip().strip("'\"")
         try:
             return self.content.decode(charset, errors="replace")
         except LookupError:  # a charset Python does not know
@@ -132,6 +132,9 @@ class Poster:
                 and hasattr(_aio, "map_aiohttp_exceptions")
                 and transport.proxy is None
                 and hasattr(self._http, "_transport_for_url")
+                and hasattr(self._http, "_build_redirect_request")
+                and self._http.auth is None  # httpx2's own auth and hooks would be skipped
+                and not any(self._http.event_hooks.values())
             ):
                 self._aiohttp, self.direct = transport, True
 
@@ -141,17 +144,20 @@ class Poster:
             raw = await self.api.post(path, body=body, cast_to=cast, options=_RAW)
             return raw.http_response
         url, headers, extensions, direct = self._templates.get(path) or await self._template(path)
-        if direct is not None and self.direct:
+        if direct is not None and self.direct and not self._http.is_closed:
             answer = await self._direct(direct, body)
-            if answer is not None:
+            if not isinstance(answer, self._request_class):
                 return answer
-            # A redirect: httpx2 follows it, as the SDK does, now and for the path's next bodies.
+            # A redirect: httpx2 follows it from here, as the SDK does, and sends the path's
+            # next bodies itself.
             self._templates[path] = self._templates[path]._replace(direct=None)
-        request = self._request_class(
-            "POST", url, headers=headers, content=encode_body(body), extensions=extensions
-        )
-        if self._http.cookies:  # e.g. a load balancer's sticky-session cookie
-            self._http.cookies.set_cookie_header(request)
+            request = answer
+        else:
+            request = self._request_class(
+                "POST", url, headers=headers, content=encode_body(body), extensions=extensions
+            )
+            if self._http.cookies:  # e.g. a load balancer's sticky-session cookie
+                self._http.cookies.set_cookie_header(request)
         try:
             response = await self._send(request)
         except openai.OpenAIError:
@@ -165,9 +171,9 @@ class Poster:
         return response
 
     async def _direct(self, direct: _Direct, body: dict[str, Any]) -> Any:
-        """POST `body` through the aiohttp session of the SDK's transport: the 2xx `Answer`,
-        the SDK's exception, or None for a redirect (the caller sends it again through httpx2,
-        which follows it as the SDK does)."""
+        """POST `body` through the aiohttp session of the SDK's transport: a 2xx `Answer` (or
+        httpx2's response where httpx2 has work to do: a compressed body, cookies, repeated
+        headers), the SDK's exception, or for a redirect the httpx2 request that follows it."""
         transport = self._aiohttp
         if not isinstance(transport.client, aiohttp.ClientSession):  # as the transport does
             transport.client = transport.get_client()
@@ -178,6 +184,7 @@ class Poster:
             if "cookie" in probe.headers:
                 headers = {**headers, "cookie": probe.headers["cookie"]}
         content = encode_body(body)
+        request = None
         try:
             with _aio.map_aiohttp_exceptions():
                 async with transport.client.request(
@@ -191,28 +198,38 @@ class Poster:
                     timeout=direct.timeout,
                     server_hostname=direct.server_hostname,
                 ) as response:
-                    status, raw_headers = response.status, response.raw_headers
                     received = await response.read()
+            raw = response.raw_headers
+            if (
+                200 <= response.status < 300
+                and "content-encoding" not in response.headers
+                and "set-cookie" not in response.headers
+                and len({name.lower() for name, _ in raw}) == len(raw)
+            ):
+                return Answer(response.status, response.headers, received)
+            # What httpx2 makes of the rest: decoded (a broken body fails here, as there),
+            # repeated headers joined, cookies into the SDK client's jar, redirects followed.
+            request = self._request(direct, headers, content)
+            extensions = {"http_version": b"HTTP/1.1"}
+            if response.reason:
+                extensions["reason_phrase"] = response.reason.encode()
+            full = _aio.httpx.Response(
+                response.status,
+                headers=raw,
+                content=received,
+                request=request,
+                extensions=extensions,
+            )
+            self._http.cookies.extract_cookies(full)
+            if full.has_redirect_location and self._http.follow_redirects:
+                return self._http._build_redirect_request(request, full)
         except self._timeouts as exc:
-            raise openai.APITimeoutError(request=self._request(direct, headers, content)) from exc
+            request = request or self._request(direct, headers, content)
+            raise openai.APITimeoutError(request=request) from exc
         except self._failures as exc:
-            raise openai.APIConnectionError(
-                request=self._request(direct, headers, content)
-            ) from exc
-        if 300 <= status < 400 and self._http.follow_redirects:
-            return None
-        plain = 200 <= status < 300 and "content-encoding" not in response.headers
-        if plain and "set-cookie" not in response.headers:
-            return Answer(status, response.headers, received)
-        # What httpx2 would make of it: decoded, its cookies in the SDK client's jar.
-        full = _aio.httpx.Response(
-            status,
-            headers=raw_headers,
-            content=received,
-            request=self._request(direct, headers, content),
-        )
-        self._http.cookies.extract_cookies(full)
-        if not 200 <= status < 300:
+            request = request or self._request(direct, headers, content)
+            raise openai.APIConnectionError(request=request) from exc
+        if not 200 <= full.status_code < 300:
             raise self._status_error(full)
         return full
 
