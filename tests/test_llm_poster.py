@@ -96,14 +96,17 @@ def recording_server(
         httpd.server_close()
 
 
-def _sdk(base_url: str, timeout: float = 30) -> openai.AsyncOpenAI:
-    """The SDK client as LLMClient.open_api builds it."""
+def _sdk(
+    base_url: str, timeout: float = 30, http_timeout: float | None = None
+) -> openai.AsyncOpenAI:
+    """The SDK client as LLMClient.open_api builds it (`http_timeout`: its HTTP client's own
+    default, if not the SDK's `timeout`)."""
     return openai.AsyncOpenAI(
         api_key="sk-test",
         base_url=base_url,
         max_retries=0,
         timeout=timeout,
-        http_client=_http_client(4, timeout),
+        http_client=_http_client(4, http_timeout or timeout),
     )
 
 
@@ -121,13 +124,17 @@ def _poster(api: openai.AsyncOpenAI, how: str) -> Poster:
 
 
 async def _both(
-    base_url: str, path: str = "/chat/completions", timeout: float = 30, body: Any = BODY
+    base_url: str,
+    path: str = "/chat/completions",
+    timeout: float = 30,
+    body: Any = BODY,
+    http_timeout: float | None = None,
 ):
     """The outcome of the SDK's post, then of Poster each way (`WAYS`): each a (status, JSON
     body, response headers) or the exception raised."""
     outcomes = []
     for how in WAYS:
-        async with _sdk(base_url, timeout) as api:
+        async with _sdk(base_url, timeout, http_timeout) as api:
             poster = _poster(api, how)
             try:
                 if how == "sdk":
@@ -212,6 +219,10 @@ def test_the_poster_follows_a_redirect_once_and_fails_other_3xx_alike():
         seen.clear()
         asyncio.run(_twice(url, [BODY, BODY], "direct"))  # then httpx2 sends the path's bodies
     assert [path for path, _, _ in seen] == [old, new, old, new]
+    with recording_server(200, COMPLETION, delay=1.5, moved={old: new}) as (url, seen):
+        # the followed request keeps the SDK's timeout, not the HTTP client's default
+        outcomes = asyncio.run(_both(url, timeout=0.3, http_timeout=30))
+    assert [type(e) for e in outcomes] == [openai.APITimeoutError] * len(WAYS), outcomes
     with recording_server(300, {"error": {"message": "pick one"}}) as (url, seen):
         outcomes = asyncio.run(_both(url))
     assert [type(e) for e in outcomes] == [openai.APIStatusError] * len(WAYS), outcomes

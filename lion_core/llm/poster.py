@@ -88,6 +88,7 @@ class _Direct(NamedTuple):
     headers: dict[str, str]
     timeout: Any  # aiohttp.ClientTimeout
     server_hostname: str | None
+    extensions: dict[str, Any]  # httpx2's (its timeout), for a request httpx2 goes on with
 
 
 class Poster:
@@ -210,15 +211,15 @@ class Poster:
             # What httpx2 makes of the rest: decoded (a broken body fails here, as there),
             # repeated headers joined, cookies into the SDK client's jar, redirects followed.
             request = self._request(direct, headers, content)
-            extensions = {"http_version": b"HTTP/1.1"}
+            read = {"http_version": b"HTTP/1.1"}  # as the transport's response says
             if response.reason:
-                extensions["reason_phrase"] = response.reason.encode()
+                read["reason_phrase"] = response.reason.encode()
             full = _aio.httpx.Response(
                 response.status,
                 headers=raw,
                 content=received,
                 request=request,
-                extensions=extensions,
+                extensions=read,
             )
             self._http.cookies.extract_cookies(full)
             if full.has_redirect_location and self._http.follow_redirects:
@@ -234,8 +235,11 @@ class Poster:
         return full
 
     def _request(self, direct: _Direct, headers: dict[str, str], content: bytes) -> Any:
-        """The httpx2 request `_direct` sent (for the SDK's errors and cookie jar)."""
-        return self._request_class("POST", direct.url, headers=headers, content=content)
+        """The httpx2 request `_direct` sent (for the SDK's errors, the cookie jar and a
+        redirect, which keeps its timeout)."""
+        return self._request_class(
+            "POST", direct.url, headers=headers, content=content, extensions=direct.extensions
+        )
 
     async def _template(self, path: str) -> _Template:
         """The URL, headers and request extensions (the timeout) the SDK gives a POST to
@@ -260,6 +264,7 @@ class Poster:
                     connect=timeout.get("pool"),
                 ),
                 extensions.get("sni_hostname"),
+                extensions,
             )
         template = _Template(request.url, headers, extensions, direct)
         self._templates[path] = template
