@@ -17,8 +17,10 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx2
 import openai
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 from openai.types.chat import ChatCompletion
 
 from lion_core.llm.client import _http_client
@@ -52,6 +54,7 @@ def recording_server(
     *,
     gzipped: bool = False,
     moved: dict[str, str] | None = None,
+    reason: str | None = None,
 ) -> Iterator[tuple[str, list[tuple[str, dict[str, str], bytes]]]]:
     """A loopback server answering every POST with `status` and `body` (JSON, gzipped if
     asked; `headers` as a list may repeat a name) after `delay` seconds, or a POST to a path
@@ -74,7 +77,7 @@ def recording_server(
                 self.end_headers()
                 return
             time.sleep(delay)
-            self.send_response(status)
+            self.send_response(status, reason)
             if gzipped:
                 self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Type", "application/json")
@@ -264,13 +267,15 @@ def test_the_poster_leaves_a_proxied_url_to_httpx(monkeypatch):
 )
 def test_the_poster_raises_the_sdks_status_errors(status, error):
     answer = {"error": {"message": f"nope {status}", "type": "x", "code": None}}
-    with recording_server(status, answer, {"retry-after-ms": "1500"}) as (url, _):
+    headers = {"retry-after-ms": "1500"}
+    with recording_server(status, answer, headers, reason="Slow Down") as (url, _):
         outcomes = asyncio.run(_both(url))
     for exc in outcomes:
         assert type(exc) is error, outcomes
         assert exc.status_code == status and exc.body == answer["error"]
         assert exc.message == outcomes[0].message
         assert exc.response.headers["retry-after-ms"] == "1500"
+        assert exc.response.reason_phrase == "Slow Down"
 
 
 async def _twice(base_url: str, bodies: list[dict[str, Any]], how: str) -> None:
@@ -317,6 +322,51 @@ def test_the_poster_raises_the_sdks_connection_and_timeout_errors():
     with recording_server(200, COMPLETION, delay=1.5) as (url, _):
         outcomes = asyncio.run(_both(url, timeout=0.3))
     assert [type(e) for e in outcomes] == [openai.APITimeoutError] * len(WAYS), outcomes
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "text/plain; charset=latin-1",
+        "text/plain; charset = latin-1",
+        "text/plain; Charset='latin-1'",
+        'text/plain; charset="utf-8"',
+        "text/plain; charset=no-such-codec",
+    ],
+)
+def test_a_direct_answer_reads_its_text_as_httpx_does(content_type):
+    body = "héllo 🦁".encode("latin-1", errors="ignore") + b" \xff"
+    headers = CIMultiDict({"Content-Type": content_type})
+    httpx_text = httpx2.Response(200, headers={"content-type": content_type}, content=body).text
+    assert Answer(200, CIMultiDictProxy(headers), body).text == httpx_text
+
+
+def test_a_closed_client_or_httpx2_auth_and_hooks_keep_the_httpx_way():
+    async def closed(url: str) -> None:
+        async with _sdk(url) as api:
+            poster = Poster(api)
+        await poster("/chat/completions", BODY)  # after the client closed
+
+    with (
+        recording_server(200, COMPLETION) as (url, seen),
+        pytest.raises(RuntimeError, match="closed"),
+    ):
+        asyncio.run(closed(url))
+    assert seen == []
+    base_url = "http://127.0.0.1:9/v1"
+    hooked = _http_client(4, 30)
+    hooked.event_hooks = {"request": [lambda request: None], "response": []}
+    authed = _http_client(4, 30)
+    authed.auth = ("user", "secret")
+    plain = openai.AsyncOpenAI(
+        api_key="sk-test", base_url=base_url, http_client=_http_client(4, 30)
+    )
+    assert Poster(plain).direct
+    for http in (hooked, authed):
+        api = openai.AsyncOpenAI(api_key="sk-test", base_url=base_url, http_client=http)
+        poster = Poster(api)
+        assert poster.fast and not poster.direct
 
 
 def test_clients_that_build_requests_per_request_use_the_sdks_path():

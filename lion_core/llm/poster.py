@@ -15,7 +15,8 @@ extra is installed) and no proxy applies to the URL, the body goes straight to t
 aiohttp session, with the same headers and timeouts, skipping httpx2's request and response
 objects (a third of the client's CPU per request at concurrency 256): the same connections,
 bytes on the wire and exceptions. A redirect, or a compressed body, is handed to httpx2 as the
-SDK would handle it.
+SDK would handle it (a redirect's chain is then counted from its second hop: one more than
+`max_redirects` in all, and `response.history` lacks the first).
 
 This reaches into the SDK's request builder (private names). Where they are missing (another
 SDK version) or would not apply (a subclass such as `AsyncAzureOpenAI`, whose URL depends on
