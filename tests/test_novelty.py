@@ -220,23 +220,57 @@ def test_decisions_match_on_long_texts():
         assert filter_novel(cands, pool, threshold) == reference(cands, pool, threshold)[0]
 
 
-def test_lcs_kernels_match_rouge_score():
-    """Both LCS kernels (numpy over many pairs, Python ints for a few), 1-3 word bit vectors."""
+@pytest.mark.parametrize("kernel", ["numpy", "numba"])
+def test_lcs_kernels_match_rouge_score(kernel, monkeypatch):
+    """Every LCS kernel — numpy over many pairs, Python ints for a few, compiled pair by pair —
+    with 0 to 260 tokens (1-5 word bit vectors, the word boundaries), against rouge_score."""
+    from lion_core.method import novelty
     from lion_core.method.novelty import _Corpus, _lcs_pairs
 
+    if kernel == "numba":
+        if not join_kernel.available():
+            pytest.skip("numba is not installed")
+        monkeypatch.setattr(novelty, "_LCS_KERNEL_PAIRS", 0)  # compiled for every batch
+    else:
+        monkeypatch.setattr(novelty, "_LCS_KERNEL", "numpy")
     rng = random.Random(5)
-    texts = [" ".join(rng.choice("abcde") for _ in range(rng.randint(0, 150))) for _ in range(60)]
+    lengths = [0, 1, 2, 63, 64, 65, 127, 128, 129, 200, 260]
+    texts = [
+        " ".join(rng.choice("abcde"[: rng.randint(1, 5)]) for _ in range(rng.choice(lengths)))
+        for _ in range(50)
+    ]
+    texts += [" ".join(rng.choice("abcde") for _ in range(rng.randint(0, 150))) for _ in range(30)]
     corpus = _Corpus(texts)
     tokens = [rouge_tokens(t) for t in texts]
-    a = np.array([rng.randrange(60) for _ in range(500)])
-    b = np.array([rng.randrange(60) for _ in range(500)])
-    for n in (500, 5):  # the numpy path, then the Python one
+    a = np.array([rng.randrange(len(texts)) for _ in range(600)])
+    b = np.array([rng.randrange(len(texts)) for _ in range(600)])
+    for n in (600, 5):  # many pairs (numpy's vectorised path), then a few (Python's)
         got = _lcs_pairs(corpus, a[:n], b[:n])
         want = [
             rouge_scorer._lcs_table(tokens[i], tokens[j])[-1][-1] if tokens[i] and tokens[j] else 0
             for i, j in zip(a[:n], b[:n], strict=True)
         ]
         assert got.tolist() == want
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "numba"])
+def test_decisions_and_maxima_with_each_lcs_kernel(kernel, monkeypatch):
+    """The equivalence tests with the LCS of every batch compiled, and with numpy's only (which
+    one runs otherwise depends on the batch's size and on numba being loaded already)."""
+    from lion_core.method import novelty
+
+    if kernel == "numba":
+        if not join_kernel.available():
+            pytest.skip("numba is not installed")
+        monkeypatch.setattr(novelty, "_LCS_KERNEL_PAIRS", 0)
+    else:
+        monkeypatch.setattr(novelty, "_LCS_KERNEL", "numpy")
+    test_decisions_match_on_small_vocabularies()
+    test_decisions_match_on_long_texts()
+    test_max_rouge_l_matches_rouge_score_on_small_vocabularies()
+    test_nearest_rouge_l_names_the_first_pool_text_at_the_maximum()
+    test_nearest_rouge_l_names_the_first_of_repeated_pool_texts()
+    test_nearest_rouge_l_looks_only_above_a_given_f1()
 
 
 def test_duplicates_among_candidates():

@@ -1,6 +1,6 @@
 """The novelty join's inner loop, compiled (numba): expand a block's index entries, count the
 probed features each (query, target) pair shares, and bound the overlap of the pairs that share
-enough of them from their sketches.
+enough of them from their sketches. And the LCS of many text pairs (`lcs`), for the alignments.
 
 It computes what `novelty._Join._block`'s numpy path computes — the same pairs with the same
 bounds, and the same counts of entries expanded and pairs sketched — but counts the probed
@@ -11,8 +11,13 @@ targets were first reached, not sorted by target (nothing downstream depends on 
 Two threads run it at once (`nogil`). Compiled on first use (a few seconds) and cached next to
 this file, or in the user's cache folder where that one is not writable.
 
-`ready()` imports numba and says whether the kernel can run; where it cannot (numba missing or
-not importable), the join counts its blocks in numpy.
+`lcs` runs Hyyrö's bit-parallel recurrence that `novelty._lcs_chunk` vectorises in numpy, pair
+by pair: the match masks of a text's tokens are set once in a table indexed by token id for all
+of its pairs (pairs grouped by that text), so a step is one load and a few word operations
+instead of numpy's passes over thousands of pairs. Same LCS lengths.
+
+`ready()` imports numba and says whether the kernels can run; where they cannot (numba missing
+or not importable), the join counts its blocks in numpy and the LCS stays numpy's.
 """
 
 from __future__ import annotations
@@ -116,14 +121,66 @@ def _block(
     return out_row[:n_out], out_t[:n_out], out_b[:n_out], total, sketched
 
 
+def _lcs(tokens, offsets, a_docs, b_docs, masks, out):  # pairs grouped by a_docs
+    """out[i] = LCS length of texts a_docs[i] and b_docs[i] (token ids in CSR `tokens` /
+    `offsets`); `masks` is a zeroed (n_vocab, words) uint64 scratch table, left zeroed."""
+    ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+    n_words = masks.shape[1]
+    v = np.empty(n_words, dtype=np.uint64)
+    i, n = 0, len(a_docs)
+    while i < n:
+        a = a_docs[i]
+        a0, a1 = offsets[a], offsets[a + 1]
+        la = a1 - a0
+        w = (la + 63) // 64
+        for p in range(a0, a1):  # this text's match masks
+            k = p - a0
+            masks[tokens[p], k // 64] |= np.uint64(1) << np.uint64(k % 64)
+        j = i
+        while j < n and a_docs[j] == a:
+            b = b_docs[j]
+            if la == 0 or offsets[b + 1] == offsets[b]:
+                out[j] = 0
+                j += 1
+                continue
+            for x in range(w):
+                v[x] = ones
+            for p in range(offsets[b], offsets[b + 1]):
+                row = tokens[p]
+                carry = np.uint64(0)
+                for x in range(w):
+                    vx = v[x]
+                    u = vx & masks[row, x]
+                    s = vx + u
+                    c1 = s < vx
+                    s2 = s + carry
+                    c2 = s2 < s
+                    carry = np.uint64(1) if (c1 or c2) else np.uint64(0)
+                    v[x] = s2 | (vx ^ u)
+            zeros = 0
+            for x in range(w):
+                zeros += 64 - _popcount(v[x])
+            out[j] = zeros
+            j += 1
+        for p in range(a0, a1):
+            masks[tokens[p], (p - a0) // 64] = np.uint64(0)
+        i = j
+
+
 _compiled: Callable[..., Any] | None = None
+_lcs_compiled: Callable[..., Any] | None = None
 _lock = threading.Lock()
+
+
+def loaded() -> bool:
+    """Whether `ready()` has prepared the kernels in this process (numba is imported)."""
+    return _compiled is not None
 
 
 def ready() -> bool:
     """Import numba and prepare the kernel (compiled at its first call); False where numba is
     missing or does not import (e.g. built for another numpy): the join then counts in numpy."""
-    global _compiled, _popcount
+    global _compiled, _lcs_compiled, _popcount
     if _compiled is None:
         with _lock:
             if _compiled is None:
@@ -134,10 +191,12 @@ def ready() -> bool:
                 try:
                     pop = numba.njit(inline="always", cache=True)(_popcount)
                     kernel = numba.njit(nogil=True, cache=True)(_block)
+                    lcs_kernel = numba.njit(nogil=True, cache=True)(_lcs)
                 except RuntimeError:  # no writable cache folder: compile in each process
                     pop = numba.njit(inline="always")(_popcount)
                     kernel = numba.njit(nogil=True)(_block)
-                _popcount, _compiled = pop, kernel
+                    lcs_kernel = numba.njit(nogil=True)(_lcs)
+                _popcount, _compiled, _lcs_compiled = pop, kernel, lcs_kernel
     return True
 
 
@@ -146,3 +205,20 @@ def block(*args: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     first process); `ready()` first."""
     assert _compiled is not None, "join_kernel.ready() was not called"
     return _compiled(*args)
+
+
+def lcs(
+    tokens: np.ndarray, offsets: np.ndarray, n_vocab: int, a_docs: np.ndarray, b_docs: np.ndarray
+) -> np.ndarray:
+    """LCS lengths of the text pairs (a_docs[i], b_docs[i]), compiled (`_lcs`); `ready()`
+    first. The bit vectors run over the a-texts' tokens."""
+    assert _lcs_compiled is not None, "join_kernel.ready() was not called"
+    order = np.argsort(a_docs, kind="stable")
+    a_sorted, b_sorted = a_docs[order], b_docs[order]
+    longest = int((offsets[a_sorted + 1] - offsets[a_sorted]).max(initial=0))
+    masks = np.zeros((n_vocab, max(1, (longest + 63) // 64)), dtype=np.uint64)
+    found = np.empty(len(order), dtype=np.int64)
+    _lcs_compiled(tokens, offsets, a_sorted, b_sorted, masks, found)
+    out = np.empty_like(found)
+    out[order] = found
+    return out

@@ -733,6 +733,11 @@ _JOIN_MIN_PAIRS = (
 # How a block of the join is counted: "numba" (join_kernel, compiled) where numba imports,
 # else "numpy" (every expanded entry sorted); the same pairs either way.
 _JOIN_KERNEL = "numba"
+# The LCS of a batch of pairs: "numba" (join_kernel.lcs) once numba is loaded, or to load it for a
+# batch of at least this many pairs (below, importing numba costs more than it saves); else
+# numpy. The same lengths either way.
+_LCS_KERNEL = "numba"
+_LCS_KERNEL_PAIRS = 1 << 14
 _JOIN_FIRST = 3  # prefix positions of each query probed in the first round
 _JOIN_BLOCK = 1 << 19  # index entries expanded per block of queries
 _JOIN_ELL = 2  # pairs must share this many probed features (the l-prefix lemma)
@@ -1199,8 +1204,13 @@ def _f1_pairs(corpus: _Corpus, targets: np.ndarray, predictions: np.ndarray) -> 
 
 
 def _lcs_pairs(corpus: _Corpus, a_docs: np.ndarray, b_docs: np.ndarray) -> np.ndarray:
-    """LCS lengths of text pairs: bit-parallel (Hyyrö) over the tokens of a, vectorised over
-    pairs, one step per token of b."""
+    """LCS lengths of text pairs: bit-parallel (Hyyrö) over the tokens of a — compiled pair by
+    pair (`join_kernel.lcs`) where numba imports, for any batch once the kernels are loaded and
+    for batches of at least `_LCS_KERNEL_PAIRS` before; else vectorised over pairs in numpy,
+    one step per token of b."""
+    big = len(a_docs) >= _LCS_KERNEL_PAIRS or join_kernel.loaded()
+    if _LCS_KERNEL == "numba" and big and join_kernel.ready():
+        return join_kernel.lcs(corpus.tokens, corpus.offsets, corpus.n_vocab, a_docs, b_docs)
     out = np.zeros(len(a_docs), dtype=np.int64)
     la = corpus.lengths[a_docs]
     lb = corpus.lengths[b_docs]
