@@ -230,16 +230,21 @@ def test_lcs_kernels_match_rouge_score(kernel, monkeypatch):
     if kernel == "numba":
         if not join_kernel.available():
             pytest.skip("numba is not installed")
+        assert join_kernel.ready()  # installed, so it must import: else this tests numpy
         monkeypatch.setattr(novelty, "_LCS_KERNEL_PAIRS", 0)  # compiled for every batch
     else:
         monkeypatch.setattr(novelty, "_LCS_KERNEL", "numpy")
     rng = random.Random(5)
     lengths = [0, 1, 2, 63, 64, 65, 127, 128, 129, 200, 260]
+    big_vocab = [f"w{i}" for i in range(2000)]  # sparse: most a-tokens are in no b-text
     texts = [
         " ".join(rng.choice("abcde"[: rng.randint(1, 5)]) for _ in range(rng.choice(lengths)))
         for _ in range(50)
     ]
     texts += [" ".join(rng.choice("abcde") for _ in range(rng.randint(0, 150))) for _ in range(30)]
+    for _ in range(30):
+        vocab = big_vocab[: rng.choice([20, 2000])]
+        texts.append(" ".join(rng.choice(vocab) for _ in range(rng.choice(lengths))))
     corpus = _Corpus(texts)
     tokens = [rouge_tokens(t) for t in texts]
     a = np.array([rng.randrange(len(texts)) for _ in range(600)])
@@ -262,6 +267,7 @@ def test_decisions_and_maxima_with_each_lcs_kernel(kernel, monkeypatch):
     if kernel == "numba":
         if not join_kernel.available():
             pytest.skip("numba is not installed")
+        assert join_kernel.ready()
         monkeypatch.setattr(novelty, "_LCS_KERNEL_PAIRS", 0)
     else:
         monkeypatch.setattr(novelty, "_LCS_KERNEL", "numpy")

@@ -121,9 +121,10 @@ def _block(
     return out_row[:n_out], out_t[:n_out], out_b[:n_out], total, sketched
 
 
-def _lcs(tokens, offsets, a_docs, b_docs, masks, out):  # pairs grouped by a_docs
+def _lcs(tokens, slot_of, offsets, a_docs, b_docs, masks, out):  # pairs grouped by a_docs
     """out[i] = LCS length of texts a_docs[i] and b_docs[i] (token ids in CSR `tokens` /
-    `offsets`); `masks` is a zeroed (n_vocab, words) uint64 scratch table, left zeroed."""
+    `offsets`); `slot_of` maps a token id to its row of `masks` (0: in no a-text, an all-zero
+    row), a zeroed (slots + 1, words) uint64 scratch table, left zeroed."""
     ones = np.uint64(0xFFFFFFFFFFFFFFFF)
     n_words = masks.shape[1]
     v = np.empty(n_words, dtype=np.uint64)
@@ -135,7 +136,7 @@ def _lcs(tokens, offsets, a_docs, b_docs, masks, out):  # pairs grouped by a_doc
         w = (la + 63) // 64
         for p in range(a0, a1):  # this text's match masks
             k = p - a0
-            masks[tokens[p], k // 64] |= np.uint64(1) << np.uint64(k % 64)
+            masks[slot_of[tokens[p]], k // 64] |= np.uint64(1) << np.uint64(k % 64)
         j = i
         while j < n and a_docs[j] == a:
             b = b_docs[j]
@@ -146,7 +147,7 @@ def _lcs(tokens, offsets, a_docs, b_docs, masks, out):  # pairs grouped by a_doc
             for x in range(w):
                 v[x] = ones
             for p in range(offsets[b], offsets[b + 1]):
-                row = tokens[p]
+                row = slot_of[tokens[p]]
                 carry = np.uint64(0)
                 for x in range(w):
                     vx = v[x]
@@ -163,7 +164,7 @@ def _lcs(tokens, offsets, a_docs, b_docs, masks, out):  # pairs grouped by a_doc
             out[j] = zeros
             j += 1
         for p in range(a0, a1):
-            masks[tokens[p], (p - a0) // 64] = np.uint64(0)
+            masks[slot_of[tokens[p]], (p - a0) // 64] = np.uint64(0)
         i = j
 
 
@@ -196,7 +197,8 @@ def ready() -> bool:
                     pop = numba.njit(inline="always")(_popcount)
                     kernel = numba.njit(nogil=True)(_block)
                     lcs_kernel = numba.njit(nogil=True)(_lcs)
-                _popcount, _compiled, _lcs_compiled = pop, kernel, lcs_kernel
+                # `_compiled` last: `loaded()` and `ready()` read it without the lock
+                _popcount, _lcs_compiled, _compiled = pop, lcs_kernel, kernel
     return True
 
 
@@ -208,17 +210,16 @@ def block(*args: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
 
 
 def lcs(
-    tokens: np.ndarray, offsets: np.ndarray, n_vocab: int, a_docs: np.ndarray, b_docs: np.ndarray
+    tokens: np.ndarray,
+    slot_of: np.ndarray,
+    offsets: np.ndarray,
+    a_docs: np.ndarray,
+    b_docs: np.ndarray,
+    masks: np.ndarray,
 ) -> np.ndarray:
-    """LCS lengths of the text pairs (a_docs[i], b_docs[i]), compiled (`_lcs`); `ready()`
-    first. The bit vectors run over the a-texts' tokens."""
+    """`_lcs`, compiled: the LCS lengths of the pairs (a_docs[i], b_docs[i]), pairs grouped by
+    a_docs; `ready()` first."""
     assert _lcs_compiled is not None, "join_kernel.ready() was not called"
-    order = np.argsort(a_docs, kind="stable")
-    a_sorted, b_sorted = a_docs[order], b_docs[order]
-    longest = int((offsets[a_sorted + 1] - offsets[a_sorted]).max(initial=0))
-    masks = np.zeros((n_vocab, max(1, (longest + 63) // 64)), dtype=np.uint64)
-    found = np.empty(len(order), dtype=np.int64)
-    _lcs_compiled(tokens, offsets, a_sorted, b_sorted, masks, found)
-    out = np.empty_like(found)
-    out[order] = found
+    out = np.empty(len(a_docs), dtype=np.int64)
+    _lcs_compiled(tokens, slot_of, offsets, a_docs, b_docs, masks, out)
     return out

@@ -1210,7 +1210,7 @@ def _lcs_pairs(corpus: _Corpus, a_docs: np.ndarray, b_docs: np.ndarray) -> np.nd
     one step per token of b."""
     big = len(a_docs) >= _LCS_KERNEL_PAIRS or join_kernel.loaded()
     if _LCS_KERNEL == "numba" and big and join_kernel.ready():
-        return join_kernel.lcs(corpus.tokens, corpus.offsets, corpus.n_vocab, a_docs, b_docs)
+        return _lcs_compiled(corpus, a_docs, b_docs)
     out = np.zeros(len(a_docs), dtype=np.int64)
     la = corpus.lengths[a_docs]
     lb = corpus.lengths[b_docs]
@@ -1237,6 +1237,28 @@ def _lcs_pairs(corpus: _Corpus, a_docs: np.ndarray, b_docs: np.ndarray) -> np.nd
         idx = order[start:end]
         out[idx] = _lcs_chunk(corpus, a_docs[idx], b_docs[idx], w)
         start = end
+    return out
+
+
+def _lcs_compiled(corpus: _Corpus, a_docs: np.ndarray, b_docs: np.ndarray) -> np.ndarray:
+    """`_lcs_pairs` by the compiled kernel (`join_kernel.lcs`): pairs in groups of one
+    bit-vector width, grouped by a-text within, each group with a match-mask table over its own
+    a-texts' tokens (slots x words), so a long text widens only its own group's table."""
+    out = np.empty(len(a_docs), dtype=np.int64)
+    words = (corpus.lengths[a_docs] + _WORD - 1) // _WORD
+    order = np.lexsort((a_docs, words))
+    slot_of = np.zeros(corpus.n_vocab, dtype=np.int64)  # token -> its row of masks (0: none)
+    for group in np.split(order, np.flatnonzero(np.diff(words[order])) + 1):
+        if not len(group):
+            continue
+        a = a_docs[group]
+        _, idx = _ragged(corpus.offsets, np.unique(a))
+        own = np.unique(corpus.tokens[idx])
+        slot_of[own] = np.arange(1, len(own) + 1)
+        masks = np.zeros((len(own) + 1, max(1, int(words[group[0]]))), dtype=np.uint64)
+        b = b_docs[group]
+        out[group] = join_kernel.lcs(corpus.tokens, slot_of, corpus.offsets, a, b, masks)
+        slot_of[own] = 0
     return out
 
 
