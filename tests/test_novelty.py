@@ -220,12 +220,10 @@ def test_decisions_match_on_long_texts():
         assert filter_novel(cands, pool, threshold) == reference(cands, pool, threshold)[0]
 
 
-@pytest.mark.parametrize("kernel", ["numpy", "numba"])
-def test_lcs_kernels_match_rouge_score(kernel, monkeypatch):
-    """Every LCS kernel — numpy over many pairs, Python ints for a few, compiled pair by pair —
-    with 0 to 260 tokens (1-5 word bit vectors, the word boundaries), against rouge_score."""
+def use_lcs_kernel(kernel: str, monkeypatch) -> None:
+    """Every batch's LCS by `kernel`: "numba" (compiled, skipped where numba is not installed)
+    or "numpy" (vectorised, and Python ints for a few pairs)."""
     from lion_core.method import novelty
-    from lion_core.method.novelty import _Corpus, _lcs_pairs
 
     if kernel == "numba":
         if not join_kernel.available():
@@ -234,6 +232,15 @@ def test_lcs_kernels_match_rouge_score(kernel, monkeypatch):
         monkeypatch.setattr(novelty, "_LCS_KERNEL_PAIRS", 0)  # compiled for every batch
     else:
         monkeypatch.setattr(novelty, "_LCS_KERNEL", "numpy")
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "numba"])
+def test_lcs_kernels_match_rouge_score(kernel, monkeypatch):
+    """Every LCS kernel — numpy over many pairs, Python ints for a few, compiled pair by pair —
+    with 0 to 260 tokens (1-5 word bit vectors, the word boundaries), against rouge_score."""
+    from lion_core.method.novelty import _Corpus, _lcs_pairs
+
+    use_lcs_kernel(kernel, monkeypatch)
     rng = random.Random(5)
     lengths = [0, 1, 2, 63, 64, 65, 127, 128, 129, 200, 260]
     big_vocab = [f"w{i}" for i in range(2000)]  # sparse: most a-tokens are in no b-text
@@ -262,15 +269,7 @@ def test_lcs_kernels_match_rouge_score(kernel, monkeypatch):
 def test_decisions_and_maxima_with_each_lcs_kernel(kernel, monkeypatch):
     """The equivalence tests with the LCS of every batch compiled, and with numpy's only (which
     one runs otherwise depends on the batch's size and on numba being loaded already)."""
-    from lion_core.method import novelty
-
-    if kernel == "numba":
-        if not join_kernel.available():
-            pytest.skip("numba is not installed")
-        assert join_kernel.ready()
-        monkeypatch.setattr(novelty, "_LCS_KERNEL_PAIRS", 0)
-    else:
-        monkeypatch.setattr(novelty, "_LCS_KERNEL", "numpy")
+    use_lcs_kernel(kernel, monkeypatch)
     test_decisions_match_on_small_vocabularies()
     test_decisions_match_on_long_texts()
     test_max_rouge_l_matches_rouge_score_on_small_vocabularies()

@@ -83,13 +83,12 @@ class Answer(NamedTuple):
 
 
 class _Direct(NamedTuple):
-    """What a POST to one path sends through the aiohttp session itself."""
+    """What a POST to one path needs, beyond its template, to go through the aiohttp session
+    itself."""
 
     url: str
-    headers: dict[str, str]
-    timeout: Any  # aiohttp.ClientTimeout
+    timeout: Any  # aiohttp.ClientTimeout: the template's httpx2 timeout, as the transport maps it
     server_hostname: str | None
-    extensions: dict[str, Any]  # httpx2's (its timeout), for a request httpx2 goes on with
 
 
 class Poster:
@@ -145,9 +144,10 @@ class Poster:
             cast = Completion if path == "/completions" else ChatCompletion
             raw = await self.api.post(path, body=body, cast_to=cast, options=_RAW)
             return raw.http_response
-        url, headers, extensions, direct = self._templates.get(path) or await self._template(path)
+        template = self._templates.get(path) or await self._template(path)
+        url, headers, extensions, direct = template
         if direct is not None and self.direct and not self._http.is_closed:
-            answer = await self._direct(direct, body)
+            answer = await self._direct(template, body)
             if not isinstance(answer, self._request_class):
                 return answer
             # A redirect: httpx2 follows it from here, as the SDK does, and sends the path's
@@ -172,14 +172,14 @@ class Poster:
             raise self._status_error(response)
         return response
 
-    async def _direct(self, direct: _Direct, body: dict[str, Any]) -> Any:
+    async def _direct(self, template: _Template, body: dict[str, Any]) -> Any:
         """POST `body` through the aiohttp session of the SDK's transport: a 2xx `Answer` (or
         httpx2's response where httpx2 has work to do: a compressed body, cookies, repeated
         headers), the SDK's exception, or for a redirect the httpx2 request that follows it."""
-        transport = self._aiohttp
+        transport, direct = self._aiohttp, template.direct
         if not isinstance(transport.client, aiohttp.ClientSession):  # as the transport does
             transport.client = transport.get_client()
-        headers = direct.headers
+        headers = template.headers
         if self._http.cookies:  # the SDK client's jar, as it would add them
             probe = self._request_class("POST", direct.url)
             self._http.cookies.set_cookie_header(probe)
@@ -211,7 +211,7 @@ class Poster:
                 return Answer(response.status, response.headers, received)
             # What httpx2 makes of the rest: decoded (a broken body fails here, as there),
             # repeated headers joined, cookies into the SDK client's jar, redirects followed.
-            request = self._request(direct, headers, content)
+            request = self._request(template, headers, content)
             read = {"http_version": b"HTTP/1.1"}  # as the transport's response says
             if response.reason:
                 read["reason_phrase"] = response.reason.encode()
@@ -226,20 +226,20 @@ class Poster:
             if full.has_redirect_location and self._http.follow_redirects:
                 return self._http._build_redirect_request(request, full)
         except self._timeouts as exc:
-            request = request or self._request(direct, headers, content)
+            request = request or self._request(template, headers, content)
             raise openai.APITimeoutError(request=request) from exc
         except self._failures as exc:
-            request = request or self._request(direct, headers, content)
+            request = request or self._request(template, headers, content)
             raise openai.APIConnectionError(request=request) from exc
         if not 200 <= full.status_code < 300:
             raise self._status_error(full)
         return full
 
-    def _request(self, direct: _Direct, headers: dict[str, str], content: bytes) -> Any:
+    def _request(self, template: _Template, headers: dict[str, str], content: bytes) -> Any:
         """The httpx2 request `_direct` sent (for the SDK's errors, the cookie jar and a
         redirect, which keeps its timeout)."""
         return self._request_class(
-            "POST", direct.url, headers=headers, content=content, extensions=direct.extensions
+            "POST", template.url, headers=headers, content=content, extensions=template.extensions
         )
 
     async def _template(self, path: str) -> _Template:
@@ -258,14 +258,12 @@ class Poster:
             timeout = extensions.get("timeout", {})
             direct = _Direct(
                 str(request.url),
-                headers,
                 aiohttp.ClientTimeout(
                     sock_connect=timeout.get("connect"),
                     sock_read=timeout.get("read"),
                     connect=timeout.get("pool"),
                 ),
                 extensions.get("sni_hostname"),
-                extensions,
             )
         template = _Template(request.url, headers, extensions, direct)
         self._templates[path] = template

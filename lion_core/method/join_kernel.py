@@ -12,9 +12,10 @@ Two threads run it at once (`nogil`). Compiled on first use (a few seconds) and 
 this file, or in the user's cache folder where that one is not writable.
 
 `lcs` runs Hyyrö's bit-parallel recurrence that `novelty._lcs_chunk` vectorises in numpy, pair
-by pair: the match masks of a text's tokens are set once in a table indexed by token id for all
-of its pairs (pairs grouped by that text), so a step is one load and a few word operations
-instead of numpy's passes over thousands of pairs. Same LCS lengths.
+by pair: the match masks of a text's tokens are set once, in the rows of a small table its
+caller maps the tokens to, for all of its pairs (pairs grouped by that text), so a step is one
+load and a few word operations instead of numpy's passes over thousands of pairs. Same LCS
+lengths.
 
 `ready()` imports numba and says whether the kernels can run; where they cannot (numba missing
 or not importable), the join counts its blocks in numpy and the LCS stays numpy's.
@@ -179,8 +180,9 @@ def loaded() -> bool:
 
 
 def ready() -> bool:
-    """Import numba and prepare the kernel (compiled at its first call); False where numba is
-    missing or does not import (e.g. built for another numpy): the join then counts in numpy."""
+    """Import numba and prepare the kernels (each compiled at its first call); False where numba
+    is missing or does not import (e.g. built for another numpy): the join then counts in numpy
+    and the LCS stays numpy's."""
     global _compiled, _lcs_compiled, _popcount
     if _compiled is None:
         with _lock:

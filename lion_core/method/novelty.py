@@ -1245,12 +1245,12 @@ def _lcs_compiled(corpus: _Corpus, a_docs: np.ndarray, b_docs: np.ndarray) -> np
     bit-vector width, grouped by a-text within, each group with a match-mask table over its own
     a-texts' tokens (slots x words), so a long text widens only its own group's table."""
     out = np.empty(len(a_docs), dtype=np.int64)
+    if not len(a_docs):
+        return out
     words = (corpus.lengths[a_docs] + _WORD - 1) // _WORD
     order = np.lexsort((a_docs, words))
     slot_of = np.zeros(corpus.n_vocab, dtype=np.int64)  # token -> its row of masks (0: none)
     for group in np.split(order, np.flatnonzero(np.diff(words[order])) + 1):
-        if not len(group):
-            continue
         a = a_docs[group]
         _, idx = _ragged(corpus.offsets, np.unique(a))
         own = np.unique(corpus.tokens[idx])
