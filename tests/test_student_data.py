@@ -46,6 +46,23 @@ def tok():
     return train_tokenizer(_texts() + [str(i) for i in range(100)], 400)
 
 
+def test_split_digits_gives_every_digit_its_own_token_and_survives_saving(tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = _texts() + [f"Sort {i * 37}, {i * 101} and {i}." for i in range(300)]
+    merged = train_tokenizer(texts, 400)
+    split = train_tokenizer(texts, 400, split_digits=True)
+    text = "Sort 3700, 10100 and 42 then 9."
+    assert any(len(t.strip("Ġ")) > 1 and t.strip("Ġ").isdigit() for t in merged.tokenize(text))
+    split.save_pretrained(tmp_path)
+    for tok in (split, AutoTokenizer.from_pretrained(tmp_path)):
+        pieces = [t.strip("Ġ") for t in tok.tokenize(text)]
+        digits = [p for p in pieces if any(c.isdigit() for c in p)]
+        assert digits == list("3700101004" + "2" + "9"), pieces
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+
+
 def _rows(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     rng = random.Random(seed)
     words = ["apple", "river", "stone", "green", "quick", "seven", "house", "light"]

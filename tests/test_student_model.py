@@ -42,6 +42,16 @@ def test_tiny_student_is_built_saved_and_reloaded(tmp_path):
         assert model(input_ids=torch.tensor([ids])).logits.shape == (1, len(ids), len(tok))
 
 
+def test_split_digits_reaches_the_saved_tokenizer(tmp_path):
+    for split in (False, True):
+        cfg = tiny_config(**{"student.tiny.vocab_size": 600, "student.tiny.split_digits": split})
+        uri = prepare_base_student(cfg, RunStore.open(str(tmp_path / str(split))), TEXTS)
+        _, tok = load_student(uri, cfg)
+        pieces = [t.strip("Ġ") for t in tok.tokenize("Add 13 and 7. The sum is 20.")]
+        numbers = [p for p in pieces if p.isdigit()]
+        assert numbers == (list("13720") if split else ["13", "7", "20"]), pieces
+
+
 def test_prepare_is_idempotent_and_replaces_a_half_written_folder(tmp_path):
     cfg = _cfg()
     store = RunStore.open(str(tmp_path))

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lion_core.config.base import OPERATIONAL, Section
+from lion_core.config.base import ADDED, OPERATIONAL, Section
 
 
 class TinyModelSpec(Section):
@@ -21,6 +21,12 @@ class TinyModelSpec(Section):
     num_heads: int = Field(4, ge=1, description="Attention heads.")
     num_kv_heads: int | None = Field(None, ge=1, description="KV heads (GQA); empty = num_heads.")
     max_position_embeddings: int = Field(1024, ge=16, description="Longest sequence.")
+    split_digits: bool = Field(
+        False,
+        description="Split numbers into single digits before BPE, as Llama's tokenizer does "
+        "(docs/offline-world.md: what it changes for the demo's student).",
+        json_schema_extra=ADDED,
+    )
 
     @model_validator(mode="after")
     def _check_heads(self) -> TinyModelSpec:

@@ -50,15 +50,24 @@ TINY_CHAT_TEMPLATE = (
 # ------------------------------------------------------------------------------------------
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int):
-    """A byte-level BPE tokenizer trained on `texts`, wrapped for transformers."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, *, split_digits: bool = False):
+    """A byte-level BPE tokenizer trained on `texts`, wrapped for transformers.
+
+    `split_digits`: every digit is its own token (numbers are never merged), as in Llama's
+    tokenizer, so a number's digits are visible to the model one by one.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from lion_core.student.data import template_texts
 
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -244,7 +253,7 @@ def prepare_base_student(cfg: LionConfig, store: RunStore, texts: list[str]) -> 
 
     if not texts:
         raise ConfigError("student.tiny: no texts to train the tokenizer on")
-    tok = train_tokenizer(texts, spec.vocab_size)
+    tok = train_tokenizer(texts, spec.vocab_size, split_digits=spec.split_digits)
     model = build_tiny(spec, tok, seed=cfg.seed)
     scratch = scratch_for(storage.uri(rel), "build")
     shutil.rmtree(scratch, ignore_errors=True)
