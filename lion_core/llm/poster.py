@@ -91,6 +91,16 @@ class _Direct(NamedTuple):
     server_hostname: str | None
 
 
+class _Template(NamedTuple):
+    """What the SDK gives a POST to one path (built once per path), and the direct way's
+    additions where it applies to the URL."""
+
+    url: Any
+    headers: dict[str, str]
+    extensions: dict[str, Any]
+    direct: _Direct | None
+
+
 class Poster:
     """`await poster(path, body)` -> the HTTP response of POST `path` (a 2xx), or the SDK's
     exception. One per SDK client; `fast` says whether the SDK's internals were found,
@@ -152,7 +162,7 @@ class Poster:
                 return answer
             # A redirect: httpx2 follows it from here, as the SDK does, and sends the path's
             # next bodies itself.
-            self._templates[path] = self._templates[path]._replace(direct=None)
+            self._templates[path] = template._replace(direct=None)
             request = answer
         else:
             request = self._request_class(
@@ -268,10 +278,3 @@ class Poster:
         template = _Template(request.url, headers, extensions, direct)
         self._templates[path] = template
         return template
-
-
-class _Template(NamedTuple):
-    url: Any
-    headers: dict[str, str]
-    extensions: dict[str, Any]
-    direct: _Direct | None
